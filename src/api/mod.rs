@@ -1,0 +1,1 @@
+//! gRPC services: one thin file per service.

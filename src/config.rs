@@ -1,0 +1,1 @@
+//! The `segd serve` flags.

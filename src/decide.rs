@@ -1,0 +1,1 @@
+//! Targeting plus frequency caps.
