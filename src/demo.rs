@@ -50,7 +50,8 @@ pub fn demo_pack(built_at_unix_seconds: i64) -> Pack {
             let mut members = RoaringBitmap::new();
             let mut last_seen_hours_ago = Vec::new();
             for (ordinal, &fingerprint) in user_fingerprints.iter().enumerate() {
-                let draw = xxhash_rust::xxh3::xxh3_64_with_seed(&fingerprint.to_le_bytes(), id as u64);
+                let draw =
+                    xxhash_rust::xxh3::xxh3_64_with_seed(&fingerprint.to_le_bytes(), id as u64);
                 let featured_member = fingerprint == featured && matches!(id, 1 | 3 | 7);
                 let excluded_featured = fingerprint == featured && matches!(id, 4 | 8 | 12);
                 if excluded_featured || (!featured_member && draw % 1000 >= per_mille) {
@@ -59,8 +60,16 @@ pub fn demo_pack(built_at_unix_seconds: i64) -> Pack {
                 members.insert(ordinal as u32);
                 // Spread last-seen times over the segment's TTL (or 60 days);
                 // the featured user was seen two hours ago.
-                let horizon_hours = if ttl_seconds == 0 { 60 * 24 } else { ttl_seconds as u64 / 3600 };
-                let hours = if featured_member { 2 } else { (draw >> 20) % (horizon_hours + 1) };
+                let horizon_hours = if ttl_seconds == 0 {
+                    60 * 24
+                } else {
+                    ttl_seconds as u64 / 3600
+                };
+                let hours = if featured_member {
+                    2
+                } else {
+                    (draw >> 20) % (horizon_hours + 1)
+                };
                 last_seen_hours_ago.push(hours as u16);
             }
             Segment {

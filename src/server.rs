@@ -45,11 +45,15 @@ impl Listeners {
     }
 
     pub fn query_addr(&self) -> SocketAddr {
-        self.query.local_addr().expect("bound listener has an address")
+        self.query
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
     }
 }
 
@@ -172,8 +176,12 @@ pub async fn serve(
         .await;
 
     let (query_result, admin_result) = tokio::join!(query_task, admin_task);
-    query_result.context("query server task")?.context("query server")?;
-    admin_result.context("admin server task")?.context("admin server")?;
+    query_result
+        .context("query server task")?
+        .context("query server")?;
+    admin_result
+        .context("admin server task")?
+        .context("admin server")?;
     info!("server stopped");
     Ok(())
 }

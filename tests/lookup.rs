@@ -64,8 +64,14 @@ async fn lookups_equal_the_reference_model() {
             .unwrap()
             .into_inner();
         let (expected, unknown) = model.lookup(user_id, &listed, max_age, at);
-        assert_eq!(reply.segment_ids, expected, "user {user_id} listed {listed:?} max_age {max_age} at {at}");
-        assert_eq!(reply.unknown_segment_ids, unknown, "user {user_id} listed {listed:?}");
+        assert_eq!(
+            reply.segment_ids, expected,
+            "user {user_id} listed {listed:?} max_age {max_age} at {at}"
+        );
+        assert_eq!(
+            reply.unknown_segment_ids, unknown,
+            "user {user_id} listed {listed:?}"
+        );
         checked += 1;
     }
     assert_eq!(checked, all_users.len());
@@ -88,7 +94,10 @@ async fn lookups_equal_the_reference_model() {
         .into_inner();
     assert_eq!(batch.responses.len(), sample.len());
     for (user_id, response) in sample.iter().zip(&batch.responses) {
-        assert_eq!(response.segment_ids, model.lookup(user_id, &[], 86_400 * 7, BUILT_AT).0);
+        assert_eq!(
+            response.segment_ids,
+            model.lookup(user_id, &[], 86_400 * 7, BUILT_AT).0
+        );
         assert_eq!(response.generation, batch.generation);
     }
     server.stop().await;
@@ -103,15 +112,18 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
     let server = TestServer::start(settings).await;
     let model = two_pack_model();
     let mut admin = server.admin().await;
-    push(&mut admin, &model.packs[0].bytes(), false).await.unwrap();
+    push(&mut admin, &model.packs[0].bytes(), false)
+        .await
+        .unwrap();
     let mut client = server.segments().await;
 
-    let empty_user = client
-        .lookup(LookupRequest::default())
-        .await
-        .unwrap_err();
+    let empty_user = client.lookup(LookupRequest::default()).await.unwrap_err();
     assert_eq!(empty_user.code(), Code::InvalidArgument);
-    assert!(empty_user.message().contains("user_id"), "{}", empty_user.message());
+    assert!(
+        empty_user.message().contains("user_id"),
+        "{}",
+        empty_user.message()
+    );
 
     let too_many = client
         .lookup(LookupRequest {
@@ -122,28 +134,49 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(too_many.code(), Code::InvalidArgument);
-    assert!(too_many.message().contains("segment_ids"), "{}", too_many.message());
+    assert!(
+        too_many.message().contains("segment_ids"),
+        "{}",
+        too_many.message()
+    );
 
     let big_batch = client
         .batch_lookup(BatchLookupRequest {
-            requests: vec![LookupRequest { user_id: "u".into(), ..Default::default() }; 4],
+            requests: vec![
+                LookupRequest {
+                    user_id: "u".into(),
+                    ..Default::default()
+                };
+                4
+            ],
         })
         .await
         .unwrap_err();
     assert_eq!(big_batch.code(), Code::InvalidArgument);
-    assert!(big_batch.message().contains("requests"), "{}", big_batch.message());
+    assert!(
+        big_batch.message().contains("requests"),
+        "{}",
+        big_batch.message()
+    );
 
     let bad_entry = client
         .batch_lookup(BatchLookupRequest {
             requests: vec![
-                LookupRequest { user_id: "u".into(), ..Default::default() },
+                LookupRequest {
+                    user_id: "u".into(),
+                    ..Default::default()
+                },
                 LookupRequest::default(),
             ],
         })
         .await
         .unwrap_err();
     assert_eq!(bad_entry.code(), Code::InvalidArgument);
-    assert!(bad_entry.message().contains("requests[1].user_id"), "{}", bad_entry.message());
+    assert!(
+        bad_entry.message().contains("requests[1].user_id"),
+        "{}",
+        bad_entry.message()
+    );
 
     // Still serving, same answers.
     let user_id = model.packs[0].members.keys().next().unwrap().clone();
@@ -156,6 +189,11 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(reply.segment_ids, Model::new(vec![model.packs[0].clone()]).lookup(&user_id, &[], 0, BUILT_AT).0);
+    assert_eq!(
+        reply.segment_ids,
+        Model::new(vec![model.packs[0].clone()])
+            .lookup(&user_id, &[], 0, BUILT_AT)
+            .0
+    );
     server.stop().await;
 }

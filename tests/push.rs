@@ -6,7 +6,9 @@ mod common;
 use common::model::{Model, ModelPack};
 use common::{TestServer, config, push};
 use segd::proto::segments_client::SegmentsClient;
-use segd::proto::{DropPackRequest, ListSegmentsRequest, LookupRequest, RollbackRequest, StatusRequest};
+use segd::proto::{
+    DropPackRequest, ListSegmentsRequest, LookupRequest, RollbackRequest, StatusRequest,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -45,11 +47,16 @@ async fn damaged_or_conflicting_packs_are_refused_and_change_nothing() {
     push(&mut admin, &events.bytes(), false).await.unwrap();
     let mut client = server.segments().await;
     let before = answers(&mut client, &model).await;
-    let generation_before = admin.status(StatusRequest {}).await.unwrap().into_inner().generation;
+    let generation_before = admin
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .generation;
 
     let next = ModelPack::random(3, "crm", "v3", BUILT_AT, 300, 1..=10);
     let good = next.bytes();
-    let layout = segd::pack::format::section_offsets(&good).expect("layout of a good pack");
+    let layout = common::damage::section_offsets(&good);
     let mut damaged: Vec<(String, Vec<u8>)> = Vec::new();
     for cut in [1, 8, good.len() / 2, good.len() - 1] {
         damaged.push((format!("truncated to {cut} bytes"), good[..cut].to_vec()));
@@ -62,10 +69,18 @@ async fn damaged_or_conflicting_packs_are_refused_and_change_nothing() {
     let mut wrong_magic = good.clone();
     wrong_magic[0] ^= 0xff;
     damaged.push(("wrong magic".into(), wrong_magic));
-    damaged.push(("future format version".into(), segd::pack::format::with_format_version(&good, 99)));
+    damaged.push((
+        "future format version".into(),
+        common::damage::with_format_version(&good, 99),
+    ));
     for (what, bytes) in damaged {
         let refused = push(&mut admin, &bytes, false).await.expect_err(&what);
-        assert_eq!(refused.code(), Code::InvalidArgument, "{what}: {}", refused.message());
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{what}: {}",
+            refused.message()
+        );
         assert_eq!(answers(&mut client, &model).await, before, "{what}");
     }
 
@@ -78,11 +93,18 @@ async fn damaged_or_conflicting_packs_are_refused_and_change_nothing() {
     let older = ModelPack::random(5, "crm", "v1", BUILT_AT, 300, 1..=10);
     let refused_older = push(&mut admin, &older.bytes(), false).await.unwrap_err();
     assert_eq!(refused_older.code(), Code::FailedPrecondition);
-    assert!(refused_older.message().contains("older"), "{}", refused_older.message());
+    assert!(
+        refused_older.message().contains("older"),
+        "{}",
+        refused_older.message()
+    );
 
     assert_eq!(answers(&mut client, &model).await, before);
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(status.generation, generation_before, "refused pushes do not swap");
+    assert_eq!(
+        status.generation, generation_before,
+        "refused pushes do not swap"
+    );
 
     // Re-pushing the served version is a no-op success.
     let again = push(&mut admin, &crm.bytes(), false).await.unwrap();
@@ -93,7 +115,9 @@ async fn damaged_or_conflicting_packs_are_refused_and_change_nothing() {
     let downgraded = push(&mut admin, &older.bytes(), true).await.unwrap();
     assert!(!downgraded.unchanged);
     assert_eq!(
-        answers(&mut client, &Model::new(vec![older, events])).await.len(),
+        answers(&mut client, &Model::new(vec![older, events]))
+            .await
+            .len(),
         before.len()
     );
     server.stop().await;
@@ -133,12 +157,24 @@ async fn restart_rollback_and_drop() {
         .unwrap()
         .into_inner();
     assert_eq!(rolled.version, "v1");
-    answers(&mut client, &Model::new(vec![crm_v1.clone(), events.clone()])).await;
-    admin.rollback(RollbackRequest { pack: "crm".into() }).await.unwrap();
+    answers(
+        &mut client,
+        &Model::new(vec![crm_v1.clone(), events.clone()]),
+    )
+    .await;
+    admin
+        .rollback(RollbackRequest { pack: "crm".into() })
+        .await
+        .unwrap();
     answers(&mut client, &current).await;
 
     // Drop: the segments become unknown; rollback brings the pack back.
-    admin.drop_pack(DropPackRequest { pack: "events".into() }).await.unwrap();
+    admin
+        .drop_pack(DropPackRequest {
+            pack: "events".into(),
+        })
+        .await
+        .unwrap();
     let user_id = events.members.keys().next().unwrap().clone();
     let reply = client
         .lookup(LookupRequest {
@@ -152,9 +188,18 @@ async fn restart_rollback_and_drop() {
         .into_inner();
     assert!(reply.segment_ids.is_empty());
     assert_eq!(reply.unknown_segment_ids, vec![20, 21]);
-    let listed = admin.list_segments(ListSegmentsRequest {}).await.unwrap().into_inner();
+    let listed = admin
+        .list_segments(ListSegmentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.segments.iter().all(|segment| segment.pack == "crm"));
-    let missing = admin.drop_pack(DropPackRequest { pack: "events".into() }).await.unwrap_err();
+    let missing = admin
+        .drop_pack(DropPackRequest {
+            pack: "events".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 
     // The drop survives a restart.
@@ -162,8 +207,20 @@ async fn restart_rollback_and_drop() {
     let server = TestServer::start(config(data_dir.path())).await;
     let mut admin = server.admin().await;
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(status.packs.iter().map(|pack| pack.name.as_str()).collect::<Vec<_>>(), vec!["crm"]);
-    admin.rollback(RollbackRequest { pack: "events".into() }).await.unwrap();
+    assert_eq!(
+        status
+            .packs
+            .iter()
+            .map(|pack| pack.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["crm"]
+    );
+    admin
+        .rollback(RollbackRequest {
+            pack: "events".into(),
+        })
+        .await
+        .unwrap();
     let mut client = server.segments().await;
     answers(&mut client, &current).await;
     server.stop().await;
@@ -180,22 +237,55 @@ async fn admin_calls_need_the_token_and_live_only_on_the_admin_port() {
     let denied = anonymous.status(StatusRequest {}).await.unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
     let pack = ModelPack::random(1, "crm", "v1", BUILT_AT, 50, 1..=3);
-    assert_eq!(push(&mut anonymous, &pack.bytes(), false).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        push(&mut anonymous, &pack.bytes(), false)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
 
     let mut wrong = server.admin_with_token(Some("s3cret-tokem")).await;
-    assert_eq!(wrong.status(StatusRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(
-        wrong.drop_pack(DropPackRequest { pack: "crm".into() }).await.unwrap_err().code(),
+        wrong.status(StatusRequest {}).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        wrong
+            .drop_pack(DropPackRequest { pack: "crm".into() })
+            .await
+            .unwrap_err()
+            .code(),
         Code::Unauthenticated
     );
 
     let mut right = server.admin().await;
     push(&mut right, &pack.bytes(), false).await.unwrap();
-    assert_eq!(right.status(StatusRequest {}).await.unwrap().into_inner().packs.len(), 1);
+    assert_eq!(
+        right
+            .status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .packs
+            .len(),
+        1
+    );
 
     // The admin service does not exist on the query port.
-    let mut on_query_port = common::admin_client(&format!("http://{}", server.query_addr), Some("s3cret-token")).await;
-    assert_eq!(on_query_port.status(StatusRequest {}).await.unwrap_err().code(), Code::Unimplemented);
+    let mut on_query_port = common::admin_client(
+        &format!("http://{}", server.query_addr),
+        Some("s3cret-token"),
+    )
+    .await;
+    assert_eq!(
+        on_query_port
+            .status(StatusRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
     server.stop().await;
 }
 

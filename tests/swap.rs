@@ -32,7 +32,10 @@ async fn swaps_fail_no_query_and_never_mix_generations() {
     push(&mut admin, &other.bytes(), false).await.unwrap();
     let first = push(&mut admin, &old.bytes(), false).await.unwrap();
 
-    let models: HashMap<u64, Model> = HashMap::from([(first.generation, Model::new(vec![other.clone(), old.clone()]))]);
+    let models: HashMap<u64, Model> = HashMap::from([(
+        first.generation,
+        Model::new(vec![other.clone(), old.clone()]),
+    )]);
     let users: Arc<Vec<String>> = Arc::new(old.members.keys().cloned().collect());
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -56,13 +59,19 @@ async fn swaps_fail_no_query_and_never_mix_generations() {
                         })
                         .collect();
                     let reply = client
-                        .batch_lookup(BatchLookupRequest { requests: requests.clone() })
+                        .batch_lookup(BatchLookupRequest {
+                            requests: requests.clone(),
+                        })
                         .await
                         .expect("no batch fails during a swap")
                         .into_inner();
                     for (request, response) in requests.iter().zip(reply.responses) {
                         assert_eq!(response.generation, reply.generation);
-                        answers.push((request.user_id.clone(), reply.generation, response.segment_ids));
+                        answers.push((
+                            request.user_id.clone(),
+                            reply.generation,
+                            response.segment_ids,
+                        ));
                     }
                 } else {
                     let reply = client
@@ -83,12 +92,18 @@ async fn swaps_fail_no_query_and_never_mix_generations() {
     let second = push(&mut admin, &new.bytes(), false).await.unwrap();
     assert!(second.generation > first.generation);
     let mut models = models;
-    models.insert(second.generation, Model::new(vec![other.clone(), new.clone()]));
+    models.insert(
+        second.generation,
+        Model::new(vec![other.clone(), new.clone()]),
+    );
     // Let every task see the new generation a while before stopping.
     let mut probe = server.segments().await;
     loop {
         let reply = probe
-            .lookup(LookupRequest { user_id: "probe".into(), ..Default::default() })
+            .lookup(LookupRequest {
+                user_id: "probe".into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -102,8 +117,14 @@ async fn swaps_fail_no_query_and_never_mix_generations() {
     let mut total = 0;
     for task in tasks {
         for (user_id, generation, segment_ids) in task.await.unwrap() {
-            let model = models.get(&generation).unwrap_or_else(|| panic!("unexpected generation {generation}"));
-            assert_eq!(segment_ids, model.lookup(&user_id, &[], 0, BUILT_AT).0, "user {user_id} generation {generation}");
+            let model = models
+                .get(&generation)
+                .unwrap_or_else(|| panic!("unexpected generation {generation}"));
+            assert_eq!(
+                segment_ids,
+                model.lookup(&user_id, &[], 0, BUILT_AT).0,
+                "user {user_id} generation {generation}"
+            );
             seen_generations.insert(generation);
             total += 1;
         }

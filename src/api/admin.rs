@@ -84,7 +84,9 @@ impl Admin for AdminService {
             pack_bytes.extend_from_slice(&chunk.data);
         }
         if pack_bytes.is_empty() {
-            return Err(Status::invalid_argument("snapshot: empty stream, no pack file sent"));
+            return Err(Status::invalid_argument(
+                "snapshot: empty stream, no pack file sent",
+            ));
         }
         let catalog = self.catalog.clone();
         let outcome = blocking(move || {
@@ -116,7 +118,10 @@ impl Admin for AdminService {
         let catalog = self.catalog.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
         let previous_versions: Vec<Option<String>> = blocking(move || {
-            Ok(names.iter().map(|name| catalog.previous_version(name)).collect())
+            Ok(names
+                .iter()
+                .map(|name| catalog.previous_version(name))
+                .collect())
         })
         .await?;
         let packs = state
@@ -195,7 +200,8 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
-        let generation = blocking(move || catalog.drop_pack(&pack_name).map_err(Status::from)).await?;
+        let generation =
+            blocking(move || catalog.drop_pack(&pack_name).map_err(Status::from)).await?;
         Ok(Response::new(DropPackResponse { pack, generation }))
     }
 }

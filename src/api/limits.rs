@@ -42,7 +42,11 @@ impl RequestLimits {
         if user_id.len() > self.max_user_id_bytes {
             return Err(invalid(
                 field,
-                &format!("{} bytes, more than the limit of {}", user_id.len(), self.max_user_id_bytes),
+                &format!(
+                    "{} bytes, more than the limit of {}",
+                    user_id.len(),
+                    self.max_user_id_bytes
+                ),
             ));
         }
         Ok(())
@@ -50,7 +54,10 @@ impl RequestLimits {
 
     pub fn check_count(&self, field: &str, count: usize, limit: usize) -> Result<(), Status> {
         if count > limit {
-            return Err(invalid(field, &format!("{count} entries, more than the limit of {limit}")));
+            return Err(invalid(
+                field,
+                &format!("{count} entries, more than the limit of {limit}"),
+            ));
         }
         Ok(())
     }

@@ -24,7 +24,8 @@ impl SegmentsService {
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
-        self.limits.check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
+        self.limits
+            .check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
         self.limits.check_count(
             &format!("{prefix}segment_ids"),
             request.segment_ids.len(),
@@ -37,7 +38,9 @@ impl SegmentsService {
 /// answering from it would report every segment unknown.
 fn check_loaded(state: &ServingState) -> Result<(), Status> {
     if state.generation == 0 {
-        return Err(Status::unavailable("loading the data directory, not serving yet"));
+        return Err(Status::unavailable(
+            "loading the data directory, not serving yet",
+        ));
     }
     Ok(())
 }
@@ -108,13 +111,17 @@ impl Segments for SegmentsService {
         &self,
         _request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
-        Err(Status::unimplemented("decide lands with the frequency store"))
+        Err(Status::unimplemented(
+            "decide lands with the frequency store",
+        ))
     }
 
     async fn record_impressions(
         &self,
         _request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
-        Err(Status::unimplemented("record_impressions lands with the frequency store"))
+        Err(Status::unimplemented(
+            "record_impressions lands with the frequency store",
+        ))
     }
 }

@@ -309,8 +309,7 @@ impl Catalog {
             fs::rename(&current, self.previous_path(name))
                 .map_err(io_error(format!("drop {name}")))?;
         }
-        fs::write(self.dropped_marker_path(name), b"")
-            .map_err(io_error(format!("drop {name}")))?;
+        fs::write(self.dropped_marker_path(name), b"").map_err(io_error(format!("drop {name}")))?;
         sync_dir(&self.packs_dir)?;
         let generation = self.store.install(state.packs_without(name))?;
         warn!(pack = %name, generation, "pack dropped");
@@ -326,7 +325,11 @@ fn load_pack_file(path: &Path, loaded_at_unix_seconds: i64) -> Result<LoadedPack
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
     })?;
     drop(bytes);
-    Ok(LoadedPack::from_pack(pack, file_bytes, loaded_at_unix_seconds)?)
+    Ok(LoadedPack::from_pack(
+        pack,
+        file_bytes,
+        loaded_at_unix_seconds,
+    )?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CatalogError> {

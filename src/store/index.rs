@@ -100,7 +100,11 @@ impl UserMajorIndex {
         // Most users hold a few dozen segments: a linear scan of a short sorted
         // slice beats a binary search's unpredictable branches.
         if entries.len() <= 32 {
-            return entries.iter().find(|entry| entry.slot >= slot).filter(|entry| entry.slot == slot).copied();
+            return entries
+                .iter()
+                .find(|entry| entry.slot >= slot)
+                .filter(|entry| entry.slot == slot)
+                .copied();
         }
         entries
             .binary_search_by_key(&slot, |entry| entry.slot)

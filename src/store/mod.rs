@@ -24,7 +24,9 @@ use arc_swap::{ArcSwap, Guard};
 pub use dictionary::UserDictionary;
 pub use index::{IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
-pub use state::{LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView};
+pub use state::{
+    LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
+};
 
 /// How often the retirement thread looks for states no reader holds any more.
 const RETIRE_POLL: Duration = Duration::from_millis(20);

@@ -54,7 +54,10 @@ pub enum Membership {
 
 impl ServingState {
     /// A state holding `packs` (any order), refusing segment ids held twice.
-    pub fn new(generation: u64, mut packs: Vec<Arc<LoadedPack>>) -> Result<Self, OwnershipConflict> {
+    pub fn new(
+        generation: u64,
+        mut packs: Vec<Arc<LoadedPack>>,
+    ) -> Result<Self, OwnershipConflict> {
         packs.sort_by(|left, right| left.name.cmp(&right.name));
         let mut locations = AHashMap::new();
         for (pack_index, pack) in packs.iter().enumerate() {
@@ -94,7 +97,11 @@ impl ServingState {
 
     /// The packs of this state without the named one.
     pub fn packs_without(&self, name: &str) -> Vec<Arc<LoadedPack>> {
-        self.packs.iter().filter(|pack| pack.name != name).cloned().collect()
+        self.packs
+            .iter()
+            .filter(|pack| pack.name != name)
+            .cloned()
+            .collect()
     }
 
     pub fn packs(&self) -> &[Arc<LoadedPack>] {
@@ -115,7 +122,11 @@ impl ServingState {
     pub fn user(&self, fingerprint: u64) -> UserView<'_> {
         UserView {
             state: self,
-            ordinals: self.packs.iter().map(|pack| pack.ordinal(fingerprint)).collect(),
+            ordinals: self
+                .packs
+                .iter()
+                .map(|pack| pack.ordinal(fingerprint))
+                .collect(),
         }
     }
 
@@ -159,7 +170,12 @@ pub struct UserView<'state> {
 impl UserView<'_> {
     /// Whether the user is in the segment, recently enough.
     #[inline]
-    pub fn membership(&self, segment_id: u32, max_age_seconds: u32, at_unix_seconds: i64) -> Membership {
+    pub fn membership(
+        &self,
+        segment_id: u32,
+        max_age_seconds: u32,
+        at_unix_seconds: i64,
+    ) -> Membership {
         let Some(location) = self.state.locations.get(&segment_id) else {
             return Membership::UnknownSegment;
         };

@@ -2,6 +2,7 @@
 //! and a plain reference model of memberships.
 #![allow(dead_code)]
 
+pub mod damage;
 pub mod model;
 
 use std::path::Path;
@@ -120,7 +121,9 @@ pub struct TokenInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(header) = &self.0 {
-            request.metadata_mut().insert("authorization", header.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
         }
         Ok(request)
     }

@@ -43,7 +43,11 @@ impl ModelPack {
             .into_iter()
             .map(|id| SegmentDef {
                 id,
-                ttl_seconds: if rng.random_bool(0.4) { rng.random_range(1..=20) * 86_400 } else { 0 },
+                ttl_seconds: if rng.random_bool(0.4) {
+                    rng.random_range(1..=20) * 86_400
+                } else {
+                    0
+                },
                 with_times: rng.random_bool(0.8),
             })
             .collect();
@@ -129,11 +133,20 @@ impl Model {
     }
 
     /// (matches, unknown) per DESIGN.md.
-    pub fn lookup(&self, user_id: &str, segment_ids: &[u32], max_age_seconds: u32, at: i64) -> (Vec<u32>, Vec<u32>) {
+    pub fn lookup(
+        &self,
+        user_id: &str,
+        segment_ids: &[u32],
+        max_age_seconds: u32,
+        at: i64,
+    ) -> (Vec<u32>, Vec<u32>) {
         let mut matches = BTreeSet::new();
         let mut unknown = BTreeSet::new();
         let wanted: Vec<u32> = if segment_ids.is_empty() {
-            self.packs.iter().flat_map(|pack| pack.segments.iter().map(|segment| segment.id)).collect()
+            self.packs
+                .iter()
+                .flat_map(|pack| pack.segments.iter().map(|segment| segment.id))
+                .collect()
         } else {
             segment_ids.to_vec()
         };
@@ -148,7 +161,11 @@ impl Model {
                 unknown.insert(segment_id);
                 continue;
             };
-            let Some(&last_seen) = pack.members.get(user_id).and_then(|user| user.get(&segment_id)) else {
+            let Some(&last_seen) = pack
+                .members
+                .get(user_id)
+                .and_then(|user| user.get(&segment_id))
+            else {
                 continue;
             };
             let age = (at - last_seen).max(0);

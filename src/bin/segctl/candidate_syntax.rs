@@ -28,7 +28,11 @@ pub fn parse_candidate(text: &str) -> Result<Candidate, String> {
             "any" => candidate.any_of.extend(parse_refs(value)?),
             "none" => candidate.none_of.extend(parse_refs(value)?),
             "cap" => candidate.caps.push(parse_cap(value)?),
-            other => return Err(format!("{other:?}: unknown field, use all, any, none or cap")),
+            other => {
+                return Err(format!(
+                    "{other:?}: unknown field, use all, any, none or cap"
+                ));
+            }
         }
     }
     Ok(candidate)
@@ -40,7 +44,9 @@ fn parse_refs(value: &str) -> Result<Vec<SegmentRef>, String> {
         .map(|item| {
             let (id, max_age) = item.split_once('@').unwrap_or((item, "0"));
             Ok(SegmentRef {
-                segment_id: id.parse().map_err(|_| format!("{id:?}: not a segment id"))?,
+                segment_id: id
+                    .parse()
+                    .map_err(|_| format!("{id:?}: not a segment id"))?,
                 max_age_seconds: max_age
                     .parse()
                     .map_err(|_| format!("{max_age:?}: not a max age in seconds"))?,
@@ -70,7 +76,9 @@ fn parse_cap(value: &str) -> Result<FrequencyCap, String> {
     };
     Ok(FrequencyCap {
         key: (*key).to_owned(),
-        limit: limit.parse().map_err(|_| format!("{limit:?}: not a limit"))?,
+        limit: limit
+            .parse()
+            .map_err(|_| format!("{limit:?}: not a limit"))?,
         window_seconds,
         calendar: calendar as i32,
         utc_offset_minutes: offset
@@ -85,9 +93,10 @@ mod tests {
 
     #[test]
     fn parses_the_documented_example() {
-        let candidate =
-            parse_candidate("li-7 all=1,3@604800 any=2 none=4 cap=li:7/3/day cap=camp:9/10/3600s@-300")
-                .unwrap();
+        let candidate = parse_candidate(
+            "li-7 all=1,3@604800 any=2 none=4 cap=li:7/3/day cap=camp:9/10/3600s@-300",
+        )
+        .unwrap();
         assert_eq!(candidate.id, "li-7");
         assert_eq!(candidate.all_of.len(), 2);
         assert_eq!(candidate.all_of[1].max_age_seconds, 604_800);

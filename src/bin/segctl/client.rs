@@ -107,19 +107,24 @@ async fn admin_client(
         ),
         None => None,
     };
-    Ok(AdminClient::with_interceptor(
-        channel,
-        move |mut request: Request<()>| {
+    Ok(
+        AdminClient::with_interceptor(channel, move |mut request: Request<()>| {
             if let Some(header) = &header {
-                request.metadata_mut().insert("authorization", header.clone());
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
             }
             Ok(request)
-        },
+        })
+        .max_decoding_message_size(64 << 20),
     )
-    .max_decoding_message_size(64 << 20))
 }
 
-pub async fn push(admin: AdminArgs, allow_older_version: bool, file: PathBuf) -> anyhow::Result<()> {
+pub async fn push(
+    admin: AdminArgs,
+    allow_older_version: bool,
+    file: PathBuf,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
     let total = bytes.len();
     let chunks: Vec<SnapshotChunk> = bytes
@@ -143,7 +148,12 @@ pub async fn push(admin: AdminArgs, allow_older_version: bool, file: PathBuf) ->
     } else {
         println!(
             "pushed pack {} version {} ({total} bytes): {} segments, {} users, {} memberships, generation {}",
-            reply.pack, reply.version, reply.segments, reply.users, reply.memberships, reply.generation
+            reply.pack,
+            reply.version,
+            reply.segments,
+            reply.users,
+            reply.memberships,
+            reply.generation
         );
     }
     Ok(())
@@ -173,7 +183,11 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
     let candidates = args
         .candidates
         .iter()
-        .map(|text| parse_candidate(text).map_err(|error| anyhow::anyhow!("--candidate {text:?}: {error}\nsyntax: {SYNTAX_HELP}")))
+        .map(|text| {
+            parse_candidate(text).map_err(|error| {
+                anyhow::anyhow!("--candidate {text:?}: {error}\nsyntax: {SYNTAX_HELP}")
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut client = SegmentsClient::new(connect(&args.addr).await?);
     let reply = client
@@ -189,11 +203,18 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
         let reason = Reason::try_from(decision.reason)
             .map(|reason| reason.as_str_name())
             .unwrap_or("UNKNOWN");
-        let verdict = if decision.eligible { "eligible" } else { "not eligible" };
+        let verdict = if decision.eligible {
+            "eligible"
+        } else {
+            "not eligible"
+        };
         if decision.detail.is_empty() {
             println!("{}: {verdict} ({reason})", decision.candidate_id);
         } else {
-            println!("{}: {verdict} ({reason}: {})", decision.candidate_id, decision.detail);
+            println!(
+                "{}: {verdict} ({reason}: {})",
+                decision.candidate_id, decision.detail
+            );
         }
     }
     println!("generation {}", reply.generation);
@@ -214,7 +235,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("record"))?
         .into_inner();
-    println!("recorded {}, duplicates {}", reply.recorded, reply.duplicates);
+    println!(
+        "recorded {}, duplicates {}",
+        reply.recorded, reply.duplicates
+    );
     Ok(())
 }
 
@@ -233,7 +257,15 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
     );
     println!(
         "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} {}",
-        "PACK", "VERSION", "SEGMENTS", "USERS", "MEMBERSHIPS", "BYTES", "AGE_S", "STALE", "PREVIOUS"
+        "PACK",
+        "VERSION",
+        "SEGMENTS",
+        "USERS",
+        "MEMBERSHIPS",
+        "BYTES",
+        "AGE_S",
+        "STALE",
+        "PREVIOUS"
     );
     for pack in &reply.packs {
         println!(
@@ -246,7 +278,11 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             pack.bytes,
             pack.age_seconds,
             if pack.stale { "yes" } else { "no" },
-            if pack.previous_version.is_empty() { "-" } else { &pack.previous_version },
+            if pack.previous_version.is_empty() {
+                "-"
+            } else {
+                &pack.previous_version
+            },
         );
     }
     if let Some(frequency) = reply.frequency {
@@ -278,7 +314,11 @@ pub async fn list_segments(admin: AdminArgs) -> anyhow::Result<()> {
             "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
             segment.id,
             segment.name,
-            if segment.kind.is_empty() { "-" } else { &segment.kind },
+            if segment.kind.is_empty() {
+                "-"
+            } else {
+                &segment.kind
+            },
             segment.pack,
             segment.members,
             segment.ttl_seconds
@@ -308,7 +348,10 @@ pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         .await
         .map_err(status_error("drop"))?
         .into_inner();
-    println!("pack {} dropped, generation {}", reply.pack, reply.generation);
+    println!(
+        "pack {} dropped, generation {}",
+        reply.pack, reply.generation
+    );
     Ok(())
 }
 

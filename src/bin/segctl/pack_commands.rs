@@ -34,7 +34,11 @@ pub fn build(_args: BuildArgs) -> anyhow::Result<()> {
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
     let pack = segd::pack::read_pack(&bytes).with_context(|| format!("{}", file.display()))?;
-    println!("file:        {} ({} bytes, checksums ok)", file.display(), bytes.len());
+    println!(
+        "file:        {} ({} bytes, checksums ok)",
+        file.display(),
+        bytes.len()
+    );
     println!("pack:        {}", pack.name);
     println!("version:     {}", pack.version);
     println!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
@@ -51,10 +55,18 @@ pub fn inspect(file: &Path) -> anyhow::Result<()> {
             "{:>10} {:<32} {:<12} {:>10} {:>12} {:<8}",
             segment.id,
             segment.name,
-            if segment.kind.is_empty() { "-" } else { &segment.kind },
+            if segment.kind.is_empty() {
+                "-"
+            } else {
+                &segment.kind
+            },
             segment.ttl_seconds,
             segment.members.len(),
-            if segment.last_seen_hours_ago.is_some() { "yes" } else { "no" },
+            if segment.last_seen_hours_ago.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
         );
     }
     Ok(())
