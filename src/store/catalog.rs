@@ -228,8 +228,8 @@ impl Catalog {
             loaded_at_unix_seconds,
         )?);
         // Check ownership before touching the disk: a refused pack changes nothing.
+        state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
-        super::ServingState::new(0, packs.clone())?;
 
         let name = loaded.name.clone();
         let current = self.current_path(&name);
@@ -270,8 +270,8 @@ impl Catalog {
         }
         let loaded = Arc::new(load_pack_file(&previous, loaded_at_unix_seconds)?);
         let state = self.store.load_full();
+        state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
-        super::ServingState::new(0, packs.clone())?;
 
         let current = self.current_path(name);
         let swap_path = self.packs_dir.join(format!("{name}.rollback.tmp"));

@@ -82,6 +82,22 @@ impl ServingState {
         })
     }
 
+    /// Refuses a pack that would take a segment id another pack serves.
+    pub fn check_ownership(&self, candidate: &LoadedPack) -> Result<(), OwnershipConflict> {
+        for segment in &candidate.segments {
+            if let Some((owner, _)) = self.segment(segment.id)
+                && owner.name != candidate.name
+            {
+                return Err(OwnershipConflict {
+                    segment_id: segment.id,
+                    owner: owner.name.clone(),
+                    claimant: candidate.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The packs of this state with `replacement` in place of (or beside) the
     /// pack of the same name.
     pub fn packs_with(&self, replacement: Arc<LoadedPack>) -> Vec<Arc<LoadedPack>> {

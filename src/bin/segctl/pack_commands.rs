@@ -1,9 +1,13 @@
 //! `segctl build` and `segctl inspect`: pack files on the local disk.
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use segd::pack::PackBuilder;
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -27,8 +31,55 @@ pub struct BuildArgs {
     output: PathBuf,
 }
 
-pub fn build(_args: BuildArgs) -> anyhow::Result<()> {
-    anyhow::bail!("segctl build lands with the pack builder")
+/// Input larger than this many lines gets a progress line on stderr.
+const PROGRESS_FROM_LINES: u64 = 1_000_000;
+
+pub fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let built_at = args.built_at.unwrap_or_else(segd::unix_now_seconds);
+    let mut builder = PackBuilder::new(&args.pack, &args.version, built_at);
+    if let Some(segments) = &args.segments {
+        let file = File::open(segments).with_context(|| format!("open {}", segments.display()))?;
+        builder.add_segment_definitions(BufReader::new(file), &segments.display().to_string())?;
+    }
+    let mut show_progress = |lines: u64| {
+        if lines >= PROGRESS_FROM_LINES {
+            let seconds = started.elapsed().as_secs_f64().max(1e-9);
+            eprint!(
+                "\rread {lines} lines ({:.1} M lines/s)",
+                lines as f64 / seconds / 1e6
+            );
+        }
+    };
+    let lines = if args.input == "-" {
+        let stdin = std::io::stdin();
+        builder.add_memberships(BufReader::with_capacity(1 << 20, stdin.lock()), "-", &mut show_progress)?
+    } else {
+        let file = File::open(&args.input).with_context(|| format!("open {}", args.input))?;
+        builder.add_memberships(BufReader::with_capacity(1 << 20, file), &args.input, &mut show_progress)?
+    };
+    if lines >= PROGRESS_FROM_LINES {
+        eprintln!();
+    }
+    let pack = builder.finish()?;
+    let bytes = segd::pack::write_pack(&pack)?;
+    segd::pack::write_pack_file_atomic(&bytes, &args.output)
+        .with_context(|| format!("write {}", args.output.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "built pack {} version {}: {} input lines, {} users, {} segments, {} memberships, {} bytes -> {} in {:.2} s ({:.1} M lines/s)",
+        pack.name,
+        pack.version,
+        lines,
+        pack.user_fingerprints.len(),
+        pack.segments.len(),
+        pack.memberships(),
+        bytes.len(),
+        args.output.display(),
+        seconds,
+        lines as f64 / seconds.max(1e-9) / 1e6
+    );
+    Ok(())
 }
 
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
