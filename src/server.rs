@@ -89,11 +89,18 @@ pub async fn serve(
     health_reporter
         .set_not_serving::<SegmentsServer<SegmentsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("build the reflection service")?;
+    // grpcurl before 1.8.8 and many other tools only speak v1alpha.
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("build the reflection service (v1alpha)")?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stop_sender = Arc::new(stop_sender);
@@ -111,6 +118,7 @@ pub async fn serve(
     let query_server = Server::builder()
         .add_service(health_service.clone())
         .add_service(reflection.clone())
+        .add_service(reflection_v1alpha.clone())
         .add_service(segments)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.query),
@@ -131,6 +139,7 @@ pub async fn serve(
     let admin_server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.admin),

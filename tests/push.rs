@@ -89,7 +89,11 @@ async fn damaged_or_conflicting_packs_are_refused_and_change_nothing() {
     let conflict = push(&mut admin, &thief.bytes(), false).await.unwrap_err();
     assert_eq!(conflict.code(), Code::FailedPrecondition);
     assert!(conflict.message().contains("25"), "{}", conflict.message());
-    assert!(conflict.message().contains("owned by pack \"events\""), "{}", conflict.message());
+    assert!(
+        conflict.message().contains("owned by pack \"events\""),
+        "{}",
+        conflict.message()
+    );
 
     let older = ModelPack::random(5, "crm", "v1", BUILT_AT, 300, 1..=10);
     let refused_older = push(&mut admin, &older.bytes(), false).await.unwrap_err();

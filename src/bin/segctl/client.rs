@@ -256,16 +256,8 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         reply.packs.len()
     );
     println!(
-        "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} {}",
-        "PACK",
-        "VERSION",
-        "SEGMENTS",
-        "USERS",
-        "MEMBERSHIPS",
-        "BYTES",
-        "AGE_S",
-        "STALE",
-        "PREVIOUS"
+        "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} PREVIOUS",
+        "PACK", "VERSION", "SEGMENTS", "USERS", "MEMBERSHIPS", "BYTES", "AGE_S", "STALE"
     );
     for pack in &reply.packs {
         println!(

@@ -53,10 +53,18 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     };
     let lines = if args.input == "-" {
         let stdin = std::io::stdin();
-        builder.add_memberships(BufReader::with_capacity(1 << 20, stdin.lock()), "-", &mut show_progress)?
+        builder.add_memberships(
+            BufReader::with_capacity(1 << 20, stdin.lock()),
+            "-",
+            &mut show_progress,
+        )?
     } else {
         let file = File::open(&args.input).with_context(|| format!("open {}", args.input))?;
-        builder.add_memberships(BufReader::with_capacity(1 << 20, file), &args.input, &mut show_progress)?
+        builder.add_memberships(
+            BufReader::with_capacity(1 << 20, file),
+            &args.input,
+            &mut show_progress,
+        )?
     };
     if lines >= PROGRESS_FROM_LINES {
         eprintln!();
