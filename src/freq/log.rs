@@ -396,6 +396,7 @@ enum QueueItem {
     },
     Rotate {
         at_seq: u64,
+        ticket: u64,
     },
 }
 
@@ -404,6 +405,8 @@ struct Queue {
     /// Sequence number the next record gets.
     next_seq: u64,
     shutdown: bool,
+    /// Rotations requested so far (the ticket of the latest).
+    rotations_requested: u64,
     /// An emptied buffer kept for reuse.
     spare: Vec<u8>,
 }
@@ -415,6 +418,8 @@ struct Progress {
     failed_ranges: VecDeque<(u64, u64)>,
     /// Failures so far (write, fsync, rotation).
     failure_count: u64,
+    /// Tickets of rotations processed; rotations are processed in order.
+    rotations_processed: u64,
     writer_exited: bool,
 }
 
@@ -467,6 +472,7 @@ impl LogWriter {
                 items: Vec::new(),
                 next_seq,
                 shutdown: false,
+                rotations_requested: 0,
                 spare: Vec::new(),
             }),
             queue_ready: Condvar::new(),
@@ -474,6 +480,7 @@ impl LogWriter {
                 completed_before: next_seq,
                 failed_ranges: VecDeque::new(),
                 failure_count: 0,
+                rotations_processed: 0,
                 writer_exited: false,
             }),
             progress_made: Condvar::new(),
@@ -584,27 +591,31 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Asks the writer to start a new segment at the next sequence number, and
-    /// returns that number: every later record goes to the new segment.
-    pub fn request_rotation(&self) -> Result<u64, FreqError> {
+    /// Asks the writer to fsync the current segment and start a new one at
+    /// the next sequence number. Returns that number (every later record goes
+    /// to the new segment) and a ticket for [`LogWriter::wait_rotation`].
+    pub fn request_rotation(&self) -> Result<(u64, u64), FreqError> {
         let mut queue = self.shared.queue.lock();
         if queue.shutdown {
             return Err(FreqError::ShutDown);
         }
         let at_seq = queue.next_seq;
-        queue.items.push(QueueItem::Rotate { at_seq });
+        queue.rotations_requested += 1;
+        let ticket = queue.rotations_requested;
+        queue.items.push(QueueItem::Rotate { at_seq, ticket });
         drop(queue);
         self.shared.queue_ready.notify_one();
-        Ok(at_seq)
+        Ok((at_seq, ticket))
     }
 
-    /// Blocks until everything before `seq` was processed.
-    pub fn wait_processed_before(&self, seq: u64) -> Result<(), FreqError> {
+    /// Blocks until rotation `ticket`, and so every record queued before it,
+    /// was processed.
+    pub fn wait_rotation(&self, ticket: u64) -> Result<(), FreqError> {
         let mut progress = self.shared.progress.lock();
-        while progress.completed_before < seq && !progress.writer_exited {
+        while progress.rotations_processed < ticket && !progress.writer_exited {
             self.shared.progress_made.wait(&mut progress);
         }
-        if progress.completed_before < seq {
+        if progress.rotations_processed < ticket {
             return Err(FreqError::ShutDown);
         }
         Ok(())
@@ -735,6 +746,7 @@ impl Shared {
         let mut processed_before = 0u64;
         let mut records_in_batch = 0u64;
         let mut wrote = false;
+        let mut rotations_processed = 0u64;
         for item in items {
             match item {
                 QueueItem::Records {
@@ -778,8 +790,9 @@ impl Shared {
                         open.good_bytes += written;
                     }
                 }
-                QueueItem::Rotate { at_seq } => {
+                QueueItem::Rotate { at_seq, ticket } => {
                     processed_before = processed_before.max(at_seq);
+                    rotations_processed = rotations_processed.max(ticket);
                     if failure.is_some() {
                         *segment = None;
                         continue;
@@ -835,6 +848,7 @@ impl Shared {
                 .fetch_add(1, Ordering::Relaxed);
         }
         progress.completed_before = progress.completed_before.max(processed_before);
+        progress.rotations_processed = progress.rotations_processed.max(rotations_processed);
         drop(progress);
         self.progress_made.notify_all();
     }

@@ -567,23 +567,24 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), FreqError> {
         let mut last_covered = self.checkpoint_lock.lock();
         let failures_before = self.log.failure_count();
-        let data = {
+        let (data, ticket) = {
             let _exclusive = self.apply_gate.write();
-            let covers_before_seq = self.log.request_rotation()?;
+            let (covers_before_seq, ticket) = self.log.request_rotation()?;
             if covers_before_seq == *last_covered {
                 // Nothing logged since the last checkpoint; the rotation is harmless.
                 drop(_exclusive);
-                self.log.wait_processed_before(covers_before_seq)?;
-                return Ok(());
+                return self.log.wait_rotation(ticket);
             }
-            CheckpointData {
+            let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: now_unix_seconds(),
                 entries: self.counters.snapshot(),
                 ids: self.ids.snapshot(),
-            }
+            };
+            (data, ticket)
         };
-        self.log.wait_processed_before(data.covers_before_seq)?;
+        // The old segment is fsynced and closed once the rotation is processed.
+        self.log.wait_rotation(ticket)?;
         if self.log.failure_count() != failures_before {
             return Err(FreqError::Storage(
                 "checkpoint abandoned: a log write failed while it was taken".to_owned(),
