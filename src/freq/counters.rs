@@ -1,0 +1,530 @@
+//! The in-memory counters: per (user fingerprint, cap key) the recent impression
+//! times, and the set of impression ids seen within retention.
+//!
+//! Entries are keyed by `(user fingerprint, xxh3-64 of the cap key)`, never by the
+//! key string: 16 bytes a key instead of a heap string. Two cap keys of one user
+//! colliding at 64 bits would share a counter (an over-count, never an
+//! under-count); with a few thousand keys per user the odds are about 2^-40.
+//!
+//! An entry keeps up to [`EXACT_LIMIT`] impression times exactly. Beyond that the
+//! oldest are folded into hour buckets, so memory stays bounded; a bucket is
+//! counted whenever any part of its hour may lie in the range asked, so counts
+//! never fall short of the truth.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+/// Number of mutex-protected shards of each map. A power of two.
+pub const SHARD_COUNT: usize = 64;
+/// An entry counts exactly while it holds at most this many impression times.
+pub const EXACT_LIMIT: usize = 1_000;
+/// Width of the coarse buckets the oldest times are folded into.
+pub const BUCKET_SECONDS: i64 = 3_600;
+
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// The xxh3-64 (seed 0) of a cap key: its identity in memory, log and checkpoint.
+pub fn cap_key_hash(cap_key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(cap_key.as_bytes())
+}
+
+/// The xxh3-64 (seed 0) of an impression id.
+pub fn impression_id_hash(impression_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(impression_id.as_bytes())
+}
+
+/// Identity of one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    /// xxh3-64 of the user id.
+    pub user_fingerprint: u64,
+    /// xxh3-64 of the cap key.
+    pub cap_key_hash: u64,
+}
+
+impl EntryKey {
+    fn shard(&self) -> usize {
+        let mixed = (self.user_fingerprint ^ self.cap_key_hash.rotate_left(32))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (64 - SHARD_COUNT.trailing_zeros())) as usize
+    }
+}
+
+/// Impressions of one hour folded into one count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// First second of the hour (a multiple of [`BUCKET_SECONDS`]).
+    pub start: i64,
+    /// Impressions in `[start, start + BUCKET_SECONDS)`.
+    pub count: u32,
+}
+
+impl Bucket {
+    fn last_second(&self) -> i64 {
+        self.start.saturating_add(BUCKET_SECONDS - 1)
+    }
+
+    fn may_overlap(&self, after_exclusive: i64, until_inclusive: i64) -> bool {
+        self.last_second() > after_exclusive && self.start <= until_inclusive
+    }
+}
+
+/// The impressions of one (user, cap key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Exact impression times, sorted ascending, at most [`EXACT_LIMIT`].
+    times: Vec<i64>,
+    /// Older impressions folded per hour, sorted by `start`, unique starts.
+    /// Boxed and optional: almost no entry has any, and this keeps `Entry` at
+    /// 32 bytes.
+    coarse: Option<Box<Vec<Bucket>>>,
+}
+
+impl Entry {
+    /// Adds one impression at `at_unix_seconds`.
+    pub fn insert(&mut self, at_unix_seconds: i64) {
+        let position = self.times.partition_point(|&time| time <= at_unix_seconds);
+        if self.times.len() < 8 {
+            // Small entries are the common case: grow one slot at a time.
+            self.times.reserve_exact(1);
+        }
+        self.times.insert(position, at_unix_seconds);
+        if self.times.len() > EXACT_LIMIT {
+            let oldest = self.times.remove(0);
+            self.add_to_bucket(oldest.div_euclid(BUCKET_SECONDS) * BUCKET_SECONDS, 1);
+        }
+    }
+
+    fn add_to_bucket(&mut self, start: i64, count: u32) {
+        let buckets = self.coarse.get_or_insert_with(Default::default);
+        match buckets.binary_search_by_key(&start, |bucket| bucket.start) {
+            Ok(index) => buckets[index].count = buckets[index].count.saturating_add(count),
+            Err(index) => buckets.insert(index, Bucket { start, count }),
+        }
+    }
+
+    /// Impressions at `t` with `after_exclusive < t <= until_inclusive`: exact
+    /// from the times, plus every bucket that may overlap the range.
+    pub fn count(&self, after_exclusive: i64, until_inclusive: i64) -> u32 {
+        if until_inclusive <= after_exclusive {
+            return 0;
+        }
+        let first = self.times.partition_point(|&time| time <= after_exclusive);
+        let end = self.times.partition_point(|&time| time <= until_inclusive);
+        let mut total = (end - first) as u32;
+        if let Some(buckets) = &self.coarse {
+            for bucket in buckets.iter() {
+                if bucket.may_overlap(after_exclusive, until_inclusive) {
+                    total = total.saturating_add(bucket.count);
+                }
+            }
+        }
+        total
+    }
+
+    /// Drops impressions at or before `cutoff_inclusive`; buckets only once
+    /// their whole hour is. Returns how many events were dropped.
+    pub fn sweep(&mut self, cutoff_inclusive: i64) -> u64 {
+        let expired = self.times.partition_point(|&time| time <= cutoff_inclusive);
+        self.times.drain(..expired);
+        let mut dropped = expired as u64;
+        if let Some(buckets) = &mut self.coarse {
+            buckets.retain(|bucket| {
+                let keep = bucket.last_second() > cutoff_inclusive;
+                if !keep {
+                    dropped += u64::from(bucket.count);
+                }
+                keep
+            });
+            if buckets.is_empty() {
+                self.coarse = None;
+            }
+        }
+        if self.times.capacity() > 16 && self.times.capacity() > 2 * self.times.len() {
+            self.times.shrink_to(self.times.len() * 3 / 2);
+        }
+        dropped
+    }
+
+    /// True when the entry holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty() && self.coarse.is_none()
+    }
+
+    /// Impressions held, exact and folded.
+    pub fn events(&self) -> u64 {
+        let folded: u64 = self
+            .coarse
+            .as_deref()
+            .map(|buckets| buckets.iter().map(|bucket| u64::from(bucket.count)).sum())
+            .unwrap_or(0);
+        self.times.len() as u64 + folded
+    }
+
+    /// Heap bytes owned (allocation sizes, without allocator overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let times = self.times.capacity() * size_of::<i64>();
+        let coarse = self
+            .coarse
+            .as_deref()
+            .map(|buckets| size_of::<Vec<Bucket>>() + buckets.capacity() * size_of::<Bucket>())
+            .unwrap_or(0);
+        times + coarse
+    }
+
+    /// The exact times, sorted ascending.
+    pub fn times(&self) -> &[i64] {
+        &self.times
+    }
+
+    /// The coarse buckets, sorted by start.
+    pub fn buckets(&self) -> &[Bucket] {
+        self.coarse.as_deref().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Rebuilds an entry from checkpointed parts, checking its invariants.
+    pub fn from_parts(times: Vec<i64>, buckets: Vec<Bucket>) -> Result<Entry, String> {
+        if times.len() > EXACT_LIMIT {
+            return Err(format!(
+                "entry holds {} exact times, more than {EXACT_LIMIT}",
+                times.len()
+            ));
+        }
+        if !times.is_sorted() {
+            return Err("entry times are not sorted".to_owned());
+        }
+        if !buckets.windows(2).all(|pair| pair[0].start < pair[1].start)
+            || buckets
+                .iter()
+                .any(|bucket| bucket.start.rem_euclid(BUCKET_SECONDS) != 0)
+        {
+            return Err("entry buckets are not sorted, unique, hour-aligned".to_owned());
+        }
+        let coarse = if buckets.is_empty() {
+            None
+        } else {
+            Some(Box::new(buckets))
+        };
+        Ok(Entry { times, coarse })
+    }
+}
+
+/// What a sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Impressions dropped.
+    pub events_dropped: u64,
+    /// Entries that became empty and were removed.
+    pub entries_removed: u64,
+    /// Impression ids forgotten.
+    pub ids_removed: u64,
+}
+
+/// Figures of the counters, gathered shard by shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterFigures {
+    /// (user, cap key) entries.
+    pub entries: u64,
+    /// Impressions held, exact and folded.
+    pub events: u64,
+    /// Entries with folded buckets.
+    pub coarse_entries: u64,
+    /// Estimated bytes: map slots plus heap allocations.
+    pub approximate_bytes: u64,
+}
+
+/// The sharded map of entries.
+pub struct Counters {
+    /// `shards[key.shard()]` holds the key. parking_lot mutexes, held for a
+    /// map operation only, never across I/O.
+    shards: Box<[Mutex<FastMap<EntryKey, Entry>>]>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new()
+    }
+}
+
+impl Counters {
+    /// Empty counters.
+    pub fn new() -> Counters {
+        Counters {
+            shards: (0..SHARD_COUNT)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
+        }
+    }
+
+    /// Adds one impression.
+    pub fn add(&self, key: EntryKey, at_unix_seconds: i64) {
+        self.shards[key.shard()]
+            .lock()
+            .entry(key)
+            .or_default()
+            .insert(at_unix_seconds);
+    }
+
+    /// Impressions of `key` with `after_exclusive < t <= until_inclusive`.
+    pub fn count(&self, key: EntryKey, after_exclusive: i64, until_inclusive: i64) -> u32 {
+        self.shards[key.shard()]
+            .lock()
+            .get(&key)
+            .map(|entry| entry.count(after_exclusive, until_inclusive))
+            .unwrap_or(0)
+    }
+
+    /// Drops events at or before `cutoff_inclusive` and empty entries, one
+    /// shard at a time.
+    pub fn sweep(&self, cutoff_inclusive: i64) -> SweepOutcome {
+        let mut outcome = SweepOutcome::default();
+        for shard in self.shards.iter() {
+            let mut map = shard.lock();
+            map.retain(|_, entry| {
+                outcome.events_dropped += entry.sweep(cutoff_inclusive);
+                let keep = !entry.is_empty();
+                if !keep {
+                    outcome.entries_removed += 1;
+                }
+                keep
+            });
+            if map.capacity() > 64 && map.capacity() > 4 * map.len() {
+                map.shrink_to_fit();
+            }
+        }
+        outcome
+    }
+
+    /// A copy of every entry, one shard at a time.
+    pub fn snapshot(&self) -> Vec<(EntryKey, Entry)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.lock();
+            all.reserve(map.len());
+            all.extend(map.iter().map(|(key, entry)| (*key, entry.clone())));
+        }
+        all
+    }
+
+    /// Puts a checkpointed entry in place (replacing any).
+    pub fn restore(&self, key: EntryKey, entry: Entry) {
+        if !entry.is_empty() {
+            self.shards[key.shard()].lock().insert(key, entry);
+        }
+    }
+
+    /// Entries, events and an estimate of the memory they take.
+    pub fn figures(&self) -> CounterFigures {
+        let mut figures = CounterFigures::default();
+        let slot_bytes = size_of::<(EntryKey, Entry)>() + 1;
+        for shard in self.shards.iter() {
+            let map = shard.lock();
+            figures.entries += map.len() as u64;
+            figures.approximate_bytes += (map.capacity() * slot_bytes) as u64;
+            for entry in map.values() {
+                figures.events += entry.events();
+                figures.coarse_entries += u64::from(entry.coarse.is_some());
+                figures.approximate_bytes += entry.heap_bytes() as u64;
+            }
+        }
+        figures
+    }
+}
+
+/// What the id set remembers of one impression id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdState {
+    /// The impression's time; forgotten once it leaves retention.
+    pub at_unix_seconds: i64,
+    /// Log sequence number of the record that carries it; 0 once known durable
+    /// (loaded from a checkpoint or the log).
+    pub log_seq: u64,
+}
+
+/// The sharded set of impression-id hashes seen within retention.
+pub struct IdSet {
+    shards: Box<[Mutex<FastMap<u64, IdState>>]>,
+}
+
+impl Default for IdSet {
+    fn default() -> Self {
+        IdSet::new()
+    }
+}
+
+impl IdSet {
+    /// An empty set.
+    pub fn new() -> IdSet {
+        IdSet {
+            shards: (0..SHARD_COUNT)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
+        }
+    }
+
+    fn shard(id_hash: u64) -> usize {
+        (id_hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_COUNT.trailing_zeros()))
+            as usize
+    }
+
+    /// Inserts `id_hash` unless present. Returns the existing state when it was
+    /// already there (the impression is a duplicate).
+    pub fn check_and_insert(&self, id_hash: u64, state: IdState) -> Option<IdState> {
+        let mut shard = self.shards[Self::shard(id_hash)].lock();
+        match shard.entry(id_hash) {
+            std::collections::hash_map::Entry::Occupied(existing) => Some(*existing.get()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(state);
+                None
+            }
+        }
+    }
+
+    /// True when `id_hash` is present.
+    pub fn contains(&self, id_hash: u64) -> bool {
+        self.shards[Self::shard(id_hash)]
+            .lock()
+            .contains_key(&id_hash)
+    }
+
+    /// Forgets `id_hash` if it is still held for record `log_seq` (a failed write).
+    pub fn remove_if_from(&self, id_hash: u64, log_seq: u64) {
+        let mut shard = self.shards[Self::shard(id_hash)].lock();
+        if shard
+            .get(&id_hash)
+            .is_some_and(|state| state.log_seq == log_seq)
+        {
+            shard.remove(&id_hash);
+        }
+    }
+
+    /// Forgets ids whose impression is at or before `cutoff_inclusive`.
+    pub fn sweep(&self, cutoff_inclusive: i64) -> u64 {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.lock();
+            map.retain(|_, state| {
+                let keep = state.at_unix_seconds > cutoff_inclusive;
+                removed += u64::from(!keep);
+                keep
+            });
+            if map.capacity() > 64 && map.capacity() > 4 * map.len() {
+                map.shrink_to_fit();
+            }
+        }
+        removed
+    }
+
+    /// A copy of every `(id hash, impression time)`.
+    pub fn snapshot(&self) -> Vec<(u64, i64)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.lock();
+            all.extend(
+                map.iter()
+                    .map(|(id_hash, state)| (*id_hash, state.at_unix_seconds)),
+            );
+        }
+        all
+    }
+
+    /// Ids held.
+    pub fn len(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().len() as u64)
+            .sum()
+    }
+
+    /// True when no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_is_exact_up_to_the_limit_and_never_under_counts_beyond() {
+        let mut entry = Entry::default();
+        let mut reference = Vec::new();
+        for index in 0..2_500i64 {
+            let time = 1_700_000_000 + index * 97 - (index % 7) * 500;
+            entry.insert(time);
+            reference.push(time);
+            let count_in = |after: i64, until: i64| {
+                reference
+                    .iter()
+                    .filter(|&&t| after < t && t <= until)
+                    .count() as u32
+            };
+            for (after, until) in [
+                (i64::MIN, i64::MAX),
+                (time - 3_600, time),
+                (time - 86_400, time - 100),
+            ] {
+                let counted = entry.count(after, until);
+                let truth = count_in(after, until);
+                if reference.len() <= EXACT_LIMIT {
+                    assert_eq!(counted, truth);
+                } else {
+                    assert!(counted >= truth, "{counted} < {truth}");
+                }
+            }
+        }
+        assert_eq!(entry.times().len(), EXACT_LIMIT);
+        assert_eq!(entry.events(), 2_500);
+    }
+
+    #[test]
+    fn sweep_drops_old_events_and_empty_entries() {
+        let counters = Counters::new();
+        let key = EntryKey {
+            user_fingerprint: 1,
+            cap_key_hash: cap_key_hash("li:1"),
+        };
+        let other = EntryKey {
+            user_fingerprint: 2,
+            cap_key_hash: cap_key_hash("li:1"),
+        };
+        for time in [100, 200, 300] {
+            counters.add(key, time);
+        }
+        counters.add(other, 150);
+        let outcome = counters.sweep(200);
+        assert_eq!(outcome.events_dropped, 3);
+        assert_eq!(outcome.entries_removed, 1);
+        assert_eq!(counters.count(key, i64::MIN, i64::MAX), 1);
+        assert_eq!(counters.figures().entries, 1);
+    }
+
+    #[test]
+    fn id_set_inserts_once() {
+        let ids = IdSet::new();
+        let state = IdState {
+            at_unix_seconds: 10,
+            log_seq: 7,
+        };
+        assert_eq!(ids.check_and_insert(5, state), None);
+        assert_eq!(
+            ids.check_and_insert(
+                5,
+                IdState {
+                    at_unix_seconds: 10,
+                    log_seq: 8
+                }
+            ),
+            Some(state)
+        );
+        ids.remove_if_from(5, 8);
+        assert!(ids.contains(5));
+        ids.remove_if_from(5, 7);
+        assert!(!ids.contains(5));
+        ids.check_and_insert(6, state);
+        assert_eq!(ids.sweep(10), 1);
+        assert!(ids.is_empty());
+    }
+}
