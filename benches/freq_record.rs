@@ -51,39 +51,51 @@ fn bench_record(criterion: &mut Criterion) {
     let now = segd::unix_now_seconds();
     let mut group = criterion.benchmark_group("record");
     group.throughput(Throughput::Elements(BATCH_IMPRESSIONS));
-    for policy in [FsyncPolicy::Never, FsyncPolicy::Interval, FsyncPolicy::Always] {
+    for policy in [
+        FsyncPolicy::Never,
+        FsyncPolicy::Interval,
+        FsyncPolicy::Always,
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path(), policy);
         let next_id = AtomicU64::new(0);
-        group.bench_function(BenchmarkId::new(policy_name(policy), "1_caller"), |bencher| {
-            bencher.iter_batched(
-                || make_batch(&next_id, now),
-                |batch| store.record(&batch).expect("record"),
-                BatchSize::SmallInput,
-            )
-        });
+        group.bench_function(
+            BenchmarkId::new(policy_name(policy), "1_caller"),
+            |bencher| {
+                bencher.iter_batched(
+                    || make_batch(&next_id, now),
+                    |batch| store.record(&batch).expect("record"),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
         // 4 callers at once: the writer commits their records together.
-        group.bench_function(BenchmarkId::new(policy_name(policy), "4_callers"), |bencher| {
-            bencher.iter_custom(|iterations| {
-                let per_caller = iterations.div_ceil(4);
-                let batches: Vec<Vec<Vec<NewImpression>>> = (0..4)
-                    .map(|_| (0..per_caller).map(|_| make_batch(&next_id, now)).collect())
-                    .collect();
-                let started = Instant::now();
-                std::thread::scope(|scope| {
-                    for caller_batches in &batches {
-                        let store = &store;
-                        scope.spawn(move || {
-                            for batch in caller_batches {
-                                store.record(batch).expect("record");
-                            }
-                        });
-                    }
-                });
-                // Scale to the time per batch of the iterations asked for.
-                started.elapsed().mul_f64(iterations as f64 / (4 * per_caller) as f64)
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new(policy_name(policy), "4_callers"),
+            |bencher| {
+                bencher.iter_custom(|iterations| {
+                    let per_caller = iterations.div_ceil(4);
+                    let batches: Vec<Vec<Vec<NewImpression>>> = (0..4)
+                        .map(|_| (0..per_caller).map(|_| make_batch(&next_id, now)).collect())
+                        .collect();
+                    let started = Instant::now();
+                    std::thread::scope(|scope| {
+                        for caller_batches in &batches {
+                            let store = &store;
+                            scope.spawn(move || {
+                                for batch in caller_batches {
+                                    store.record(batch).expect("record");
+                                }
+                            });
+                        }
+                    });
+                    // Scale to the time per batch of the iterations asked for.
+                    started
+                        .elapsed()
+                        .mul_f64(iterations as f64 / (4 * per_caller) as f64)
+                })
+            },
+        );
         store.shutdown().expect("shutdown");
     }
     group.finish();
@@ -116,6 +128,27 @@ fn bench_count(criterion: &mut Criterion) {
             bencher.iter(|| {
                 user = (user + 7_919) % users;
                 black_box(store.count_hashed(black_box(user), key_hash, now - 86_400, now))
+            })
+        });
+        // A Decide of 50 candidates with 2 caps each: 100 caps of one user.
+        let queries: Vec<segd::freq::CountQuery> = (0..100)
+            .map(|index| segd::freq::CountQuery {
+                cap_key_hash: segd::freq::cap_key_hash(&if index % 2 == 0 {
+                    format!("li:{}", index % 50)
+                } else {
+                    format!("camp:{}", index % 7)
+                }),
+                after_exclusive: now - 86_400,
+                until_inclusive: now,
+            })
+            .collect();
+        let mut counts = Vec::with_capacity(queries.len());
+        group.bench_function(BenchmarkId::new("count_many_100_caps", users), |bencher| {
+            bencher.iter(|| {
+                user = (user + 7_919) % users;
+                counts.clear();
+                store.count_many(black_box(user), &queries, &mut counts);
+                black_box(&counts);
             })
         });
         store.shutdown().expect("shutdown");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use segd::freq::{
-    Calendar, CapWindow, EXACT_LIMIT, FreqConfig, FreqStore, FsyncPolicy, NewImpression,
+    Calendar, CapWindow, CountQuery, EXACT_LIMIT, FreqConfig, FreqStore, FsyncPolicy,
+    NewImpression, cap_key_hash,
 };
 use segd::user_fingerprint;
 
@@ -46,7 +47,20 @@ fn naive_year_month(mut day: i64) -> (i64, u32) {
         day -= year_days;
         year += 1;
     }
-    let month_days = [31, if is_leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if is_leap(year) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     for (index, length) in month_days.iter().enumerate() {
         if day < *length {
             return (year, index as u32 + 1);
@@ -61,7 +75,8 @@ fn reference_counts(window: &CapWindow, time: i64, at: i64) -> bool {
     if time > at {
         return false;
     }
-    let local_day = |instant: i64| (instant + i64::from(window.utc_offset_minutes) * 60).div_euclid(86_400);
+    let local_day =
+        |instant: i64| (instant + i64::from(window.utc_offset_minutes) * 60).div_euclid(86_400);
     match window.calendar {
         Calendar::Rolling if window.window_seconds == 0 => time > at - RETENTION_SECONDS,
         Calendar::Rolling => time > at - i64::from(window.window_seconds),
@@ -81,12 +96,24 @@ fn window_strategy() -> impl Strategy<Value = CapWindow> {
         Just(7 * 86_400u32),
         1u32..40 * 86_400
     ]
-    .prop_map(|window_seconds| CapWindow { window_seconds, calendar: Calendar::Rolling, utc_offset_minutes: 0 });
+    .prop_map(|window_seconds| CapWindow {
+        window_seconds,
+        calendar: Calendar::Rolling,
+        utc_offset_minutes: 0,
+    });
     let calendar = (
-        prop_oneof![Just(Calendar::Day), Just(Calendar::Week), Just(Calendar::Month)],
+        prop_oneof![
+            Just(Calendar::Day),
+            Just(Calendar::Week),
+            Just(Calendar::Month)
+        ],
         prop::sample::select(OFFSETS_MINUTES.to_vec()),
     )
-        .prop_map(|(calendar, utc_offset_minutes)| CapWindow { window_seconds: 0, calendar, utc_offset_minutes });
+        .prop_map(|(calendar, utc_offset_minutes)| CapWindow {
+            window_seconds: 0,
+            calendar,
+            utc_offset_minutes,
+        });
     prop_oneof![rolling, calendar]
 }
 
@@ -103,15 +130,21 @@ fn impression_strategy() -> impl Strategy<Value = GeneratedImpression> {
         0u8..3,
         1u8..8,
         // Around month ends: late January to early March 2024 (a leap February).
-        prop_oneof![0i64..70 * 86_400, (29 * 86_400i64)..(32 * 86_400), (58 * 86_400i64)..(61 * 86_400)],
+        prop_oneof![
+            0i64..70 * 86_400,
+            (29 * 86_400i64)..(32 * 86_400),
+            (58 * 86_400i64)..(61 * 86_400)
+        ],
         prop::option::of(0u8..40),
     )
-        .prop_map(|(user, key_mask, at_offset_seconds, id)| GeneratedImpression {
-            user,
-            key_mask,
-            at_offset_seconds,
-            id,
-        })
+        .prop_map(
+            |(user, key_mask, at_offset_seconds, id)| GeneratedImpression {
+                user,
+                key_mask,
+                at_offset_seconds,
+                id,
+            },
+        )
 }
 
 fn to_new_impression(generated: &GeneratedImpression) -> NewImpression {
@@ -124,7 +157,10 @@ fn to_new_impression(generated: &GeneratedImpression) -> NewImpression {
             .map(|(_, key)| key.to_string())
             .collect(),
         at_unix_seconds: BASE_UNIX_SECONDS + generated.at_offset_seconds,
-        impression_id: generated.id.map(|id| format!("imp-{id}")).unwrap_or_default(),
+        impression_id: generated
+            .id
+            .map(|id| format!("imp-{id}"))
+            .unwrap_or_default(),
     }
 }
 
@@ -172,6 +208,18 @@ proptest! {
                 .map(|times| times.iter().filter(|&&time| reference_counts(&window, time, at)).count() as u32)
                 .unwrap_or(0);
             prop_assert_eq!(counted, truth, "user {} key {} at {} window {:?}", user, key, at, window);
+            // All caps of the user at once give the same counts.
+            let queries: Vec<CountQuery> = CAP_KEYS
+                .iter()
+                .map(|cap_key| {
+                    let (after_exclusive, until_inclusive) = window.count_range(at, RETENTION_SECONDS);
+                    CountQuery { cap_key_hash: cap_key_hash(cap_key), after_exclusive, until_inclusive }
+                })
+                .collect();
+            let mut counts = vec![7];
+            store.count_many(fingerprint, &queries, &mut counts);
+            prop_assert_eq!(counts.len(), 1 + CAP_KEYS.len());
+            prop_assert_eq!(counts[1 + key_index], counted);
             // A cap has room while the count is below the limit (limit 1 = cooldown).
             prop_assert_eq!(counted < limit, truth < limit);
         }
@@ -259,7 +307,10 @@ fn concurrent_retries_of_one_impression_count_once() {
 #[test]
 fn impressions_older_than_retention_are_accepted_but_not_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = FreqConfig { retention_seconds: 86_400, ..FreqConfig::new(dir.path()) };
+    let config = FreqConfig {
+        retention_seconds: 86_400,
+        ..FreqConfig::new(dir.path())
+    };
     let (store, _) = FreqStore::open(config).expect("open");
     let now = segd::unix_now_seconds();
     let fingerprint = user_fingerprint("ck:old");

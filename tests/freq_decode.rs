@@ -10,18 +10,27 @@ use segd::freq::{SegmentDecodeError, decode_log_segment};
 
 fn record_strategy() -> impl Strategy<Value = LogRecord> {
     prop::collection::vec(
-        (any::<u64>(), any::<i64>(), prop::option::of(any::<u64>()), prop::collection::vec(any::<u64>(), 0..4)),
+        (
+            any::<u64>(),
+            any::<i64>(),
+            prop::option::of(any::<u64>()),
+            prop::collection::vec(any::<u64>(), 0..4),
+        ),
         1..6,
     )
     .prop_map(|impressions| LogRecord {
         impressions: impressions
             .into_iter()
-            .map(|(user_fingerprint, at_unix_seconds, impression_id_hash, cap_key_hashes)| LogImpression {
-                user_fingerprint,
-                at_unix_seconds,
-                impression_id_hash,
-                cap_key_hashes,
-            })
+            .map(
+                |(user_fingerprint, at_unix_seconds, impression_id_hash, cap_key_hashes)| {
+                    LogImpression {
+                        user_fingerprint,
+                        at_unix_seconds,
+                        impression_id_hash,
+                        cap_key_hashes,
+                    }
+                },
+            )
             .collect(),
     })
 }

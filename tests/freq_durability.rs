@@ -63,7 +63,16 @@ fn expected_li_total(batches: i64) -> u32 {
 }
 
 fn total_li(store: &FreqStore) -> u32 {
-    (0..3).map(|user| store.count(user_fingerprint(&format!("ck:{user}")), "li:1", i64::MIN, i64::MAX)).sum()
+    (0..3)
+        .map(|user| {
+            store.count(
+                user_fingerprint(&format!("ck:{user}")),
+                "li:1",
+                i64::MIN,
+                i64::MAX,
+            )
+        })
+        .sum()
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -143,8 +152,19 @@ fn torn_tail_at_every_byte_of_the_last_record_recovers_the_complete_records() {
         let (store, report) = open(copy.path());
         let complete = if cut == full.len() as u64 { 5 } else { 4 };
         assert_eq!(report.replayed_records, complete, "cut at {cut}");
-        assert_eq!(report.torn_tail_bytes, cut - if complete == 5 { cut } else { length_before_last });
-        assert_eq!(total_li(&store), expected_li_total(complete as i64), "cut at {cut}");
+        assert_eq!(
+            report.torn_tail_bytes,
+            cut - if complete == 5 {
+                cut
+            } else {
+                length_before_last
+            }
+        );
+        assert_eq!(
+            total_li(&store),
+            expected_li_total(complete as i64),
+            "cut at {cut}"
+        );
         store.stop_without_checkpoint();
         drop(store);
         // The tail was cut off for good: a second open finds nothing torn.
@@ -154,7 +174,11 @@ fn torn_tail_at_every_byte_of_the_last_record_recovers_the_complete_records() {
         store.stop_without_checkpoint();
     }
 
-    for garbage in [vec![0u8; 4096], vec![0xAB; 7], (0..=255u8).cycle().take(1000).collect::<Vec<_>>()] {
+    for garbage in [
+        vec![0u8; 4096],
+        vec![0xAB; 7],
+        (0..=255u8).cycle().take(1000).collect::<Vec<_>>(),
+    ] {
         let copy = tempfile::tempdir().expect("tempdir");
         copy_dir(source.path(), copy.path());
         let mut damaged = full.clone();
@@ -184,7 +208,9 @@ fn a_flipped_byte_mid_log_refuses_open_naming_file_and_offset_unless_recovering(
     bytes[second_record_offset as usize + 20] ^= 0x10;
     fs::write(&segment, &bytes).expect("write");
 
-    let refused = FreqStore::open(config(dir.path(), FsyncPolicy::Never)).err().expect("refused");
+    let refused = FreqStore::open(config(dir.path(), FsyncPolicy::Never))
+        .err()
+        .expect("refused");
     match &refused {
         FreqError::CorruptLog { path, offset, .. } => {
             assert_eq!(path, &segment);
@@ -193,13 +219,28 @@ fn a_flipped_byte_mid_log_refuses_open_naming_file_and_offset_unless_recovering(
         other => panic!("expected CorruptLog, got {other}"),
     }
     let message = refused.to_string();
-    assert!(message.contains(&segment.display().to_string()), "{message}");
-    assert!(message.contains(&format!("offset {second_record_offset}")), "{message}");
+    assert!(
+        message.contains(&segment.display().to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("offset {second_record_offset}")),
+        "{message}"
+    );
 
-    let recovering = FreqConfig { recover_corrupt_log: true, ..config(dir.path(), FsyncPolicy::Never) };
+    let recovering = FreqConfig {
+        recover_corrupt_log: true,
+        ..config(dir.path(), FsyncPolicy::Never)
+    };
     let (store, report) = FreqStore::open(recovering).expect("recovering open");
-    assert_eq!(report.corrupt_offset, Some((segment.clone(), second_record_offset)));
-    assert_eq!(report.corrupt_bytes_dropped, bytes.len() as u64 - second_record_offset);
+    assert_eq!(
+        report.corrupt_offset,
+        Some((segment.clone(), second_record_offset))
+    );
+    assert_eq!(
+        report.corrupt_bytes_dropped,
+        bytes.len() as u64 - second_record_offset
+    );
     assert_eq!(total_li(&store), expected_li_total(1));
     store.record(&batch(9)).expect("record after recovery");
     store.stop_without_checkpoint();
@@ -251,7 +292,13 @@ fn checkpoint_plus_replay_equals_replay_alone() {
     // Covered segments were deleted.
     assert!(checkpointed.stats().log_segments < replayed.stats().log_segments + 3);
     for index in [0, 15, 59] {
-        assert_eq!(checkpointed.record(&batch(index)).expect("retry").duplicates, 1);
+        assert_eq!(
+            checkpointed
+                .record(&batch(index))
+                .expect("retry")
+                .duplicates,
+            1
+        );
         assert_eq!(replayed.record(&batch(index)).expect("retry").duplicates, 1);
     }
 }
@@ -269,20 +316,35 @@ fn a_failing_write_or_fsync_returns_an_error_and_records_nothing_it_reports() {
         store.record(&batch(0)).expect("record");
         store.inject_fault(fault);
         let failed = store.record(&batch(1));
-        assert!(matches!(failed, Err(FreqError::Storage(_))), "{policy:?} {fault:?}: {failed:?}");
+        assert!(
+            matches!(failed, Err(FreqError::Storage(_))),
+            "{policy:?} {fault:?}: {failed:?}"
+        );
         let checkpoint = store.checkpoint();
-        assert!(checkpoint.is_err(), "{policy:?} {fault:?}: checkpoint must fail too {checkpoint:?} {:?}", store.stats());
+        assert!(
+            checkpoint.is_err(),
+            "{policy:?} {fault:?}: checkpoint must fail too {checkpoint:?} {:?}",
+            store.stats()
+        );
         store.inject_fault(InjectedFault::None);
         // The failed impression's id was released: its retry records it.
         let retry = store.record(&batch(1)).expect("retry");
-        assert_eq!((retry.recorded, retry.duplicates), (1, 0), "{policy:?} {fault:?}");
+        assert_eq!(
+            (retry.recorded, retry.duplicates),
+            (1, 0),
+            "{policy:?} {fault:?}"
+        );
         store.record(&batch(2)).expect("record");
         assert!(store.stats().write_failures >= 1);
         store.stop_without_checkpoint();
         drop(store);
         let (store, _) = FreqStore::open(config(dir.path(), policy)).expect("reopen");
         // Everything acknowledged is there; the failed attempt is not counted twice.
-        assert_eq!(total_li(&store), expected_li_total(3), "{policy:?} {fault:?}");
+        assert_eq!(
+            total_li(&store),
+            expected_li_total(3),
+            "{policy:?} {fault:?}"
+        );
         store.checkpoint().expect("checkpoint");
     }
 }
@@ -310,11 +372,19 @@ fn a_damaged_checkpoint_refuses_open() {
     let checkpoint = fs::read_dir(dir.path())
         .expect("read dir")
         .map(|entry| entry.expect("entry").path())
-        .find(|path| path.extension().is_some_and(|extension| extension == "ckpt"))
+        .find(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "ckpt")
+        })
         .expect("a checkpoint");
     let mut bytes = fs::read(&checkpoint).expect("read");
     bytes[40] ^= 1;
     fs::write(&checkpoint, bytes).expect("write");
-    let refused = FreqStore::open(config(dir.path(), FsyncPolicy::Never)).err().expect("refused");
-    assert!(matches!(refused, FreqError::CorruptCheckpoint { .. }), "{refused}");
+    let refused = FreqStore::open(config(dir.path(), FsyncPolicy::Never))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(refused, FreqError::CorruptCheckpoint { .. }),
+        "{refused}"
+    );
 }

@@ -6,6 +6,10 @@
 //! colliding at 64 bits would share a counter (an over-count, never an
 //! under-count); with a few thousand keys per user the odds are about 2^-40.
 //!
+//! Entries are grouped per user (a map from user fingerprint to a small vector
+//! sorted by cap key hash), so all the caps of one user cost one shard lock and
+//! one map probe.
+//!
 //! An entry keeps up to [`EXACT_LIMIT`] impression times exactly. Beyond that the
 //! oldest are folded into hour buckets, so memory stays bounded; a bucket is
 //! counted whenever any part of its hour may lie in the range asked, so counts
@@ -41,14 +45,6 @@ pub struct EntryKey {
     pub user_fingerprint: u64,
     /// xxh3-64 of the cap key.
     pub cap_key_hash: u64,
-}
-
-impl EntryKey {
-    fn shard(&self) -> usize {
-        let mixed = (self.user_fingerprint ^ self.cap_key_hash.rotate_left(32))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> (64 - SHARD_COUNT.trailing_zeros())) as usize
-    }
 }
 
 /// Impressions of one hour folded into one count.
@@ -224,6 +220,8 @@ pub struct SweepOutcome {
 /// Figures of the counters, gathered shard by shard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CounterFigures {
+    /// Users with at least one counter.
+    pub users: u64,
     /// (user, cap key) entries.
     pub entries: u64,
     /// Impressions held, exact and folded.
@@ -234,11 +232,62 @@ pub struct CounterFigures {
     pub approximate_bytes: u64,
 }
 
-/// The sharded map of entries.
+/// One cap of a [`Counters::count_many`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountQuery {
+    /// xxh3-64 of the cap key ([`cap_key_hash`]).
+    pub cap_key_hash: u64,
+    /// Count times strictly after this.
+    pub after_exclusive: i64,
+    /// Count times up to and including this.
+    pub until_inclusive: i64,
+}
+
+/// The counters of one user, one per cap key.
+#[derive(Debug, Clone, Default)]
+struct UserCounters {
+    /// Sorted by cap key hash, unique; no entry is empty.
+    keys: Vec<(u64, Entry)>,
+}
+
+impl UserCounters {
+    fn get(&self, cap_key_hash: u64) -> Option<&Entry> {
+        self.keys
+            .binary_search_by_key(&cap_key_hash, |(key_hash, _)| *key_hash)
+            .ok()
+            .map(|index| &self.keys[index].1)
+    }
+
+    fn get_or_insert(&mut self, cap_key_hash: u64) -> &mut Entry {
+        let index = match self
+            .keys
+            .binary_search_by_key(&cap_key_hash, |(key_hash, _)| *key_hash)
+        {
+            Ok(index) => index,
+            Err(index) => {
+                if self.keys.len() < 4 {
+                    // Most users have a handful of keys: grow one slot at a time.
+                    self.keys.reserve_exact(1);
+                }
+                self.keys.insert(index, (cap_key_hash, Entry::default()));
+                index
+            }
+        };
+        &mut self.keys[index].1
+    }
+}
+
+/// The sharded map of counters, grouped by user so that every cap of one
+/// `Decide` candidate list is one shard lock and one map probe.
 pub struct Counters {
-    /// `shards[key.shard()]` holds the key. parking_lot mutexes, held for a
-    /// map operation only, never across I/O.
-    shards: Box<[Mutex<FastMap<EntryKey, Entry>>]>,
+    /// `shards[user_shard(user)]` holds the user. parking_lot mutexes, held
+    /// for a map operation only, never across I/O.
+    shards: Box<[Mutex<FastMap<u64, UserCounters>>]>,
+}
+
+fn user_shard(user_fingerprint: u64) -> usize {
+    (user_fingerprint.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARD_COUNT.trailing_zeros()))
+        as usize
 }
 
 impl Default for Counters {
@@ -257,37 +306,70 @@ impl Counters {
         }
     }
 
-    /// Adds one impression.
+    /// Adds one impression to one counter.
     pub fn add(&self, key: EntryKey, at_unix_seconds: i64) {
-        self.shards[key.shard()]
-            .lock()
-            .entry(key)
-            .or_default()
-            .insert(at_unix_seconds);
+        self.add_impression(key.user_fingerprint, &[key.cap_key_hash], at_unix_seconds);
+    }
+
+    /// Adds one impression of a user to each of its cap keys, under one lock.
+    pub fn add_impression(
+        &self,
+        user_fingerprint: u64,
+        cap_key_hashes: &[u64],
+        at_unix_seconds: i64,
+    ) {
+        if cap_key_hashes.is_empty() {
+            return;
+        }
+        let mut shard = self.shards[user_shard(user_fingerprint)].lock();
+        let user = shard.entry(user_fingerprint).or_default();
+        for &cap_key_hash in cap_key_hashes {
+            user.get_or_insert(cap_key_hash).insert(at_unix_seconds);
+        }
     }
 
     /// Impressions of `key` with `after_exclusive < t <= until_inclusive`.
     pub fn count(&self, key: EntryKey, after_exclusive: i64, until_inclusive: i64) -> u32 {
-        self.shards[key.shard()]
+        self.shards[user_shard(key.user_fingerprint)]
             .lock()
-            .get(&key)
+            .get(&key.user_fingerprint)
+            .and_then(|user| user.get(key.cap_key_hash))
             .map(|entry| entry.count(after_exclusive, until_inclusive))
             .unwrap_or(0)
     }
 
-    /// Drops events at or before `cutoff_inclusive` and empty entries, one
-    /// shard at a time.
+    /// The count of each query for one user, appended to `counts` in order,
+    /// under one lock.
+    pub fn count_many(&self, user_fingerprint: u64, queries: &[CountQuery], counts: &mut Vec<u32>) {
+        let shard = self.shards[user_shard(user_fingerprint)].lock();
+        let Some(user) = shard.get(&user_fingerprint) else {
+            counts.extend(std::iter::repeat_n(0, queries.len()));
+            return;
+        };
+        counts.extend(queries.iter().map(|query| {
+            user.get(query.cap_key_hash)
+                .map(|entry| entry.count(query.after_exclusive, query.until_inclusive))
+                .unwrap_or(0)
+        }));
+    }
+
+    /// Drops events at or before `cutoff_inclusive` and empty entries and
+    /// users, one shard at a time.
     pub fn sweep(&self, cutoff_inclusive: i64) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
         for shard in self.shards.iter() {
             let mut map = shard.lock();
-            map.retain(|_, entry| {
-                outcome.events_dropped += entry.sweep(cutoff_inclusive);
-                let keep = !entry.is_empty();
-                if !keep {
-                    outcome.entries_removed += 1;
+            map.retain(|_, user| {
+                user.keys.retain_mut(|(_, entry)| {
+                    outcome.events_dropped += entry.sweep(cutoff_inclusive);
+                    let keep = !entry.is_empty();
+                    outcome.entries_removed += u64::from(!keep);
+                    keep
+                });
+                if user.keys.capacity() > 8 && user.keys.capacity() > 2 * user.keys.len() {
+                    user.keys.shrink_to_fit();
                 }
-                keep
+                !user.keys.is_empty()
             });
             if map.capacity() > 64 && map.capacity() > 4 * map.len() {
                 map.shrink_to_fit();
@@ -301,31 +383,48 @@ impl Counters {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let map = shard.lock();
-            all.reserve(map.len());
-            all.extend(map.iter().map(|(key, entry)| (*key, entry.clone())));
+            for (&user_fingerprint, user) in map.iter() {
+                all.extend(user.keys.iter().map(|(cap_key_hash, entry)| {
+                    let key = EntryKey {
+                        user_fingerprint,
+                        cap_key_hash: *cap_key_hash,
+                    };
+                    (key, entry.clone())
+                }));
+            }
         }
         all
     }
 
     /// Puts a checkpointed entry in place (replacing any).
     pub fn restore(&self, key: EntryKey, entry: Entry) {
-        if !entry.is_empty() {
-            self.shards[key.shard()].lock().insert(key, entry);
+        if entry.is_empty() {
+            return;
         }
+        let mut shard = self.shards[user_shard(key.user_fingerprint)].lock();
+        *shard
+            .entry(key.user_fingerprint)
+            .or_default()
+            .get_or_insert(key.cap_key_hash) = entry;
     }
 
     /// Entries, events and an estimate of the memory they take.
     pub fn figures(&self) -> CounterFigures {
         let mut figures = CounterFigures::default();
-        let slot_bytes = size_of::<(EntryKey, Entry)>() + 1;
+        let slot_bytes = size_of::<(u64, UserCounters)>() + 1;
         for shard in self.shards.iter() {
             let map = shard.lock();
-            figures.entries += map.len() as u64;
             figures.approximate_bytes += (map.capacity() * slot_bytes) as u64;
-            for entry in map.values() {
-                figures.events += entry.events();
-                figures.coarse_entries += u64::from(entry.coarse.is_some());
-                figures.approximate_bytes += entry.heap_bytes() as u64;
+            for user in map.values() {
+                figures.users += 1;
+                figures.entries += user.keys.len() as u64;
+                figures.approximate_bytes +=
+                    (user.keys.capacity() * size_of::<(u64, Entry)>()) as u64;
+                for (_, entry) in &user.keys {
+                    figures.events += entry.events();
+                    figures.coarse_entries += u64::from(entry.coarse.is_some());
+                    figures.approximate_bytes += entry.heap_bytes() as u64;
+                }
             }
         }
         figures

@@ -21,7 +21,7 @@ pub mod log;
 pub mod store;
 pub mod window;
 
-pub use counters::{EXACT_LIMIT, cap_key_hash, impression_id_hash};
+pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
 pub use log::{DecodedSegment, FsyncPolicy, InjectedFault, SegmentDecodeError, decode_log_segment};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};

@@ -33,7 +33,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::checkpoint::{
     CheckpointData, parse_checkpoint_file_name, read_checkpoint, write_checkpoint,
 };
-use super::counters::{Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash};
+use super::counters::{
+    CountQuery, Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash,
+};
 use super::error::FreqError;
 use super::log::{
     FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
@@ -126,6 +128,8 @@ pub struct RecoveryReport {
 /// Figures for `Status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FreqStats {
+    /// Users with at least one counter.
+    pub users: u64,
     /// (user, cap key) counters.
     pub entries: u64,
     /// Impressions held.
@@ -315,6 +319,15 @@ impl FreqStore {
         )
     }
 
+    /// The counts of several caps of one user, appended to `counts` in query
+    /// order: one shard lock and one map probe for all of them. What `Decide`
+    /// should call with every cap of every candidate.
+    pub fn count_many(&self, user_fingerprint: u64, queries: &[CountQuery], counts: &mut Vec<u32>) {
+        self.inner
+            .counters
+            .count_many(user_fingerprint, queries, counts);
+    }
+
     /// Impressions a cap with `window` counts at `at_unix_seconds`.
     pub fn count_in_window(
         &self,
@@ -355,6 +368,7 @@ impl FreqStore {
             })
             .unwrap_or((0, 0));
         FreqStats {
+            users: figures.users,
             entries: figures.entries,
             events: figures.events,
             coarse_entries: figures.coarse_entries,
@@ -459,7 +473,7 @@ fn spawn_periodic(
 struct RecordPlan {
     outcome: RecordOutcome,
     /// (counter, time) pairs to apply to memory.
-    to_apply: Vec<(EntryKey, i64)>,
+    to_apply: Vec<LogImpression>,
     /// Id hashes this call claimed (to forget if its write fails).
     claimed_ids: Vec<u64>,
     /// Records of earlier calls holding ids this call found duplicate.
@@ -501,22 +515,14 @@ impl Inner {
                     .iter()
                     .map(|key| cap_key_hash(key))
                     .collect();
-                for &key_hash in &cap_key_hashes {
-                    let key = EntryKey {
-                        user_fingerprint: impression.user_fingerprint,
-                        cap_key_hash: key_hash,
-                    };
-                    plan.to_apply.push((key, impression.at_unix_seconds));
-                }
-                encode_impression(
-                    &LogImpression {
-                        user_fingerprint: impression.user_fingerprint,
-                        at_unix_seconds: impression.at_unix_seconds,
-                        impression_id_hash: id_hash,
-                        cap_key_hashes,
-                    },
-                    payload,
-                );
+                let impression = LogImpression {
+                    user_fingerprint: impression.user_fingerprint,
+                    at_unix_seconds: impression.at_unix_seconds,
+                    impression_id_hash: id_hash,
+                    cap_key_hashes,
+                };
+                encode_impression(&impression, payload);
+                plan.to_apply.push(impression);
                 stored += 1;
             }
             if stored == 0 {
@@ -526,8 +532,12 @@ impl Inner {
             }
             plan
         })?;
-        for &(key, at) in &plan.to_apply {
-            self.counters.add(key, at);
+        for impression in &plan.to_apply {
+            self.counters.add_impression(
+                impression.user_fingerprint,
+                &impression.cap_key_hashes,
+                impression.at_unix_seconds,
+            );
         }
         drop(gate);
 
@@ -706,15 +716,11 @@ fn apply_replayed(
                 continue;
             }
         }
-        for &cap_key_hash in &impression.cap_key_hashes {
-            counters.add(
-                EntryKey {
-                    user_fingerprint: impression.user_fingerprint,
-                    cap_key_hash,
-                },
-                impression.at_unix_seconds,
-            );
-        }
+        counters.add_impression(
+            impression.user_fingerprint,
+            &impression.cap_key_hashes,
+            impression.at_unix_seconds,
+        );
     }
 }
 
