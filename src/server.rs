@@ -6,7 +6,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
@@ -17,10 +18,11 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::info;
 
-use crate::api::admin::NoExtras;
+use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
-use crate::config::ServeConfig;
+use crate::config::{FsyncMode, ServeConfig};
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::store::Store;
@@ -113,8 +115,13 @@ pub async fn serve(
         let _ = receiver.wait_for(|stop| *stop).await;
     };
 
+    let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(SegmentsService::new(store.clone(), limits));
+    let segments = SegmentsServer::new(SegmentsService::new(
+        store.clone(),
+        counters.clone(),
+        limits,
+    ));
     let query_server = Server::builder()
         .add_service(health_service.clone())
         .add_service(reflection.clone())
@@ -131,7 +138,11 @@ pub async fn serve(
         AdminServer::new(AdminService::new(
             catalog.clone(),
             config.max_push_bytes,
-            Arc::new(NoExtras),
+            Arc::new(ServerStatusExtras {
+                counters: counters.clone(),
+                fsync: config.fsync,
+                retention_days: config.freq_retention_days,
+            }),
         ))
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
@@ -151,11 +162,24 @@ pub async fn serve(
 
     let demo = config.demo;
     let load_catalog = catalog.clone();
+    let freq_config = freq_config(&config);
+    let load_counters = counters.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
         }
-        Ok(load_catalog.load_all(crate::unix_now_seconds())?)
+        let generation = load_catalog.load_all(crate::unix_now_seconds())?;
+        let freq_dir = freq_config.dir.clone();
+        let (store, report) = FreqStore::open(freq_config)
+            .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
+        info!(
+            checkpoint_events = report.checkpoint_events,
+            replayed_records = report.replayed_records,
+            torn_tail_bytes = report.torn_tail_bytes,
+            "frequency store recovered"
+        );
+        let _ = load_counters.set(store);
+        Ok(generation)
     })
     .await
     .context("data directory loader failed")
@@ -167,6 +191,7 @@ pub async fn serve(
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
             let _ = tokio::join!(query_task, admin_task);
+            shutdown_counters(&counters).await?;
             return Err(error);
         }
     };
@@ -185,6 +210,9 @@ pub async fn serve(
         .await;
 
     let (query_result, admin_result) = tokio::join!(query_task, admin_task);
+    // In-flight requests have drained: flush the log and checkpoint even if a
+    // listener failed, then report.
+    shutdown_counters(&counters).await?;
     query_result
         .context("query server task")?
         .context("query server")?;
@@ -193,4 +221,59 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// Flushes and fsyncs the frequency log and writes a checkpoint.
+async fn shutdown_counters(counters: &Arc<OnceLock<Arc<FreqStore>>>) -> anyhow::Result<()> {
+    let Some(store) = counters.get().cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .context("frequency shutdown task")?
+        .context("flush the frequency store")?;
+    info!("frequency log flushed and checkpointed");
+    Ok(())
+}
+
+/// The frequency store's settings from the flags.
+pub fn freq_config(config: &ServeConfig) -> FreqConfig {
+    FreqConfig {
+        dir: config.data_dir.join("freq"),
+        fsync: match config.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval,
+            FsyncMode::Never => FsyncPolicy::Never,
+        },
+        fsync_interval: Duration::from_millis(config.fsync_interval_ms.max(1)),
+        retention_seconds: config.freq_retention_seconds(),
+        checkpoint_interval: Duration::from_secs(config.checkpoint_interval_seconds.max(1)),
+        sweep_interval: Duration::from_secs(60),
+        recover_corrupt_log: config.recover_corrupt_log,
+    }
+}
+
+/// The parts of Admin/Status owned by the frequency store.
+struct ServerStatusExtras {
+    counters: Arc<OnceLock<Arc<FreqStore>>>,
+    fsync: FsyncMode,
+    retention_days: u32,
+}
+
+impl StatusExtras for ServerStatusExtras {
+    fn frequency(&self) -> Option<crate::proto::FrequencyStatus> {
+        let stats = self.counters.get()?.stats();
+        Some(crate::proto::FrequencyStatus {
+            entries: stats.entries,
+            events: stats.events,
+            log_bytes: stats.log_bytes,
+            fsync_policy: format!("{:?}", self.fsync).to_lowercase(),
+            retention_days: self.retention_days,
+            last_checkpoint_unix_seconds: stats.last_checkpoint_unix_seconds,
+        })
+    }
+
+    fn is_stale(&self, _built_at_unix_seconds: i64, _now_unix_seconds: i64) -> bool {
+        false
+    }
 }

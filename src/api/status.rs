@@ -27,3 +27,17 @@ impl From<CatalogError> for Status {
 fn pack_error_code(_error: &PackError) -> Code {
     Code::InvalidArgument
 }
+
+impl From<crate::freq::FreqError> for Status {
+    fn from(error: crate::freq::FreqError) -> Self {
+        use crate::freq::FreqError;
+        let code = match &error {
+            FreqError::Storage(_) => Code::Unavailable,
+            FreqError::CorruptLog { .. } => Code::DataLoss,
+            FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
+            FreqError::InvalidConfig(_) => Code::Internal,
+            FreqError::ShutDown => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
