@@ -42,7 +42,7 @@ fn build(tsv: &[u8]) -> segd::pack::Pack {
 fn bench_build(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("pack_build");
     group.sample_size(10);
-    for line_count in [2_000_000usize] {
+    for line_count in [200_000usize, 2_000_000] {
         let tsv = membership_tsv(line_count);
         group.throughput(Throughput::Elements(line_count as u64));
         group.bench_with_input(
