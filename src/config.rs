@@ -63,6 +63,18 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_RECOVER_CORRUPT_LOG")]
     pub recover_corrupt_log: bool,
 
+    /// Directory to watch for pack files (`*.segpack`) a sidecar syncs in:
+    /// each new or changed file, once unchanged across two polls, is verified
+    /// and served like a push (never an older version). Dotfiles and `*.tmp`
+    /// are ignored; refused files are logged and skipped. Created if missing;
+    /// must not be DATA_DIR/packs.
+    #[arg(long, env = "SEGD_WATCH_DIR")]
+    pub watch_dir: Option<PathBuf>,
+
+    /// How often --watch-dir is scanned, in milliseconds.
+    #[arg(long, env = "SEGD_WATCH_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+    pub watch_poll_ms: u64,
+
     /// Largest pack file PushSnapshot accepts, in bytes.
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,

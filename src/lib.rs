@@ -18,6 +18,8 @@
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
+//! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
+//!   pushes each new, stable file through the catalog.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
@@ -31,6 +33,7 @@ pub mod freq;
 pub mod pack;
 pub mod server;
 pub mod store;
+pub mod watch;
 
 /// Generated code for the `segd.v1` protobuf package.
 pub mod proto {

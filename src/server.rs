@@ -67,6 +67,9 @@ pub fn check_config(config: &ServeConfig) -> anyhow::Result<()> {
             config.admin_listen
         );
     }
+    if let Some(watch_dir) = &config.watch_dir {
+        crate::watch::check_watch_dir(watch_dir, &config.data_dir)?;
+    }
     Ok(())
 }
 
@@ -209,7 +212,21 @@ pub async fn serve(
         .set_serving::<SegmentsServer<SegmentsService>>()
         .await;
 
+    // Started only now, so a watched file never races the start-up load.
+    let watcher = config.watch_dir.clone().map(|watch_dir| {
+        crate::watch::spawn(
+            watch_dir,
+            Duration::from_millis(config.watch_poll_ms),
+            catalog.clone(),
+            Arc::new(crate::watch::WatchCounters::default()),
+            stop_receiver.clone(),
+        )
+    });
+
     let (query_result, admin_result) = tokio::join!(query_task, admin_task);
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     // In-flight requests have drained: flush the log and checkpoint even if a
     // listener failed, then report.
     shutdown_counters(&counters).await?;
