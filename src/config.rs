@@ -63,6 +63,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_RECOVER_CORRUPT_LOG")]
     pub recover_corrupt_log: bool,
 
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before their connections are closed; then the frequency log is flushed
+    /// and checkpointed and segd exits.
+    #[arg(long, env = "SEGD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
     /// Largest pack file PushSnapshot accepts, in bytes.
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,

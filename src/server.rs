@@ -16,7 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
@@ -209,7 +209,27 @@ pub async fn serve(
         .set_serving::<SegmentsServer<SegmentsService>>()
         .await;
 
-    let (query_result, admin_result) = tokio::join!(query_task, admin_task);
+    let abort_query = query_task.abort_handle();
+    let abort_admin = admin_task.abort_handle();
+    let servers = async { tokio::join!(query_task, admin_task) };
+    tokio::pin!(servers);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let mut stop_watch = stop_receiver.clone();
+    let drain_deadline = async move {
+        let _ = stop_watch.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    let (query_result, admin_result) = tokio::select! {
+        results = &mut servers => results,
+        () = drain_deadline => {
+            warn!(grace_seconds = grace.as_secs(), "requests still in flight after the grace period, closing their connections");
+            abort_query.abort();
+            abort_admin.abort();
+            servers.await
+        }
+    };
+    let query_result = ignore_cancelled(query_result);
+    let admin_result = ignore_cancelled(admin_result);
     // In-flight requests have drained: flush the log and checkpoint even if a
     // listener failed, then report.
     shutdown_counters(&counters).await?;
@@ -221,6 +241,16 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// A server task aborted after the grace period ended as intended.
+fn ignore_cancelled(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+    match result {
+        Err(join_error) if join_error.is_cancelled() => Ok(Ok(())),
+        other => other,
+    }
 }
 
 /// Flushes and fsyncs the frequency log and writes a checkpoint.
