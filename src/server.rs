@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use crate::api::auth::AdminAuth;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::store::Store;
@@ -59,15 +60,52 @@ impl Listeners {
     }
 }
 
-/// Refuses configurations that would be unsafe to run.
-pub fn check_config(config: &ServeConfig) -> anyhow::Result<()> {
-    if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+/// Refuses configurations that would be unsafe to run; returns the admin
+/// token (from --admin-token or --admin-token-file).
+pub fn check_config(config: &ServeConfig) -> anyhow::Result<Option<String>> {
+    let admin_token = config.resolve_admin_token()?;
+    if !config.admin_listen.ip().is_loopback() && admin_token.is_none() {
         bail!(
-            "--admin-listen {} is not a loopback address: set --admin-token (or SEGD_ADMIN_TOKEN) so pushes need a token",
+            "--admin-listen {} is not a loopback address: set --admin-token, SEGD_ADMIN_TOKEN or --admin-token-file so pushes need a token",
             config.admin_listen
         );
     }
-    Ok(())
+    Ok(admin_token)
+}
+
+/// TLS settings of one port from the flags, or `None` for plaintext.
+fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("read {flag} {}", path.display()))
+    };
+    let identity = Identity::from_pem(read(cert_path, "--tls-cert")?, read(key_path, "--tls-key")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if admin_port && let Some(ca_path) = &config.admin_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca_path, "--admin-client-ca")?));
+    }
+    Ok(Some(tls))
+}
+
+/// A server builder with the flags' HTTP/2, timeout and TLS settings.
+fn server_builder(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Server> {
+    let keepalive = (config.http2_keepalive_seconds > 0)
+        .then(|| Duration::from_secs(config.http2_keepalive_seconds));
+    let mut builder = Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls_config(config, admin_port)? {
+        let port = if admin_port { "admin" } else { "query" };
+        builder = builder
+            .tls_config(tls)
+            .with_context(|| format!("TLS settings of the {port} port"))?;
+    }
+    Ok(builder)
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -77,7 +115,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    check_config(&config)?;
+    let admin_token = check_config(&config)?;
     let store = Arc::new(Store::new());
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
@@ -121,8 +159,14 @@ pub async fn serve(
         store.clone(),
         counters.clone(),
         limits,
-    ));
-    let query_server = Server::builder()
+    ))
+    .max_decoding_message_size(config.max_request_bytes);
+    let overload_counters = Arc::new(OverloadCounters::default());
+    let query_server = server_builder(&config, false)?
+        .layer(ConcurrencyShedLayer::new(
+            config.max_in_flight,
+            overload_counters.clone(),
+        ))
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
@@ -132,7 +176,7 @@ pub async fn serve(
             stopped(stop_receiver.clone()),
         );
 
-    let auth = AdminAuth::new(config.admin_token.as_deref());
+    let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
         AdminServer::new(AdminService::new(
@@ -147,7 +191,7 @@ pub async fn serve(
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
-    let admin_server = Server::builder()
+    let admin_server = server_builder(&config, true)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
