@@ -127,6 +127,15 @@ fn acknowledged_impressions_survive_restart_and_retries_stay_duplicates() {
     assert_eq!(report.checkpoint_events, 20);
     assert_eq!(report.checkpoint_ids, 10);
     assert_eq!(total_li(&store), expected_li_total(10));
+    // An idle store's checkpoints leave no files behind.
+    let files_before = fs::read_dir(dir.path()).expect("read dir").count();
+    for _ in 0..3 {
+        store.checkpoint().expect("checkpoint");
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("read dir").count(),
+        files_before
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -150,6 +150,10 @@ pub struct FreqStats {
     pub write_failures: u64,
     /// When the last checkpoint was written (0 = none since open).
     pub last_checkpoint_unix_seconds: i64,
+    /// How long the last checkpoint held `record` calls back (copying maps).
+    pub last_checkpoint_pause_micros: u64,
+    /// How long the last checkpoint took in all.
+    pub last_checkpoint_micros: u64,
     /// fsyncs of log segments since open.
     pub fsync_count: u64,
     /// Total time spent in them.
@@ -181,6 +185,8 @@ struct Inner {
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
     last_checkpoint_unix_seconds: AtomicI64,
+    last_checkpoint_pause_micros: AtomicU64,
+    last_checkpoint_micros: AtomicU64,
     recorded_impressions: AtomicU64,
     duplicate_impressions: AtomicU64,
     stop_requested: Mutex<bool>,
@@ -239,6 +245,8 @@ impl FreqStore {
             log,
             checkpoint_lock: Mutex::new(covers_before),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
+            last_checkpoint_pause_micros: AtomicU64::new(0),
+            last_checkpoint_micros: AtomicU64::new(0),
             recorded_impressions: AtomicU64::new(0),
             duplicate_impressions: AtomicU64::new(0),
             stop_requested: Mutex::new(false),
@@ -381,6 +389,10 @@ impl FreqStore {
             last_checkpoint_unix_seconds: inner
                 .last_checkpoint_unix_seconds
                 .load(Ordering::Relaxed),
+            last_checkpoint_pause_micros: inner
+                .last_checkpoint_pause_micros
+                .load(Ordering::Relaxed),
+            last_checkpoint_micros: inner.last_checkpoint_micros.load(Ordering::Relaxed),
             fsync_count: log_counters.fsync_count.load(Ordering::Relaxed),
             fsync_total_micros: log_counters.fsync_total_micros.load(Ordering::Relaxed),
             fsync_failures: log_counters.fsync_failures.load(Ordering::Relaxed),
@@ -577,21 +589,21 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), FreqError> {
         let mut last_covered = self.checkpoint_lock.lock();
         let failures_before = self.log.failure_count();
-        let (data, ticket) = {
+        let started = Instant::now();
+        let (data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
-            if covers_before_seq == *last_covered {
-                // Nothing logged since the last checkpoint; the rotation is harmless.
-                drop(_exclusive);
-                return self.log.wait_rotation(ticket);
+            if self.log.next_seq() == *last_covered {
+                // Nothing logged since the last checkpoint: it still holds.
+                return Ok(());
             }
+            let (covers_before_seq, ticket) = self.log.request_rotation()?;
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: now_unix_seconds(),
                 entries: self.counters.snapshot(),
                 ids: self.ids.snapshot(),
             };
-            (data, ticket)
+            (data, ticket, started.elapsed())
         };
         // The old segment is fsynced and closed once the rotation is processed.
         self.log.wait_rotation(ticket)?;
@@ -605,10 +617,15 @@ impl Inner {
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);
+        self.last_checkpoint_pause_micros
+            .store(pause.as_micros() as u64, Ordering::Relaxed);
+        self.last_checkpoint_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         tracing::info!(
             checkpoint = %path.display(),
             entries = data.entries.len(),
             ids = data.ids.len(),
+            pause_micros = pause.as_micros() as u64,
             "frequency checkpoint written"
         );
         Ok(())
