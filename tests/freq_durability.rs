@@ -313,6 +313,66 @@ fn checkpoint_plus_replay_equals_replay_alone() {
 }
 
 #[test]
+fn checkpoints_taken_during_concurrent_records_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = FreqStore::open(config(dir.path(), FsyncPolicy::Interval)).expect("open");
+    let users: Vec<u64> = (0..50)
+        .map(|user| user_fingerprint(&format!("ck:c{user}")))
+        .collect();
+    let stop_checkpoints = std::sync::atomic::AtomicBool::new(false);
+    let checkpoints = std::thread::scope(|scope| {
+        let recorders: Vec<_> = (0..4u64)
+            .map(|caller| {
+                let (store, users) = (&store, &users);
+                scope.spawn(move || {
+                    for round in 0..200u64 {
+                        // No impression ids: a double-applied record would show.
+                        let batch: Vec<NewImpression> = (0..10u64)
+                            .map(|index| NewImpression {
+                                user_fingerprint: users
+                                    [((caller * 7 + round * 3 + index) % 50) as usize],
+                                cap_keys: vec!["li:c".into(), "adv:c".into()],
+                                at_unix_seconds: BASE_UNIX_SECONDS + (round * 10 + index) as i64,
+                                impression_id: String::new(),
+                            })
+                            .collect();
+                        store.record(&batch).expect("record");
+                    }
+                })
+            })
+            .collect();
+        let checkpointer = scope.spawn(|| {
+            let mut taken = 0;
+            while !stop_checkpoints.load(std::sync::atomic::Ordering::Relaxed) {
+                store.checkpoint().expect("checkpoint");
+                taken += 1;
+            }
+            taken
+        });
+        for recorder in recorders {
+            recorder.join().expect("recorder");
+        }
+        stop_checkpoints.store(true, std::sync::atomic::Ordering::Relaxed);
+        checkpointer.join().expect("checkpointer")
+    });
+    assert!(checkpoints > 0);
+    let total = |store: &FreqStore, key: &str| -> u32 {
+        users
+            .iter()
+            .map(|&user| store.count(user, key, i64::MIN, i64::MAX))
+            .sum()
+    };
+    assert_eq!(total(&store, "li:c"), 8_000);
+    store.stop_without_checkpoint();
+    drop(store);
+    let (store, report) =
+        FreqStore::open(config(dir.path(), FsyncPolicy::Interval)).expect("reopen");
+    assert!(report.checkpoint_path.is_some());
+    assert_eq!(total(&store, "li:c"), 8_000, "{report:?}");
+    assert_eq!(total(&store, "adv:c"), 8_000, "{report:?}");
+}
+
+#[test]
 fn a_failing_write_or_fsync_returns_an_error_and_records_nothing_it_reports() {
     for (policy, fault) in [
         (FsyncPolicy::Always, InjectedFault::FailFsyncs),

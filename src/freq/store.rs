@@ -13,10 +13,13 @@
 //! - A retry of an impression id still in flight waits for the first attempt's
 //!   record to be durable and fails if that one failed, so a duplicate is only
 //!   reported for an impression that was (or will be, before the reply) durable.
-//! - A checkpoint takes the apply gate exclusively for as long as it copies the
-//!   maps (no `record` can apply in between), asks the writer to start a new
-//!   segment at that instant, and so covers exactly the records before it:
-//!   checkpoint plus replay equals replay alone. `count` never takes the gate.
+//! - A checkpoint takes the apply gate exclusively just long enough to ask the
+//!   writer for a new segment and to flag every shard for a copy-on-write
+//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   it covers exactly the records before the new segment: checkpoint plus
+//!   replay equals replay alone. The shards are then copied one by one, by the
+//!   checkpoint or by the first writer to touch one; `count` never waits for a
+//!   copy and never takes the gate.
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
@@ -179,7 +182,7 @@ struct Inner {
     counters: Counters,
     ids: IdSet,
     /// Shared by `record` while it logs and applies; exclusive while a
-    /// checkpoint copies the maps.
+    /// checkpoint asks for a new segment and flags the shards for copying.
     apply_gate: RwLock<()>,
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
@@ -590,7 +593,7 @@ impl Inner {
         let mut last_covered = self.checkpoint_lock.lock();
         let failures_before = self.log.failure_count();
         let started = Instant::now();
-        let (data, ticket, pause) = {
+        let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
             if self.log.next_seq() == *last_covered {
                 // Nothing logged since the last checkpoint: it still holds.
@@ -600,11 +603,17 @@ impl Inner {
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: now_unix_seconds(),
-                entries: self.counters.snapshot(),
-                ids: self.ids.snapshot(),
+                entries: Vec::new(),
+                ids: Vec::new(),
             };
+            // Only flags the shards: the copies are made below, or by the
+            // first writer to touch a shard, so `record` barely waits.
+            self.counters.begin_snapshot();
+            self.ids.begin_snapshot();
             (data, ticket, started.elapsed())
         };
+        data.entries = self.counters.finish_snapshot();
+        data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
         self.log.wait_rotation(ticket)?;
         if self.log.failure_count() != failures_before {
