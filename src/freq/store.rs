@@ -312,7 +312,7 @@ impl FreqStore {
     }
 
     /// [`FreqStore::count`] with the cap key already hashed by
-    /// [`cap_key_hash`](super::cap_key_hash).
+    /// [`cap_key_hash`].
     pub fn count_hashed(
         &self,
         user_fingerprint: u64,
