@@ -2,12 +2,13 @@
 //! print what came back.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 use segd::proto::admin_client::AdminClient;
@@ -75,10 +76,66 @@ pub struct RecordArgs {
     impression_id: String,
 }
 
+/// TLS options shared by every command that talks to a server.
+#[derive(Args, Default)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) to verify the server with; implies TLS (use https:// addresses).
+    #[arg(long, global = true, env = "SEGD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one (admin port with --admin-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "SEGD_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    tls_client_cert: Option<PathBuf>,
+    /// Client private key (PEM) matching --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SEGD_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    tls_client_key: Option<PathBuf>,
+    /// Server name to verify in its certificate (default: the address's host).
+    #[arg(long, global = true, env = "SEGD_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
+static TLS: OnceLock<Option<ClientTlsConfig>> = OnceLock::new();
+
+/// Reads the TLS files once, before any command connects.
+pub fn set_tls(args: TlsArgs) -> anyhow::Result<()> {
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(domain) = &args.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            Some(tls)
+        }
+    };
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(addr.to_owned())
+    let mut endpoint = Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("invalid address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(Some(tls)) = TLS.get() {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .with_context(|| format!("TLS settings for {addr}"))?;
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("connect to {addr}"))

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    tls: client::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +98,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    client::set_tls(cli.tls)?;
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
