@@ -14,6 +14,7 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod freq;
+pub mod line_items;
 pub mod overload;
 pub mod pack;
 pub mod server;

@@ -23,6 +23,7 @@ use crate::api::auth::AdminAuth;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::line_items::LineItemRegistry;
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
@@ -154,11 +155,18 @@ pub async fn serve(
     };
 
     let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
+        format!(
+            "load line items from --data-dir {}",
+            config.data_dir.display()
+        )
+    })?);
     let limits = RequestLimits::from_config(&config);
     let segments = SegmentsServer::new(SegmentsService::new(
         store.clone(),
         counters.clone(),
-        limits,
+        line_items.clone(),
+        limits.clone(),
     ))
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
@@ -181,6 +189,8 @@ pub async fn serve(
     let admin = InterceptedService::new(
         AdminServer::new(AdminService::new(
             catalog.clone(),
+            line_items,
+            limits,
             config.max_push_bytes,
             Arc::new(ServerStatusExtras {
                 counters: counters.clone(),

@@ -280,6 +280,7 @@ async fn decide_equals_the_reference_model() {
                 user_id: user.clone(),
                 candidates: candidates.clone(),
                 at_unix_seconds: at,
+                line_item_ids: Vec::new(),
             })
             .await
             .unwrap()
@@ -324,6 +325,7 @@ async fn a_three_per_day_cap_blocks_the_fourth_impression() {
         user_id: "ifa:alice".into(),
         candidates: vec![candidate.clone()],
         at_unix_seconds: at,
+        line_item_ids: Vec::new(),
     };
     for shown in 0..3 {
         let decision = client
@@ -484,6 +486,7 @@ async fn invalid_requests_name_the_field_and_record_nothing() {
                 user_id: "u1".into(),
                 candidates,
                 at_unix_seconds: BUILT_AT,
+                line_item_ids: Vec::new(),
             })
             .await
             .unwrap_err();
@@ -496,5 +499,133 @@ async fn invalid_requests_name_the_field_and_record_nothing() {
     }
     let empty_user = client.decide(DecideRequest::default()).await.unwrap_err();
     assert!(empty_user.message().contains("user_id"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_line_items_decide_like_inline_candidates_and_persist() {
+    use segd::proto::{PutLineItemsRequest, StatusRequest};
+    let data_dir = tempfile::tempdir().unwrap();
+    let built_at = segd::unix_now_seconds() - 86_400;
+    let pack = ModelPack::random(41, "crm", "v1", built_at, 200, 1..=8);
+    let line_items: Vec<Candidate> = {
+        let mut rng = StdRng::seed_from_u64(5);
+        (0..30)
+            .map(|number| Candidate {
+                id: format!("li-{number}"),
+                all_of: random_refs(&mut rng, number % 2),
+                any_of: random_refs(&mut rng, number % 3),
+                none_of: random_refs(&mut rng, number % 2),
+                caps: vec![random_cap(&mut rng)],
+            })
+            .collect()
+    };
+    let ids: Vec<String> = line_items.iter().map(|item| item.id.clone()).collect();
+    let users: Vec<String> = pack.members.keys().take(40).cloned().collect();
+    let at = segd::unix_now_seconds();
+
+    let inline_answers = {
+        let server = TestServer::start(config(data_dir.path())).await;
+        push(&mut server.admin().await, &pack.bytes(), false)
+            .await
+            .unwrap();
+        let mut admin = server.admin().await;
+        let put = admin
+            .put_line_items(PutLineItemsRequest {
+                version: "7".into(),
+                line_items: line_items.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((put.line_items, put.unchanged), (30, false));
+        let again = admin
+            .put_line_items(PutLineItemsRequest {
+                version: "7".into(),
+                line_items: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.unchanged, "re-putting the served version is a no-op");
+        let invalid = admin
+            .put_line_items(PutLineItemsRequest {
+                version: "8".into(),
+                line_items: vec![Candidate {
+                    id: "bad".into(),
+                    caps: vec![FrequencyCap {
+                        key: "li:x".into(),
+                        limit: 0,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(invalid.code(), Code::InvalidArgument);
+        assert!(
+            invalid.message().contains("line_items[0].caps[0].limit"),
+            "{}",
+            invalid.message()
+        );
+        let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(
+            (status.line_items_version.as_str(), status.line_items),
+            ("7", 30)
+        );
+
+        let mut client = server.segments().await;
+        let mut answers = Vec::new();
+        for user in &users {
+            let inline = client
+                .decide(DecideRequest {
+                    user_id: user.clone(),
+                    candidates: line_items.clone(),
+                    at_unix_seconds: at,
+                    line_item_ids: Vec::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            answers.push(inline.decisions);
+        }
+        server.stop().await;
+        answers
+    };
+
+    // After a restart the registered set is still there and answers the same.
+    let server = TestServer::start(config(data_dir.path())).await;
+    let mut client = server.segments().await;
+    for (user, inline) in users.iter().zip(&inline_answers) {
+        let mut line_item_ids = ids.clone();
+        line_item_ids.push("no-such-line-item".into());
+        let registered = client
+            .decide(DecideRequest {
+                user_id: user.clone(),
+                candidates: Vec::new(),
+                at_unix_seconds: at,
+                line_item_ids,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&registered.decisions[..30], &inline[..]);
+        let unknown = &registered.decisions[30];
+        assert_eq!(
+            (
+                unknown.candidate_id.as_str(),
+                unknown.eligible,
+                unknown.reason,
+                unknown.detail.as_str()
+            ),
+            (
+                "no-such-line-item",
+                false,
+                Reason::Unspecified as i32,
+                "unknown line item"
+            )
+        );
+    }
     server.stop().await;
 }

@@ -55,6 +55,7 @@ async fn counts(client: &mut SegmentsClient<Channel>, numbers: &[u64]) -> Vec<u3
                 user_id: USER.into(),
                 candidates,
                 at_unix_seconds: 0,
+                line_item_ids: Vec::new(),
             })
             .await
             .unwrap()

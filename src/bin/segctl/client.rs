@@ -14,8 +14,9 @@ use tonic::{Request, Status};
 use segd::proto::admin_client::AdminClient;
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{
-    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest, Reason,
-    RecordImpressionsRequest, RollbackRequest, SnapshotChunk, StatusRequest,
+    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest,
+    PutLineItemsRequest, Reason, RecordImpressionsRequest, RollbackRequest, SnapshotChunk,
+    StatusRequest,
 };
 
 use crate::AdminArgs;
@@ -51,8 +52,11 @@ pub struct DecideArgs {
     user_id: String,
     /// A candidate line item, repeatable. Syntax:
     /// ID [all=SEG[@MAXAGE],..] [any=..] [none=..] [cap=KEY/LIMIT/day|week|month|lifetime|Ns[@UTC_OFFSET_MIN]]..
-    #[arg(long = "candidate", required = true)]
+    #[arg(long = "candidate", required_unless_present = "line_items")]
     candidates: Vec<String>,
+    /// A registered line item id (Admin/PutLineItems), repeatable.
+    #[arg(long = "line-item")]
+    line_items: Vec<String>,
     /// Evaluate at this time instead of the server clock.
     #[arg(long, default_value_t = 0)]
     at: i64,
@@ -252,6 +256,7 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             user_id: args.user_id,
             candidates,
             at_unix_seconds: args.at,
+            line_item_ids: Vec::new(),
         })
         .await
         .map_err(status_error("decide"))?
@@ -275,6 +280,54 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
         }
     }
     println!("generation {}", reply.generation);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PutLineItemsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Version of this set; re-putting the served version changes nothing.
+    #[arg(long)]
+    version: String,
+    /// File with one line item per line in the --candidate syntax of `segctl decide`
+    /// (`#` comments and blank lines skipped). Replaces the whole registered set.
+    file: PathBuf,
+}
+
+pub async fn put_line_items(args: PutLineItemsArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("read {}", args.file.display()))?;
+    let mut line_items = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let candidate = parse_candidate(line)
+            .map_err(|error| anyhow::anyhow!("{}:{}: {error}", args.file.display(), number + 1))?;
+        line_items.push(candidate);
+    }
+    let mut client = admin_client(&args.admin).await?;
+    let reply = client
+        .put_line_items(PutLineItemsRequest {
+            version: args.version,
+            line_items,
+        })
+        .await
+        .map_err(status_error("put line items"))?
+        .into_inner();
+    if reply.unchanged {
+        println!(
+            "line items version {} already registered: nothing changed",
+            reply.version
+        );
+    } else {
+        println!(
+            "registered {} line items, version {}",
+            reply.line_items, reply.version
+        );
+    }
     Ok(())
 }
 
