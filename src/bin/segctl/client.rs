@@ -256,7 +256,7 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             user_id: args.user_id,
             candidates,
             at_unix_seconds: args.at,
-            line_item_ids: Vec::new(),
+            line_item_ids: args.line_items,
         })
         .await
         .map_err(status_error("decide"))?
