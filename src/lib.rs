@@ -14,6 +14,9 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`metrics`]: Prometheus counters and the `GET /metrics` endpoint; the
+//!   tower layer counting RPCs by status code and latency.
+//! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
@@ -28,6 +31,8 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod freq;
+pub mod freshness;
+pub mod metrics;
 pub mod pack;
 pub mod server;
 pub mod store;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::limits::RequestLimits;
 use crate::decide;
 use crate::freq::{FreqStore, NewImpression};
+use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -20,6 +21,8 @@ pub struct SegmentsService {
     /// Set once the frequency store has replayed its log at start-up.
     counters: Arc<OnceLock<Arc<FreqStore>>>,
     limits: RequestLimits,
+    /// Decide outcomes are counted here; RPC counts come from the metrics layer.
+    metrics: Arc<Metrics>,
 }
 
 impl SegmentsService {
@@ -32,7 +35,14 @@ impl SegmentsService {
             store,
             counters,
             limits,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (the server's shared counters) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -142,6 +152,7 @@ impl Segments for SegmentsService {
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
+        self.metrics.record_decisions(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,
