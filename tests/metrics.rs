@@ -10,7 +10,7 @@ use common::{SimpleSegment, TestServer, config, http_get, metric_value, push, si
 use segd::config::MetricsListen;
 use segd::proto::{
     BatchLookupRequest, Candidate, DecideRequest, FrequencyCap, Impression, LookupRequest,
-    RecordImpressionsRequest, RollbackRequest, SegmentRef,
+    RecordImpressionsRequest, RollbackRequest, SegmentRef, StatusRequest,
 };
 use tonic::Code;
 
@@ -390,6 +390,25 @@ async fn only_get_metrics_is_served_and_metrics_can_be_off() {
     assert!(body.contains("# TYPE segd_rpc_requests_total counter"));
     assert!(body.contains("segd_generation 1"));
     assert_eq!(http_get(address, "/nothing").await.0, 404);
+    server.stop().await;
+
+    // A call refused by the admin token check is counted too.
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut guarded = config(data_dir.path());
+    guarded.admin_token = Some("s3cret".into());
+    let server = TestServer::start(guarded).await;
+    let mut stranger = server.admin_with_token(None).await;
+    let refused = stranger.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let text = server.scrape_metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "segd_rpc_requests_total",
+            "service=\"segd.v1.Admin\",method=\"Status\",code=\"UNAUTHENTICATED\""
+        ),
+        Some(1.0)
+    );
     server.stop().await;
 
     let data_dir = tempfile::tempdir().unwrap();
