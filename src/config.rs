@@ -19,6 +19,71 @@ pub enum FsyncMode {
     Never,
 }
 
+/// What a pack older than its freshness bound does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StalePacks {
+    /// Keep answering from it; it is reported stale in status, metrics and logs.
+    Serve,
+    /// Stop using it: its segments answer as unknown (non-members in Decide)
+    /// until a fresh version is pushed. The file stays on disk.
+    Drop,
+}
+
+/// Where the Prometheus endpoint listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "off" | "none" | "disabled" | "" => Ok(Self(None)),
+            address => address
+                .parse()
+                .map(|address| Self(Some(address)))
+                .map_err(|error| format!("{address:?}: {error} (expected HOST:PORT or \"off\")")),
+        }
+    }
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => write!(formatter, "{address}"),
+            None => formatter.write_str("off"),
+        }
+    }
+}
+
+/// A per-pack freshness bound, `PACK=SECONDS` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackMaxAge {
+    pub pack: String,
+    /// 0 = no bound for this pack.
+    pub max_age_seconds: u64,
+}
+
+impl std::str::FromStr for PackMaxAge {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (pack, seconds) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected PACK=SECONDS"))?;
+        if !crate::store::catalog::valid_pack_name(pack) {
+            return Err(format!("{text:?}: {pack:?} is not a valid pack name"));
+        }
+        let max_age_seconds = seconds
+            .parse()
+            .map_err(|error| format!("{text:?}: seconds {seconds:?}: {error}"))?;
+        Ok(Self {
+            pack: pack.to_owned(),
+            max_age_seconds,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address of the query port (service segd.v1.Segments, health, reflection).
@@ -29,6 +94,30 @@ pub struct ServeConfig {
     /// A non-loopback address requires an admin token.
     #[arg(long, env = "SEGD_ADMIN_LISTEN", default_value = "127.0.0.1:7401")]
     pub admin_listen: SocketAddr,
+
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP/1.1),
+    /// or `off`.
+    #[arg(long, env = "SEGD_METRICS_LISTEN", default_value = "127.0.0.1:9400")]
+    pub metrics_listen: MetricsListen,
+
+    /// A pack older than this (now - built_at, in seconds) is stale; 0 = no bound.
+    #[arg(long, env = "SEGD_MAX_PACK_AGE_SECONDS", default_value_t = 0)]
+    pub max_pack_age_seconds: u64,
+
+    /// Per-pack freshness bound, PACK=SECONDS (0 = none), replacing
+    /// --max-pack-age-seconds for that pack. Repeatable; comma-separated in the env.
+    #[arg(
+        long,
+        env = "SEGD_MAX_PACK_AGE",
+        value_name = "PACK=SECONDS",
+        value_delimiter = ','
+    )]
+    pub max_pack_age: Vec<PackMaxAge>,
+
+    /// What a stale pack does: keep serving (reported stale) or stop answering
+    /// until a fresh version is pushed.
+    #[arg(long, env = "SEGD_STALE_PACKS", value_enum, default_value_t = StalePacks::Serve)]
+    pub stale_packs: StalePacks,
 
     /// Directory holding packs and the frequency log; created if missing.
     #[arg(long, env = "SEGD_DATA_DIR", default_value = "./segd-data")]
@@ -161,6 +250,8 @@ impl ServeConfig {
         let mut config = Wrapper::parse_from(["segd"]).config;
         config.listen = "127.0.0.1:0".parse().expect("loopback address");
         config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
+        config.metrics_listen =
+            MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
         config.data_dir = data_dir;
         config.admin_token = None;
         config
@@ -179,6 +270,19 @@ impl ServeConfig {
             return Ok(Some(token));
         }
         Ok(self.admin_token.clone().filter(|token| !token.is_empty()))
+    }
+
+    /// The pack freshness bounds and stale-pack behaviour of the flags.
+    pub fn freshness_policy(&self) -> crate::store::FreshnessPolicy {
+        crate::store::FreshnessPolicy {
+            default_max_age_seconds: self.max_pack_age_seconds,
+            max_age_seconds_by_pack: self
+                .max_pack_age
+                .iter()
+                .map(|bound| (bound.pack.clone(), bound.max_age_seconds))
+                .collect(),
+            withhold_stale: self.stale_packs == StalePacks::Drop,
+        }
     }
 
     pub fn freq_retention_seconds(&self) -> i64 {

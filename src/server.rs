@@ -24,16 +24,19 @@ use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
 use crate::line_items::LineItemRegistry;
+use crate::metrics::{Metrics, MetricsSource, RpcMetricsLayer};
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
-use crate::store::Store;
 use crate::store::catalog::Catalog;
+use crate::store::{FreshnessPolicy, Store};
 
 /// The bound sockets the server answers on.
 pub struct Listeners {
     pub query: TcpListener,
     pub admin: TcpListener,
+    /// The Prometheus endpoint; `None` with `--metrics-listen off`.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -45,7 +48,28 @@ impl Listeners {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("bind --admin-listen {}", config.admin_listen))?;
-        Ok(Self { query, admin })
+        let metrics = match config.metrics_listen.0 {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("bind --metrics-listen {address}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            query,
+            admin,
+            metrics,
+        })
+    }
+
+    /// The metrics address, `None` when metrics are off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("bound listener has an address")
+        })
     }
 
     pub fn query_addr(&self) -> SocketAddr {
@@ -117,7 +141,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let admin_token = check_config(&config)?;
-    let store = Arc::new(Store::new());
+    let store = Arc::new(Store::with_freshness(config.freshness_policy()));
+    let metrics = Arc::new(Metrics::new());
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
             .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
@@ -162,15 +187,20 @@ pub async fn serve(
         )
     })?);
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(SegmentsService::new(
-        store.clone(),
-        counters.clone(),
-        line_items.clone(),
-        limits.clone(),
-    ))
+    let segments = SegmentsServer::new(
+        SegmentsService::new(
+            store.clone(),
+            counters.clone(),
+            line_items.clone(),
+            limits.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
+    // Outermost first: the metrics layer also counts what the shedder refuses.
     let query_server = server_builder(&config, false)?
+        .layer(RpcMetricsLayer::new(metrics.clone()))
         .layer(ConcurrencyShedLayer::new(
             config.max_in_flight,
             overload_counters.clone(),
@@ -187,21 +217,26 @@ pub async fn serve(
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
-        AdminServer::new(AdminService::new(
-            catalog.clone(),
-            line_items,
-            limits,
-            config.max_push_bytes,
-            Arc::new(ServerStatusExtras {
-                counters: counters.clone(),
-                fsync: config.fsync,
-                retention_days: config.freq_retention_days,
-            }),
-        ))
+        AdminServer::new(
+            AdminService::new(
+                catalog.clone(),
+                line_items,
+                limits,
+                config.max_push_bytes,
+                Arc::new(ServerStatusExtras {
+                    counters: counters.clone(),
+                    fsync: config.fsync,
+                    retention_days: config.freq_retention_days,
+                    freshness: config.freshness_policy(),
+                }),
+            )
+            .with_metrics(metrics.clone()),
+        )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
+        .layer(RpcMetricsLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -213,6 +248,18 @@ pub async fn serve(
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);
+    let metrics_task = listeners.metrics.map(|listener| {
+        let source = Arc::new(MetricsSource {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            counters: counters.clone(),
+        });
+        tokio::spawn(crate::metrics::serve_http(
+            listener,
+            source,
+            stopped(stop_receiver.clone()),
+        ))
+    });
 
     let demo = config.demo;
     let load_catalog = catalog.clone();
@@ -245,6 +292,9 @@ pub async fn serve(
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
             let _ = tokio::join!(query_task, admin_task);
+            if let Some(metrics_task) = metrics_task {
+                let _ = metrics_task.await;
+            }
             shutdown_counters(&counters).await?;
             return Err(error);
         }
@@ -262,6 +312,10 @@ pub async fn serve(
     health_reporter
         .set_serving::<SegmentsServer<SegmentsService>>()
         .await;
+    let freshness_task = tokio::spawn(crate::freshness::watch(
+        catalog.clone(),
+        stopped(stop_receiver.clone()),
+    ));
 
     let abort_query = query_task.abort_handle();
     let abort_admin = admin_task.abort_handle();
@@ -284,6 +338,10 @@ pub async fn serve(
     };
     let query_result = ignore_cancelled(query_result);
     let admin_result = ignore_cancelled(admin_result);
+    let _ = freshness_task.await;
+    if let Some(metrics_task) = metrics_task {
+        let _ = metrics_task.await;
+    }
     // In-flight requests have drained: flush the log and checkpoint even if a
     // listener failed, then report.
     shutdown_counters(&counters).await?;
@@ -342,6 +400,7 @@ struct ServerStatusExtras {
     counters: Arc<OnceLock<Arc<FreqStore>>>,
     fsync: FsyncMode,
     retention_days: u32,
+    freshness: FreshnessPolicy,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -357,7 +416,8 @@ impl StatusExtras for ServerStatusExtras {
         })
     }
 
-    fn is_stale(&self, _built_at_unix_seconds: i64, _now_unix_seconds: i64) -> bool {
-        false
+    fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool {
+        self.freshness
+            .is_stale(pack, built_at_unix_seconds, now_unix_seconds)
     }
 }

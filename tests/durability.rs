@@ -101,7 +101,12 @@ async fn crash_while_recording(fsync: &str, rounds: usize) {
                 }
             }));
         }
-        let delay_ms = rand::rng().random_range(150..600);
+        // Kill at a random moment once writing is under way (a loaded
+        // machine can take a while to connect the first time).
+        while acknowledged.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let delay_ms = rand::rng().random_range(50..500);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         server.kill_9();
         for writer in writers {
@@ -237,7 +242,9 @@ async fn sigterm_drains_in_flight_requests_and_exits_cleanly() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while acknowledged.lock().unwrap().len() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .unwrap();

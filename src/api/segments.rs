@@ -9,6 +9,7 @@ use super::limits::RequestLimits;
 use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, NewImpression};
 use crate::line_items::LineItemRegistry;
+use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -22,6 +23,8 @@ pub struct SegmentsService {
     counters: Arc<OnceLock<Arc<FreqStore>>>,
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
+    /// Decide outcomes are counted here; RPC counts come from the metrics layer.
+    metrics: Arc<Metrics>,
 }
 
 impl SegmentsService {
@@ -36,7 +39,14 @@ impl SegmentsService {
             counters,
             line_items,
             limits,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (the server's shared counters) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -161,6 +171,7 @@ impl Segments for SegmentsService {
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
+        self.metrics.record_decisions(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,

@@ -46,6 +46,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         query = %query_addr,
         admin = %listeners.admin_addr(),
+        metrics = ?listeners.metrics_addr(),
         data_dir = %config.data_dir.display(),
         "segd listening"
     );

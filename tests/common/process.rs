@@ -22,6 +22,8 @@ impl SegdProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_segd"))
             .args([
                 "serve",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-listen",
