@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -114,16 +114,27 @@ fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<S
     Ok(Some(tls))
 }
 
-/// A server builder with the flags' HTTP/2, timeout and TLS settings.
+/// Accepted connections with Nagle's algorithm off: a reply larger than one
+/// segment must not wait for the client's delayed ACK (~40 ms). tonic's own
+/// `tcp_nodelay` setting does not reach listeners handed to it, so set it here.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// A server builder with the flags' HTTP/2, timeout and TLS settings. The
+/// request timeout applies to the query port only: a push of a large pack
+/// legitimately streams for minutes.
 fn server_builder(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Server> {
     let keepalive = (config.http2_keepalive_seconds > 0)
         .then(|| Duration::from_secs(config.http2_keepalive_seconds));
-    let mut builder = Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
+    let mut builder = Server::builder();
+    if !admin_port {
+        builder = builder.timeout(Duration::from_millis(config.request_timeout_ms.max(1)));
+    }
+    let mut builder = builder
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(keepalive)
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true);
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls_config(config, admin_port)? {
         let port = if admin_port { "admin" } else { "query" };
         builder = builder
@@ -209,10 +220,7 @@ pub async fn serve(
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(segments)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.query),
-            stopped(stop_receiver.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.query), stopped(stop_receiver.clone()));
 
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
@@ -241,10 +249,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.admin),
-            stopped(stop_receiver.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_receiver.clone()));
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);
