@@ -8,7 +8,8 @@
 //!
 //! Members of a segment are drawn by geometric skipping over the user range, so
 //! the cost is per membership written, not per (user, segment) pair: 10M users x
-//! 20 segments each is 200M lines and is bound by formatting and disk.
+//! 20 segments each is 200M lines and is bound by formatting and disk. Users are
+//! drawn in blocks and each block is written user-major.
 //! This module only writes files; it never talks to a server.
 
 use std::fs::File;
@@ -209,7 +210,21 @@ fn write_segments(path: &Path, segments: &[SyntheticSegment]) -> Result<()> {
     Ok(())
 }
 
-/// Streams `u:{user}\t{segment}\t{last_seen}` lines, segment by segment.
+/// Users drawn per block: the block's memberships are drawn segment by segment,
+/// then counting-sorted by user, so the file is user-major (all of a user's
+/// segments on adjacent lines, as a batch job's export usually is) while the draw
+/// stays per membership. 64k users x 20 segments is ~16 MB of entries.
+const USERS_PER_BLOCK: u64 = 1 << 16;
+
+/// One drawn membership inside a block.
+#[derive(Clone, Copy, Default)]
+struct BlockEntry {
+    user_in_block: u32,
+    segment_index: u32,
+    age_seconds: u32,
+}
+
+/// Streams `u:{user}\t{segment}\t{last_seen}` lines, user by user.
 ///
 /// Returns the line count and a bitset of users in at least one segment (for
 /// choosing member queries). Formatting goes through `itoa` into one reused
@@ -225,55 +240,105 @@ fn write_memberships(
     let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::with_capacity(8 << 20, file);
     let mut member_bits = vec![0u64; user_count.div_ceil(64) as usize];
+    // Each segment's "\t{id}\t" formatted once.
+    let segment_fields: Vec<Vec<u8>> = segments
+        .iter()
+        .map(|segment| format!("\t{}\t", segment.segment_id).into_bytes())
+        .collect();
+    // ln(1 - p) once per segment: the gap to the next member is geometric.
+    let log_miss: Vec<f64> = segments
+        .iter()
+        .map(|segment| (1.0 - segment.member_share).ln())
+        .collect();
+    let mut drawn: Vec<BlockEntry> = Vec::new();
+    let mut sorted: Vec<BlockEntry> = Vec::new();
+    let mut user_starts: Vec<u32> = Vec::new();
     let mut line = Vec::with_capacity(64);
     let mut number_buffer = itoa::Buffer::new();
     let mut written: u64 = 0;
     let mut next_progress: u64 = 10_000_000;
     let started = Instant::now();
-    for segment in segments {
-        let mut segment_field = Vec::with_capacity(16);
-        segment_field.push(b'\t');
-        segment_field.extend_from_slice(number_buffer.format(segment.segment_id).as_bytes());
-        segment_field.push(b'\t');
-        // ln(1 - p) once per segment: the gap to the next member is geometric.
-        let log_miss = (1.0 - segment.member_share).ln();
-        let mut user: u64 = 0;
-        loop {
-            if segment.member_share < 1.0 {
-                let uniform: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-                let gap = (uniform.ln() / log_miss).floor();
-                if !gap.is_finite() || gap >= (user_count - user) as f64 {
+    let mut block_start: u64 = 0;
+    while block_start < user_count {
+        let block_users = USERS_PER_BLOCK.min(user_count - block_start);
+        drawn.clear();
+        for (segment_index, segment) in segments.iter().enumerate() {
+            // The geometric process is memoryless: restarting it at each block
+            // boundary draws the same distribution.
+            let mut user_in_block: u64 = 0;
+            loop {
+                if segment.member_share < 1.0 {
+                    let uniform: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                    let gap = (uniform.ln() / log_miss[segment_index]).floor();
+                    if !gap.is_finite() || gap >= (block_users - user_in_block) as f64 {
+                        break;
+                    }
+                    user_in_block += gap as u64;
+                }
+                if user_in_block >= block_users {
                     break;
                 }
-                user += gap as u64;
+                // Recent activity is more common than old: square a uniform draw.
+                let recency: f64 = rng.random();
+                drawn.push(BlockEntry {
+                    user_in_block: user_in_block as u32,
+                    segment_index: segment_index as u32,
+                    age_seconds: (recency * recency * HISTORY_SECONDS) as u32,
+                });
+                user_in_block += 1;
             }
-            if user >= user_count {
-                break;
+        }
+        // Counting sort by user; stable, so a user's segments stay in id order.
+        user_starts.clear();
+        user_starts.resize(block_users as usize + 1, 0);
+        for entry in &drawn {
+            user_starts[entry.user_in_block as usize + 1] += 1;
+        }
+        for index in 1..user_starts.len() {
+            user_starts[index] += user_starts[index - 1];
+        }
+        sorted.clear();
+        sorted.resize(drawn.len(), BlockEntry::default());
+        let mut next_position = user_starts.clone();
+        for entry in &drawn {
+            let position = &mut next_position[entry.user_in_block as usize];
+            sorted[*position as usize] = *entry;
+            *position += 1;
+        }
+        let mut current_user = u64::MAX;
+        let mut user_prefix_length = 0;
+        for entry in &sorted {
+            let user = block_start + u64::from(entry.user_in_block);
+            if user != current_user {
+                current_user = user;
+                line.clear();
+                line.extend_from_slice(b"u:");
+                line.extend_from_slice(number_buffer.format(user).as_bytes());
+                user_prefix_length = line.len();
+                member_bits[(user / 64) as usize] |= 1 << (user % 64);
             }
-            // Recent activity is more common than old: square a uniform draw.
-            let recency: f64 = rng.random();
-            let age_seconds = (recency * recency * HISTORY_SECONDS) as i64;
-            line.clear();
-            line.extend_from_slice(b"u:");
-            line.extend_from_slice(number_buffer.format(user).as_bytes());
-            line.extend_from_slice(&segment_field);
-            line.extend_from_slice(number_buffer.format(built_at - age_seconds).as_bytes());
+            line.truncate(user_prefix_length);
+            line.extend_from_slice(&segment_fields[entry.segment_index as usize]);
+            line.extend_from_slice(
+                number_buffer
+                    .format(built_at - i64::from(entry.age_seconds))
+                    .as_bytes(),
+            );
             line.push(b'\n');
             out.write_all(&line)
                 .with_context(|| format!("writing {}", path.display()))?;
-            member_bits[(user / 64) as usize] |= 1 << (user % 64);
-            written += 1;
-            user += 1;
-            if written >= next_progress {
-                next_progress += 10_000_000;
-                eprintln!(
-                    "gen: {:.0} M lines ({:.0} % of expected), {:.1} M lines/s",
-                    written as f64 / 1e6,
-                    written as f64 / expected_memberships.max(1.0) * 100.0,
-                    written as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6,
-                );
-            }
         }
+        written += sorted.len() as u64;
+        if written >= next_progress {
+            next_progress = written + 10_000_000;
+            eprintln!(
+                "gen: {:.0} M lines ({:.0} % of expected), {:.1} M lines/s",
+                written as f64 / 1e6,
+                written as f64 / expected_memberships.max(1.0) * 100.0,
+                written as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6,
+            );
+        }
+        block_start += block_users;
     }
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;

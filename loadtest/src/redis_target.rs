@@ -292,8 +292,8 @@ async fn finish_one(in_flight: &mut tokio::task::JoinSet<redis::RedisResult<()>>
     }
 }
 
-/// `loadtest redis-load`: one `ZADD m:{user} last_seen segment` per membership
-/// line, pipelined, then `INFO memory`.
+/// `loadtest redis-load`: `ZADD m:{user} last_seen segment [last_seen segment ...]`
+/// per run of adjacent lines of one user, pipelined, then `INFO memory`.
 pub async fn load(args: &RedisLoadArgs) -> Result<()> {
     if args.pipeline == 0 {
         bail!("--pipeline must be at least 1");
@@ -316,6 +316,8 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
     // A few pipelines in flight: parsing the next batch overlaps Redis applying
     // the previous one, instead of alternating idle client and idle server.
     let mut in_flight = tokio::task::JoinSet::new();
+    let mut current_user = String::new();
+    let mut current_command: Option<redis::Cmd> = None;
     for (index, line) in reader.lines().enumerate() {
         let line_number = index + 1;
         let line = line.with_context(|| format!("reading {}:{line_number}", path.display()))?;
@@ -335,15 +337,24 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
             })?,
             None => segd::unix_now_seconds(),
         };
-        pipeline
-            .cmd("ZADD")
-            .arg(membership_key(user_id))
-            .arg(last_seen)
-            .arg(segment_id)
-            .ignore();
+        // Adjacent lines of one user (gen writes user-major) become one ZADD
+        // with several score-member pairs: what a real loader would send.
+        if user_id != current_user {
+            if let Some(command) = current_command.take() {
+                pipeline.add_command(command).ignore();
+            }
+            current_user.clear();
+            current_user.push_str(user_id);
+            let mut command = redis::cmd("ZADD");
+            command.arg(membership_key(user_id));
+            current_command = Some(command);
+        }
+        if let Some(command) = current_command.as_mut() {
+            command.arg(last_seen).arg(segment_id);
+        }
         queued += 1;
         loaded += 1;
-        if queued == args.pipeline {
+        if queued >= args.pipeline {
             while in_flight.len() >= PIPELINES_IN_FLIGHT {
                 finish_one(&mut in_flight).await?;
             }
@@ -360,7 +371,10 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
             );
         }
     }
-    if queued > 0 {
+    if let Some(command) = current_command.take() {
+        pipeline.add_command(command).ignore();
+    }
+    if !pipeline.is_empty() {
         pipeline
             .query_async::<()>(&mut connection)
             .await
