@@ -1,1 +1,14 @@
-//! gRPC services: one thin file per service.
+//! gRPC services, one thin file each: validate the request, do one `load()` of
+//! the serving state, call a domain function, map the result. No business
+//! logic lives here. [`status`] holds the one mapping from domain errors to
+//! `tonic::Status`; [`auth`] the admin bearer-token check.
+
+pub mod admin;
+pub mod auth;
+pub mod limits;
+pub mod segments;
+pub mod status;
+
+pub use admin::AdminService;
+pub use limits::RequestLimits;
+pub use segments::SegmentsService;

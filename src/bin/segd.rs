@@ -1,1 +1,75 @@
-fn main() {}
+//! `segd`: the audience server. Parses flags, sets up logging, binds, serves.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use segd::config::ServeConfig;
+use segd::server::{self, Listeners};
+
+/// Bid-time audience server: segment membership with recency, and frequency
+/// caps, over gRPC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the packs in --data-dir on the query and admin ports.
+    Serve(ServeConfig),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SEGD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("segd-worker")
+        .build()?;
+    match cli.command {
+        Command::Serve(config) => runtime.block_on(run_serve(config)),
+    }
+}
+
+async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+    server::check_config(&config)?;
+    let listeners = Listeners::bind(&config).await?;
+    let query_addr = listeners.query_addr();
+    tracing::info!(
+        query = %query_addr,
+        admin = %listeners.admin_addr(),
+        data_dir = %config.data_dir.display(),
+        "segd listening"
+    );
+    if config.demo {
+        println!("{}", segd::demo::demo_queries(&query_addr.to_string()));
+    }
+    server::serve(listeners, config, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown signal received, draining");
+}

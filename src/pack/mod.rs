@@ -8,6 +8,18 @@
 
 use roaring::RoaringBitmap;
 
+pub mod builder;
+pub mod error;
+pub mod format;
+pub mod reader;
+pub mod writer;
+
+pub use builder::PackBuilder;
+pub use error::{BuildError, PackError, PackSection};
+pub use format::{FILE_EXTENSION, FORMAT_VERSION, PackHeader};
+pub use reader::{read_header, read_pack, read_pack_file};
+pub use writer::{write_pack, write_pack_file_atomic};
+
 /// Seconds in one stored recency step. Stored times are rounded toward older by
 /// at most one step.
 pub const RECENCY_STEP_SECONDS: i64 = 3600;

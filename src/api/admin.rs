@@ -1,0 +1,207 @@
+//! `segd.v1.Admin`: pushes, status, rollback, drop. Every call has passed the
+//! bearer-token interceptor (`auth`). Catalog work runs on blocking threads.
+
+use std::sync::Arc;
+
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::admin_server::Admin;
+use crate::proto::{
+    DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
+    PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
+    StatusRequest, StatusResponse,
+};
+use crate::store::catalog::Catalog;
+
+pub struct AdminService {
+    catalog: Arc<Catalog>,
+    max_push_bytes: u64,
+    started_at_unix_seconds: i64,
+    status_extras: Arc<dyn StatusExtras>,
+}
+
+/// Parts of `Status` owned by other components (frequency store, freshness).
+pub trait StatusExtras: Send + Sync + 'static {
+    fn frequency(&self) -> Option<crate::proto::FrequencyStatus>;
+    fn is_stale(&self, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+}
+
+/// No frequency store, no freshness bound.
+pub struct NoExtras;
+
+impl StatusExtras for NoExtras {
+    fn frequency(&self) -> Option<crate::proto::FrequencyStatus> {
+        None
+    }
+    fn is_stale(&self, _built_at: i64, _now: i64) -> bool {
+        false
+    }
+}
+
+impl AdminService {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        max_push_bytes: u64,
+        status_extras: Arc<dyn StatusExtras>,
+    ) -> Self {
+        Self {
+            catalog,
+            max_push_bytes,
+            started_at_unix_seconds: crate::unix_now_seconds(),
+            status_extras,
+        }
+    }
+}
+
+/// Runs catalog work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join_error| Status::internal(format!("admin task failed: {join_error}")))?
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn push_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<PushSnapshotResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut pack_bytes: Vec<u8> = Vec::new();
+        let mut allow_older_version = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            allow_older_version |= chunk.allow_older_version;
+            if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
+                    self.max_push_bytes
+                )));
+            }
+            pack_bytes.extend_from_slice(&chunk.data);
+        }
+        if pack_bytes.is_empty() {
+            return Err(Status::invalid_argument(
+                "snapshot: empty stream, no pack file sent",
+            ));
+        }
+        let catalog = self.catalog.clone();
+        let outcome = blocking(move || {
+            catalog
+                .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
+                .map_err(|error| {
+                    tracing::warn!(error = %error, "pack refused");
+                    Status::from(error)
+                })
+        })
+        .await?;
+        Ok(Response::new(PushSnapshotResponse {
+            pack: outcome.pack,
+            version: outcome.version,
+            segments: outcome.segments,
+            users: outcome.users,
+            memberships: outcome.memberships,
+            generation: outcome.generation,
+            unchanged: outcome.unchanged,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let state = self.catalog.store().load_full();
+        let now = crate::unix_now_seconds();
+        let catalog = self.catalog.clone();
+        let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
+        let previous_versions: Vec<Option<String>> = blocking(move || {
+            Ok(names
+                .iter()
+                .map(|name| catalog.previous_version(name))
+                .collect())
+        })
+        .await?;
+        let packs = state
+            .packs()
+            .iter()
+            .zip(previous_versions)
+            .map(|(pack, previous_version)| PackStatus {
+                name: pack.name.clone(),
+                version: pack.version.clone(),
+                built_at_unix_seconds: pack.built_at_unix_seconds,
+                loaded_at_unix_seconds: pack.loaded_at_unix_seconds,
+                segments: pack.segments.len() as u32,
+                users: pack.users(),
+                memberships: pack.memberships(),
+                bytes: pack.file_bytes,
+                stale: self.status_extras.is_stale(pack.built_at_unix_seconds, now),
+                age_seconds: now - pack.built_at_unix_seconds,
+                previous_version: previous_version.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            packs,
+            generation: state.generation,
+            frequency: self.status_extras.frequency(),
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_unix_seconds: self.started_at_unix_seconds,
+        }))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<ListSegmentsRequest>,
+    ) -> Result<Response<ListSegmentsResponse>, Status> {
+        let state = self.catalog.store().load_full();
+        let mut segments: Vec<SegmentInfo> = state
+            .packs()
+            .iter()
+            .flat_map(|pack| {
+                pack.segments.iter().map(|segment| SegmentInfo {
+                    id: segment.id,
+                    name: segment.name.clone(),
+                    kind: segment.kind.clone(),
+                    pack: pack.name.clone(),
+                    members: segment.members,
+                    ttl_seconds: segment.ttl_seconds,
+                })
+            })
+            .collect();
+        segments.sort_by_key(|segment| segment.id);
+        Ok(Response::new(ListSegmentsResponse { segments }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        let pack = request.into_inner().pack;
+        let catalog = self.catalog.clone();
+        let outcome = blocking(move || {
+            catalog
+                .rollback(&pack, crate::unix_now_seconds())
+                .map_err(Status::from)
+        })
+        .await?;
+        Ok(Response::new(RollbackResponse {
+            pack: outcome.pack,
+            version: outcome.version,
+            generation: outcome.generation,
+        }))
+    }
+
+    async fn drop_pack(
+        &self,
+        request: Request<DropPackRequest>,
+    ) -> Result<Response<DropPackResponse>, Status> {
+        let pack = request.into_inner().pack;
+        let catalog = self.catalog.clone();
+        let pack_name = pack.clone();
+        let generation =
+            blocking(move || catalog.drop_pack(&pack_name).map_err(Status::from)).await?;
+        Ok(Response::new(DropPackResponse { pack, generation }))
+    }
+}

@@ -1,0 +1,127 @@
+//! `segd.v1.Segments`: the hot path. Each handler validates, loads the serving
+//! state once, calls the domain function and maps the answer.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::limits::RequestLimits;
+use crate::proto::segments_server::Segments;
+use crate::proto::{
+    BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
+    LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
+};
+use crate::store::{ServingState, Store};
+
+pub struct SegmentsService {
+    store: Arc<Store>,
+    limits: RequestLimits,
+}
+
+impl SegmentsService {
+    pub fn new(store: Arc<Store>, limits: RequestLimits) -> Self {
+        Self { store, limits }
+    }
+
+    fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
+        self.limits
+            .check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
+        self.limits.check_count(
+            &format!("{prefix}segment_ids"),
+            request.segment_ids.len(),
+            self.limits.max_segment_ids,
+        )
+    }
+}
+
+/// Generation 0 is the empty state before the data directory is loaded:
+/// answering from it would report every segment unknown.
+fn check_loaded(state: &ServingState) -> Result<(), Status> {
+    if state.generation == 0 {
+        return Err(Status::unavailable(
+            "loading the data directory, not serving yet",
+        ));
+    }
+    Ok(())
+}
+
+/// `at_unix_seconds` 0 means the server clock.
+fn resolve_at(at_unix_seconds: i64) -> i64 {
+    if at_unix_seconds == 0 {
+        crate::unix_now_seconds()
+    } else {
+        at_unix_seconds
+    }
+}
+
+fn answer_lookup(state: &ServingState, request: &LookupRequest) -> LookupResponse {
+    let result = state.lookup(
+        crate::user_fingerprint(&request.user_id),
+        &request.segment_ids,
+        request.max_age_seconds,
+        resolve_at(request.at_unix_seconds),
+    );
+    LookupResponse {
+        segment_ids: result.segment_ids,
+        unknown_segment_ids: result.unknown_segment_ids,
+        generation: state.generation,
+    }
+}
+
+#[tonic::async_trait]
+impl Segments for SegmentsService {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let request = request.into_inner();
+        self.check_lookup("", &request)?;
+        let state = self.store.load();
+        check_loaded(&state)?;
+        Ok(Response::new(answer_lookup(&state, &request)))
+    }
+
+    async fn batch_lookup(
+        &self,
+        request: Request<BatchLookupRequest>,
+    ) -> Result<Response<BatchLookupResponse>, Status> {
+        let request = request.into_inner();
+        self.limits.check_count(
+            "requests",
+            request.requests.len(),
+            self.limits.max_batch_lookups,
+        )?;
+        for (index, lookup) in request.requests.iter().enumerate() {
+            self.check_lookup(&format!("requests[{index}]."), lookup)?;
+        }
+        let state = self.store.load();
+        check_loaded(&state)?;
+        let responses = request
+            .requests
+            .iter()
+            .map(|lookup| answer_lookup(&state, lookup))
+            .collect();
+        Ok(Response::new(BatchLookupResponse {
+            responses,
+            generation: state.generation,
+        }))
+    }
+
+    async fn decide(
+        &self,
+        _request: Request<DecideRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
+        Err(Status::unimplemented(
+            "decide lands with the frequency store",
+        ))
+    }
+
+    async fn record_impressions(
+        &self,
+        _request: Request<RecordImpressionsRequest>,
+    ) -> Result<Response<RecordImpressionsResponse>, Status> {
+        Err(Status::unimplemented(
+            "record_impressions lands with the frequency store",
+        ))
+    }
+}

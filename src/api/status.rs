@@ -1,0 +1,29 @@
+//! Domain errors to gRPC status codes: one explicit `From` per error enum,
+//! every variant named, so a new variant cannot silently get a wrong code.
+
+use tonic::{Code, Status};
+
+use crate::pack::PackError;
+use crate::store::catalog::CatalogError;
+
+impl From<CatalogError> for Status {
+    fn from(error: CatalogError) -> Self {
+        let code = match &error {
+            CatalogError::Pack(pack_error) => pack_error_code(pack_error),
+            CatalogError::Index(_) => Code::InvalidArgument,
+            CatalogError::Ownership(_) => Code::FailedPrecondition,
+            CatalogError::OlderVersion { .. } => Code::FailedPrecondition,
+            CatalogError::InvalidPackName(_) => Code::InvalidArgument,
+            CatalogError::NoSuchPack(_) => Code::NotFound,
+            CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
+            CatalogError::Io { .. } => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+/// A pushed file that fails verification is the caller's bad input, whatever
+/// the damage: the server's own data is untouched.
+fn pack_error_code(_error: &PackError) -> Code {
+    Code::InvalidArgument
+}

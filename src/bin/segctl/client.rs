@@ -1,0 +1,374 @@
+//! The segctl commands that talk to a running server: thin gRPC clients that
+//! print what came back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use segd::proto::admin_client::AdminClient;
+use segd::proto::segments_client::SegmentsClient;
+use segd::proto::{
+    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest, Reason,
+    RecordImpressionsRequest, RollbackRequest, SnapshotChunk, StatusRequest,
+};
+
+use crate::AdminArgs;
+use crate::candidate_syntax::{SYNTAX_HELP, parse_candidate};
+
+/// Pushed pack files travel in chunks of this size.
+const PUSH_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Args)]
+pub struct LookupArgs {
+    /// Query address of the server.
+    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
+    addr: String,
+    /// The user id.
+    user_id: String,
+    /// Comma-separated segment ids; all segments when omitted.
+    #[arg(long, value_delimiter = ',')]
+    segments: Vec<u32>,
+    /// Only members seen within this many seconds count (0 = any age).
+    #[arg(long, default_value_t = 0)]
+    max_age_seconds: u32,
+    /// Evaluate at this time instead of the server clock.
+    #[arg(long, default_value_t = 0)]
+    at: i64,
+}
+
+#[derive(Args)]
+pub struct DecideArgs {
+    /// Query address of the server.
+    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
+    addr: String,
+    /// The user id.
+    user_id: String,
+    /// A candidate line item, repeatable. Syntax:
+    /// ID [all=SEG[@MAXAGE],..] [any=..] [none=..] [cap=KEY/LIMIT/day|week|month|lifetime|Ns[@UTC_OFFSET_MIN]]..
+    #[arg(long = "candidate", required = true)]
+    candidates: Vec<String>,
+    /// Evaluate at this time instead of the server clock.
+    #[arg(long, default_value_t = 0)]
+    at: i64,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Query address of the server.
+    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
+    addr: String,
+    /// The user id.
+    user_id: String,
+    /// Comma-separated cap keys the impression counts toward (e.g. li:7,camp:9).
+    #[arg(long, value_delimiter = ',', required = true)]
+    keys: Vec<String>,
+    /// Impression time (default: the server clock).
+    #[arg(long, default_value_t = 0)]
+    at: i64,
+    /// Idempotency id: a retry with the same id is counted once.
+    #[arg(long, default_value = "")]
+    impression_id: String,
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))
+}
+
+fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
+    move |status| anyhow::anyhow!("{what} failed: {:?}: {}", status.code(), status.message())
+}
+
+async fn admin_client(
+    admin: &AdminArgs,
+) -> anyhow::Result<
+    AdminClient<
+        tonic::service::interceptor::InterceptedService<
+            Channel,
+            impl tonic::service::Interceptor + use<>,
+        >,
+    >,
+> {
+    let channel = connect(&admin.admin_addr).await?;
+    let header: Option<MetadataValue<_>> = match &admin.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("the token must be printable ASCII")?,
+        ),
+        None => None,
+    };
+    Ok(
+        AdminClient::with_interceptor(channel, move |mut request: Request<()>| {
+            if let Some(header) = &header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+            }
+            Ok(request)
+        })
+        .max_decoding_message_size(64 << 20),
+    )
+}
+
+pub async fn push(
+    admin: AdminArgs,
+    allow_older_version: bool,
+    file: PathBuf,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+    let total = bytes.len();
+    let chunks: Vec<SnapshotChunk> = bytes
+        .chunks(PUSH_CHUNK_BYTES)
+        .map(|data| SnapshotChunk {
+            data: data.to_vec(),
+            allow_older_version,
+        })
+        .collect();
+    let mut client = admin_client(&admin).await?;
+    let reply = client
+        .push_snapshot(tokio_stream::iter(chunks))
+        .await
+        .map_err(status_error("push"))?
+        .into_inner();
+    if reply.unchanged {
+        println!(
+            "pack {} version {} already served: nothing changed (generation {})",
+            reply.pack, reply.version, reply.generation
+        );
+    } else {
+        println!(
+            "pushed pack {} version {} ({total} bytes): {} segments, {} users, {} memberships, generation {}",
+            reply.pack,
+            reply.version,
+            reply.segments,
+            reply.users,
+            reply.memberships,
+            reply.generation
+        );
+    }
+    Ok(())
+}
+
+pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
+    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let reply = client
+        .lookup(LookupRequest {
+            user_id: args.user_id.clone(),
+            segment_ids: args.segments,
+            max_age_seconds: args.max_age_seconds,
+            at_unix_seconds: args.at,
+        })
+        .await
+        .map_err(status_error("lookup"))?
+        .into_inner();
+    println!("user {}: segments {:?}", args.user_id, reply.segment_ids);
+    if !reply.unknown_segment_ids.is_empty() {
+        println!("unknown segments: {:?}", reply.unknown_segment_ids);
+    }
+    println!("generation {}", reply.generation);
+    Ok(())
+}
+
+pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
+    let candidates = args
+        .candidates
+        .iter()
+        .map(|text| {
+            parse_candidate(text).map_err(|error| {
+                anyhow::anyhow!("--candidate {text:?}: {error}\nsyntax: {SYNTAX_HELP}")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let reply = client
+        .decide(DecideRequest {
+            user_id: args.user_id,
+            candidates,
+            at_unix_seconds: args.at,
+        })
+        .await
+        .map_err(status_error("decide"))?
+        .into_inner();
+    for decision in &reply.decisions {
+        let reason = Reason::try_from(decision.reason)
+            .map(|reason| reason.as_str_name())
+            .unwrap_or("UNKNOWN");
+        let verdict = if decision.eligible {
+            "eligible"
+        } else {
+            "not eligible"
+        };
+        if decision.detail.is_empty() {
+            println!("{}: {verdict} ({reason})", decision.candidate_id);
+        } else {
+            println!(
+                "{}: {verdict} ({reason}: {})",
+                decision.candidate_id, decision.detail
+            );
+        }
+    }
+    println!("generation {}", reply.generation);
+    Ok(())
+}
+
+pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let reply = client
+        .record_impressions(RecordImpressionsRequest {
+            impressions: vec![Impression {
+                user_id: args.user_id,
+                cap_keys: args.keys,
+                at_unix_seconds: args.at,
+                impression_id: args.impression_id,
+            }],
+        })
+        .await
+        .map_err(status_error("record"))?
+        .into_inner();
+    println!(
+        "recorded {}, duplicates {}",
+        reply.recorded, reply.duplicates
+    );
+    Ok(())
+}
+
+pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
+    let mut client = admin_client(&admin).await?;
+    let reply = client
+        .status(StatusRequest {})
+        .await
+        .map_err(status_error("status"))?
+        .into_inner();
+    println!(
+        "segd {}  generation {}  packs {}",
+        reply.server_version,
+        reply.generation,
+        reply.packs.len()
+    );
+    println!(
+        "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} PREVIOUS",
+        "PACK", "VERSION", "SEGMENTS", "USERS", "MEMBERSHIPS", "BYTES", "AGE_S", "STALE"
+    );
+    for pack in &reply.packs {
+        println!(
+            "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} {}",
+            pack.name,
+            pack.version,
+            pack.segments,
+            pack.users,
+            pack.memberships,
+            pack.bytes,
+            pack.age_seconds,
+            if pack.stale { "yes" } else { "no" },
+            if pack.previous_version.is_empty() {
+                "-"
+            } else {
+                &pack.previous_version
+            },
+        );
+    }
+    if let Some(frequency) = reply.frequency {
+        println!(
+            "frequency: {} entries, {} events, log {} bytes, fsync {}, retention {} days",
+            frequency.entries,
+            frequency.events,
+            frequency.log_bytes,
+            frequency.fsync_policy,
+            frequency.retention_days
+        );
+    }
+    Ok(())
+}
+
+pub async fn list_segments(admin: AdminArgs) -> anyhow::Result<()> {
+    let mut client = admin_client(&admin).await?;
+    let reply = client
+        .list_segments(ListSegmentsRequest {})
+        .await
+        .map_err(status_error("list segments"))?
+        .into_inner();
+    println!(
+        "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
+        "ID", "NAME", "KIND", "PACK", "MEMBERS", "TTL_S"
+    );
+    for segment in reply.segments {
+        println!(
+            "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
+            segment.id,
+            segment.name,
+            if segment.kind.is_empty() {
+                "-"
+            } else {
+                &segment.kind
+            },
+            segment.pack,
+            segment.members,
+            segment.ttl_seconds
+        );
+    }
+    Ok(())
+}
+
+pub async fn rollback(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
+    let mut client = admin_client(&admin).await?;
+    let reply = client
+        .rollback(RollbackRequest { pack })
+        .await
+        .map_err(status_error("rollback"))?
+        .into_inner();
+    println!(
+        "pack {} rolled back to version {}, generation {}",
+        reply.pack, reply.version, reply.generation
+    );
+    Ok(())
+}
+
+pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
+    let mut client = admin_client(&admin).await?;
+    let reply = client
+        .drop_pack(DropPackRequest { pack })
+        .await
+        .map_err(status_error("drop"))?
+        .into_inner();
+    println!(
+        "pack {} dropped, generation {}",
+        reply.pack, reply.generation
+    );
+    Ok(())
+}
+
+/// Whether the server's overall health status is SERVING.
+pub async fn health(addr: String, timeout_seconds: u64) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let check = async {
+        let mut client = HealthClient::new(connect(&addr).await?);
+        let reply = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(status_error("health check"))?
+            .into_inner();
+        anyhow::Ok(reply.status)
+    };
+    let status = tokio::time::timeout(Duration::from_secs(timeout_seconds), check)
+        .await
+        .with_context(|| format!("no answer from {addr} within {timeout_seconds} s"))??;
+    let serving = status == ServingStatus::Serving as i32;
+    let name = ServingStatus::try_from(status)
+        .map(|status| status.as_str_name())
+        .unwrap_or("UNKNOWN");
+    println!("{addr}: {name}");
+    Ok(serving)
+}

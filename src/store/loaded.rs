@@ -1,0 +1,110 @@
+//! One pack as the server holds it: metadata, the user dictionary and the
+//! user-major index. The bitmaps are not kept: the index answers every query
+//! and holding both would double the memory.
+
+use super::dictionary::UserDictionary;
+use super::index::{IndexEntry, IndexError, UserMajorIndex};
+use crate::pack::{self, Pack};
+
+/// What the server keeps of a segment besides its memberships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub id: u32,
+    pub name: String,
+    pub kind: String,
+    /// 0 = no TTL.
+    pub ttl_seconds: u32,
+    pub members: u64,
+}
+
+#[derive(Debug)]
+pub struct LoadedPack {
+    pub name: String,
+    pub version: String,
+    pub built_at_unix_seconds: i64,
+    pub loaded_at_unix_seconds: i64,
+    /// Size of the pack file this was read from.
+    pub file_bytes: u64,
+    /// Sorted by id ascending; a segment's slot is its index here.
+    pub segments: Vec<SegmentMeta>,
+    dictionary: UserDictionary,
+    index: UserMajorIndex,
+}
+
+impl LoadedPack {
+    /// Derives the lookup tables; consumes the pack so its bitmaps are freed.
+    pub fn from_pack(
+        pack: Pack,
+        file_bytes: u64,
+        loaded_at_unix_seconds: i64,
+    ) -> Result<Self, IndexError> {
+        let index = UserMajorIndex::build(&pack)?;
+        let segments = pack
+            .segments
+            .iter()
+            .map(|segment| SegmentMeta {
+                id: segment.id,
+                name: segment.name.clone(),
+                kind: segment.kind.clone(),
+                ttl_seconds: segment.ttl_seconds,
+                members: segment.members.len(),
+            })
+            .collect();
+        Ok(Self {
+            name: pack.name,
+            version: pack.version,
+            built_at_unix_seconds: pack.built_at_unix_seconds,
+            loaded_at_unix_seconds,
+            file_bytes,
+            segments,
+            dictionary: UserDictionary::new(pack.user_fingerprints),
+            index,
+        })
+    }
+
+    pub fn users(&self) -> u64 {
+        self.dictionary.len() as u64
+    }
+
+    pub fn memberships(&self) -> u64 {
+        self.index.memberships()
+    }
+
+    /// Heap bytes of the lookup tables.
+    pub fn heap_bytes(&self) -> usize {
+        self.dictionary.heap_bytes() + self.index.heap_bytes()
+    }
+
+    #[inline]
+    pub fn ordinal(&self, fingerprint: u64) -> Option<u32> {
+        self.dictionary.ordinal(fingerprint)
+    }
+
+    #[inline]
+    pub fn entries_of(&self, ordinal: u32) -> &[IndexEntry] {
+        self.index.entries_of(ordinal)
+    }
+
+    #[inline]
+    pub fn entry(&self, ordinal: u32, slot: u16) -> Option<IndexEntry> {
+        self.index.entry(ordinal, slot)
+    }
+
+    /// Whether a membership counts at `at`: within the asked maximum age
+    /// (0 = any) and within the segment's TTL (0 = none). A last-seen time in
+    /// the future is age 0.
+    #[inline]
+    pub fn counts(
+        &self,
+        slot: u16,
+        entry: IndexEntry,
+        max_age_seconds: u32,
+        at_unix_seconds: i64,
+    ) -> bool {
+        let last_seen = pack::last_seen_from_hours_ago(self.built_at_unix_seconds, entry.hours_ago);
+        let age_seconds = at_unix_seconds.saturating_sub(last_seen).max(0);
+        let ttl_seconds = self.segments[slot as usize].ttl_seconds;
+        (max_age_seconds == 0 || age_seconds <= max_age_seconds as i64)
+            && (ttl_seconds == 0 || age_seconds <= ttl_seconds as i64)
+    }
+}
