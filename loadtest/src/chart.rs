@@ -106,7 +106,11 @@ fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str, width: f64, da
         svg,
         r##"<polyline points="{}" fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"{}/>"##,
         coordinates.trim_end(),
-        if dashed { r#" stroke-dasharray="6 4""# } else { "" }
+        if dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        }
     );
 }
 
@@ -118,7 +122,11 @@ fn legend(svg: &mut String, top: f64, entries: &[(&str, &str, bool)]) {
             r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2.5"{}/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"##,
             RIGHT + 14.0,
             RIGHT + 38.0,
-            if *dashed { r#" stroke-dasharray="6 4""# } else { "" },
+            if *dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            },
             RIGHT + 44.0,
             y + 4.0,
             escape(label)
@@ -158,25 +166,43 @@ pub fn render(report: &Report) -> String {
         escape(&report.target),
         escape(&report.addr)
     );
-    let mut summary = format!(
-        "{mode}; {} conn × {}; achieved {:.0} req/s",
-        report.connections, report.concurrency_per_connection, report.achieved_rps
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="46" class="sub">{}</text>"##,
+        escape(&format!(
+            "{mode}; {} connections × {} in flight; {} s measured after {} s warm-up",
+            report.connections,
+            report.concurrency_per_connection,
+            report.duration_seconds,
+            report.warmup_seconds
+        ))
     );
+    let mut summary = format!("achieved {:.0} req/s", report.achieved_rps);
     if report.user_lookups_per_second > 0.0 && report.workload == "batch" {
-        let _ = write!(summary, " ({:.0} user lookups/s)", report.user_lookups_per_second);
+        let _ = write!(
+            summary,
+            " ({:.0} user lookups/s)",
+            report.user_lookups_per_second
+        );
     }
     let _ = write!(
         summary,
-        "; p50 {} · p99 {} · p99.9 {} · max {}; errors {}",
+        "; p50 {} · p90 {} · p99 {} · p99.9 {} · p99.99 {} · max {}; errors {}",
         format_micros(report.latency.p50_us),
+        format_micros(report.latency.p90_us),
         format_micros(report.latency.p99_us),
         format_micros(report.latency.p999_us),
+        format_micros(report.latency.p9999_us),
         format_micros(report.latency.max_us),
         report.errors
     );
-    let _ = writeln!(svg, r##"<text x="{LEFT}" y="46" class="sub">{}</text>"##, escape(&summary));
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="64" class="sub">{}</text>"##,
+        escape(&summary)
+    );
 
-    percentile_panel(&mut svg, report, 90.0, 400.0);
+    percentile_panel(&mut svg, report, 100.0, 400.0);
     timeline_panel(&mut svg, report, 460.0, 790.0);
     rate_panel(&mut svg, report, 850.0, 970.0);
     svg.push_str("</svg>\n");
@@ -196,12 +222,22 @@ fn percentile_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
     let all_values = report
         .percentile_curve
         .iter()
-        .chain(swap_curves.iter().flat_map(|split| split.during_swaps_curve.iter()))
+        .chain(
+            swap_curves
+                .iter()
+                .flat_map(|split| split.during_swaps_curve.iter()),
+        )
         .map(|point| point.latency_us)
         .chain([report.latency.max_us]);
     let axis = LogAxis::spanning(all_values, top, bottom);
     axis.draw(svg);
-    for (nines, label) in [(0, "0%"), (1, "90%"), (2, "99%"), (3, "99.9%"), (4, "99.99%")] {
+    for (nines, label) in [
+        (0, "0%"),
+        (1, "90%"),
+        (2, "99%"),
+        (3, "99.9%"),
+        (4, "99.99%"),
+    ] {
         let x = LEFT + f64::from(nines) / 4.0 * (RIGHT - LEFT);
         let _ = writeln!(
             svg,
@@ -216,10 +252,28 @@ fn percentile_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
         bottom + 16.0
     );
     let mut entries = vec![("all requests", COLOR_P50, false)];
-    polyline(svg, &curve_points(&report.percentile_curve, &axis), COLOR_P50, 2.5, false);
+    polyline(
+        svg,
+        &curve_points(&report.percentile_curve, &axis),
+        COLOR_P50,
+        2.5,
+        false,
+    );
     if let Some(split) = swap_curves {
-        polyline(svg, &curve_points(&split.during_swaps_curve, &axis), COLOR_SWAP, 2.0, true);
-        polyline(svg, &curve_points(&split.outside_swaps_curve, &axis), COLOR_OUTSIDE, 2.0, true);
+        polyline(
+            svg,
+            &curve_points(&split.during_swaps_curve, &axis),
+            COLOR_SWAP,
+            2.0,
+            true,
+        );
+        polyline(
+            svg,
+            &curve_points(&split.outside_swaps_curve, &axis),
+            COLOR_OUTSIDE,
+            2.0,
+            true,
+        );
         entries.push(("during swaps", COLOR_SWAP, true));
         entries.push(("outside swaps", COLOR_OUTSIDE, true));
     }
@@ -329,7 +383,10 @@ fn timeline_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
     );
     let total_seconds = (report.warmup_seconds + report.duration_seconds).max(1) as f64;
     time_background(svg, report, top, bottom, true);
-    let served = report.timeline.iter().filter(|point| point.requests > point.errors);
+    let served = report
+        .timeline
+        .iter()
+        .filter(|point| point.requests > point.errors);
     let axis = LogAxis::spanning(
         served
             .clone()

@@ -86,8 +86,8 @@ pub enum Target {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Server address, e.g. http://127.0.0.1:50051.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// Server address (segd's query port).
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
     pub addr: String,
     /// What to send.
     #[arg(long, value_enum, default_value_t = Workload::Lookup)]
@@ -152,9 +152,9 @@ pub struct RunArgs {
     /// Pack file to push; give it several times (different versions) to rotate between them.
     #[arg(long)]
     pub pack: Vec<PathBuf>,
-    /// Admin address for --swap-every, e.g. http://127.0.0.1:50052.
-    #[arg(long)]
-    pub admin_addr: Option<String>,
+    /// Admin address for --swap-every (segd's admin port).
+    #[arg(long, default_value = "http://127.0.0.1:7401")]
+    pub admin_addr: String,
     /// Admin bearer token.
     #[arg(long, env = "SEGD_ADMIN_TOKEN")]
     pub token: Option<String>,

@@ -50,11 +50,16 @@ fn bad_reply(message: String) -> Failure {
 /// Cheap to clone: clones share one HTTP/2 connection (or one Redis connection).
 #[derive(Clone)]
 pub enum Executor {
-    Grpc {
-        segments: SegmentsClient<Channel>,
-        health: HealthClient<Channel>,
-    },
+    /// Boxed: the two tonic clients are several times larger than the Redis side.
+    Grpc(Box<GrpcClients>),
     Redis(RedisExecutor),
+}
+
+/// Both clients share one channel, i.e. one HTTP/2 connection.
+#[derive(Clone)]
+pub struct GrpcClients {
+    segments: SegmentsClient<Channel>,
+    health: HealthClient<Channel>,
 }
 
 /// Opens one HTTP/2 connection: each call makes a separate channel, so
@@ -71,18 +76,20 @@ pub async fn connect_grpc(addr: &str) -> Result<Executor> {
         .connect()
         .await
         .with_context(|| format!("connecting to --addr {addr}"))?;
-    Ok(Executor::Grpc {
+    Ok(Executor::Grpc(Box::new(GrpcClients {
         segments: SegmentsClient::new(channel.clone())
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20),
         health: HealthClient::new(channel),
-    })
+    })))
 }
 
 impl Executor {
     pub async fn execute(&mut self, request: Request) -> Result<Outcome, Failure> {
         match self {
-            Executor::Grpc { segments, health } => execute_grpc(segments, health, request).await,
+            Executor::Grpc(clients) => {
+                execute_grpc(&mut clients.segments, &mut clients.health, request).await
+            }
             Executor::Redis(redis) => redis.execute(request).await,
         }
     }

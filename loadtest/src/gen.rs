@@ -50,7 +50,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
     if args.segments == 0 {
         bail!("--segments must be at least 1");
     }
-    if !(args.avg_segments_per_user > 0.0) {
+    if !args.avg_segments_per_user.is_finite() || args.avg_segments_per_user <= 0.0 {
         bail!("--avg-segments-per-user must be positive");
     }
     if !(0.0..=1.0).contains(&args.member_query_share) {
@@ -96,12 +96,8 @@ pub fn run(args: &GenArgs) -> Result<()> {
         "gen: wrote {memberships} memberships in {elapsed_seconds:.1} s ({:.1} M lines/s)",
         memberships as f64 / elapsed_seconds.max(1e-9) / 1e6
     );
-    let queries_written = write_queries(
-        &args.out.join("queries.txt"),
-        args,
-        &member_bits,
-        &mut rng,
-    )?;
+    let queries_written =
+        write_queries(&args.out.join("queries.txt"), args, &member_bits, &mut rng)?;
     let manifest = serde_json::json!({
         "users": args.users,
         "segments": args.segments,

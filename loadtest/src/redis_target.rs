@@ -97,9 +97,8 @@ impl RedisExecutor {
                 self.lookup_all(&lookup, at).await
             }
             Request::Lookup(lookup) => {
-                let scores: Vec<Option<f64>> = zmscore(&lookup)
-                    .query_async(&mut self.connection)
-                    .await?;
+                let scores: Vec<Option<f64>> =
+                    zmscore(&lookup).query_async(&mut self.connection).await?;
                 let _matches = self.matches(&lookup, &scores, at);
                 Ok(Outcome::default())
             }
@@ -152,7 +151,12 @@ impl RedisExecutor {
             .zip(scores)
             .filter(|(segment_id, score)| {
                 score.is_some_and(|last_seen| {
-                    counts(at, last_seen, lookup.max_age_seconds, self.ttl(**segment_id))
+                    counts(
+                        at,
+                        last_seen,
+                        lookup.max_age_seconds,
+                        self.ttl(**segment_id),
+                    )
                 })
             })
             .count()
@@ -170,7 +174,12 @@ impl RedisExecutor {
         let _matches = members
             .iter()
             .filter(|(segment_id, last_seen)| {
-                counts(at, *last_seen, lookup.max_age_seconds, self.ttl(*segment_id))
+                counts(
+                    at,
+                    *last_seen,
+                    lookup.max_age_seconds,
+                    self.ttl(*segment_id),
+                )
             })
             .count();
         Ok(Outcome::default())
@@ -194,11 +203,16 @@ impl RedisExecutor {
         segment_ids.sort_unstable();
         segment_ids.dedup();
         let mut cap_windows: Vec<(&str, String)> = Vec::new();
-        for cap in decide.candidates.iter().flat_map(|candidate| &candidate.caps) {
+        for cap in decide
+            .candidates
+            .iter()
+            .flat_map(|candidate| &candidate.caps)
+        {
             if cap_windows.iter().any(|(key, _)| *key == cap.key) {
                 continue;
             }
-            let day_start = at - (at + i64::from(cap.utc_offset_minutes) * 60).rem_euclid(DAY_SECONDS);
+            let day_start =
+                at - (at + i64::from(cap.utc_offset_minutes) * 60).rem_euclid(DAY_SECONDS);
             // Rolling windows exclude their start (`at - window < t`), calendar ones include it.
             let minimum = match Calendar::try_from(cap.calendar) {
                 Ok(Calendar::Day) => day_start.to_string(),
@@ -326,14 +340,20 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
         }
         let mut fields = line.split('\t');
         let (Some(user_id), Some(segment_id)) = (fields.next(), fields.next()) else {
-            bail!("{}:{line_number}: expected user_id<TAB>segment_id[<TAB>last_seen]", path.display());
+            bail!(
+                "{}:{line_number}: expected user_id<TAB>segment_id[<TAB>last_seen]",
+                path.display()
+            );
         };
-        let segment_id: u32 = segment_id
-            .parse()
-            .with_context(|| format!("{}:{line_number}: segment id is not a u32", path.display()))?;
+        let segment_id: u32 = segment_id.parse().with_context(|| {
+            format!("{}:{line_number}: segment id is not a u32", path.display())
+        })?;
         let last_seen: i64 = match fields.next() {
             Some(text) => text.parse().with_context(|| {
-                format!("{}:{line_number}: last_seen is not an integer", path.display())
+                format!(
+                    "{}:{line_number}: last_seen is not an integer",
+                    path.display()
+                )
             })?,
             None => segd::unix_now_seconds(),
         };

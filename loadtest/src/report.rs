@@ -160,6 +160,8 @@ pub struct Report {
 pub fn format_micros(micros: u64) -> String {
     if micros >= 1_000_000 {
         format!("{:.2} s", micros as f64 / 1e6)
+    } else if micros >= 100_000 {
+        format!("{:.0} ms", micros as f64 / 1e3)
     } else if micros >= 10_000 {
         format!("{:.1} ms", micros as f64 / 1e3)
     } else if micros >= 1_000 {
@@ -237,7 +239,9 @@ impl Report {
             let _ = writeln!(
                 text,
                 "  errors during swaps {}, outside {} (window: push start .. end + {} s)",
-                split.during_swaps_errors, split.outside_swaps_errors, split.window_after_push_seconds
+                split.during_swaps_errors,
+                split.outside_swaps_errors,
+                split.window_after_push_seconds
             );
         }
         let _ = writeln!(text, "errors {}", self.errors);
@@ -256,7 +260,11 @@ impl Report {
                 swap.pack_file,
                 swap.version,
                 swap.generation,
-                if swap.unchanged { " (unchanged: already served)" } else { "" },
+                if swap.unchanged {
+                    " (unchanged: already served)"
+                } else {
+                    ""
+                },
                 swap.error
                     .as_ref()
                     .map(|error| format!(" FAILED: {error}"))

@@ -79,7 +79,9 @@ impl ConnectionStats {
 
 fn lock(stats: &Mutex<ConnectionStats>) -> MutexGuard<'_, ConnectionStats> {
     // A worker that panicked mid-update leaves counts that are still usable.
-    stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    stats
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// When requests are due, shared by every worker.
@@ -136,9 +138,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         });
     }
     let swap_plan = SwapPlan::prepare(&args).await?;
-    let swap_window_after_push = swap_plan
-        .as_ref()
-        .map(SwapPlan::window_after_push_seconds);
+    let swap_window_after_push = swap_plan.as_ref().map(SwapPlan::window_after_push_seconds);
     let swap_windows = Arc::new(SwapWindows::new());
 
     let total_seconds = args.warmup + args.duration;
@@ -300,7 +300,9 @@ async fn worker(
                 }
                 if let Some(generation) = outcome.generation {
                     connection.generations_seen = Some(match connection.generations_seen {
-                        Some((lowest, highest)) => (lowest.min(generation), highest.max(generation)),
+                        Some((lowest, highest)) => {
+                            (lowest.min(generation), highest.max(generation))
+                        }
                         None => (generation, generation),
                     });
                 }
@@ -311,7 +313,10 @@ async fn worker(
                     continue;
                 }
                 connection.completed += 1;
-                *connection.errors_by_code.entry(failure.code.clone()).or_default() += 1;
+                *connection
+                    .errors_by_code
+                    .entry(failure.code.clone())
+                    .or_default() += 1;
                 if connection.first_error.is_none() {
                     connection.first_error = Some(format!("{}: {}", failure.code, failure.message));
                 }

@@ -81,12 +81,10 @@ impl SwapPlan {
         if args.pack.is_empty() {
             bail!("--swap-every needs at least one --pack FILE");
         }
-        if !(args.swap_window >= 0.0 && args.swap_window.is_finite()) {
+        if !args.swap_window.is_finite() || args.swap_window < 0.0 {
             bail!("--swap-window must be a non-negative number of seconds");
         }
-        let Some(admin_addr) = &args.admin_addr else {
-            bail!("--swap-every needs --admin-addr URL");
-        };
+        let admin_addr = &args.admin_addr;
         if args.pack.len() == 1 {
             eprintln!(
                 "warning: one --pack: after the first push the server already serves its version, \
@@ -140,7 +138,7 @@ impl SwapPlan {
             let chunks: Vec<SnapshotChunk> = bytes
                 .chunks(CHUNK_BYTES)
                 .map(|chunk| SnapshotChunk {
-                    data: chunk.to_vec().into(),
+                    data: chunk.to_vec(),
                     allow_older_version: true,
                 })
                 .collect();

@@ -139,10 +139,7 @@ pub fn read_segments(path: &Path) -> Result<Vec<SegmentSpec>> {
             .trim()
             .parse()
             .with_context(|| {
-                format!(
-                    "{}:{line_number}: segment id is not a u32",
-                    path.display()
-                )
+                format!("{}:{line_number}: segment id is not a u32", path.display())
             })?;
         let _name = fields.next();
         let kind = fields.next().unwrap_or_default().trim().to_owned();
@@ -159,7 +156,10 @@ pub fn read_segments(path: &Path) -> Result<Vec<SegmentSpec>> {
         });
     }
     if segments.is_empty() {
-        bail!("--segments-file {}: no segments in the file", path.display());
+        bail!(
+            "--segments-file {}: no segments in the file",
+            path.display()
+        );
     }
     Ok(segments)
 }
@@ -190,9 +190,15 @@ fn line_item_candidate(line_item: u32, segments: &[SegmentSpec], rng: &mut Small
     let (all_of, any_of) = if shape < 0.5 {
         (vec![segment_ref(false, rng)], vec![segment_ref(false, rng)])
     } else if shape < 0.8 {
-        (vec![], vec![segment_ref(false, rng), segment_ref(false, rng)])
+        (
+            vec![],
+            vec![segment_ref(false, rng), segment_ref(false, rng)],
+        )
     } else {
-        (vec![segment_ref(false, rng), segment_ref(false, rng)], vec![])
+        (
+            vec![segment_ref(false, rng), segment_ref(false, rng)],
+            vec![],
+        )
     };
     let none_of = vec![segment_ref(true, rng)];
     Candidate {
@@ -254,7 +260,9 @@ impl Generator {
         Generator {
             dataset,
             config,
-            rng: SmallRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ worker_index as u64),
+            rng: SmallRng::seed_from_u64(
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ worker_index as u64,
+            ),
             impression_prefix: format!("lt{run_nonce:x}-{worker_index}-"),
             impression_counter: 0,
         }
@@ -354,10 +362,7 @@ impl Generator {
                         format!("camp:{}", line_item / LINE_ITEMS_PER_CAMPAIGN),
                     ],
                     at_unix_seconds: 0,
-                    impression_id: format!(
-                        "{}{}",
-                        self.impression_prefix, self.impression_counter
-                    ),
+                    impression_id: format!("{}{}", self.impression_prefix, self.impression_counter),
                 }
             })
             .collect();
