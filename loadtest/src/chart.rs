@@ -489,3 +489,80 @@ fn rate_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Percentiles, SwapEvent, TimelinePoint, new_histogram, percentile_curve};
+
+    fn sample_report() -> Report {
+        let mut histogram = new_histogram();
+        for micros in 1..=10_000u64 {
+            histogram.saturating_record(micros);
+        }
+        Report {
+            workload: "lookup".to_owned(),
+            target: "grpc".to_owned(),
+            addr: "http://127.0.0.1:7400".to_owned(),
+            mode: "open".to_owned(),
+            offered_rps: Some(1_000),
+            warmup_seconds: 1,
+            duration_seconds: 3,
+            connections: 1,
+            concurrency_per_connection: 4,
+            requests: 3_000,
+            achieved_rps: 1_000.0,
+            user_lookups_per_second: 1_000.0,
+            errors: 1,
+            errors_by_code: Default::default(),
+            first_error: None,
+            latency: Percentiles::of(&histogram),
+            service_time: Percentiles::of(&histogram),
+            swaps: vec![SwapEvent {
+                started_at_seconds: 2.0,
+                finished_at_seconds: 2.5,
+                pack_file: "a<b>.segpack".to_owned(),
+                version: "v2".to_owned(),
+                generation: 3,
+                unchanged: false,
+                error: None,
+            }],
+            swap_split: None,
+            generations_seen: Some((2, 3)),
+            redis_used_memory_bytes: None,
+            timeline: (1..=4)
+                .map(|second| TimelinePoint {
+                    second,
+                    measured: second > 1,
+                    requests: 1_000,
+                    errors: u64::from(second == 3),
+                    p50_us: 50,
+                    p99_us: 900,
+                    max_us: 4_000,
+                })
+                .collect(),
+            percentile_curve: percentile_curve(&histogram),
+        }
+    }
+
+    #[test]
+    fn renders_a_complete_svg_with_swaps_marked() {
+        let svg = render(&sample_report());
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("swap v2"));
+        assert!(svg.contains("warm-up"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    }
+
+    #[test]
+    fn empty_run_still_renders() {
+        let mut report = sample_report();
+        report.timeline.clear();
+        report.percentile_curve.clear();
+        report.latency = Percentiles::default();
+        let svg = render(&report);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(!svg.contains("NaN"));
+    }
+}

@@ -412,3 +412,27 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::counts;
+
+    #[test]
+    fn recency_rule_matches_segd() {
+        let at = 1_000_000;
+        assert!(
+            counts(at, (at - 100) as f64, 100, 0),
+            "age equal to max_age counts"
+        );
+        assert!(!counts(at, (at - 101) as f64, 100, 0));
+        assert!(
+            counts(at, (at + 50) as f64, 1, 0),
+            "a future last-seen is age 0"
+        );
+        assert!(counts(at, 0.0, 0, 0), "0 = any age, no TTL");
+        assert!(
+            !counts(at, (at - 61) as f64, 0, 60),
+            "the TTL bounds age too"
+        );
+    }
+}

@@ -195,3 +195,26 @@ impl SwapPlan {
 fn nanos_since(start: Instant, at: Instant) -> u64 {
     at.saturating_duration_since(start).as_nanos() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_window_before_the_first_swap() {
+        let windows = SwapWindows::new();
+        assert!(!windows.overlaps(0, u64::MAX - 1));
+    }
+
+    #[test]
+    fn requests_overlapping_an_open_or_closed_window_count() {
+        let windows = SwapWindows::new();
+        windows.begin(1_000);
+        assert!(!windows.overlaps(100, 999), "ended before the push started");
+        assert!(windows.overlaps(900, 1_100), "straddles the start");
+        assert!(windows.overlaps(5_000, 6_000), "push still in flight");
+        windows.finish(2_000);
+        assert!(windows.overlaps(1_500, 1_600));
+        assert!(!windows.overlaps(2_001, 2_500), "after the window");
+    }
+}
