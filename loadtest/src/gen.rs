@@ -114,7 +114,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
         .with_context(|| format!("writing {}", manifest_path.display()))?;
     eprintln!(
         "gen: done; build a pack with:\n  segctl build --pack synth --version v1 --built-at {built_at} \
-         --input {dir}/memberships.tsv --segments {dir}/segments.tsv --output {dir}/synth-v1.pack",
+         --input {dir}/memberships.tsv --segments {dir}/segments.tsv --output {dir}/v1.segpack",
         dir = args.out.display()
     );
     Ok(())
