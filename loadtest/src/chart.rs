@@ -419,16 +419,18 @@ fn timeline_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
             point.errors
         );
     }
-    legend(
-        svg,
-        top + 10.0,
-        &[
-            ("p50", COLOR_P50, false),
-            ("p99", COLOR_P99, false),
-            ("max", COLOR_MAX, false),
-            ("swap window", COLOR_SWAP, false),
-        ],
-    );
+    let mut entries = vec![
+        ("p50", COLOR_P50, false),
+        ("p99", COLOR_P99, false),
+        ("max", COLOR_MAX, false),
+    ];
+    if !report.swaps.is_empty() {
+        entries.push(("swap window", COLOR_SWAP, false));
+    }
+    if report.timeline.iter().any(|point| point.errors > 0) {
+        entries.push(("● errors", COLOR_SWAP, false));
+    }
+    legend(svg, top + 10.0, &entries);
 }
 
 fn rate_panel(svg: &mut String, report: &Report, top: f64, bottom: f64) {
@@ -530,6 +532,7 @@ mod tests {
             swap_split: None,
             generations_seen: Some((2, 3)),
             redis_used_memory_bytes: None,
+            generator_cpu_cores: None,
             timeline: (1..=4)
                 .map(|second| TimelinePoint {
                     second,

@@ -153,8 +153,23 @@ pub struct Report {
     /// Smallest and largest serving generation seen in responses.
     pub generations_seen: Option<(u64, u64)>,
     pub redis_used_memory_bytes: Option<u64>,
+    /// CPU the load generator itself used, in cores (user + system over wall
+    /// time, whole run): on a 2-core box it competes with the server.
+    pub generator_cpu_cores: Option<f64>,
     pub timeline: Vec<TimelinePoint>,
     pub percentile_curve: Vec<CurvePoint>,
+}
+
+/// User + system CPU seconds of this process, from `/proc/self/stat` (Linux;
+/// `None` elsewhere). Fields 14 and 15 are in USER_HZ ticks, 100 a second.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; fields resume after ')'.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user_ticks: f64 = fields.next()?.parse().ok()?;
+    let system_ticks: f64 = fields.next()?.parse().ok()?;
+    Some((user_ticks + system_ticks) / 100.0)
 }
 
 pub fn format_micros(micros: u64) -> String {
@@ -273,6 +288,9 @@ impl Report {
         }
         if let Some((lowest, highest)) = self.generations_seen {
             let _ = writeln!(text, "generations seen {lowest} .. {highest}");
+        }
+        if let Some(cores) = self.generator_cpu_cores {
+            let _ = writeln!(text, "load generator used {cores:.2} cores");
         }
         if let Some(bytes) = self.redis_used_memory_bytes {
             let _ = writeln!(

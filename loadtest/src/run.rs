@@ -142,6 +142,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let swap_windows = Arc::new(SwapWindows::new());
 
     let total_seconds = args.warmup + args.duration;
+    let cpu_at_start = report::process_cpu_seconds();
+    let wall_at_start = Instant::now();
     // A short lead so every worker is spawned before slot 0 is due.
     let run_start = Instant::now() + Duration::from_millis(50);
     let schedule = Arc::new(Schedule {
@@ -211,11 +213,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => Vec::new(),
     };
 
+    let generator_cpu_cores = match (cpu_at_start, report::process_cpu_seconds()) {
+        (Some(start), Some(end)) => {
+            Some((end - start) / wall_at_start.elapsed().as_secs_f64().max(1e-9))
+        }
+        _ => None,
+    };
     let redis_used_memory_bytes = match args.target {
         Target::Redis => Some(redis_target::used_memory_bytes(&args.redis_url).await?),
         Target::Grpc => None,
     };
-    let report = build_report(
+    let mut report = build_report(
         &args,
         &connection_stats,
         timeline,
@@ -223,6 +231,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         swap_window_after_push,
         redis_used_memory_bytes,
     );
+    report.generator_cpu_cores = generator_cpu_cores;
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)?;
@@ -455,6 +464,7 @@ fn build_report(
         swaps,
         generations_seen,
         redis_used_memory_bytes,
+        generator_cpu_cores: None,
         timeline,
         percentile_curve: report::percentile_curve(&latency),
     }
