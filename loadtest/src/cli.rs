@@ -56,8 +56,7 @@ pub struct GenArgs {
     pub member_query_share: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
     /// Lookup with 20 random segment ids.
     Lookup,
@@ -75,8 +74,15 @@ pub enum Workload {
     Health,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// The flag spelling of a value (`lookup-all`), for messages and reports.
+pub fn flag_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|possible| possible.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     /// A segd server (or, for --workload health, any gRPC health server).
     Grpc,

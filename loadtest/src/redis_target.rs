@@ -42,8 +42,13 @@ pub async fn connect(redis_url: &str, ttl_by_segment: Arc<HashMap<u32, u32>>) ->
 async fn open(redis_url: &str) -> Result<MultiplexedConnection> {
     let client = redis::Client::open(redis_url)
         .with_context(|| format!("--redis-url {redis_url} is not a valid Redis URL"))?;
+    // No response timeout (redis-rs defaults to 500 ms): a slow reply is a
+    // latency to measure, not an error, and FLUSHDB of millions of keys is slow.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .with_context(|| format!("connecting to --redis-url {redis_url}"))
 }

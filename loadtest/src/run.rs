@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::chart;
-use crate::cli::{RunArgs, Target, Workload};
+use crate::cli::{RunArgs, Target, Workload, flag_name};
 use crate::executor::{self, Executor};
 use crate::redis_target;
 use crate::report::{
@@ -423,14 +423,8 @@ fn build_report(
         }
     }
     let duration_seconds = args.duration as f64;
-    let workload = serde_json::to_value(args.workload)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let target = serde_json::to_value(args.target)
-        .ok()
-        .and_then(|value| value.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let workload = flag_name(args.workload);
+    let target = flag_name(args.target);
     Report {
         workload,
         addr: match args.target {

@@ -18,7 +18,7 @@ use segd::proto::{
     LookupRequest, RecordImpressionsRequest, SegmentRef,
 };
 
-use crate::cli::{RunArgs, Workload};
+use crate::cli::{RunArgs, Workload, flag_name};
 
 const DAY_SECONDS: u32 = 86_400;
 /// Line items per campaign: `li:{n}` belongs to `camp:{n / 10}`.
@@ -77,8 +77,8 @@ impl Dataset {
         if needs_users {
             let Some(path) = &args.queries else {
                 bail!(
-                    "--queries FILE is required for --workload {:?}",
-                    args.workload
+                    "--queries FILE is required for --workload {}",
+                    flag_name(args.workload)
                 );
             };
             dataset.users = read_users(path)?;
@@ -88,8 +88,8 @@ impl Dataset {
             dataset.segments = read_segments(path)?;
         } else if needs_segments {
             bail!(
-                "--segments-file FILE is required for --workload {:?}",
-                args.workload
+                "--segments-file FILE is required for --workload {}",
+                flag_name(args.workload)
             );
         }
         dataset.ttl_by_segment = dataset
