@@ -38,6 +38,45 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Read the admin token from this file (first line, surrounding whitespace
+    /// trimmed) instead of --admin-token, so it stays out of the process list.
+    #[arg(long, env = "SEGD_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM) for both ports; requires --tls-key.
+    #[arg(long, env = "SEGD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for both ports; requires --tls-cert.
+    #[arg(long, env = "SEGD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM): admin clients must present a certificate it signed
+    /// (mutual TLS on the admin port). Requires --tls-cert.
+    #[arg(long, env = "SEGD_ADMIN_CLIENT_CA", requires = "tls_cert")]
+    pub admin_client_ca: Option<PathBuf>,
+
+    /// Requests in flight on the query port beyond which new ones are shed with
+    /// RESOURCE_EXHAUSTED at once instead of queueing.
+    #[arg(long, env = "SEGD_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
+    /// Largest request message on the query port, in bytes.
+    #[arg(long, env = "SEGD_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    pub max_request_bytes: usize,
+
+    /// Longest a request may run (the client's deadline applies when shorter).
+    #[arg(long, env = "SEGD_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "SEGD_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds between HTTP/2 keepalive pings on idle connections (0 = off).
+    #[arg(long, env = "SEGD_HTTP2_KEEPALIVE_SECONDS", default_value_t = 30)]
+    pub http2_keepalive_seconds: u64,
+
     /// Fill an empty data directory with a synthetic demo pack and print queries to try.
     #[arg(long)]
     pub demo: bool,
@@ -62,6 +101,12 @@ pub struct ServeConfig {
     /// first bad record (impressions after it are lost) instead of refusing.
     #[arg(long, env = "SEGD_RECOVER_CORRUPT_LOG")]
     pub recover_corrupt_log: bool,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before their connections are closed; then the frequency log is flushed
+    /// and checkpointed and segd exits.
+    #[arg(long, env = "SEGD_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
 
     /// Largest pack file PushSnapshot accepts, in bytes.
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
@@ -119,6 +164,21 @@ impl ServeConfig {
         config.data_dir = data_dir;
         config.admin_token = None;
         config
+    }
+
+    /// The admin token from --admin-token or --admin-token-file.
+    pub fn resolve_admin_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                anyhow::anyhow!("read --admin-token-file {}: {error}", path.display())
+            })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.is_empty() {
+                anyhow::bail!("--admin-token-file {} is empty", path.display());
+            }
+            return Ok(Some(token));
+        }
+        Ok(self.admin_token.clone().filter(|token| !token.is_empty()))
     }
 
     pub fn freq_retention_seconds(&self) -> i64 {

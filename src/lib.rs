@@ -14,7 +14,9 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
+//! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
@@ -28,6 +30,8 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod freq;
+pub mod line_items;
+pub mod overload;
 pub mod pack;
 pub mod server;
 pub mod store;

@@ -6,21 +6,25 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::api::admin::NoExtras;
+use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
-use crate::config::ServeConfig;
+use crate::config::{FsyncMode, ServeConfig};
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::line_items::LineItemRegistry;
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::store::Store;
@@ -57,15 +61,52 @@ impl Listeners {
     }
 }
 
-/// Refuses configurations that would be unsafe to run.
-pub fn check_config(config: &ServeConfig) -> anyhow::Result<()> {
-    if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+/// Refuses configurations that would be unsafe to run; returns the admin
+/// token (from --admin-token or --admin-token-file).
+pub fn check_config(config: &ServeConfig) -> anyhow::Result<Option<String>> {
+    let admin_token = config.resolve_admin_token()?;
+    if !config.admin_listen.ip().is_loopback() && admin_token.is_none() {
         bail!(
-            "--admin-listen {} is not a loopback address: set --admin-token (or SEGD_ADMIN_TOKEN) so pushes need a token",
+            "--admin-listen {} is not a loopback address: set --admin-token, SEGD_ADMIN_TOKEN or --admin-token-file so pushes need a token",
             config.admin_listen
         );
     }
-    Ok(())
+    Ok(admin_token)
+}
+
+/// TLS settings of one port from the flags, or `None` for plaintext.
+fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("read {flag} {}", path.display()))
+    };
+    let identity = Identity::from_pem(read(cert_path, "--tls-cert")?, read(key_path, "--tls-key")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if admin_port && let Some(ca_path) = &config.admin_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca_path, "--admin-client-ca")?));
+    }
+    Ok(Some(tls))
+}
+
+/// A server builder with the flags' HTTP/2, timeout and TLS settings.
+fn server_builder(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Server> {
+    let keepalive = (config.http2_keepalive_seconds > 0)
+        .then(|| Duration::from_secs(config.http2_keepalive_seconds));
+    let mut builder = Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms.max(1)))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls_config(config, admin_port)? {
+        let port = if admin_port { "admin" } else { "query" };
+        builder = builder
+            .tls_config(tls)
+            .with_context(|| format!("TLS settings of the {port} port"))?;
+    }
+    Ok(builder)
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -75,7 +116,7 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    check_config(&config)?;
+    let admin_token = check_config(&config)?;
     let store = Arc::new(Store::new());
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
@@ -113,9 +154,27 @@ pub async fn serve(
         let _ = receiver.wait_for(|stop| *stop).await;
     };
 
+    let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
+        format!(
+            "load line items from --data-dir {}",
+            config.data_dir.display()
+        )
+    })?);
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(SegmentsService::new(store.clone(), limits));
-    let query_server = Server::builder()
+    let segments = SegmentsServer::new(SegmentsService::new(
+        store.clone(),
+        counters.clone(),
+        line_items.clone(),
+        limits.clone(),
+    ))
+    .max_decoding_message_size(config.max_request_bytes);
+    let overload_counters = Arc::new(OverloadCounters::default());
+    let query_server = server_builder(&config, false)?
+        .layer(ConcurrencyShedLayer::new(
+            config.max_in_flight,
+            overload_counters.clone(),
+        ))
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
@@ -125,18 +184,24 @@ pub async fn serve(
             stopped(stop_receiver.clone()),
         );
 
-    let auth = AdminAuth::new(config.admin_token.as_deref());
+    let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
         AdminServer::new(AdminService::new(
             catalog.clone(),
+            line_items,
+            limits,
             config.max_push_bytes,
-            Arc::new(NoExtras),
+            Arc::new(ServerStatusExtras {
+                counters: counters.clone(),
+                fsync: config.fsync,
+                retention_days: config.freq_retention_days,
+            }),
         ))
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
-    let admin_server = Server::builder()
+    let admin_server = server_builder(&config, true)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -151,11 +216,24 @@ pub async fn serve(
 
     let demo = config.demo;
     let load_catalog = catalog.clone();
+    let freq_config = freq_config(&config);
+    let load_counters = counters.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
         }
-        Ok(load_catalog.load_all(crate::unix_now_seconds())?)
+        let generation = load_catalog.load_all(crate::unix_now_seconds())?;
+        let freq_dir = freq_config.dir.clone();
+        let (store, report) = FreqStore::open(freq_config)
+            .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
+        info!(
+            checkpoint_events = report.checkpoint_events,
+            replayed_records = report.replayed_records,
+            torn_tail_bytes = report.torn_tail_bytes,
+            "frequency store recovered"
+        );
+        let _ = load_counters.set(store);
+        Ok(generation)
     })
     .await
     .context("data directory loader failed")
@@ -167,6 +245,7 @@ pub async fn serve(
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
             let _ = tokio::join!(query_task, admin_task);
+            shutdown_counters(&counters).await?;
             return Err(error);
         }
     };
@@ -184,7 +263,30 @@ pub async fn serve(
         .set_serving::<SegmentsServer<SegmentsService>>()
         .await;
 
-    let (query_result, admin_result) = tokio::join!(query_task, admin_task);
+    let abort_query = query_task.abort_handle();
+    let abort_admin = admin_task.abort_handle();
+    let servers = async { tokio::join!(query_task, admin_task) };
+    tokio::pin!(servers);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let mut stop_watch = stop_receiver.clone();
+    let drain_deadline = async move {
+        let _ = stop_watch.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    let (query_result, admin_result) = tokio::select! {
+        results = &mut servers => results,
+        () = drain_deadline => {
+            warn!(grace_seconds = grace.as_secs(), "requests still in flight after the grace period, closing their connections");
+            abort_query.abort();
+            abort_admin.abort();
+            servers.await
+        }
+    };
+    let query_result = ignore_cancelled(query_result);
+    let admin_result = ignore_cancelled(admin_result);
+    // In-flight requests have drained: flush the log and checkpoint even if a
+    // listener failed, then report.
+    shutdown_counters(&counters).await?;
     query_result
         .context("query server task")?
         .context("query server")?;
@@ -193,4 +295,69 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// A server task aborted after the grace period ended as intended.
+fn ignore_cancelled(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+    match result {
+        Err(join_error) if join_error.is_cancelled() => Ok(Ok(())),
+        other => other,
+    }
+}
+
+/// Flushes and fsyncs the frequency log and writes a checkpoint.
+async fn shutdown_counters(counters: &Arc<OnceLock<Arc<FreqStore>>>) -> anyhow::Result<()> {
+    let Some(store) = counters.get().cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .context("frequency shutdown task")?
+        .context("flush the frequency store")?;
+    info!("frequency log flushed and checkpointed");
+    Ok(())
+}
+
+/// The frequency store's settings from the flags.
+pub fn freq_config(config: &ServeConfig) -> FreqConfig {
+    FreqConfig {
+        dir: config.data_dir.join("freq"),
+        fsync: match config.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval,
+            FsyncMode::Never => FsyncPolicy::Never,
+        },
+        fsync_interval: Duration::from_millis(config.fsync_interval_ms.max(1)),
+        retention_seconds: config.freq_retention_seconds(),
+        checkpoint_interval: Duration::from_secs(config.checkpoint_interval_seconds.max(1)),
+        sweep_interval: Duration::from_secs(60),
+        recover_corrupt_log: config.recover_corrupt_log,
+    }
+}
+
+/// The parts of Admin/Status owned by the frequency store.
+struct ServerStatusExtras {
+    counters: Arc<OnceLock<Arc<FreqStore>>>,
+    fsync: FsyncMode,
+    retention_days: u32,
+}
+
+impl StatusExtras for ServerStatusExtras {
+    fn frequency(&self) -> Option<crate::proto::FrequencyStatus> {
+        let stats = self.counters.get()?.stats();
+        Some(crate::proto::FrequencyStatus {
+            entries: stats.entries,
+            events: stats.events,
+            log_bytes: stats.log_bytes,
+            fsync_policy: format!("{:?}", self.fsync).to_lowercase(),
+            retention_days: self.retention_days,
+            last_checkpoint_unix_seconds: stats.last_checkpoint_unix_seconds,
+        })
+    }
+
+    fn is_stale(&self, _built_at_unix_seconds: i64, _now_unix_seconds: i64) -> bool {
+        false
+    }
 }

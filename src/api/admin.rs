@@ -6,16 +6,21 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::RequestLimits;
+use crate::line_items::LineItemRegistry;
 use crate::proto::admin_server::Admin;
 use crate::proto::{
     DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
     catalog: Arc<Catalog>,
+    line_items: Arc<LineItemRegistry>,
+    limits: RequestLimits,
     max_push_bytes: u64,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
@@ -42,11 +47,15 @@ impl StatusExtras for NoExtras {
 impl AdminService {
     pub fn new(
         catalog: Arc<Catalog>,
+        line_items: Arc<LineItemRegistry>,
+        limits: RequestLimits,
         max_push_bytes: u64,
         status_extras: Arc<dyn StatusExtras>,
     ) -> Self {
         Self {
             catalog,
+            line_items,
+            limits,
             max_push_bytes,
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
@@ -114,6 +123,7 @@ impl Admin for AdminService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let state = self.catalog.store().load_full();
+        let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
@@ -148,6 +158,8 @@ impl Admin for AdminService {
             frequency: self.status_extras.frequency(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
+            line_items_version: line_items.version.clone(),
+            line_items: line_items.len() as u32,
         }))
     }
 
@@ -190,6 +202,24 @@ impl Admin for AdminService {
             pack: outcome.pack,
             version: outcome.version,
             generation: outcome.generation,
+        }))
+    }
+
+    async fn put_line_items(
+        &self,
+        request: Request<PutLineItemsRequest>,
+    ) -> Result<Response<PutLineItemsResponse>, Status> {
+        let request = request.into_inner();
+        for (index, line_item) in request.line_items.iter().enumerate() {
+            self.limits
+                .check_candidate(&format!("line_items[{index}]"), line_item)?;
+        }
+        let registry = self.line_items.clone();
+        let outcome = blocking(move || registry.put(request).map_err(Status::from)).await?;
+        Ok(Response::new(PutLineItemsResponse {
+            version: outcome.version,
+            line_items: outcome.line_items,
+            unchanged: outcome.unchanged,
         }))
     }
 

@@ -67,3 +67,151 @@ impl RequestLimits {
 pub fn invalid(field: &str, problem: &str) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
+
+/// Longest impression id, in bytes.
+pub const MAX_IMPRESSION_ID_BYTES: usize = 256;
+/// Calendar caps are aligned at most this far from UTC (UTC-12 … UTC+14, with margin).
+pub const MAX_UTC_OFFSET_MINUTES: i32 = 18 * 60;
+
+impl RequestLimits {
+    pub fn check_cap_key(&self, field: &str, key: &str) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+        if key.len() > self.max_cap_key_bytes {
+            return Err(invalid(
+                field,
+                &format!(
+                    "{} bytes, more than the limit of {}",
+                    key.len(),
+                    self.max_cap_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A cap the store can answer: a key, a positive limit, a known calendar,
+    /// a plausible offset and a window the retention covers.
+    pub fn check_cap(&self, field: &str, cap: &crate::proto::FrequencyCap) -> Result<(), Status> {
+        use crate::proto::Calendar;
+        self.check_cap_key(&format!("{field}.key"), &cap.key)?;
+        if cap.limit == 0 {
+            return Err(invalid(&format!("{field}.limit"), "must be at least 1"));
+        }
+        let calendar = Calendar::try_from(cap.calendar).map_err(|_| {
+            invalid(
+                &format!("{field}.calendar"),
+                &format!("unknown calendar {}", cap.calendar),
+            )
+        })?;
+        if cap.utc_offset_minutes.abs() > MAX_UTC_OFFSET_MINUTES {
+            return Err(invalid(
+                &format!("{field}.utc_offset_minutes"),
+                &format!(
+                    "{} is beyond ±{MAX_UTC_OFFSET_MINUTES}",
+                    cap.utc_offset_minutes
+                ),
+            ));
+        }
+        let longest_window_seconds = match calendar {
+            Calendar::Rolling => i64::from(cap.window_seconds),
+            Calendar::Day => 86_400,
+            Calendar::Week => 7 * 86_400,
+            Calendar::Month => 31 * 86_400,
+        };
+        if longest_window_seconds > self.freq_retention_seconds {
+            return Err(invalid(
+                &format!("{field}.window_seconds"),
+                &format!(
+                    "a window of {longest_window_seconds} s is longer than the retention of {} s (--freq-retention-days)",
+                    self.freq_retention_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_decide(&self, request: &crate::proto::DecideRequest) -> Result<(), Status> {
+        self.check_user_id("user_id", &request.user_id)?;
+        self.check_count(
+            "candidates+line_item_ids",
+            request.candidates.len() + request.line_item_ids.len(),
+            self.max_candidates,
+        )?;
+        for (index, candidate) in request.candidates.iter().enumerate() {
+            self.check_candidate(&format!("candidates[{index}]"), candidate)?;
+        }
+        Ok(())
+    }
+
+    /// One candidate's refs and caps.
+    pub fn check_candidate(
+        &self,
+        field: &str,
+        candidate: &crate::proto::Candidate,
+    ) -> Result<(), Status> {
+        let refs = candidate.all_of.len() + candidate.any_of.len() + candidate.none_of.len();
+        self.check_count(
+            &format!("{field} all_of+any_of+none_of"),
+            refs,
+            self.max_refs_per_candidate,
+        )?;
+        self.check_count(
+            &format!("{field}.caps"),
+            candidate.caps.len(),
+            self.max_caps_per_candidate,
+        )?;
+        for (cap_index, cap) in candidate.caps.iter().enumerate() {
+            self.check_cap(&format!("{field}.caps[{cap_index}]"), cap)?;
+        }
+        Ok(())
+    }
+
+    pub fn check_record(
+        &self,
+        request: &crate::proto::RecordImpressionsRequest,
+    ) -> Result<(), Status> {
+        if request.impressions.is_empty() {
+            return Err(invalid("impressions", "must not be empty"));
+        }
+        self.check_count(
+            "impressions",
+            request.impressions.len(),
+            self.max_impressions,
+        )?;
+        for (index, impression) in request.impressions.iter().enumerate() {
+            self.check_user_id(
+                &format!("impressions[{index}].user_id"),
+                &impression.user_id,
+            )?;
+            if impression.cap_keys.is_empty() {
+                return Err(invalid(
+                    &format!("impressions[{index}].cap_keys"),
+                    "must not be empty: an impression counts toward at least one cap key",
+                ));
+            }
+            self.check_count(
+                &format!("impressions[{index}].cap_keys"),
+                impression.cap_keys.len(),
+                self.max_cap_keys,
+            )?;
+            for (key_index, key) in impression.cap_keys.iter().enumerate() {
+                self.check_cap_key(&format!("impressions[{index}].cap_keys[{key_index}]"), key)?;
+            }
+            if impression.impression_id.len() > MAX_IMPRESSION_ID_BYTES {
+                return Err(invalid(
+                    &format!("impressions[{index}].impression_id"),
+                    &format!("longer than {MAX_IMPRESSION_ID_BYTES} bytes"),
+                ));
+            }
+            if impression.at_unix_seconds < 0 {
+                return Err(invalid(
+                    &format!("impressions[{index}].at_unix_seconds"),
+                    "must not be negative",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

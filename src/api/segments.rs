@@ -1,11 +1,14 @@
 //! `segd.v1.Segments`: the hot path. Each handler validates, loads the serving
 //! state once, calls the domain function and maps the answer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
+use crate::decide::{self, CandidateRef};
+use crate::freq::{FreqStore, NewImpression};
+use crate::line_items::LineItemRegistry;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -15,12 +18,31 @@ use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
     store: Arc<Store>,
+    /// Set once the frequency store has replayed its log at start-up.
+    counters: Arc<OnceLock<Arc<FreqStore>>>,
+    line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
 }
 
 impl SegmentsService {
-    pub fn new(store: Arc<Store>, limits: RequestLimits) -> Self {
-        Self { store, limits }
+    pub fn new(
+        store: Arc<Store>,
+        counters: Arc<OnceLock<Arc<FreqStore>>>,
+        line_items: Arc<LineItemRegistry>,
+        limits: RequestLimits,
+    ) -> Self {
+        Self {
+            store,
+            counters,
+            line_items,
+            limits,
+        }
+    }
+
+    fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
+        self.counters
+            .get()
+            .ok_or_else(|| Status::unavailable("replaying the frequency log, not serving yet"))
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
@@ -109,19 +131,73 @@ impl Segments for SegmentsService {
 
     async fn decide(
         &self,
-        _request: Request<DecideRequest>,
+        request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
-        Err(Status::unimplemented(
-            "decide lands with the frequency store",
-        ))
+        let request = request.into_inner();
+        self.limits.check_decide(&request)?;
+        let counters = self.counters()?;
+        let state = self.store.load();
+        check_loaded(&state)?;
+        let registered = self.line_items.load();
+        let candidates: Vec<CandidateRef<'_>> = request
+            .candidates
+            .iter()
+            .map(CandidateRef::Inline)
+            .chain(
+                request
+                    .line_item_ids
+                    .iter()
+                    .map(|id| CandidateRef::Registered {
+                        id,
+                        line_item: registered.get(id),
+                    }),
+            )
+            .collect();
+        let decisions = decide::decide_refs(
+            &state,
+            counters,
+            crate::user_fingerprint(&request.user_id),
+            &candidates,
+            resolve_at(request.at_unix_seconds),
+            self.limits.freq_retention_seconds,
+        );
+        Ok(Response::new(DecideResponse {
+            decisions,
+            generation: state.generation,
+        }))
     }
 
     async fn record_impressions(
         &self,
-        _request: Request<RecordImpressionsRequest>,
+        request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
-        Err(Status::unimplemented(
-            "record_impressions lands with the frequency store",
-        ))
+        let request = request.into_inner();
+        self.limits.check_record(&request)?;
+        let counters = self.counters()?.clone();
+        let now = crate::unix_now_seconds();
+        let impressions: Vec<NewImpression> = request
+            .impressions
+            .into_iter()
+            .map(|impression| NewImpression {
+                user_fingerprint: crate::user_fingerprint(&impression.user_id),
+                cap_keys: impression.cap_keys,
+                at_unix_seconds: if impression.at_unix_seconds == 0 {
+                    now
+                } else {
+                    impression.at_unix_seconds
+                },
+                impression_id: impression.impression_id,
+            })
+            .collect();
+        // `record` blocks until the batch is durable per the fsync policy.
+        let outcome = tokio::task::spawn_blocking(move || counters.record(&impressions))
+            .await
+            .map_err(|join_error| {
+                Status::internal(format!("record task failed: {join_error}"))
+            })??;
+        Ok(Response::new(RecordImpressionsResponse {
+            recorded: outcome.recorded,
+            duplicates: outcome.duplicates,
+        }))
     }
 }

@@ -27,3 +27,31 @@ impl From<CatalogError> for Status {
 fn pack_error_code(_error: &PackError) -> Code {
     Code::InvalidArgument
 }
+
+impl From<crate::freq::FreqError> for Status {
+    fn from(error: crate::freq::FreqError) -> Self {
+        use crate::freq::FreqError;
+        let code = match &error {
+            FreqError::Storage(_) => Code::Unavailable,
+            FreqError::CorruptLog { .. } => Code::DataLoss,
+            FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
+            FreqError::InvalidConfig(_) => Code::Internal,
+            FreqError::ShutDown => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<crate::line_items::LineItemError> for Status {
+    fn from(error: crate::line_items::LineItemError) -> Self {
+        use crate::line_items::LineItemError;
+        let code = match &error {
+            LineItemError::EmptyId { .. } => Code::InvalidArgument,
+            LineItemError::DuplicateId { .. } => Code::InvalidArgument,
+            LineItemError::EmptyVersion => Code::InvalidArgument,
+            LineItemError::Io { .. } => Code::Unavailable,
+            LineItemError::Corrupt { .. } => Code::DataLoss,
+        };
+        Status::new(code, error.to_string())
+    }
+}

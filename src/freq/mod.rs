@@ -1,1 +1,28 @@
-//! Frequency counters.
+//! Frequency counters: per (user fingerprint, cap key) the recent impression
+//! times, made durable by a write-ahead log with group commit and bounded by
+//! periodic checkpoints; plus the cap windows (rolling, day, week, month at a
+//! UTC offset) that decide which of those times a cap counts. `count` is a
+//! shard lock and two binary searches; `record` blocks until its batch is as
+//! durable as the fsync policy promises, so call it from a blocking thread.
+//! This module knows nothing of gRPC, prost or tokio: it is plain Rust with
+//! std threads, and it must never log per request.
+//!
+//! - [`window`]: cap windows and civil-date math.
+//! - [`counters`]: the sharded in-memory maps of impression times and ids.
+//! - [`log`]: the log segment format, its decoder, the group-commit writer.
+//! - [`checkpoint`]: snapshot files that let old segments be deleted.
+//! - [`store`]: [`FreqStore`], what the gRPC layer calls.
+//! - [`error`]: the error type, [`FreqError`].
+
+pub mod checkpoint;
+pub mod counters;
+pub mod error;
+pub mod log;
+pub mod store;
+pub mod window;
+
+pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
+pub use error::FreqError;
+pub use log::{DecodedSegment, FsyncPolicy, InjectedFault, SegmentDecodeError, decode_log_segment};
+pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
+pub use window::{Calendar, CapWindow};

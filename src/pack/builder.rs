@@ -34,7 +34,10 @@ pub struct PackBuilder {
     definitions: BTreeMap<u32, Definition>,
     /// Segments seen in memberships, in order of first appearance.
     segments_seen: Vec<SegmentSeen>,
-    /// Segment id → index in `segments_seen`.
+    /// Segment id → index in `segments_seen`, for ids below `SMALL_SEGMENT_IDS`
+    /// (`NO_INDEX` when not seen yet)...
+    small_segment_index_by_id: Vec<u16>,
+    /// ...and for larger ids.
     segment_index_by_id: AHashMap<u32, u16>,
     /// One per membership line, duplicates included.
     memberships: Vec<MembershipLine>,
@@ -55,14 +58,40 @@ struct SegmentSeen {
     has_time: bool,
 }
 
-/// Field order is the sort order: by user, then segment, most recent first,
-/// so the first of a run of duplicates is the one to keep.
+/// One membership line as a single sortable `u128`: user fingerprint in the
+/// top 64 bits, then the segment index (16 bits), then hours ago (16 bits).
+/// Sorting these orders by user, then segment, most recent first, so the first
+/// of a run of duplicates is the one to keep; sorting plain integers is about
+/// twice as fast as sorting a struct by its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct MembershipLine {
-    user_fingerprint: u64,
-    segment_index: u16,
-    hours_ago: u16,
+struct MembershipLine(u128);
+
+impl MembershipLine {
+    fn new(user_fingerprint: u64, segment_index: u16, hours_ago: u16) -> Self {
+        MembershipLine(
+            (u128::from(user_fingerprint) << 32)
+                | (u128::from(segment_index) << 16)
+                | u128::from(hours_ago),
+        )
+    }
+
+    fn user_fingerprint(self) -> u64 {
+        (self.0 >> 32) as u64
+    }
+
+    fn segment_index(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+
+    fn hours_ago(self) -> u16 {
+        self.0 as u16
+    }
 }
+
+/// Segment ids below this are mapped to their index through a flat table
+/// instead of a hash map: the common case, and one array read per line.
+const SMALL_SEGMENT_IDS: u32 = 1 << 16;
+const NO_INDEX: u16 = u16::MAX;
 
 impl PackBuilder {
     pub fn new(
@@ -76,6 +105,7 @@ impl PackBuilder {
             built_at_unix_seconds,
             definitions: BTreeMap::new(),
             segments_seen: Vec::new(),
+            small_segment_index_by_id: Vec::new(),
             segment_index_by_id: AHashMap::new(),
             memberships: Vec::new(),
         }
@@ -155,7 +185,7 @@ impl PackBuilder {
                 break;
             }
             line_number += 1;
-            if line_number as u64 % PROGRESS_EVERY_LINES == 0 {
+            if (line_number as u64).is_multiple_of(PROGRESS_EVERY_LINES) {
                 progress(line_number as u64);
             }
             let line = trim_line_end(&buffer);
@@ -183,18 +213,27 @@ impl PackBuilder {
                 }
                 None => 0,
             };
-            self.memberships.push(MembershipLine {
-                user_fingerprint: crate::user_fingerprint(parsed.user_id),
+            self.memberships.push(MembershipLine::new(
+                crate::user_fingerprint(parsed.user_id),
                 segment_index,
-                hours_ago: hours,
-            });
+                hours,
+            ));
         }
         progress(line_number as u64);
         Ok(line_number as u64)
     }
 
     fn segment_index(&mut self, segment_id: u32) -> Result<u16, String> {
-        if let Some(&index) = self.segment_index_by_id.get(&segment_id) {
+        let is_small = segment_id < SMALL_SEGMENT_IDS;
+        if is_small {
+            if self.small_segment_index_by_id.is_empty() {
+                self.small_segment_index_by_id = vec![NO_INDEX; SMALL_SEGMENT_IDS as usize];
+            }
+            let index = self.small_segment_index_by_id[segment_id as usize];
+            if index != NO_INDEX {
+                return Ok(index);
+            }
+        } else if let Some(&index) = self.segment_index_by_id.get(&segment_id) {
             return Ok(index);
         }
         if self.segments_seen.len() >= MAX_SEGMENTS {
@@ -207,7 +246,11 @@ impl PackBuilder {
             id: segment_id,
             has_time: false,
         });
-        self.segment_index_by_id.insert(segment_id, index);
+        if is_small {
+            self.small_segment_index_by_id[segment_id as usize] = index;
+        } else {
+            self.segment_index_by_id.insert(segment_id, index);
+        }
         Ok(index)
     }
 
@@ -240,15 +283,17 @@ impl PackBuilder {
             .collect();
         let mut user_fingerprints: Vec<u64> = Vec::new();
         let mut previous: Option<(u64, u16)> = None;
-        for line in &membership_lines {
-            if previous == Some((line.user_fingerprint, line.segment_index)) {
+        for &line in &membership_lines {
+            let user_fingerprint = line.user_fingerprint();
+            let segment_index = line.segment_index();
+            if previous == Some((user_fingerprint, segment_index)) {
                 // A duplicate: sorting put the most recent first.
                 continue;
             }
-            if previous.map(|(fingerprint, _)| fingerprint) != Some(line.user_fingerprint) {
-                user_fingerprints.push(line.user_fingerprint);
+            if previous.map(|(fingerprint, _)| fingerprint) != Some(user_fingerprint) {
+                user_fingerprints.push(user_fingerprint);
             }
-            previous = Some((line.user_fingerprint, line.segment_index));
+            previous = Some((user_fingerprint, segment_index));
             let user_ordinal = (user_fingerprints.len() - 1) as u64;
             if user_ordinal >= MAX_USERS {
                 return Err(super::PackError::TooLarge {
@@ -258,10 +303,10 @@ impl PackBuilder {
                 }
                 .into());
             }
-            let segment = &mut members[line.segment_index as usize];
+            let segment = &mut members[segment_index as usize];
             segment.ordinals.push(user_ordinal as u32);
             if let Some(hours) = &mut segment.hours_ago {
-                hours.push(line.hours_ago);
+                hours.push(line.hours_ago());
             }
         }
         drop(membership_lines);

@@ -48,8 +48,9 @@
 //! | .., 8 | file checksum | over every byte before it |
 //!
 //! Nothing may follow the footer. A reader checks each length against the bytes
-//! that remain before trusting it, and each section's checksum before decoding
-//! the section.
+//! that remain before trusting it. It checks the whole-file checksum first, in
+//! one pass; only when that fails does it check section by section, to name
+//! the damaged section. `read_header` checks just the header checksum.
 
 use xxhash_rust::xxh3::xxh3_64;
 

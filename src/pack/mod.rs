@@ -82,3 +82,6 @@ pub fn hours_ago(built_at_unix_seconds: i64, last_seen_unix_seconds: i64) -> u16
 pub fn last_seen_from_hours_ago(built_at_unix_seconds: i64, hours_ago: u16) -> i64 {
     built_at_unix_seconds - hours_ago as i64 * RECENCY_STEP_SECONDS
 }
+
+#[cfg(test)]
+mod tests;

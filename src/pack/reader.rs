@@ -2,8 +2,8 @@
 //!
 //! It trusts nothing in the file: every length is checked against the bytes
 //! that remain before it is used, every allocation is sized by bytes already
-//! known to be present, and every section's checksum is verified before the
-//! section is decoded. A truncated, bit-flipped or hostile file is an error,
+//! known to be present, and every byte is covered by a verified checksum
+//! before anything decoded from it is returned. A truncated, bit-flipped or hostile file is an error,
 //! never a panic, an over-allocation or a partly read pack.
 
 use std::path::Path;
@@ -24,16 +24,23 @@ pub const MAX_HEADER_BYTES: usize = PREAMBLE_BYTES + HEADER_FIXED_BYTES + 2 * 25
 
 /// Reads and fully verifies a pack: checksums, structure and every invariant
 /// of `Pack`.
+///
+/// The whole-file checksum is checked first, in one pass. When it matches,
+/// every section checksum is covered by it and not hashed again; when it does
+/// not, the sections are checked one by one so the error names the damaged
+/// section (or the truncation point).
 pub fn read_pack(bytes: &[u8]) -> Result<Pack, PackError> {
     let mut cursor = Cursor::new(bytes);
     let header = read_header_from(&mut cursor)?;
+    let file_checksum_matches = whole_file_checksum_matches(bytes);
+    cursor.verify_section_checksums = !file_checksum_matches;
     let user_fingerprints = read_user_dictionary(&mut cursor, header.user_count)?;
     let entries = read_segment_table(&mut cursor, &header)?;
     let mut segments = Vec::with_capacity(entries.len());
     for entry in entries {
         segments.push(read_segment_data(&mut cursor, entry, header.user_count)?);
     }
-    read_footer(&mut cursor)?;
+    read_footer(&mut cursor, file_checksum_matches)?;
     Ok(Pack {
         name: header.name,
         version: header.version,
@@ -243,13 +250,13 @@ fn read_segment_data(
             entry.member_count
         )));
     }
-    if let Some(max_ordinal) = members.max() {
-        if max_ordinal >= user_count {
-            return Err(PackError::malformed(format!(
-                "segment {} has member ordinal {max_ordinal}, the pack has {user_count} users",
-                entry.id
-            )));
-        }
+    if let Some(max_ordinal) = members.max()
+        && max_ordinal >= user_count
+    {
+        return Err(PackError::malformed(format!(
+            "segment {} has member ordinal {max_ordinal}, the pack has {user_count} users",
+            entry.id
+        )));
     }
 
     let last_seen_hours_ago = if entry.has_recency {
@@ -278,11 +285,23 @@ fn read_segment_data(
     })
 }
 
-fn read_footer(cursor: &mut Cursor<'_>) -> Result<(), PackError> {
+/// Whether the last 8 bytes are the checksum of all bytes before them.
+fn whole_file_checksum_matches(bytes: &[u8]) -> bool {
+    let Some(checksum_start) = bytes.len().checked_sub(CHECKSUM_BYTES) else {
+        return false;
+    };
+    let (covered, stored) = bytes.split_at(checksum_start);
+    stored == checksum(covered).to_le_bytes()
+}
+
+fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<(), PackError> {
     let section = PackSection::Footer;
     let footer_start = cursor.position;
     let total_bytes = cursor.take_u64(section)?;
     let end_magic = cursor.take(END_MAGIC.len(), section)?;
+    // The file checksum covers the footer itself: compared here only when the
+    // up-front check failed, so that an intact-sections file names the footer.
+    cursor.verify_section_checksums = !file_checksum_verified;
     cursor
         .verify_checksum(section, 0)
         .map_err(|error| match error {
@@ -320,11 +339,18 @@ fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
 struct Cursor<'a> {
     bytes: &'a [u8],
     position: usize,
+    /// False once the whole-file checksum matched: section checksums are then
+    /// skipped over, being covered by it.
+    verify_section_checksums: bool,
 }
 
 impl<'a> Cursor<'a> {
     fn new(bytes: &'a [u8]) -> Cursor<'a> {
-        Cursor { bytes, position: 0 }
+        Cursor {
+            bytes,
+            position: 0,
+            verify_section_checksums: true,
+        }
     }
 
     fn remaining(&self) -> &'a [u8] {
@@ -380,7 +406,9 @@ impl<'a> Cursor<'a> {
     ) -> Result<(), PackError> {
         let section_end = self.position;
         let stored = self.take_u64(section)?;
-        if checksum(&self.bytes[section_start..section_end]) != stored {
+        if self.verify_section_checksums
+            && checksum(&self.bytes[section_start..section_end]) != stored
+        {
             return Err(PackError::ChecksumMismatch {
                 section,
                 offset: section_start as u64,

@@ -4,6 +4,7 @@
 
 pub mod damage;
 pub mod model;
+pub mod process;
 
 use std::path::Path;
 
@@ -25,6 +26,8 @@ pub struct TestServer {
     pub query_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     pub token: Option<String>,
+    /// Set for servers started with TLS: how clients reach them.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -41,18 +44,33 @@ impl TestServer {
     }
 
     pub async fn try_start(config: ServeConfig) -> anyhow::Result<TestServer> {
+        Self::try_start_tls(config, None).await
+    }
+
+    /// Starts a TLS server; clients verify it with `client_tls`.
+    pub async fn start_tls(
+        config: ServeConfig,
+        client_tls: tonic::transport::ClientTlsConfig,
+    ) -> TestServer {
+        Self::try_start_tls(config, Some(client_tls))
+            .await
+            .expect("server starts")
+    }
+
+    pub async fn try_start_tls(
+        config: ServeConfig,
+        client_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<TestServer> {
         let listeners = Listeners::bind(&config).await?;
         let query_addr = listeners.query_addr();
         let admin_addr = listeners.admin_addr();
-        let token = config.admin_token.clone();
+        let token = config.resolve_admin_token()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut handle = tokio::spawn(server::serve(listeners, config, async move {
             let _ = stopped.await;
         }));
         // Wait for SERVING through the health Watch stream, or for serve to fail.
-        let channel = Channel::from_shared(format!("http://{query_addr}"))?
-            .connect()
-            .await?;
+        let channel = connect(query_addr, client_tls.as_ref()).await?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let mut updates = health
             .watch(tonic_health::pb::HealthCheckRequest {
@@ -78,15 +96,14 @@ impl TestServer {
             query_addr,
             admin_addr,
             token,
+            client_tls,
             stop: Some(stop),
             handle: Some(handle),
         })
     }
 
     pub async fn segments(&self) -> SegmentsClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.query_addr))
-            .unwrap()
-            .connect()
+        let channel = connect(self.query_addr, self.client_tls.as_ref())
             .await
             .unwrap();
         SegmentsClient::new(channel)
@@ -115,8 +132,30 @@ impl TestServer {
     }
 }
 
+/// A channel to `addr`, over TLS when `tls` is given.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                .unwrap()
+                .tls_config(tls.clone())?
+                .connect()
+                .await
+        }
+        None => {
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+        }
+    }
+}
+
 #[derive(Clone)]
-pub struct TokenInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct TokenInterceptor(pub Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {

@@ -1,0 +1,954 @@
+//! The write-ahead log: segment format, decoder, and the group-commit writer.
+//!
+//! # Format (version 1, little-endian)
+//!
+//! A segment file `log-{first_seq:020}.seg` opens with a 32-byte header:
+//! magic `SEGDFLOG`, `u32` version, `u32` reserved (0), `u64` first sequence
+//! number, `u64` xxh3-64 of the previous 24 bytes. Records follow, one per
+//! `record` call, each self-delimiting:
+//!
+//! ```text
+//! u32 payload_len | u64 xxh3_64_with_seed(payload, seed = payload_len) | payload
+//! payload = u32 impression_count, then per impression:
+//!   u64 user_fingerprint | i64 at_unix_seconds | u8 flags (bit 0: has id)
+//!   | [u64 impression_id_hash] | u32 key_count | key_count x u64 cap_key_hash
+//! ```
+//!
+//! Records are numbered consecutively from the segment's first sequence number.
+//! Seeding the checksum with the length makes a damaged length field fail the
+//! checksum too. Cap keys and impression ids are stored as their xxh3-64 hashes,
+//! the identity the counters use.
+//!
+//! # Writer
+//!
+//! Callers append encoded records to a shared queue under one mutex (which also
+//! orders sequence numbers); a dedicated thread drains everything queued, writes
+//! it with one `write`, fsyncs per [`FsyncPolicy`], then wakes the callers it
+//! covered: group commit. A failed write or fsync fails every record of that
+//! batch; the writer cuts the segment back to its last good length (best effort)
+//! and continues in a fresh segment.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::error::FreqError;
+
+/// Magic bytes opening every log segment.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"SEGDFLOG";
+/// Current segment format version.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Bytes of the segment header.
+pub const SEGMENT_HEADER_BYTES: usize = 32;
+/// Bytes before each record's payload (length and checksum).
+pub const RECORD_HEADER_BYTES: usize = 12;
+/// Largest payload a record may have; longer lengths are damage.
+pub const MAX_RECORD_PAYLOAD_BYTES: usize = 256 << 20;
+
+/// When the log is fsynced relative to acknowledging a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging: survives power loss.
+    Always,
+    /// Acknowledge once `write` reached the OS (survives process death); fsync
+    /// at least every `fsync_interval`.
+    Interval,
+    /// Acknowledge after `write`; the OS flushes when it likes.
+    Never,
+}
+
+/// One impression as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogImpression {
+    /// xxh3-64 of the user id.
+    pub user_fingerprint: u64,
+    /// When the impression was served.
+    pub at_unix_seconds: i64,
+    /// xxh3-64 of the impression id, when it had one.
+    pub impression_id_hash: Option<u64>,
+    /// xxh3-64 of each cap key it counts toward.
+    pub cap_key_hashes: Vec<u64>,
+}
+
+/// One logged `record` call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogRecord {
+    /// The impressions stored by the call, in request order.
+    pub impressions: Vec<LogImpression>,
+}
+
+/// Appends the payload encoding of one impression to `out`.
+pub fn encode_impression(impression: &LogImpression, out: &mut Vec<u8>) {
+    out.extend_from_slice(&impression.user_fingerprint.to_le_bytes());
+    out.extend_from_slice(&impression.at_unix_seconds.to_le_bytes());
+    match impression.impression_id_hash {
+        Some(id_hash) => {
+            out.push(1);
+            out.extend_from_slice(&id_hash.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&(impression.cap_key_hashes.len() as u32).to_le_bytes());
+    for key_hash in &impression.cap_key_hashes {
+        out.extend_from_slice(&key_hash.to_le_bytes());
+    }
+}
+
+/// The full frame (length, checksum, payload) of a record.
+pub fn encode_record(record: &LogRecord) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(record.impressions.len() as u32).to_le_bytes());
+    for impression in &record.impressions {
+        encode_impression(impression, &mut payload);
+    }
+    let mut frame = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+    frame_payload(&payload, &mut frame);
+    frame
+}
+
+fn frame_payload(payload: &[u8], out: &mut Vec<u8>) {
+    let payload_len = payload.len() as u32;
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&xxh3_64_with_seed(payload, u64::from(payload_len)).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The 32-byte header of a segment whose first record has `first_seq`.
+pub fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    header[..8].copy_from_slice(SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let checksum = xxh3_64(&header[..24]);
+    header[24..].copy_from_slice(&checksum.to_le_bytes());
+    header
+}
+
+/// A segment as far as it decodes cleanly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedSegment {
+    /// Sequence number of the first record.
+    pub first_seq: u64,
+    /// The complete, checksummed records, in order.
+    pub records: Vec<LogRecord>,
+    /// Bytes from the start of the file through the last good record.
+    pub valid_bytes: u64,
+    /// Bytes after it that form no valid record (a torn tail), to cut off.
+    pub torn_tail_bytes: u64,
+}
+
+/// Why a segment cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentDecodeError {
+    /// Shorter than a header: a segment whose creation did not finish.
+    #[error("segment header truncated at {length} bytes")]
+    TruncatedHeader {
+        /// Bytes present.
+        length: u64,
+    },
+    /// A bad record followed by at least one valid record, or a bad header.
+    #[error("bad record at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// Offset of the damage in the file.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+        /// Records before the damage, usable when recovering.
+        records_before: Vec<LogRecord>,
+        /// First sequence number, when the header was good.
+        first_seq: Option<u64>,
+    },
+}
+
+/// Decodes a whole segment file. Never panics and never allocates more than
+/// the input justifies: every length is checked against the bytes present.
+///
+/// A bad record with no valid record after it is a torn tail (reported in
+/// [`DecodedSegment::torn_tail_bytes`]); a bad record followed by a valid one is
+/// [`SegmentDecodeError::Corrupt`].
+pub fn decode_log_segment(bytes: &[u8]) -> Result<DecodedSegment, SegmentDecodeError> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        return Err(SegmentDecodeError::TruncatedHeader {
+            length: bytes.len() as u64,
+        });
+    }
+    let first_seq = decode_segment_header(&bytes[..SEGMENT_HEADER_BYTES]).map_err(|reason| {
+        SegmentDecodeError::Corrupt {
+            offset: 0,
+            reason,
+            records_before: Vec::new(),
+            first_seq: None,
+        }
+    })?;
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while offset < bytes.len() {
+        match decode_frame(&bytes[offset..]) {
+            Ok((record, frame_bytes)) => {
+                records.push(record);
+                offset += frame_bytes;
+            }
+            Err(reason) => {
+                let later_valid =
+                    (offset + 1..bytes.len()).any(|later| decode_frame(&bytes[later..]).is_ok());
+                if later_valid {
+                    return Err(SegmentDecodeError::Corrupt {
+                        offset: offset as u64,
+                        reason,
+                        records_before: records,
+                        first_seq: Some(first_seq),
+                    });
+                }
+                break;
+            }
+        }
+    }
+    Ok(DecodedSegment {
+        first_seq,
+        records,
+        valid_bytes: offset as u64,
+        torn_tail_bytes: (bytes.len() - offset) as u64,
+    })
+}
+
+fn decode_segment_header(header: &[u8]) -> Result<u64, String> {
+    if &header[..8] != SEGMENT_MAGIC {
+        return Err("bad segment magic".to_owned());
+    }
+    let stored_checksum = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    if xxh3_64(&header[..24]) != stored_checksum {
+        return Err("segment header checksum mismatch".to_owned());
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version != SEGMENT_VERSION {
+        return Err(format!("unsupported segment version {version}"));
+    }
+    Ok(u64::from_le_bytes(
+        header[16..24].try_into().expect("8 bytes"),
+    ))
+}
+
+/// Decodes one frame at the start of `bytes`: the record and the frame's length.
+fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
+    if bytes.len() < RECORD_HEADER_BYTES {
+        return Err("incomplete record header".to_owned());
+    }
+    let payload_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    if payload_len > MAX_RECORD_PAYLOAD_BYTES {
+        return Err(format!("record length {payload_len} exceeds the maximum"));
+    }
+    let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len) else {
+        return Err("incomplete record payload".to_owned());
+    };
+    let stored_checksum = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
+    if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
+        return Err("record checksum mismatch".to_owned());
+    }
+    let record = decode_payload(payload)?;
+    Ok((record, RECORD_HEADER_BYTES + payload_len))
+}
+
+struct Cursor<'bytes> {
+    bytes: &'bytes [u8],
+    position: usize,
+}
+
+impl Cursor<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let end = self
+            .position
+            .checked_add(N)
+            .filter(|&end| end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err("record payload truncated".to_owned());
+        };
+        let array = self.bytes[self.position..end].try_into().expect("N bytes");
+        self.position = end;
+        Ok(array)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.position
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
+    let mut cursor = Cursor {
+        bytes: payload,
+        position: 0,
+    };
+    let impression_count = cursor.u32()? as usize;
+    // Each impression takes at least 21 bytes: never trust the count further.
+    if impression_count > cursor.remaining() / 21 {
+        return Err(format!(
+            "impression count {impression_count} exceeds the payload"
+        ));
+    }
+    let mut impressions = Vec::with_capacity(impression_count);
+    for _ in 0..impression_count {
+        let user_fingerprint = cursor.u64()?;
+        let at_unix_seconds = cursor.u64()? as i64;
+        let impression_id_hash = match cursor.u8()? {
+            0 => None,
+            1 => Some(cursor.u64()?),
+            flags => return Err(format!("unknown impression flags {flags:#x}")),
+        };
+        let key_count = cursor.u32()? as usize;
+        if key_count > cursor.remaining() / 8 {
+            return Err(format!("cap key count {key_count} exceeds the payload"));
+        }
+        let cap_key_hashes = (0..key_count)
+            .map(|_| cursor.u64())
+            .collect::<Result<Vec<_>, _>>()?;
+        impressions.push(LogImpression {
+            user_fingerprint,
+            at_unix_seconds,
+            impression_id_hash,
+            cap_key_hashes,
+        });
+    }
+    if cursor.remaining() != 0 {
+        return Err(format!(
+            "{} unexpected bytes after the impressions",
+            cursor.remaining()
+        ));
+    }
+    Ok(LogRecord { impressions })
+}
+
+/// File name of the segment starting at `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("log-{first_seq:020}.seg")
+}
+
+/// The first sequence number encoded in a segment file name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    name.strip_prefix("log-")?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
+}
+
+/// Segment files in `dir`, sorted by first sequence number.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, FreqError> {
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir)
+        .map_err(|error| FreqError::storage(format!("list {}", dir.display()), error))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|error| FreqError::storage(format!("list {}", dir.display()), error))?;
+        if let Some(first_seq) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            segments.push((first_seq, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// fsyncs a directory so a create, rename or delete in it is durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A test-only way to make the writer's I/O fail; see `FreqStore::inject_fault`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// Normal operation.
+    None,
+    /// Every log `write` fails until cleared.
+    FailWrites,
+    /// Every log fsync fails until cleared.
+    FailFsyncs,
+}
+
+/// Writer figures.
+#[derive(Debug, Default)]
+pub(crate) struct LogCounters {
+    pub fsync_count: AtomicU64,
+    pub fsync_total_micros: AtomicU64,
+    pub fsync_failures: AtomicU64,
+    pub records_written: AtomicU64,
+    pub write_failures: AtomicU64,
+    pub batches_written: AtomicU64,
+}
+
+enum QueueItem {
+    Records {
+        first_seq: u64,
+        last_seq: u64,
+        bytes: Vec<u8>,
+    },
+    Rotate {
+        at_seq: u64,
+        ticket: u64,
+    },
+}
+
+struct Queue {
+    items: Vec<QueueItem>,
+    /// Sequence number the next record gets.
+    next_seq: u64,
+    shutdown: bool,
+    /// Rotations requested so far (the ticket of the latest).
+    rotations_requested: u64,
+    /// An emptied buffer kept for reuse.
+    spare: Vec<u8>,
+}
+
+struct Progress {
+    /// Every record with a smaller sequence number has been processed.
+    completed_before: u64,
+    /// Recent failed sequence ranges (inclusive), newest last.
+    failed_ranges: VecDeque<(u64, u64)>,
+    /// Failures so far (write, fsync, rotation).
+    failure_count: u64,
+    /// Tickets of rotations processed; rotations are processed in order.
+    rotations_processed: u64,
+    writer_exited: bool,
+}
+
+const FAILED_RANGES_KEPT: usize = 1_024;
+
+struct Shared {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    queue: Mutex<Queue>,
+    queue_ready: Condvar,
+    progress: Mutex<Progress>,
+    progress_made: Condvar,
+    /// The segment being written, shared with the interval fsync thread.
+    current_file: Mutex<Option<Arc<File>>>,
+    /// Bytes written since the last fsync (interval policy).
+    dirty: AtomicBool,
+    /// Set by the fsync thread after a failed fsync: the writer starts anew.
+    roll_segment: AtomicBool,
+    fault: AtomicU8,
+    counters: LogCounters,
+    fsync_thread_stop: Mutex<bool>,
+    fsync_thread_wake: Condvar,
+}
+
+/// The log writer: queue, writer thread and (interval policy) fsync thread.
+pub(crate) struct LogWriter {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct OpenSegment {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Bytes known written (header plus acknowledged batches).
+    good_bytes: u64,
+}
+
+impl LogWriter {
+    /// Starts a writer appending to a new segment at `next_seq`.
+    pub fn start(
+        dir: &Path,
+        policy: FsyncPolicy,
+        fsync_interval: Duration,
+        next_seq: u64,
+    ) -> Result<LogWriter, FreqError> {
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            policy,
+            queue: Mutex::new(Queue {
+                items: Vec::new(),
+                next_seq,
+                shutdown: false,
+                rotations_requested: 0,
+                spare: Vec::new(),
+            }),
+            queue_ready: Condvar::new(),
+            progress: Mutex::new(Progress {
+                completed_before: next_seq,
+                failed_ranges: VecDeque::new(),
+                failure_count: 0,
+                rotations_processed: 0,
+                writer_exited: false,
+            }),
+            progress_made: Condvar::new(),
+            current_file: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            roll_segment: AtomicBool::new(false),
+            fault: AtomicU8::new(0),
+            counters: LogCounters::default(),
+            fsync_thread_stop: Mutex::new(false),
+            fsync_thread_wake: Condvar::new(),
+        });
+        let segment = shared.open_segment(next_seq)?;
+        let mut threads = Vec::new();
+        let writer_shared = Arc::clone(&shared);
+        threads.push(
+            std::thread::Builder::new()
+                .name("freq-log-writer".to_owned())
+                .spawn(move || writer_shared.run_writer(Some(segment)))
+                .map_err(|error| FreqError::storage("spawn log writer", error))?,
+        );
+        if policy == FsyncPolicy::Interval {
+            let fsync_shared = Arc::clone(&shared);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("freq-log-fsync".to_owned())
+                    .spawn(move || fsync_shared.run_interval_fsync(fsync_interval))
+                    .map_err(|error| FreqError::storage("spawn log fsync thread", error))?,
+            );
+        }
+        Ok(LogWriter {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Appends one record built by `build` under the queue lock, which orders
+    /// sequence numbers: `build` gets the record's sequence number and a buffer
+    /// for the payload, and returns whatever the caller needs back. An empty
+    /// payload appends nothing and returns `None` for the sequence number.
+    pub fn append<T>(
+        &self,
+        build: impl FnOnce(u64, &mut Vec<u8>) -> T,
+    ) -> Result<(Option<u64>, T), FreqError> {
+        let mut queue = self.shared.queue.lock();
+        if queue.shutdown {
+            return Err(FreqError::ShutDown);
+        }
+        let seq = queue.next_seq;
+        let mut payload = std::mem::take(&mut queue.spare);
+        payload.clear();
+        let built = build(seq, &mut payload);
+        if payload.is_empty() {
+            queue.spare = payload;
+            return Ok((None, built));
+        }
+        if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
+            let payload_len = payload.len();
+            queue.spare = payload;
+            return Err(FreqError::Storage(format!(
+                "record of {} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}",
+                payload_len
+            )));
+        }
+        queue.next_seq += 1;
+        match queue.items.last_mut() {
+            Some(QueueItem::Records {
+                last_seq, bytes, ..
+            }) => {
+                frame_payload(&payload, bytes);
+                *last_seq = seq;
+                queue.spare = payload;
+            }
+            _ => {
+                let mut bytes = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
+                frame_payload(&payload, &mut bytes);
+                queue.items.push(QueueItem::Records {
+                    first_seq: seq,
+                    last_seq: seq,
+                    bytes,
+                });
+                queue.spare = payload;
+            }
+        }
+        drop(queue);
+        self.shared.queue_ready.notify_one();
+        Ok((Some(seq), built))
+    }
+
+    /// Blocks until record `seq` (and all before it) was processed; `Err` when
+    /// its batch failed.
+    pub fn wait_durable(&self, seq: u64) -> Result<(), FreqError> {
+        let mut progress = self.shared.progress.lock();
+        while progress.completed_before <= seq && !progress.writer_exited {
+            self.shared.progress_made.wait(&mut progress);
+        }
+        if progress.completed_before <= seq {
+            return Err(FreqError::ShutDown);
+        }
+        if progress
+            .failed_ranges
+            .iter()
+            .any(|&(low, high)| low <= seq && seq <= high)
+        {
+            return Err(FreqError::Storage(format!(
+                "log write of record {seq} failed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.queue.lock().next_seq
+    }
+
+    /// Asks the writer to fsync the current segment and start a new one at
+    /// the next sequence number. Returns that number (every later record goes
+    /// to the new segment) and a ticket for [`LogWriter::wait_rotation`].
+    pub fn request_rotation(&self) -> Result<(u64, u64), FreqError> {
+        let mut queue = self.shared.queue.lock();
+        if queue.shutdown {
+            return Err(FreqError::ShutDown);
+        }
+        let at_seq = queue.next_seq;
+        queue.rotations_requested += 1;
+        let ticket = queue.rotations_requested;
+        queue.items.push(QueueItem::Rotate { at_seq, ticket });
+        drop(queue);
+        self.shared.queue_ready.notify_one();
+        Ok((at_seq, ticket))
+    }
+
+    /// Blocks until rotation `ticket`, and so every record queued before it,
+    /// was processed.
+    pub fn wait_rotation(&self, ticket: u64) -> Result<(), FreqError> {
+        let mut progress = self.shared.progress.lock();
+        while progress.rotations_processed < ticket && !progress.writer_exited {
+            self.shared.progress_made.wait(&mut progress);
+        }
+        if progress.rotations_processed < ticket {
+            return Err(FreqError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Failures (write, fsync, rotation) so far.
+    pub fn failure_count(&self) -> u64 {
+        self.shared.progress.lock().failure_count
+    }
+
+    /// The writer's figures.
+    pub fn counters(&self) -> &LogCounters {
+        &self.shared.counters
+    }
+
+    /// Makes the writer's I/O fail (tests).
+    pub fn inject_fault(&self, fault: InjectedFault) {
+        let code = match fault {
+            InjectedFault::None => 0,
+            InjectedFault::FailWrites => 1,
+            InjectedFault::FailFsyncs => 2,
+        };
+        self.shared.fault.store(code, Ordering::SeqCst);
+    }
+
+    /// Flushes everything queued, fsyncs the segment and stops the threads.
+    /// Idempotent.
+    pub fn stop(&self) {
+        self.shared.queue.lock().shutdown = true;
+        self.shared.queue_ready.notify_all();
+        *self.shared.fsync_thread_stop.lock() = true;
+        self.shared.fsync_thread_wake.notify_all();
+        for thread in self.threads.lock().drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    fn fault_write(&self) -> std::io::Result<()> {
+        if self.fault.load(Ordering::Relaxed) == 1 {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        let started = Instant::now();
+        let result = if self.fault.load(Ordering::Relaxed) == 2 {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            file.sync_data()
+        };
+        self.counters.fsync_count.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .fsync_total_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if result.is_err() {
+            self.counters.fsync_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn open_segment(&self, first_seq: u64) -> Result<OpenSegment, FreqError> {
+        let path = self.dir.join(segment_file_name(first_seq));
+        let context = || format!("create log segment {}", path.display());
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|error| FreqError::storage(context(), error))?;
+        self.fault_write()
+            .map_err(|error| FreqError::storage(context(), error))?;
+        file.write_all(&encode_segment_header(first_seq))
+            .map_err(|error| FreqError::storage(context(), error))?;
+        self.sync(&file)
+            .map_err(|error| FreqError::storage(context(), error))?;
+        fsync_dir(&self.dir).map_err(|error| FreqError::storage(context(), error))?;
+        let file = Arc::new(file);
+        *self.current_file.lock() = Some(Arc::clone(&file));
+        Ok(OpenSegment {
+            file,
+            path,
+            good_bytes: SEGMENT_HEADER_BYTES as u64,
+        })
+    }
+
+    fn close_segment(&self, segment: &OpenSegment) -> Result<(), FreqError> {
+        self.sync(&segment.file).map_err(|error| {
+            FreqError::storage(
+                format!("fsync log segment {}", segment.path.display()),
+                error,
+            )
+        })
+    }
+
+    fn run_writer(&self, mut segment: Option<OpenSegment>) {
+        loop {
+            let items = {
+                let mut queue = self.queue.lock();
+                while queue.items.is_empty() && !queue.shutdown {
+                    self.queue_ready.wait(&mut queue);
+                }
+                if queue.items.is_empty() {
+                    break;
+                }
+                std::mem::take(&mut queue.items)
+            };
+            if self.roll_segment.swap(false, Ordering::SeqCst) {
+                segment = None;
+            }
+            self.write_batch(items, &mut segment);
+        }
+        if let Some(open) = &segment
+            && let Err(error) = self.close_segment(open)
+        {
+            tracing::error!(error = %error, "final fsync of the frequency log failed");
+        }
+        *self.current_file.lock() = None;
+        self.progress.lock().writer_exited = true;
+        self.progress_made.notify_all();
+    }
+
+    fn write_batch(&self, items: Vec<QueueItem>, segment: &mut Option<OpenSegment>) {
+        let mut failure: Option<FreqError> = None;
+        let mut first_record_seq: Option<u64> = None;
+        let mut processed_before = 0u64;
+        let mut records_in_batch = 0u64;
+        let mut wrote = false;
+        let mut rotations_processed = 0u64;
+        for item in items {
+            match item {
+                QueueItem::Records {
+                    first_seq,
+                    last_seq,
+                    bytes,
+                } => {
+                    first_record_seq.get_or_insert(first_seq);
+                    processed_before = processed_before.max(last_seq + 1);
+                    records_in_batch += last_seq - first_seq + 1;
+                    if failure.is_some() {
+                        continue;
+                    }
+                    if segment.is_none() {
+                        match self.open_segment(first_seq) {
+                            Ok(open) => *segment = Some(open),
+                            Err(error) => {
+                                failure = Some(error);
+                                continue;
+                            }
+                        }
+                    }
+                    let open = segment.as_mut().expect("segment opened above");
+                    let result = self
+                        .fault_write()
+                        .and_then(|()| (&*open.file).write_all(&bytes));
+                    match result {
+                        Ok(()) => {
+                            wrote = true;
+                            self.dirty.store(true, Ordering::Release);
+                        }
+                        Err(error) => {
+                            failure = Some(FreqError::storage(
+                                format!("write log segment {}", open.path.display()),
+                                error,
+                            ));
+                        }
+                    }
+                    let written = bytes.len() as u64;
+                    if failure.is_none() {
+                        open.good_bytes += written;
+                    }
+                }
+                QueueItem::Rotate { at_seq, ticket } => {
+                    processed_before = processed_before.max(at_seq);
+                    rotations_processed = rotations_processed.max(ticket);
+                    if failure.is_some() {
+                        *segment = None;
+                        continue;
+                    }
+                    if let Some(open) = segment.take()
+                        && let Err(error) = self.close_segment(&open)
+                    {
+                        failure = Some(error);
+                        continue;
+                    }
+                    match self.open_segment(at_seq) {
+                        Ok(open) => *segment = Some(open),
+                        Err(error) => failure = Some(error),
+                    }
+                }
+            }
+        }
+        if failure.is_none()
+            && wrote
+            && self.policy == FsyncPolicy::Always
+            && let Some(open) = segment.as_ref()
+            && let Err(error) = self.sync(&open.file)
+        {
+            failure = Some(FreqError::storage(
+                format!("fsync log segment {}", open.path.display()),
+                error,
+            ));
+        }
+        let mut progress = self.progress.lock();
+        if let Some(error) = failure {
+            let failures = self.counters.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            // A dead disk fails every batch: log the 1st, 2nd, 4th, 8th... only.
+            if failures.is_power_of_two() {
+                tracing::warn!(
+                    error = %error,
+                    records = records_in_batch,
+                    failures,
+                    "frequency log batch failed; starting a new segment"
+                );
+            }
+            if let Some(open) = segment.take() {
+                // Best effort: cut the failed bytes so a replay does not count them.
+                let _ = open.file.set_len(open.good_bytes);
+            }
+            *self.current_file.lock() = None;
+            progress.failure_count += 1;
+            if let Some(first) = first_record_seq {
+                progress
+                    .failed_ranges
+                    .push_back((first, processed_before.saturating_sub(1)));
+                while progress.failed_ranges.len() > FAILED_RANGES_KEPT {
+                    progress.failed_ranges.pop_front();
+                }
+            }
+        } else {
+            self.counters
+                .records_written
+                .fetch_add(records_in_batch, Ordering::Relaxed);
+            self.counters
+                .batches_written
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        progress.completed_before = progress.completed_before.max(processed_before);
+        progress.rotations_processed = progress.rotations_processed.max(rotations_processed);
+        drop(progress);
+        self.progress_made.notify_all();
+    }
+
+    fn run_interval_fsync(&self, interval: Duration) {
+        loop {
+            {
+                let mut stop = self.fsync_thread_stop.lock();
+                if !*stop {
+                    self.fsync_thread_wake.wait_for(&mut stop, interval);
+                }
+                if *stop {
+                    return;
+                }
+            }
+            if !self.dirty.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let Some(file) = self.current_file.lock().clone() else {
+                continue;
+            };
+            if let Err(error) = self.sync(&file) {
+                tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
+                self.roll_segment.store(true, Ordering::SeqCst);
+                self.progress.lock().failure_count += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_record(seed: u64) -> LogRecord {
+        LogRecord {
+            impressions: vec![
+                LogImpression {
+                    user_fingerprint: seed,
+                    at_unix_seconds: 1_700_000_000 + seed as i64,
+                    impression_id_hash: Some(seed * 31),
+                    cap_key_hashes: vec![1, 2, 3],
+                },
+                LogImpression {
+                    user_fingerprint: seed + 1,
+                    at_unix_seconds: -5,
+                    impression_id_hash: None,
+                    cap_key_hashes: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn segment_round_trips() {
+        let mut bytes = encode_segment_header(42).to_vec();
+        for seed in 0..5 {
+            bytes.extend(encode_record(&sample_record(seed)));
+        }
+        let decoded = decode_log_segment(&bytes).expect("decodes");
+        assert_eq!(decoded.first_seq, 42);
+        assert_eq!(
+            decoded.records,
+            (0..5).map(sample_record).collect::<Vec<_>>()
+        );
+        assert_eq!(decoded.valid_bytes, bytes.len() as u64);
+        assert_eq!(decoded.torn_tail_bytes, 0);
+    }
+
+    #[test]
+    fn flipped_length_in_the_middle_is_corruption() {
+        let mut bytes = encode_segment_header(1).to_vec();
+        bytes.extend(encode_record(&sample_record(1)));
+        let second = bytes.len();
+        bytes.extend(encode_record(&sample_record(2)));
+        bytes.extend(encode_record(&sample_record(3)));
+        bytes[second] ^= 0x01;
+        match decode_log_segment(&bytes) {
+            Err(SegmentDecodeError::Corrupt {
+                offset,
+                records_before,
+                ..
+            }) => {
+                assert_eq!(offset, second as u64);
+                assert_eq!(records_before.len(), 1);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,859 @@
+//! The frequency store: counters plus write-ahead log plus checkpoints, and the
+//! background threads that keep them (log writer, interval fsync, checkpoint,
+//! sweep).
+//!
+//! # Consistency
+//!
+//! - `record` is all-or-nothing per call: one log record per call. Impressions
+//!   are deduplicated, logged and applied to memory under the log's queue lock
+//!   and a shared "apply gate"; `record` returns only once its record is as
+//!   durable as the [`FsyncPolicy`] promises. If the write or fsync fails it
+//!   returns `Err` and forgets the impression ids it claimed; memory may keep
+//!   the events (an over-count, never an under-count).
+//! - A retry of an impression id still in flight waits for the first attempt's
+//!   record to be durable and fails if that one failed, so a duplicate is only
+//!   reported for an impression that was (or will be, before the reply) durable.
+//! - A checkpoint takes the apply gate exclusively just long enough to ask the
+//!   writer for a new segment and to flag every shard for a copy-on-write
+//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   it covers exactly the records before the new segment: checkpoint plus
+//!   replay equals replay alone. The shards are then copied one by one, by the
+//!   checkpoint or by the first writer to touch one; `count` never waits for a
+//!   copy and never takes the gate.
+//! - Impressions at or before `now - retention_seconds` (server clock) are
+//!   accepted and reported as recorded but neither logged nor stored: a sweep
+//!   would drop them anyway.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::checkpoint::{
+    CheckpointData, parse_checkpoint_file_name, read_checkpoint, write_checkpoint,
+};
+use super::counters::{
+    CountQuery, Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash,
+};
+use super::error::FreqError;
+use super::log::{
+    FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
+    decode_log_segment, encode_impression, fsync_dir, list_segments,
+};
+use super::window::CapWindow;
+
+/// How the frequency store keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreqConfig {
+    /// Directory of the log segments and checkpoints (created if missing).
+    pub dir: PathBuf,
+    /// When the log is fsynced relative to acknowledging a `record`.
+    pub fsync: FsyncPolicy,
+    /// Longest time between fsyncs under [`FsyncPolicy::Interval`].
+    pub fsync_interval: Duration,
+    /// Impressions older than this are dropped (and not stored on arrival).
+    pub retention_seconds: i64,
+    /// Time between automatic checkpoints; bounds replay time.
+    pub checkpoint_interval: Duration,
+    /// Time between automatic sweeps of expired impressions and ids.
+    pub sweep_interval: Duration,
+    /// Open despite a corrupt record mid-log: truncate there and continue.
+    pub recover_corrupt_log: bool,
+}
+
+impl FreqConfig {
+    /// Production defaults in `dir`: interval fsync every 10 ms, 30 days of
+    /// retention, a checkpoint every 5 minutes, a sweep every minute.
+    pub fn new(dir: impl Into<PathBuf>) -> FreqConfig {
+        FreqConfig {
+            dir: dir.into(),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: Duration::from_millis(10),
+            retention_seconds: 30 * 86_400,
+            checkpoint_interval: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(60),
+            recover_corrupt_log: false,
+        }
+    }
+}
+
+/// One impression to record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewImpression {
+    /// xxh3-64 of the user id ([`crate::user_fingerprint`]).
+    pub user_fingerprint: u64,
+    /// The cap keys the impression counts toward.
+    pub cap_keys: Vec<String>,
+    /// When it was served.
+    pub at_unix_seconds: i64,
+    /// Empty = not idempotent; otherwise a retry with the same id counts once.
+    pub impression_id: String,
+}
+
+/// The result of a `record` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecordOutcome {
+    /// Impressions accepted (including those too old to store).
+    pub recorded: u32,
+    /// Impressions whose id was already recorded.
+    pub duplicates: u32,
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    /// The checkpoint loaded, if any.
+    pub checkpoint_path: Option<PathBuf>,
+    /// Impressions loaded from the checkpoint.
+    pub checkpoint_events: u64,
+    /// Impression ids loaded from the checkpoint.
+    pub checkpoint_ids: u64,
+    /// Log segments replayed.
+    pub replayed_segments: u64,
+    /// Log records replayed.
+    pub replayed_records: u64,
+    /// Impressions in the replayed records.
+    pub replayed_impressions: u64,
+    /// Bytes cut off the end of segments as torn tails.
+    pub torn_tail_bytes: u64,
+    /// The first corrupt record skipped under `recover_corrupt_log`.
+    pub corrupt_offset: Option<(PathBuf, u64)>,
+    /// Bytes dropped after corrupt records under `recover_corrupt_log`.
+    pub corrupt_bytes_dropped: u64,
+    /// Impressions dropped at open because they left retention.
+    pub expired_events: u64,
+}
+
+/// Figures for `Status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FreqStats {
+    /// Users with at least one counter.
+    pub users: u64,
+    /// (user, cap key) counters.
+    pub entries: u64,
+    /// Impressions held.
+    pub events: u64,
+    /// Counters holding folded hour buckets (more than 1,000 impressions).
+    pub coarse_entries: u64,
+    /// Impression ids remembered.
+    pub impression_ids: u64,
+    /// Estimated memory of the counters (map slots and heap), without ids.
+    pub approximate_counter_bytes: u64,
+    /// Bytes of live log segments.
+    pub log_bytes: u64,
+    /// Live log segments.
+    pub log_segments: u64,
+    /// Log records written since open.
+    pub records_written: u64,
+    /// Failed log batches since open.
+    pub write_failures: u64,
+    /// When the last checkpoint was written (0 = none since open).
+    pub last_checkpoint_unix_seconds: i64,
+    /// How long the last checkpoint held `record` calls back (copying maps).
+    pub last_checkpoint_pause_micros: u64,
+    /// How long the last checkpoint took in all.
+    pub last_checkpoint_micros: u64,
+    /// fsyncs of log segments since open.
+    pub fsync_count: u64,
+    /// Total time spent in them.
+    pub fsync_total_micros: u64,
+    /// Of which failed.
+    pub fsync_failures: u64,
+    /// Impressions reported recorded since open.
+    pub recorded_impressions: u64,
+    /// Impressions reported duplicate since open.
+    pub duplicate_impressions: u64,
+}
+
+/// Frequency counters with a write-ahead log and checkpoints.
+pub struct FreqStore {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// True once `shutdown` (or a simulated crash) ran.
+    stopped: Mutex<bool>,
+}
+
+struct Inner {
+    config: FreqConfig,
+    counters: Counters,
+    ids: IdSet,
+    /// Shared by `record` while it logs and applies; exclusive while a
+    /// checkpoint asks for a new segment and flags the shards for copying.
+    apply_gate: RwLock<()>,
+    log: LogWriter,
+    /// One checkpoint at a time; remembers the sequence number it covered.
+    checkpoint_lock: Mutex<u64>,
+    last_checkpoint_unix_seconds: AtomicI64,
+    last_checkpoint_pause_micros: AtomicU64,
+    last_checkpoint_micros: AtomicU64,
+    recorded_impressions: AtomicU64,
+    duplicate_impressions: AtomicU64,
+    stop_requested: Mutex<bool>,
+    stop_signal: Condvar,
+}
+
+fn now_unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The first sequence number a log ever uses.
+const FIRST_SEQ: u64 = 1;
+
+impl FreqStore {
+    /// Loads the newest checkpoint, replays the log after it (cutting a torn
+    /// tail, refusing mid-log corruption unless `recover_corrupt_log`), and
+    /// starts the background threads.
+    pub fn open(config: FreqConfig) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
+        if config.fsync_interval.is_zero()
+            || config.checkpoint_interval.is_zero()
+            || config.sweep_interval.is_zero()
+        {
+            return Err(FreqError::InvalidConfig(
+                "fsync, checkpoint and sweep intervals must be positive".to_owned(),
+            ));
+        }
+        if config.retention_seconds <= 0 {
+            return Err(FreqError::InvalidConfig(
+                "retention_seconds must be positive".to_owned(),
+            ));
+        }
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir)
+            .map_err(|error| FreqError::storage(format!("create {}", dir.display()), error))?;
+        let counters = Counters::new();
+        let ids = IdSet::new();
+        let mut report = RecoveryReport::default();
+        let now = now_unix_seconds();
+        let cutoff = now.saturating_sub(config.retention_seconds);
+
+        let covers_before = load_newest_checkpoint(&config, &counters, &ids, &mut report)?;
+        let next_seq =
+            replay_segments(&config, covers_before, cutoff, &counters, &ids, &mut report)?;
+        let swept = counters.sweep(cutoff);
+        ids.sweep(cutoff);
+        report.expired_events = swept.events_dropped;
+
+        let log = LogWriter::start(&dir, config.fsync, config.fsync_interval, next_seq)?;
+        let inner = Arc::new(Inner {
+            counters,
+            ids,
+            apply_gate: RwLock::new(()),
+            log,
+            checkpoint_lock: Mutex::new(covers_before),
+            last_checkpoint_unix_seconds: AtomicI64::new(0),
+            last_checkpoint_pause_micros: AtomicU64::new(0),
+            last_checkpoint_micros: AtomicU64::new(0),
+            recorded_impressions: AtomicU64::new(0),
+            duplicate_impressions: AtomicU64::new(0),
+            stop_requested: Mutex::new(false),
+            stop_signal: Condvar::new(),
+            config,
+        });
+        let threads = vec![
+            spawn_periodic(
+                &inner,
+                "freq-checkpoint",
+                inner.config.checkpoint_interval,
+                |inner| {
+                    if let Err(error) = inner.checkpoint() {
+                        tracing::warn!(error = %error, "periodic frequency checkpoint failed");
+                    }
+                },
+            )?,
+            spawn_periodic(&inner, "freq-sweep", inner.config.sweep_interval, |inner| {
+                inner.sweep(now_unix_seconds());
+            })?,
+        ];
+        tracing::info!(
+            dir = %dir.display(),
+            checkpoint_events = report.checkpoint_events,
+            replayed_records = report.replayed_records,
+            torn_tail_bytes = report.torn_tail_bytes,
+            "frequency store opened"
+        );
+        let store = FreqStore {
+            inner,
+            threads: Mutex::new(threads),
+            stopped: Mutex::new(false),
+        };
+        Ok((Arc::new(store), report))
+    }
+
+    /// Records a batch of impressions, all or nothing, and returns once the
+    /// batch is as durable as the fsync policy promises. Blocks: call it from
+    /// a blocking thread.
+    pub fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
+        self.inner.record(impressions)
+    }
+
+    /// Impressions of (`user_fingerprint`, `cap_key`) at times `t` with
+    /// `after_exclusive < t <= until_inclusive`. Exact while the counter holds
+    /// at most 1,000 impressions; beyond, never below the truth.
+    pub fn count(
+        &self,
+        user_fingerprint: u64,
+        cap_key: &str,
+        after_exclusive: i64,
+        until_inclusive: i64,
+    ) -> u32 {
+        self.count_hashed(
+            user_fingerprint,
+            cap_key_hash(cap_key),
+            after_exclusive,
+            until_inclusive,
+        )
+    }
+
+    /// [`FreqStore::count`] with the cap key already hashed by
+    /// [`cap_key_hash`].
+    pub fn count_hashed(
+        &self,
+        user_fingerprint: u64,
+        cap_key_hash: u64,
+        after_exclusive: i64,
+        until_inclusive: i64,
+    ) -> u32 {
+        self.inner.counters.count(
+            EntryKey {
+                user_fingerprint,
+                cap_key_hash,
+            },
+            after_exclusive,
+            until_inclusive,
+        )
+    }
+
+    /// The counts of several caps of one user, appended to `counts` in query
+    /// order: one shard lock and one map probe for all of them. What `Decide`
+    /// should call with every cap of every candidate.
+    pub fn count_many(&self, user_fingerprint: u64, queries: &[CountQuery], counts: &mut Vec<u32>) {
+        self.inner
+            .counters
+            .count_many(user_fingerprint, queries, counts);
+    }
+
+    /// Impressions a cap with `window` counts at `at_unix_seconds`.
+    pub fn count_in_window(
+        &self,
+        user_fingerprint: u64,
+        cap_key: &str,
+        window: &CapWindow,
+        at_unix_seconds: i64,
+    ) -> u32 {
+        let (after, until) =
+            window.count_range(at_unix_seconds, self.inner.config.retention_seconds);
+        self.count(user_fingerprint, cap_key, after, until)
+    }
+
+    /// Writes a checkpoint now and deletes the log segments it covers.
+    pub fn checkpoint(&self) -> Result<(), FreqError> {
+        self.inner.checkpoint()
+    }
+
+    /// Drops impressions and ids at or before `now_unix_seconds - retention`.
+    pub fn sweep(&self, now_unix_seconds: i64) {
+        self.inner.sweep(now_unix_seconds);
+    }
+
+    /// Current figures. Walks every shard: for `Status` and metrics, not the
+    /// request path.
+    pub fn stats(&self) -> FreqStats {
+        let inner = &self.inner;
+        let figures = inner.counters.figures();
+        let log_counters = inner.log.counters();
+        let (log_bytes, log_segments) = list_segments(&inner.config.dir)
+            .map(|segments| {
+                let bytes = segments
+                    .iter()
+                    .filter_map(|(_, path)| fs::metadata(path).ok())
+                    .map(|metadata| metadata.len())
+                    .sum();
+                (bytes, segments.len() as u64)
+            })
+            .unwrap_or((0, 0));
+        FreqStats {
+            users: figures.users,
+            entries: figures.entries,
+            events: figures.events,
+            coarse_entries: figures.coarse_entries,
+            impression_ids: inner.ids.len(),
+            approximate_counter_bytes: figures.approximate_bytes,
+            log_bytes,
+            log_segments,
+            records_written: log_counters.records_written.load(Ordering::Relaxed),
+            write_failures: log_counters.write_failures.load(Ordering::Relaxed),
+            last_checkpoint_unix_seconds: inner
+                .last_checkpoint_unix_seconds
+                .load(Ordering::Relaxed),
+            last_checkpoint_pause_micros: inner
+                .last_checkpoint_pause_micros
+                .load(Ordering::Relaxed),
+            last_checkpoint_micros: inner.last_checkpoint_micros.load(Ordering::Relaxed),
+            fsync_count: log_counters.fsync_count.load(Ordering::Relaxed),
+            fsync_total_micros: log_counters.fsync_total_micros.load(Ordering::Relaxed),
+            fsync_failures: log_counters.fsync_failures.load(Ordering::Relaxed),
+            recorded_impressions: inner.recorded_impressions.load(Ordering::Relaxed),
+            duplicate_impressions: inner.duplicate_impressions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes and fsyncs the log, writes a checkpoint, stops the threads.
+    /// Idempotent; later `record` calls fail with [`FreqError::ShutDown`].
+    pub fn shutdown(&self) -> Result<(), FreqError> {
+        let mut stopped = self.stopped.lock();
+        if *stopped {
+            return Ok(());
+        }
+        self.stop_background_threads();
+        let result = self.inner.checkpoint();
+        self.inner.log.stop();
+        *stopped = true;
+        result
+    }
+
+    /// Stops like a crash would leave things: the log is flushed (everything
+    /// acknowledged is already written) but no checkpoint is taken. For tests
+    /// of recovery.
+    #[doc(hidden)]
+    pub fn stop_without_checkpoint(&self) {
+        let mut stopped = self.stopped.lock();
+        if *stopped {
+            return;
+        }
+        self.stop_background_threads();
+        self.inner.log.stop();
+        *stopped = true;
+    }
+
+    /// Makes the log writer's writes or fsyncs fail until cleared, so tests can
+    /// check that storage failures surface as `Err` (making a directory
+    /// read-only proves nothing when tests run as root).
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: InjectedFault) {
+        self.inner.log.inject_fault(fault);
+    }
+
+    fn stop_background_threads(&self) {
+        *self.inner.stop_requested.lock() = true;
+        self.inner.stop_signal.notify_all();
+        for thread in self.threads.lock().drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for FreqStore {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            tracing::error!(error = %error, "frequency store shutdown on drop failed");
+        }
+    }
+}
+
+fn spawn_periodic(
+    inner: &Arc<Inner>,
+    name: &str,
+    interval: Duration,
+    job: fn(&Inner),
+) -> Result<JoinHandle<()>, FreqError> {
+    let inner = Arc::clone(inner);
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            loop {
+                {
+                    let mut stop = inner.stop_requested.lock();
+                    if !*stop {
+                        inner.stop_signal.wait_for(&mut stop, interval);
+                    }
+                    if *stop {
+                        return;
+                    }
+                }
+                job(&inner);
+            }
+        })
+        .map_err(|error| FreqError::storage(format!("spawn {name}"), error))
+}
+
+/// What one `record` call decided under the log's queue lock.
+#[derive(Default)]
+struct RecordPlan {
+    outcome: RecordOutcome,
+    /// (counter, time) pairs to apply to memory.
+    to_apply: Vec<LogImpression>,
+    /// Id hashes this call claimed (to forget if its write fails).
+    claimed_ids: Vec<u64>,
+    /// Records of earlier calls holding ids this call found duplicate.
+    depends_on: Vec<u64>,
+}
+
+impl Inner {
+    fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
+        let cutoff = now_unix_seconds().saturating_sub(self.config.retention_seconds);
+        let gate = self.apply_gate.read();
+        let (seq, plan) = self.log.append(|seq, payload| {
+            let mut plan = RecordPlan::default();
+            payload.extend_from_slice(&0u32.to_le_bytes());
+            let mut stored = 0u32;
+            for impression in impressions {
+                plan.outcome.recorded += 1;
+                if impression.at_unix_seconds <= cutoff {
+                    continue;
+                }
+                let id_hash = (!impression.impression_id.is_empty())
+                    .then(|| impression_id_hash(&impression.impression_id));
+                if let Some(id_hash) = id_hash {
+                    let claim = IdState {
+                        at_unix_seconds: impression.at_unix_seconds,
+                        log_seq: seq,
+                    };
+                    if let Some(existing) = self.ids.check_and_insert(id_hash, claim) {
+                        plan.outcome.recorded -= 1;
+                        plan.outcome.duplicates += 1;
+                        if existing.log_seq != 0 && existing.log_seq != seq {
+                            plan.depends_on.push(existing.log_seq);
+                        }
+                        continue;
+                    }
+                    plan.claimed_ids.push(id_hash);
+                }
+                let cap_key_hashes: Vec<u64> = impression
+                    .cap_keys
+                    .iter()
+                    .map(|key| cap_key_hash(key))
+                    .collect();
+                let impression = LogImpression {
+                    user_fingerprint: impression.user_fingerprint,
+                    at_unix_seconds: impression.at_unix_seconds,
+                    impression_id_hash: id_hash,
+                    cap_key_hashes,
+                };
+                encode_impression(&impression, payload);
+                plan.to_apply.push(impression);
+                stored += 1;
+            }
+            if stored == 0 {
+                payload.clear();
+            } else {
+                payload[..4].copy_from_slice(&stored.to_le_bytes());
+            }
+            plan
+        })?;
+        for impression in &plan.to_apply {
+            self.counters.add_impression(
+                impression.user_fingerprint,
+                &impression.cap_key_hashes,
+                impression.at_unix_seconds,
+            );
+        }
+        drop(gate);
+
+        if let Some(seq) = seq
+            && let Err(error) = self.log.wait_durable(seq)
+        {
+            for &id_hash in &plan.claimed_ids {
+                self.ids.remove_if_from(id_hash, seq);
+            }
+            return Err(error);
+        }
+        let mut depends_on = plan.depends_on;
+        depends_on.sort_unstable();
+        depends_on.dedup();
+        for earlier in depends_on {
+            self.log.wait_durable(earlier)?;
+        }
+        self.recorded_impressions
+            .fetch_add(u64::from(plan.outcome.recorded), Ordering::Relaxed);
+        self.duplicate_impressions
+            .fetch_add(u64::from(plan.outcome.duplicates), Ordering::Relaxed);
+        Ok(plan.outcome)
+    }
+
+    fn sweep(&self, now_unix_seconds: i64) {
+        let cutoff = now_unix_seconds.saturating_sub(self.config.retention_seconds);
+        let mut outcome = self.counters.sweep(cutoff);
+        outcome.ids_removed = self.ids.sweep(cutoff);
+        tracing::debug!(
+            events_dropped = outcome.events_dropped,
+            entries_removed = outcome.entries_removed,
+            ids_removed = outcome.ids_removed,
+            "frequency sweep"
+        );
+    }
+
+    fn checkpoint(&self) -> Result<(), FreqError> {
+        let mut last_covered = self.checkpoint_lock.lock();
+        let failures_before = self.log.failure_count();
+        let started = Instant::now();
+        let (mut data, ticket, pause) = {
+            let _exclusive = self.apply_gate.write();
+            if self.log.next_seq() == *last_covered {
+                // Nothing logged since the last checkpoint: it still holds.
+                return Ok(());
+            }
+            let (covers_before_seq, ticket) = self.log.request_rotation()?;
+            let data = CheckpointData {
+                covers_before_seq,
+                created_unix_seconds: now_unix_seconds(),
+                entries: Vec::new(),
+                ids: Vec::new(),
+            };
+            // Only flags the shards: the copies are made below, or by the
+            // first writer to touch a shard, so `record` barely waits.
+            self.counters.begin_snapshot();
+            self.ids.begin_snapshot();
+            (data, ticket, started.elapsed())
+        };
+        data.entries = self.counters.finish_snapshot();
+        data.ids = self.ids.finish_snapshot();
+        // The old segment is fsynced and closed once the rotation is processed.
+        self.log.wait_rotation(ticket)?;
+        if self.log.failure_count() != failures_before {
+            return Err(FreqError::Storage(
+                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            ));
+        }
+        let path = write_checkpoint(&self.config.dir, &data)?;
+        *last_covered = data.covers_before_seq;
+        self.last_checkpoint_unix_seconds
+            .store(data.created_unix_seconds, Ordering::Relaxed);
+        delete_covered_files(&self.config, data.covers_before_seq);
+        self.last_checkpoint_pause_micros
+            .store(pause.as_micros() as u64, Ordering::Relaxed);
+        self.last_checkpoint_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::info!(
+            checkpoint = %path.display(),
+            entries = data.entries.len(),
+            ids = data.ids.len(),
+            pause_micros = pause.as_micros() as u64,
+            "frequency checkpoint written"
+        );
+        Ok(())
+    }
+}
+
+/// Deletes checkpoints and segments older than the checkpoint covering
+/// `covers_before_seq`. Best effort: a leftover is deleted at the next open.
+fn delete_covered_files(config: &FreqConfig, covers_before_seq: u64) {
+    if let Ok(segments) = list_segments(&config.dir) {
+        for (first_seq, path) in segments {
+            if first_seq < covers_before_seq
+                && let Err(error) = fs::remove_file(&path)
+            {
+                tracing::warn!(segment = %path.display(), error = %error, "cannot delete covered log segment");
+            }
+        }
+    }
+    for (covered, path) in list_checkpoints(config).unwrap_or_default() {
+        if covered < covers_before_seq {
+            let _ = fs::remove_file(path);
+        }
+    }
+    let _ = fsync_dir(&config.dir);
+}
+
+fn list_checkpoints(config: &FreqConfig) -> Result<Vec<(u64, PathBuf)>, FreqError> {
+    let dir = &config.dir;
+    let mut checkpoints = Vec::new();
+    let entries = fs::read_dir(dir)
+        .map_err(|error| FreqError::storage(format!("list {}", dir.display()), error))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|error| FreqError::storage(format!("list {}", dir.display()), error))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".ckpt.tmp") {
+            let _ = fs::remove_file(entry.path());
+        } else if let Some(covered) = parse_checkpoint_file_name(name) {
+            checkpoints.push((covered, entry.path()));
+        }
+    }
+    checkpoints.sort();
+    Ok(checkpoints)
+}
+
+/// Loads the newest checkpoint into the maps; returns the sequence number it
+/// covers up to (or the first sequence number when there is none).
+fn load_newest_checkpoint(
+    config: &FreqConfig,
+    counters: &Counters,
+    ids: &IdSet,
+    report: &mut RecoveryReport,
+) -> Result<u64, FreqError> {
+    let Some((covered, path)) = list_checkpoints(config)?.pop() else {
+        return Ok(FIRST_SEQ);
+    };
+    let data = read_checkpoint(&path)?;
+    if data.covers_before_seq != covered {
+        return Err(FreqError::CorruptCheckpoint {
+            path,
+            reason: format!(
+                "covers sequence {} but is named for {covered}",
+                data.covers_before_seq
+            ),
+        });
+    }
+    for (key, entry) in data.entries {
+        report.checkpoint_events += entry.events();
+        counters.restore(key, entry);
+    }
+    for (id_hash, at_unix_seconds) in data.ids {
+        ids.check_and_insert(
+            id_hash,
+            IdState {
+                at_unix_seconds,
+                log_seq: 0,
+            },
+        );
+        report.checkpoint_ids += 1;
+    }
+    report.checkpoint_path = Some(path);
+    Ok(covered.max(FIRST_SEQ))
+}
+
+fn apply_replayed(
+    record: &LogRecord,
+    cutoff: i64,
+    counters: &Counters,
+    ids: &IdSet,
+    report: &mut RecoveryReport,
+) {
+    report.replayed_records += 1;
+    for impression in &record.impressions {
+        report.replayed_impressions += 1;
+        if impression.at_unix_seconds <= cutoff {
+            continue;
+        }
+        if let Some(id_hash) = impression.impression_id_hash {
+            let state = IdState {
+                at_unix_seconds: impression.at_unix_seconds,
+                log_seq: 0,
+            };
+            if ids.check_and_insert(id_hash, state).is_some() {
+                continue;
+            }
+        }
+        counters.add_impression(
+            impression.user_fingerprint,
+            &impression.cap_key_hashes,
+            impression.at_unix_seconds,
+        );
+    }
+}
+
+fn truncate_file(path: &std::path::Path, length: u64) -> Result<(), FreqError> {
+    let context = || format!("truncate {}", path.display());
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|error| FreqError::storage(context(), error))?;
+    file.set_len(length)
+        .map_err(|error| FreqError::storage(context(), error))?;
+    file.sync_all()
+        .map_err(|error| FreqError::storage(context(), error))
+}
+
+/// Replays the segments from `covers_before` on; returns the next sequence
+/// number.
+fn replay_segments(
+    config: &FreqConfig,
+    covers_before: u64,
+    cutoff: i64,
+    counters: &Counters,
+    ids: &IdSet,
+    report: &mut RecoveryReport,
+) -> Result<u64, FreqError> {
+    let mut next_seq = covers_before;
+    for (named_seq, path) in list_segments(&config.dir)? {
+        if named_seq < covers_before {
+            // Covered by the checkpoint; left behind by a crash after it was written.
+            fs::remove_file(&path)
+                .map_err(|error| FreqError::storage(format!("delete {}", path.display()), error))?;
+            continue;
+        }
+        let bytes = fs::read(&path)
+            .map_err(|error| FreqError::storage(format!("read {}", path.display()), error))?;
+        match decode_log_segment(&bytes) {
+            Ok(segment) => {
+                if segment.first_seq != named_seq {
+                    return Err(FreqError::CorruptLog {
+                        path,
+                        offset: 0,
+                        reason: format!(
+                            "header sequence {} does not match the file name",
+                            segment.first_seq
+                        ),
+                    });
+                }
+                for record in &segment.records {
+                    apply_replayed(record, cutoff, counters, ids, report);
+                }
+                report.replayed_segments += 1;
+                next_seq = next_seq.max(segment.first_seq + segment.records.len() as u64);
+                if segment.torn_tail_bytes > 0 {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset = segment.valid_bytes,
+                        bytes_dropped = segment.torn_tail_bytes,
+                        "frequency log has a torn tail; truncating"
+                    );
+                    truncate_file(&path, segment.valid_bytes)?;
+                    report.torn_tail_bytes += segment.torn_tail_bytes;
+                }
+            }
+            Err(SegmentDecodeError::TruncatedHeader { length }) => {
+                tracing::warn!(segment = %path.display(), bytes_dropped = length, "frequency log segment with a torn header; deleting");
+                fs::remove_file(&path).map_err(|error| {
+                    FreqError::storage(format!("delete {}", path.display()), error)
+                })?;
+                report.torn_tail_bytes += length;
+            }
+            Err(SegmentDecodeError::Corrupt {
+                offset,
+                reason,
+                records_before,
+                first_seq,
+            }) => {
+                if !config.recover_corrupt_log {
+                    return Err(FreqError::CorruptLog {
+                        path,
+                        offset,
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset,
+                    reason = %reason,
+                    bytes_dropped = bytes.len() as u64 - offset,
+                    "corrupt frequency log record; recovering by truncating there"
+                );
+                for record in &records_before {
+                    apply_replayed(record, cutoff, counters, ids, report);
+                }
+                if first_seq.is_some() {
+                    truncate_file(&path, offset)?;
+                    next_seq = next_seq.max(named_seq + records_before.len() as u64);
+                } else {
+                    fs::remove_file(&path).map_err(|error| {
+                        FreqError::storage(format!("delete {}", path.display()), error)
+                    })?;
+                }
+                report.corrupt_bytes_dropped += bytes.len() as u64 - offset;
+                if report.corrupt_offset.is_none() {
+                    report.corrupt_offset = Some((path, offset));
+                }
+            }
+        }
+    }
+    Ok(next_seq)
+}
