@@ -346,6 +346,8 @@ impl Generator {
             user_id: self.user(),
             candidates,
             at_unix_seconds: 0,
+            // Inline candidates only; fields added to the proto later stay empty.
+            ..Default::default()
         }
     }
 
