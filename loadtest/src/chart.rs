@@ -342,10 +342,15 @@ fn time_background(svg: &mut String, report: &Report, top: f64, bottom: f64, lab
                 None if swap.unchanged => format!("{} (no-op)", swap.version),
                 None => format!("swap {}", swap.version),
             };
+            // Near the right edge the label goes left of the line, inside the plot.
+            let (label_x, anchor) = if x_start > RIGHT - 90.0 {
+                (x_start - 3.0, "end")
+            } else {
+                (x_start + 3.0, "start")
+            };
             let _ = writeln!(
                 svg,
-                r##"<text x="{:.1}" y="{:.1}" class="tick" fill="{COLOR_SWAP}" style="fill:{COLOR_SWAP}">{}</text>"##,
-                x_start + 3.0,
+                r##"<text x="{label_x:.1}" y="{:.1}" text-anchor="{anchor}" class="tick" style="fill:{COLOR_SWAP}">{}</text>"##,
                 top + 28.0,
                 escape(&label)
             );
