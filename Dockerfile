@@ -35,8 +35,8 @@ USER 10001:10001
 # The query port listens on every interface. The admin port (pushes,
 # rollbacks) stays on loopback unless a token is set: to expose it, run with
 # SEGD_ADMIN_TOKEN=... and SEGD_ADMIN_LISTEN=0.0.0.0:7401 (segd refuses a
-# non-loopback admin address without a token). SEGD_METRICS_LISTEN is read
-# by the metrics port once it exists.
+# non-loopback admin address without a token). Metrics (Prometheus, plain
+# HTTP) listen on every interface for the scraper.
 ENV SEGD_LISTEN=0.0.0.0:7400 \
     SEGD_ADMIN_LISTEN=127.0.0.1:7401 \
     SEGD_METRICS_LISTEN=0.0.0.0:9400 \

@@ -156,5 +156,42 @@ fn bench_count(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_record, bench_count);
+/// A checkpoint of 200k users x 2 keys: the pause `record` sees (the maps are
+/// copied under the apply gate) is part of it; the write and fsync are not.
+fn bench_checkpoint(criterion: &mut Criterion) {
+    let now = segd::unix_now_seconds();
+    let mut group = criterion.benchmark_group("checkpoint");
+    group.sample_size(10);
+    let users = 200_000u64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), FsyncPolicy::Never);
+    let next_id = AtomicU64::new(0);
+    while next_id.load(Ordering::Relaxed) < users {
+        let mut batch = make_batch(&next_id, now);
+        for impression in &mut batch {
+            impression.user_fingerprint %= users;
+        }
+        store.record(&batch).expect("record");
+    }
+    let entries = store.stats().entries;
+    group.bench_function(BenchmarkId::new("write", entries), |bencher| {
+        bencher.iter_batched(
+            || make_batch(&next_id, now),
+            |batch| {
+                store.record(&batch).expect("record");
+                store.checkpoint().expect("checkpoint");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let stats = store.stats();
+    println!(
+        "checkpoint of {} entries: pause for record {} µs, total {} µs",
+        stats.entries, stats.last_checkpoint_pause_micros, stats.last_checkpoint_micros
+    );
+    store.shutdown().expect("shutdown");
+    group.finish();
+}
+
+criterion_group!(benches, bench_record, bench_count, bench_checkpoint);
 criterion_main!(benches);

@@ -16,6 +16,26 @@ use crate::freq::{Calendar, CapWindow, CountQuery, FreqStore, cap_key_hash};
 use crate::proto::{self, Candidate, Decision, Reason, SegmentRef};
 use crate::store::{Membership, ServingState, UserView};
 
+/// A candidate of one `Decide`: inline in the request, or a registered line
+/// item (`None` when its id is not registered).
+#[derive(Debug, Clone, Copy)]
+pub enum CandidateRef<'a> {
+    Inline(&'a Candidate),
+    Registered {
+        id: &'a str,
+        line_item: Option<&'a Candidate>,
+    },
+}
+
+impl<'a> CandidateRef<'a> {
+    fn definition(&self) -> Option<&'a Candidate> {
+        match *self {
+            CandidateRef::Inline(candidate) => Some(candidate),
+            CandidateRef::Registered { line_item, .. } => line_item,
+        }
+    }
+}
+
 /// The decisions for `candidates`, in order.
 pub fn decide(
     state: &ServingState,
@@ -25,14 +45,46 @@ pub fn decide(
     at_unix_seconds: i64,
     retention_seconds: i64,
 ) -> Vec<Decision> {
+    let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+    decide_refs(
+        state,
+        counters,
+        user_fingerprint,
+        &refs,
+        at_unix_seconds,
+        retention_seconds,
+    )
+}
+
+/// [`decide`] over inline candidates and registered line items.
+pub fn decide_refs(
+    state: &ServingState,
+    counters: &FreqStore,
+    user_fingerprint: u64,
+    candidates: &[CandidateRef<'_>],
+    at_unix_seconds: i64,
+    retention_seconds: i64,
+) -> Vec<Decision> {
     let user = state.user(user_fingerprint);
     let mut decisions: Vec<Decision> = candidates
         .iter()
-        .map(|candidate| targeting(&user, candidate, at_unix_seconds))
+        .map(|candidate| match (candidate, candidate.definition()) {
+            (_, Some(definition)) => targeting(&user, definition, at_unix_seconds),
+            (CandidateRef::Registered { id, .. }, None) => Decision {
+                candidate_id: (*id).to_owned(),
+                eligible: false,
+                reason: Reason::Unspecified as i32,
+                detail: "unknown line item".to_owned(),
+            },
+            (CandidateRef::Inline(_), None) => unreachable!("inline candidates are always defined"),
+        })
         .collect();
 
     let mut queries: Vec<CountQuery> = Vec::new();
     for (candidate, decision) in candidates.iter().zip(&decisions) {
+        let Some(candidate) = candidate.definition() else {
+            continue;
+        };
         if decision.eligible {
             queries.extend(candidate.caps.iter().map(|cap| {
                 let (after_exclusive, until_inclusive) =
@@ -52,6 +104,9 @@ pub fn decide(
     counters.count_many(user_fingerprint, &queries, &mut counts);
     let mut next_count = counts.into_iter();
     for (candidate, decision) in candidates.iter().zip(&mut decisions) {
+        let Some(candidate) = candidate.definition() else {
+            continue;
+        };
         if !decision.eligible {
             continue;
         }

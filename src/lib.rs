@@ -14,7 +14,12 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`line_items`]: registered line items, named by id in `Decide`.
+//! - [`metrics`]: Prometheus counters and the `GET /metrics` endpoint; the
+//!   tower layer counting RPCs by status code and latency.
+//! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
+//! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
@@ -30,6 +35,10 @@ pub mod config;
 pub mod decide;
 pub mod demo;
 pub mod freq;
+pub mod freshness;
+pub mod line_items;
+pub mod metrics;
+pub mod overload;
 pub mod pack;
 pub mod server;
 pub mod store;

@@ -12,26 +12,31 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::line_items::LineItemRegistry;
+use crate::metrics::{Metrics, MetricsSource, RpcMetricsLayer};
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
-use crate::store::Store;
 use crate::store::catalog::Catalog;
+use crate::store::{FreshnessPolicy, Store};
 
 /// The bound sockets the server answers on.
 pub struct Listeners {
     pub query: TcpListener,
     pub admin: TcpListener,
+    /// The Prometheus endpoint; `None` with `--metrics-listen off`.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -43,7 +48,28 @@ impl Listeners {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("bind --admin-listen {}", config.admin_listen))?;
-        Ok(Self { query, admin })
+        let metrics = match config.metrics_listen.0 {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("bind --metrics-listen {address}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            query,
+            admin,
+            metrics,
+        })
+    }
+
+    /// The metrics address, `None` when metrics are off.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("bound listener has an address")
+        })
     }
 
     pub fn query_addr(&self) -> SocketAddr {
@@ -59,18 +85,66 @@ impl Listeners {
     }
 }
 
-/// Refuses configurations that would be unsafe to run.
-pub fn check_config(config: &ServeConfig) -> anyhow::Result<()> {
-    if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+/// Refuses configurations that would be unsafe to run; returns the admin
+/// token (from --admin-token or --admin-token-file).
+pub fn check_config(config: &ServeConfig) -> anyhow::Result<Option<String>> {
+    let admin_token = config.resolve_admin_token()?;
+    if !config.admin_listen.ip().is_loopback() && admin_token.is_none() {
         bail!(
-            "--admin-listen {} is not a loopback address: set --admin-token (or SEGD_ADMIN_TOKEN) so pushes need a token",
+            "--admin-listen {} is not a loopback address: set --admin-token, SEGD_ADMIN_TOKEN or --admin-token-file so pushes need a token",
             config.admin_listen
         );
     }
     if let Some(watch_dir) = &config.watch_dir {
         crate::watch::check_watch_dir(watch_dir, &config.data_dir)?;
     }
-    Ok(())
+    Ok(admin_token)
+}
+
+/// TLS settings of one port from the flags, or `None` for plaintext.
+fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("read {flag} {}", path.display()))
+    };
+    let identity = Identity::from_pem(read(cert_path, "--tls-cert")?, read(key_path, "--tls-key")?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if admin_port && let Some(ca_path) = &config.admin_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca_path, "--admin-client-ca")?));
+    }
+    Ok(Some(tls))
+}
+
+/// Accepted connections with Nagle's algorithm off: a reply larger than one
+/// segment must not wait for the client's delayed ACK (~40 ms). tonic's own
+/// `tcp_nodelay` setting does not reach listeners handed to it, so set it here.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// A server builder with the flags' HTTP/2, timeout and TLS settings. The
+/// request timeout applies to the query port only: a push of a large pack
+/// legitimately streams for minutes.
+fn server_builder(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Server> {
+    let keepalive = (config.http2_keepalive_seconds > 0)
+        .then(|| Duration::from_secs(config.http2_keepalive_seconds));
+    let mut builder = Server::builder();
+    if !admin_port {
+        builder = builder.timeout(Duration::from_millis(config.request_timeout_ms.max(1)));
+    }
+    let mut builder = builder
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls_config(config, admin_port)? {
+        let port = if admin_port { "admin" } else { "query" };
+        builder = builder
+            .tls_config(tls)
+            .with_context(|| format!("TLS settings of the {port} port"))?;
+    }
+    Ok(builder)
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight
@@ -80,8 +154,9 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    check_config(&config)?;
-    let store = Arc::new(Store::new());
+    let admin_token = check_config(&config)?;
+    let store = Arc::new(Store::with_freshness(config.freshness_policy()));
+    let metrics = Arc::new(Metrics::new());
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
             .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
@@ -119,49 +194,80 @@ pub async fn serve(
     };
 
     let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
+        format!(
+            "load line items from --data-dir {}",
+            config.data_dir.display()
+        )
+    })?);
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(SegmentsService::new(
-        store.clone(),
-        counters.clone(),
-        limits,
-    ));
-    let query_server = Server::builder()
+    let segments = SegmentsServer::new(
+        SegmentsService::new(
+            store.clone(),
+            counters.clone(),
+            line_items.clone(),
+            limits.clone(),
+        )
+        .with_metrics(metrics.clone()),
+    )
+    .max_decoding_message_size(config.max_request_bytes);
+    let overload_counters = Arc::new(OverloadCounters::default());
+    // Outermost first: the metrics layer also counts what the shedder refuses.
+    let query_server = server_builder(&config, false)?
+        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(ConcurrencyShedLayer::new(
+            config.max_in_flight,
+            overload_counters.clone(),
+        ))
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(segments)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.query),
-            stopped(stop_receiver.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.query), stopped(stop_receiver.clone()));
 
-    let auth = AdminAuth::new(config.admin_token.as_deref());
+    let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
-        AdminServer::new(AdminService::new(
-            catalog.clone(),
-            config.max_push_bytes,
-            Arc::new(ServerStatusExtras {
-                counters: counters.clone(),
-                fsync: config.fsync,
-                retention_days: config.freq_retention_days,
-            }),
-        ))
+        AdminServer::new(
+            AdminService::new(
+                catalog.clone(),
+                line_items,
+                limits,
+                config.max_push_bytes,
+                Arc::new(ServerStatusExtras {
+                    counters: counters.clone(),
+                    fsync: config.fsync,
+                    retention_days: config.freq_retention_days,
+                    freshness: config.freshness_policy(),
+                }),
+            )
+            .with_metrics(metrics.clone()),
+        )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
-    let admin_server = Server::builder()
+    let admin_server = server_builder(&config, true)?
+        .layer(RpcMetricsLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.admin),
-            stopped(stop_receiver.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_receiver.clone()));
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);
+    let metrics_task = listeners.metrics.map(|listener| {
+        let source = Arc::new(MetricsSource {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            counters: counters.clone(),
+        });
+        tokio::spawn(crate::metrics::serve_http(
+            listener,
+            source,
+            stopped(stop_receiver.clone()),
+        ))
+    });
 
     let demo = config.demo;
     let load_catalog = catalog.clone();
@@ -194,6 +300,9 @@ pub async fn serve(
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
             let _ = tokio::join!(query_task, admin_task);
+            if let Some(metrics_task) = metrics_task {
+                let _ = metrics_task.await;
+            }
             shutdown_counters(&counters).await?;
             return Err(error);
         }
@@ -211,6 +320,10 @@ pub async fn serve(
     health_reporter
         .set_serving::<SegmentsServer<SegmentsService>>()
         .await;
+    let freshness_task = tokio::spawn(crate::freshness::watch(
+        catalog.clone(),
+        stopped(stop_receiver.clone()),
+    ));
 
     // Started only now, so a watched file never races the start-up load.
     let watcher = config.watch_dir.clone().map(|watch_dir| {
@@ -223,9 +336,33 @@ pub async fn serve(
         )
     });
 
-    let (query_result, admin_result) = tokio::join!(query_task, admin_task);
+    let abort_query = query_task.abort_handle();
+    let abort_admin = admin_task.abort_handle();
+    let servers = async { tokio::join!(query_task, admin_task) };
+    tokio::pin!(servers);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let mut stop_watch = stop_receiver.clone();
+    let drain_deadline = async move {
+        let _ = stop_watch.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    let (query_result, admin_result) = tokio::select! {
+        results = &mut servers => results,
+        () = drain_deadline => {
+            warn!(grace_seconds = grace.as_secs(), "requests still in flight after the grace period, closing their connections");
+            abort_query.abort();
+            abort_admin.abort();
+            servers.await
+        }
+    };
+    let query_result = ignore_cancelled(query_result);
+    let admin_result = ignore_cancelled(admin_result);
+    let _ = freshness_task.await;
     if let Some(watcher) = watcher {
         let _ = watcher.await;
+    }
+    if let Some(metrics_task) = metrics_task {
+        let _ = metrics_task.await;
     }
     // In-flight requests have drained: flush the log and checkpoint even if a
     // listener failed, then report.
@@ -238,6 +375,16 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// A server task aborted after the grace period ended as intended.
+fn ignore_cancelled(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+    match result {
+        Err(join_error) if join_error.is_cancelled() => Ok(Ok(())),
+        other => other,
+    }
 }
 
 /// Flushes and fsyncs the frequency log and writes a checkpoint.
@@ -275,6 +422,7 @@ struct ServerStatusExtras {
     counters: Arc<OnceLock<Arc<FreqStore>>>,
     fsync: FsyncMode,
     retention_days: u32,
+    freshness: FreshnessPolicy,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -290,7 +438,8 @@ impl StatusExtras for ServerStatusExtras {
         })
     }
 
-    fn is_stale(&self, _built_at_unix_seconds: i64, _now_unix_seconds: i64) -> bool {
-        false
+    fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool {
+        self.freshness
+            .is_stale(pack, built_at_unix_seconds, now_unix_seconds)
     }
 }

@@ -127,6 +127,15 @@ fn acknowledged_impressions_survive_restart_and_retries_stay_duplicates() {
     assert_eq!(report.checkpoint_events, 20);
     assert_eq!(report.checkpoint_ids, 10);
     assert_eq!(total_li(&store), expected_li_total(10));
+    // An idle store's checkpoints leave no files behind.
+    let files_before = fs::read_dir(dir.path()).expect("read dir").count();
+    for _ in 0..3 {
+        store.checkpoint().expect("checkpoint");
+    }
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("read dir").count(),
+        files_before
+    );
 }
 
 #[test]
@@ -301,6 +310,66 @@ fn checkpoint_plus_replay_equals_replay_alone() {
         );
         assert_eq!(replayed.record(&batch(index)).expect("retry").duplicates, 1);
     }
+}
+
+#[test]
+fn checkpoints_taken_during_concurrent_records_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = FreqStore::open(config(dir.path(), FsyncPolicy::Interval)).expect("open");
+    let users: Vec<u64> = (0..50)
+        .map(|user| user_fingerprint(&format!("ck:c{user}")))
+        .collect();
+    let stop_checkpoints = std::sync::atomic::AtomicBool::new(false);
+    let checkpoints = std::thread::scope(|scope| {
+        let recorders: Vec<_> = (0..4u64)
+            .map(|caller| {
+                let (store, users) = (&store, &users);
+                scope.spawn(move || {
+                    for round in 0..200u64 {
+                        // No impression ids: a double-applied record would show.
+                        let batch: Vec<NewImpression> = (0..10u64)
+                            .map(|index| NewImpression {
+                                user_fingerprint: users
+                                    [((caller * 7 + round * 3 + index) % 50) as usize],
+                                cap_keys: vec!["li:c".into(), "adv:c".into()],
+                                at_unix_seconds: BASE_UNIX_SECONDS + (round * 10 + index) as i64,
+                                impression_id: String::new(),
+                            })
+                            .collect();
+                        store.record(&batch).expect("record");
+                    }
+                })
+            })
+            .collect();
+        let checkpointer = scope.spawn(|| {
+            let mut taken = 0;
+            while !stop_checkpoints.load(std::sync::atomic::Ordering::Relaxed) {
+                store.checkpoint().expect("checkpoint");
+                taken += 1;
+            }
+            taken
+        });
+        for recorder in recorders {
+            recorder.join().expect("recorder");
+        }
+        stop_checkpoints.store(true, std::sync::atomic::Ordering::Relaxed);
+        checkpointer.join().expect("checkpointer")
+    });
+    assert!(checkpoints > 0);
+    let total = |store: &FreqStore, key: &str| -> u32 {
+        users
+            .iter()
+            .map(|&user| store.count(user, key, i64::MIN, i64::MAX))
+            .sum()
+    };
+    assert_eq!(total(&store, "li:c"), 8_000);
+    store.stop_without_checkpoint();
+    drop(store);
+    let (store, report) =
+        FreqStore::open(config(dir.path(), FsyncPolicy::Interval)).expect("reopen");
+    assert!(report.checkpoint_path.is_some());
+    assert_eq!(total(&store, "li:c"), 8_000, "{report:?}");
+    assert_eq!(total(&store, "adv:c"), 8_000, "{report:?}");
 }
 
 #[test]

@@ -1,1 +1,46 @@
-fn main() {}
+//! `loadtest`: the load tester of segd.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the flags of every subcommand.
+//! - [`r#gen`] (`gen.rs`; `gen` is reserved in edition 2024): the synthetic data
+//!   set (`loadtest gen`).
+//! - [`workload`]: the request generator shared by every target.
+//! - [`executor`]: sends one request to segd over gRPC (or hands it to Redis).
+//! - [`run`]: the open/closed-loop driver and progress line (`loadtest run`).
+//! - [`swap`]: snapshot pushes during a run and their windows.
+//! - [`report`]: histograms, the final report and its JSON form.
+//! - [`chart`]: the SVG chart, built by hand.
+//! - [`redis_target`]: the Redis baseline: `loadtest redis-load` and the Redis
+//!   side of `loadtest run --target redis`.
+
+#![forbid(unsafe_code)]
+
+mod chart;
+mod cli;
+mod executor;
+mod r#gen;
+mod redis_target;
+mod report;
+mod run;
+mod swap;
+mod workload;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Gen(args) => r#gen::run(&args),
+        cli::Command::Run(args) => runtime()?.block_on(run::run(*args)),
+        cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
+    }
+}
+
+/// A multi-threaded runtime sized to the machine: the generator must not be the
+/// bottleneck, but on a 2-core box it shares the cores with the server.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -6,25 +6,35 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::RequestLimits;
+use crate::line_items::LineItemRegistry;
+use crate::metrics::{Metrics, PackChange};
 use crate::proto::admin_server::Admin;
 use crate::proto::{
     DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
     catalog: Arc<Catalog>,
+    line_items: Arc<LineItemRegistry>,
+    limits: RequestLimits,
     max_push_bytes: u64,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
+    /// Push, rollback and drop outcomes are counted here.
+    metrics: Arc<Metrics>,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
 pub trait StatusExtras: Send + Sync + 'static {
     fn frequency(&self) -> Option<crate::proto::FrequencyStatus>;
-    fn is_stale(&self, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+    /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
+    /// freshness bound at `now_unix_seconds`.
+    fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
 }
 
 /// No frequency store, no freshness bound.
@@ -34,7 +44,7 @@ impl StatusExtras for NoExtras {
     fn frequency(&self) -> Option<crate::proto::FrequencyStatus> {
         None
     }
-    fn is_stale(&self, _built_at: i64, _now: i64) -> bool {
+    fn is_stale(&self, _pack: &str, _built_at: i64, _now: i64) -> bool {
         false
     }
 }
@@ -42,15 +52,26 @@ impl StatusExtras for NoExtras {
 impl AdminService {
     pub fn new(
         catalog: Arc<Catalog>,
+        line_items: Arc<LineItemRegistry>,
+        limits: RequestLimits,
         max_push_bytes: u64,
         status_extras: Arc<dyn StatusExtras>,
     ) -> Self {
         Self {
             catalog,
+            line_items,
+            limits,
             max_push_bytes,
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (the server's shared counters) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -73,9 +94,14 @@ impl Admin for AdminService {
         let mut pack_bytes: Vec<u8> = Vec::new();
         let mut allow_older_version = false;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
+            let chunk = chunk.inspect_err(|_| {
+                self.metrics
+                    .record_change_refused(PackChange::Push, "stream_error")
+            })?;
             allow_older_version |= chunk.allow_older_version;
             if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
+                self.metrics
+                    .record_change_refused(PackChange::Push, "too_large");
                 return Err(Status::invalid_argument(format!(
                     "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
                     self.max_push_bytes
@@ -84,20 +110,26 @@ impl Admin for AdminService {
             pack_bytes.extend_from_slice(&chunk.data);
         }
         if pack_bytes.is_empty() {
+            self.metrics
+                .record_change_refused(PackChange::Push, "empty_stream");
             return Err(Status::invalid_argument(
                 "snapshot: empty stream, no pack file sent",
             ));
         }
         let catalog = self.catalog.clone();
+        let metrics = self.metrics.clone();
         let outcome = blocking(move || {
             catalog
                 .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
                 .map_err(|error| {
                     tracing::warn!(error = %error, "pack refused");
+                    metrics.record_catalog_refusal(PackChange::Push, &error);
                     Status::from(error)
                 })
         })
         .await?;
+        self.metrics
+            .record_change_ok(PackChange::Push, outcome.unchanged);
         Ok(Response::new(PushSnapshotResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -114,6 +146,7 @@ impl Admin for AdminService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let state = self.catalog.store().load_full();
+        let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
@@ -137,7 +170,9 @@ impl Admin for AdminService {
                 users: pack.users(),
                 memberships: pack.memberships(),
                 bytes: pack.file_bytes,
-                stale: self.status_extras.is_stale(pack.built_at_unix_seconds, now),
+                stale: self
+                    .status_extras
+                    .is_stale(&pack.name, pack.built_at_unix_seconds, now),
                 age_seconds: now - pack.built_at_unix_seconds,
                 previous_version: previous_version.unwrap_or_default(),
             })
@@ -148,6 +183,8 @@ impl Admin for AdminService {
             frequency: self.status_extras.frequency(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
+            line_items_version: line_items.version.clone(),
+            line_items: line_items.len() as u32,
         }))
     }
 
@@ -180,16 +217,39 @@ impl Admin for AdminService {
     ) -> Result<Response<RollbackResponse>, Status> {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
+        let metrics = self.metrics.clone();
         let outcome = blocking(move || {
             catalog
                 .rollback(&pack, crate::unix_now_seconds())
-                .map_err(Status::from)
+                .map_err(|error| {
+                    metrics.record_catalog_refusal(PackChange::Rollback, &error);
+                    Status::from(error)
+                })
         })
         .await?;
+        self.metrics.record_change_ok(PackChange::Rollback, false);
         Ok(Response::new(RollbackResponse {
             pack: outcome.pack,
             version: outcome.version,
             generation: outcome.generation,
+        }))
+    }
+
+    async fn put_line_items(
+        &self,
+        request: Request<PutLineItemsRequest>,
+    ) -> Result<Response<PutLineItemsResponse>, Status> {
+        let request = request.into_inner();
+        for (index, line_item) in request.line_items.iter().enumerate() {
+            self.limits
+                .check_candidate(&format!("line_items[{index}]"), line_item)?;
+        }
+        let registry = self.line_items.clone();
+        let outcome = blocking(move || registry.put(request).map_err(Status::from)).await?;
+        Ok(Response::new(PutLineItemsResponse {
+            version: outcome.version,
+            line_items: outcome.line_items,
+            unchanged: outcome.unchanged,
         }))
     }
 
@@ -200,8 +260,15 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
-        let generation =
-            blocking(move || catalog.drop_pack(&pack_name).map_err(Status::from)).await?;
+        let metrics = self.metrics.clone();
+        let generation = blocking(move || {
+            catalog.drop_pack(&pack_name).map_err(|error| {
+                metrics.record_catalog_refusal(PackChange::Drop, &error);
+                Status::from(error)
+            })
+        })
+        .await?;
+        self.metrics.record_change_ok(PackChange::Drop, false);
         Ok(Response::new(DropPackResponse { pack, generation }))
     }
 }

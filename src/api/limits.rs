@@ -134,22 +134,36 @@ impl RequestLimits {
 
     pub fn check_decide(&self, request: &crate::proto::DecideRequest) -> Result<(), Status> {
         self.check_user_id("user_id", &request.user_id)?;
-        self.check_count("candidates", request.candidates.len(), self.max_candidates)?;
+        self.check_count(
+            "candidates+line_item_ids",
+            request.candidates.len() + request.line_item_ids.len(),
+            self.max_candidates,
+        )?;
         for (index, candidate) in request.candidates.iter().enumerate() {
-            let refs = candidate.all_of.len() + candidate.any_of.len() + candidate.none_of.len();
-            self.check_count(
-                &format!("candidates[{index}] all_of+any_of+none_of"),
-                refs,
-                self.max_refs_per_candidate,
-            )?;
-            self.check_count(
-                &format!("candidates[{index}].caps"),
-                candidate.caps.len(),
-                self.max_caps_per_candidate,
-            )?;
-            for (cap_index, cap) in candidate.caps.iter().enumerate() {
-                self.check_cap(&format!("candidates[{index}].caps[{cap_index}]"), cap)?;
-            }
+            self.check_candidate(&format!("candidates[{index}]"), candidate)?;
+        }
+        Ok(())
+    }
+
+    /// One candidate's refs and caps.
+    pub fn check_candidate(
+        &self,
+        field: &str,
+        candidate: &crate::proto::Candidate,
+    ) -> Result<(), Status> {
+        let refs = candidate.all_of.len() + candidate.any_of.len() + candidate.none_of.len();
+        self.check_count(
+            &format!("{field} all_of+any_of+none_of"),
+            refs,
+            self.max_refs_per_candidate,
+        )?;
+        self.check_count(
+            &format!("{field}.caps"),
+            candidate.caps.len(),
+            self.max_caps_per_candidate,
+        )?;
+        for (cap_index, cap) in candidate.caps.iter().enumerate() {
+            self.check_cap(&format!("{field}.caps[{cap_index}]"), cap)?;
         }
         Ok(())
     }

@@ -6,8 +6,10 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
-use crate::decide;
+use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, NewImpression};
+use crate::line_items::LineItemRegistry;
+use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -19,20 +21,32 @@ pub struct SegmentsService {
     store: Arc<Store>,
     /// Set once the frequency store has replayed its log at start-up.
     counters: Arc<OnceLock<Arc<FreqStore>>>,
+    line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
+    /// Decide outcomes are counted here; RPC counts come from the metrics layer.
+    metrics: Arc<Metrics>,
 }
 
 impl SegmentsService {
     pub fn new(
         store: Arc<Store>,
         counters: Arc<OnceLock<Arc<FreqStore>>>,
+        line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
     ) -> Self {
         Self {
             store,
             counters,
+            line_items,
             limits,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (the server's shared counters) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -134,14 +148,30 @@ impl Segments for SegmentsService {
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
-        let decisions = decide::decide(
+        let registered = self.line_items.load();
+        let candidates: Vec<CandidateRef<'_>> = request
+            .candidates
+            .iter()
+            .map(CandidateRef::Inline)
+            .chain(
+                request
+                    .line_item_ids
+                    .iter()
+                    .map(|id| CandidateRef::Registered {
+                        id,
+                        line_item: registered.get(id),
+                    }),
+            )
+            .collect();
+        let decisions = decide::decide_refs(
             &state,
             counters,
             crate::user_fingerprint(&request.user_id),
-            &request.candidates,
+            &candidates,
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
+        self.metrics.record_decisions(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,

@@ -41,3 +41,17 @@ impl From<crate::freq::FreqError> for Status {
         Status::new(code, error.to_string())
     }
 }
+
+impl From<crate::line_items::LineItemError> for Status {
+    fn from(error: crate::line_items::LineItemError) -> Self {
+        use crate::line_items::LineItemError;
+        let code = match &error {
+            LineItemError::EmptyId { .. } => Code::InvalidArgument,
+            LineItemError::DuplicateId { .. } => Code::InvalidArgument,
+            LineItemError::EmptyVersion => Code::InvalidArgument,
+            LineItemError::Io { .. } => Code::Unavailable,
+            LineItemError::Corrupt { .. } => Code::DataLoss,
+        };
+        Status::new(code, error.to_string())
+    }
+}

@@ -24,6 +24,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             EnvFilter::try_from_env("SEGD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -45,8 +46,15 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         query = %query_addr,
         admin = %listeners.admin_addr(),
+        metrics = ?listeners.metrics_addr(),
         data_dir = %config.data_dir.display(),
         "segd listening"
+    );
+    // One plain line on stdout with the bound addresses (port 0 picks one),
+    // for scripts and tests that start segd.
+    println!(
+        "segd listening: query {query_addr} admin {}",
+        listeners.admin_addr()
     );
     if config.demo {
         println!("{}", segd::demo::demo_queries(&query_addr.to_string()));

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Number of mutex-protected shards of each map. A power of two.
 pub const SHARD_COUNT: usize = 64;
@@ -73,7 +73,8 @@ pub struct Entry {
     times: Vec<i64>,
     /// Older impressions folded per hour, sorted by `start`, unique starts.
     /// Boxed and optional: almost no entry has any, and this keeps `Entry` at
-    /// 32 bytes.
+    /// 32 bytes (a bare `Vec` would add 16).
+    #[allow(clippy::box_collection)]
     coarse: Option<Box<Vec<Bucket>>>,
 }
 
@@ -277,12 +278,103 @@ impl UserCounters {
     }
 }
 
+/// One shard of a [`SnapshotShards`].
+struct SnapshotShard<K, V> {
+    map: FastMap<K, V>,
+    /// A snapshot is being taken and this shard's content is not copied yet:
+    /// copy it before the next change.
+    copy_pending: bool,
+}
+
+/// Mutex-protected shards that can be snapshotted copy-on-write: starting a
+/// snapshot only flags every shard (O(shards)); each shard is then copied by
+/// the snapshot taker, or by the first writer to touch it, whichever comes
+/// first. So a checkpoint holds writers back for flagging only, and a writer
+/// waits for at most one shard copy.
+struct SnapshotShards<K, V, Item> {
+    shards: Box<[Mutex<SnapshotShard<K, V>>]>,
+    /// The copied items of the snapshot in progress.
+    copies: Mutex<Vec<Item>>,
+    /// Appends the items of one shard to the snapshot.
+    flatten: fn(&FastMap<K, V>, &mut Vec<Item>),
+}
+
+impl<K, V, Item> SnapshotShards<K, V, Item> {
+    fn new(flatten: fn(&FastMap<K, V>, &mut Vec<Item>)) -> Self {
+        SnapshotShards {
+            shards: (0..SHARD_COUNT)
+                .map(|_| {
+                    Mutex::new(SnapshotShard {
+                        map: FastMap::default(),
+                        copy_pending: false,
+                    })
+                })
+                .collect(),
+            copies: Mutex::new(Vec::new()),
+            flatten,
+        }
+    }
+
+    /// The shard for reading.
+    fn read(&self, index: usize) -> MutexGuard<'_, SnapshotShard<K, V>> {
+        self.shards[index].lock()
+    }
+
+    /// The shard for changing: copied first if a snapshot still needs it.
+    /// Lock order: shard, then `copies`.
+    fn write(&self, index: usize) -> MutexGuard<'_, SnapshotShard<K, V>> {
+        let mut shard = self.shards[index].lock();
+        if shard.copy_pending {
+            (self.flatten)(&shard.map, &mut self.copies.lock());
+            shard.copy_pending = false;
+        }
+        shard
+    }
+
+    /// Starts a snapshot of the content as of now. The caller must keep
+    /// writers out while this runs and call `finish_snapshot` afterwards; one
+    /// snapshot at a time.
+    fn begin_snapshot(&self) {
+        self.copies.lock().clear();
+        for shard in self.shards.iter() {
+            shard.lock().copy_pending = true;
+        }
+    }
+
+    /// Copies the shards no writer copied yet and returns the snapshot.
+    fn finish_snapshot(&self) -> Vec<Item> {
+        for index in 0..self.shards.len() {
+            drop(self.write(index));
+        }
+        std::mem::take(&mut *self.copies.lock())
+    }
+}
+
 /// The sharded map of counters, grouped by user so that every cap of one
 /// `Decide` candidate list is one shard lock and one map probe.
 pub struct Counters {
     /// `shards[user_shard(user)]` holds the user. parking_lot mutexes, held
     /// for a map operation only, never across I/O.
-    shards: Box<[Mutex<FastMap<u64, UserCounters>>]>,
+    shards: SnapshotShards<u64, UserCounters, (EntryKey, Entry)>,
+}
+
+fn flatten_users(map: &FastMap<u64, UserCounters>, out: &mut Vec<(EntryKey, Entry)>) {
+    for (&user_fingerprint, user) in map {
+        out.extend(user.keys.iter().map(|(cap_key_hash, entry)| {
+            let key = EntryKey {
+                user_fingerprint,
+                cap_key_hash: *cap_key_hash,
+            };
+            (key, entry.clone())
+        }));
+    }
+}
+
+fn flatten_ids(map: &FastMap<u64, IdState>, out: &mut Vec<(u64, i64)>) {
+    out.extend(
+        map.iter()
+            .map(|(id_hash, state)| (*id_hash, state.at_unix_seconds)),
+    );
 }
 
 fn user_shard(user_fingerprint: u64) -> usize {
@@ -300,9 +392,7 @@ impl Counters {
     /// Empty counters.
     pub fn new() -> Counters {
         Counters {
-            shards: (0..SHARD_COUNT)
-                .map(|_| Mutex::new(FastMap::default()))
-                .collect(),
+            shards: SnapshotShards::new(flatten_users),
         }
     }
 
@@ -321,8 +411,8 @@ impl Counters {
         if cap_key_hashes.is_empty() {
             return;
         }
-        let mut shard = self.shards[user_shard(user_fingerprint)].lock();
-        let user = shard.entry(user_fingerprint).or_default();
+        let mut shard = self.shards.write(user_shard(user_fingerprint));
+        let user = shard.map.entry(user_fingerprint).or_default();
         for &cap_key_hash in cap_key_hashes {
             user.get_or_insert(cap_key_hash).insert(at_unix_seconds);
         }
@@ -330,8 +420,9 @@ impl Counters {
 
     /// Impressions of `key` with `after_exclusive < t <= until_inclusive`.
     pub fn count(&self, key: EntryKey, after_exclusive: i64, until_inclusive: i64) -> u32 {
-        self.shards[user_shard(key.user_fingerprint)]
-            .lock()
+        self.shards
+            .read(user_shard(key.user_fingerprint))
+            .map
             .get(&key.user_fingerprint)
             .and_then(|user| user.get(key.cap_key_hash))
             .map(|entry| entry.count(after_exclusive, until_inclusive))
@@ -341,8 +432,8 @@ impl Counters {
     /// The count of each query for one user, appended to `counts` in order,
     /// under one lock.
     pub fn count_many(&self, user_fingerprint: u64, queries: &[CountQuery], counts: &mut Vec<u32>) {
-        let shard = self.shards[user_shard(user_fingerprint)].lock();
-        let Some(user) = shard.get(&user_fingerprint) else {
+        let shard = self.shards.read(user_shard(user_fingerprint));
+        let Some(user) = shard.map.get(&user_fingerprint) else {
             counts.extend(std::iter::repeat_n(0, queries.len()));
             return;
         };
@@ -357,8 +448,9 @@ impl Counters {
     /// users, one shard at a time.
     pub fn sweep(&self, cutoff_inclusive: i64) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
-        for shard in self.shards.iter() {
-            let mut map = shard.lock();
+        for index in 0..SHARD_COUNT {
+            let mut shard = self.shards.write(index);
+            let map = &mut shard.map;
             map.retain(|_, user| {
                 user.keys.retain_mut(|(_, entry)| {
                     outcome.events_dropped += entry.sweep(cutoff_inclusive);
@@ -378,22 +470,22 @@ impl Counters {
         outcome
     }
 
-    /// A copy of every entry, one shard at a time.
+    /// Starts a copy-on-write snapshot of every entry as of now. Keep
+    /// writers out while this runs (O(shards)), then call
+    /// [`Counters::finish_snapshot`]. One snapshot at a time.
+    pub fn begin_snapshot(&self) {
+        self.shards.begin_snapshot();
+    }
+
+    /// Completes the snapshot begun by [`Counters::begin_snapshot`].
+    pub fn finish_snapshot(&self) -> Vec<(EntryKey, Entry)> {
+        self.shards.finish_snapshot()
+    }
+
+    /// A copy of every entry (writers must be kept out for a consistent one).
     pub fn snapshot(&self) -> Vec<(EntryKey, Entry)> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let map = shard.lock();
-            for (&user_fingerprint, user) in map.iter() {
-                all.extend(user.keys.iter().map(|(cap_key_hash, entry)| {
-                    let key = EntryKey {
-                        user_fingerprint,
-                        cap_key_hash: *cap_key_hash,
-                    };
-                    (key, entry.clone())
-                }));
-            }
-        }
-        all
+        self.shards.begin_snapshot();
+        self.shards.finish_snapshot()
     }
 
     /// Puts a checkpointed entry in place (replacing any).
@@ -401,8 +493,9 @@ impl Counters {
         if entry.is_empty() {
             return;
         }
-        let mut shard = self.shards[user_shard(key.user_fingerprint)].lock();
+        let mut shard = self.shards.write(user_shard(key.user_fingerprint));
         *shard
+            .map
             .entry(key.user_fingerprint)
             .or_default()
             .get_or_insert(key.cap_key_hash) = entry;
@@ -412,8 +505,9 @@ impl Counters {
     pub fn figures(&self) -> CounterFigures {
         let mut figures = CounterFigures::default();
         let slot_bytes = size_of::<(u64, UserCounters)>() + 1;
-        for shard in self.shards.iter() {
-            let map = shard.lock();
+        for index in 0..SHARD_COUNT {
+            let shard = self.shards.read(index);
+            let map = &shard.map;
             figures.approximate_bytes += (map.capacity() * slot_bytes) as u64;
             for user in map.values() {
                 figures.users += 1;
@@ -443,7 +537,7 @@ pub struct IdState {
 
 /// The sharded set of impression-id hashes seen within retention.
 pub struct IdSet {
-    shards: Box<[Mutex<FastMap<u64, IdState>>]>,
+    shards: SnapshotShards<u64, IdState, (u64, i64)>,
 }
 
 impl Default for IdSet {
@@ -456,9 +550,7 @@ impl IdSet {
     /// An empty set.
     pub fn new() -> IdSet {
         IdSet {
-            shards: (0..SHARD_COUNT)
-                .map(|_| Mutex::new(FastMap::default()))
-                .collect(),
+            shards: SnapshotShards::new(flatten_ids),
         }
     }
 
@@ -470,8 +562,13 @@ impl IdSet {
     /// Inserts `id_hash` unless present. Returns the existing state when it was
     /// already there (the impression is a duplicate).
     pub fn check_and_insert(&self, id_hash: u64, state: IdState) -> Option<IdState> {
-        let mut shard = self.shards[Self::shard(id_hash)].lock();
-        match shard.entry(id_hash) {
+        let index = Self::shard(id_hash);
+        if let Some(existing) = self.shards.read(index).map.get(&id_hash) {
+            // Duplicates take no copy-on-write path.
+            return Some(*existing);
+        }
+        let mut shard = self.shards.write(index);
+        match shard.map.entry(id_hash) {
             std::collections::hash_map::Entry::Occupied(existing) => Some(*existing.get()),
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(state);
@@ -482,27 +579,30 @@ impl IdSet {
 
     /// True when `id_hash` is present.
     pub fn contains(&self, id_hash: u64) -> bool {
-        self.shards[Self::shard(id_hash)]
-            .lock()
+        self.shards
+            .read(Self::shard(id_hash))
+            .map
             .contains_key(&id_hash)
     }
 
     /// Forgets `id_hash` if it is still held for record `log_seq` (a failed write).
     pub fn remove_if_from(&self, id_hash: u64, log_seq: u64) {
-        let mut shard = self.shards[Self::shard(id_hash)].lock();
+        let mut shard = self.shards.write(Self::shard(id_hash));
         if shard
+            .map
             .get(&id_hash)
             .is_some_and(|state| state.log_seq == log_seq)
         {
-            shard.remove(&id_hash);
+            shard.map.remove(&id_hash);
         }
     }
 
     /// Forgets ids whose impression is at or before `cutoff_inclusive`.
     pub fn sweep(&self, cutoff_inclusive: i64) -> u64 {
         let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut map = shard.lock();
+        for index in 0..SHARD_COUNT {
+            let mut shard = self.shards.write(index);
+            let map = &mut shard.map;
             map.retain(|_, state| {
                 let keep = state.at_unix_seconds > cutoff_inclusive;
                 removed += u64::from(!keep);
@@ -515,24 +615,27 @@ impl IdSet {
         removed
     }
 
-    /// A copy of every `(id hash, impression time)`.
+    /// Starts a copy-on-write snapshot; see [`Counters::begin_snapshot`].
+    pub fn begin_snapshot(&self) {
+        self.shards.begin_snapshot();
+    }
+
+    /// Completes the snapshot: every `(id hash, impression time)`.
+    pub fn finish_snapshot(&self) -> Vec<(u64, i64)> {
+        self.shards.finish_snapshot()
+    }
+
+    /// A copy of every `(id hash, impression time)` (writers must be kept out
+    /// for a consistent one).
     pub fn snapshot(&self) -> Vec<(u64, i64)> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let map = shard.lock();
-            all.extend(
-                map.iter()
-                    .map(|(id_hash, state)| (*id_hash, state.at_unix_seconds)),
-            );
-        }
-        all
+        self.shards.begin_snapshot();
+        self.shards.finish_snapshot()
     }
 
     /// Ids held.
     pub fn len(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|shard| shard.lock().len() as u64)
+        (0..SHARD_COUNT)
+            .map(|index| self.shards.read(index).map.len() as u64)
             .sum()
     }
 

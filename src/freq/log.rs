@@ -591,6 +591,11 @@ impl LogWriter {
         Ok(())
     }
 
+    /// The sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.queue.lock().next_seq
+    }
+
     /// Asks the writer to fsync the current segment and start a new one at
     /// the next sequence number. Returns that number (every later record goes
     /// to the new segment) and a ticket for [`LogWriter::wait_rotation`].
@@ -823,8 +828,16 @@ impl Shared {
         }
         let mut progress = self.progress.lock();
         if let Some(error) = failure {
-            self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %error, records = records_in_batch, "frequency log batch failed; starting a new segment");
+            let failures = self.counters.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            // A dead disk fails every batch: log the 1st, 2nd, 4th, 8th... only.
+            if failures.is_power_of_two() {
+                tracing::warn!(
+                    error = %error,
+                    records = records_in_batch,
+                    failures,
+                    "frequency log batch failed; starting a new segment"
+                );
+            }
             if let Some(open) = segment.take() {
                 // Best effort: cut the failed bytes so a replay does not count them.
                 let _ = open.file.set_len(open.good_bytes);

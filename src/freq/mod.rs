@@ -12,7 +12,7 @@
 //! - [`log`]: the log segment format, its decoder, the group-commit writer.
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
 //! - [`store`]: [`FreqStore`], what the gRPC layer calls.
-//! - [`error`]: [`FreqError`].
+//! - [`error`]: the error type, [`FreqError`].
 
 pub mod checkpoint;
 pub mod counters;

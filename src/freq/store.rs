@@ -13,10 +13,13 @@
 //! - A retry of an impression id still in flight waits for the first attempt's
 //!   record to be durable and fails if that one failed, so a duplicate is only
 //!   reported for an impression that was (or will be, before the reply) durable.
-//! - A checkpoint takes the apply gate exclusively for as long as it copies the
-//!   maps (no `record` can apply in between), asks the writer to start a new
-//!   segment at that instant, and so covers exactly the records before it:
-//!   checkpoint plus replay equals replay alone. `count` never takes the gate.
+//! - A checkpoint takes the apply gate exclusively just long enough to ask the
+//!   writer for a new segment and to flag every shard for a copy-on-write
+//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   it covers exactly the records before the new segment: checkpoint plus
+//!   replay equals replay alone. The shards are then copied one by one, by the
+//!   checkpoint or by the first writer to touch one; `count` never waits for a
+//!   copy and never takes the gate.
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
@@ -26,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -150,6 +153,10 @@ pub struct FreqStats {
     pub write_failures: u64,
     /// When the last checkpoint was written (0 = none since open).
     pub last_checkpoint_unix_seconds: i64,
+    /// How long the last checkpoint held `record` calls back (copying maps).
+    pub last_checkpoint_pause_micros: u64,
+    /// How long the last checkpoint took in all.
+    pub last_checkpoint_micros: u64,
     /// fsyncs of log segments since open.
     pub fsync_count: u64,
     /// Total time spent in them.
@@ -175,12 +182,14 @@ struct Inner {
     counters: Counters,
     ids: IdSet,
     /// Shared by `record` while it logs and applies; exclusive while a
-    /// checkpoint copies the maps.
+    /// checkpoint asks for a new segment and flags the shards for copying.
     apply_gate: RwLock<()>,
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
     last_checkpoint_unix_seconds: AtomicI64,
+    last_checkpoint_pause_micros: AtomicU64,
+    last_checkpoint_micros: AtomicU64,
     recorded_impressions: AtomicU64,
     duplicate_impressions: AtomicU64,
     stop_requested: Mutex<bool>,
@@ -239,6 +248,8 @@ impl FreqStore {
             log,
             checkpoint_lock: Mutex::new(covers_before),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
+            last_checkpoint_pause_micros: AtomicU64::new(0),
+            last_checkpoint_micros: AtomicU64::new(0),
             recorded_impressions: AtomicU64::new(0),
             duplicate_impressions: AtomicU64::new(0),
             stop_requested: Mutex::new(false),
@@ -301,7 +312,7 @@ impl FreqStore {
     }
 
     /// [`FreqStore::count`] with the cap key already hashed by
-    /// [`cap_key_hash`](super::cap_key_hash).
+    /// [`cap_key_hash`].
     pub fn count_hashed(
         &self,
         user_fingerprint: u64,
@@ -381,6 +392,10 @@ impl FreqStore {
             last_checkpoint_unix_seconds: inner
                 .last_checkpoint_unix_seconds
                 .load(Ordering::Relaxed),
+            last_checkpoint_pause_micros: inner
+                .last_checkpoint_pause_micros
+                .load(Ordering::Relaxed),
+            last_checkpoint_micros: inner.last_checkpoint_micros.load(Ordering::Relaxed),
             fsync_count: log_counters.fsync_count.load(Ordering::Relaxed),
             fsync_total_micros: log_counters.fsync_total_micros.load(Ordering::Relaxed),
             fsync_failures: log_counters.fsync_failures.load(Ordering::Relaxed),
@@ -577,22 +592,28 @@ impl Inner {
     fn checkpoint(&self) -> Result<(), FreqError> {
         let mut last_covered = self.checkpoint_lock.lock();
         let failures_before = self.log.failure_count();
-        let (data, ticket) = {
+        let started = Instant::now();
+        let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
-            if covers_before_seq == *last_covered {
-                // Nothing logged since the last checkpoint; the rotation is harmless.
-                drop(_exclusive);
-                return self.log.wait_rotation(ticket);
+            if self.log.next_seq() == *last_covered {
+                // Nothing logged since the last checkpoint: it still holds.
+                return Ok(());
             }
+            let (covers_before_seq, ticket) = self.log.request_rotation()?;
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: now_unix_seconds(),
-                entries: self.counters.snapshot(),
-                ids: self.ids.snapshot(),
+                entries: Vec::new(),
+                ids: Vec::new(),
             };
-            (data, ticket)
+            // Only flags the shards: the copies are made below, or by the
+            // first writer to touch a shard, so `record` barely waits.
+            self.counters.begin_snapshot();
+            self.ids.begin_snapshot();
+            (data, ticket, started.elapsed())
         };
+        data.entries = self.counters.finish_snapshot();
+        data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
         self.log.wait_rotation(ticket)?;
         if self.log.failure_count() != failures_before {
@@ -605,10 +626,15 @@ impl Inner {
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);
+        self.last_checkpoint_pause_micros
+            .store(pause.as_micros() as u64, Ordering::Relaxed);
+        self.last_checkpoint_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         tracing::info!(
             checkpoint = %path.display(),
             entries = data.entries.len(),
             ids = data.ids.len(),
+            pause_micros = pause.as_micros() as u64,
             "frequency checkpoint written"
         );
         Ok(())

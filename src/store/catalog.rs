@@ -54,6 +54,22 @@ pub enum CatalogError {
     },
 }
 
+impl CatalogError {
+    /// A short stable label for metrics (`reason="ownership"`).
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            CatalogError::Pack(_) => "invalid_pack",
+            CatalogError::Index(_) => "invalid_index",
+            CatalogError::Ownership(_) => "ownership",
+            CatalogError::OlderVersion { .. } => "older_version",
+            CatalogError::InvalidPackName(_) => "invalid_pack_name",
+            CatalogError::NoSuchPack(_) => "no_such_pack",
+            CatalogError::NoPreviousVersion(_) => "no_previous_version",
+            CatalogError::Io { .. } => "storage",
+        }
+    }
+}
+
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError {
     let context = context.into();
     move |source| CatalogError::Io { context, source }
@@ -175,8 +191,29 @@ impl Catalog {
             );
             packs.push(Arc::new(loaded));
         }
-        let generation = self.store.install(packs)?;
+        let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
         Ok(generation)
+    }
+
+    /// Re-judges freshness at `now_unix_seconds`: when a pack crossed its bound
+    /// (or a withheld one is no longer stale) the same packs are installed as a
+    /// new generation. Returns that generation, `None` when nothing changed.
+    /// Files are not touched: a withheld pack is still on disk and in status.
+    pub fn refresh_freshness(&self, now_unix_seconds: i64) -> Result<Option<u64>, CatalogError> {
+        let _change = self.change_lock.lock();
+        let state = self.store.load_full();
+        let policy = self.store.freshness();
+        let changed = state.packs().iter().any(|pack| {
+            state.is_withheld(&pack.name)
+                != policy.withholds(&pack.name, pack.built_at_unix_seconds, now_unix_seconds)
+        });
+        if !changed {
+            return Ok(None);
+        }
+        let generation = self
+            .store
+            .install_at(state.packs().to_vec(), now_unix_seconds)?;
+        Ok(Some(generation))
     }
 
     fn dropped_marker_path(&self, name: &str) -> PathBuf {
@@ -240,7 +277,10 @@ impl Catalog {
         pack::write_pack_file_atomic(&pack_bytes, &current)
             .map_err(io_error(format!("write {}", current.display())))?;
         let _ = fs::remove_file(self.dropped_marker_path(&name));
-        let generation = self.store.install(packs)?;
+        if let Some(served) = state.pack(&name) {
+            loaded.carry_match_counts_from(served);
+        }
+        let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
         info!(pack = %name, version = %loaded.version, generation, "pack pushed");
         Ok(PushOutcome {
             pack: name,
@@ -284,7 +324,10 @@ impl Catalog {
         }
         sync_dir(&self.packs_dir)?;
         let _ = fs::remove_file(self.dropped_marker_path(name));
-        let generation = self.store.install(packs)?;
+        if let Some(served) = state.pack(name) {
+            loaded.carry_match_counts_from(served);
+        }
+        let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
         warn!(pack = %name, version = %loaded.version, generation, "pack rolled back");
         Ok(RollbackOutcome {
             pack: name.to_owned(),

@@ -2,6 +2,8 @@
 //! user-major index. The bitmaps are not kept: the index answers every query
 //! and holding both would double the memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::dictionary::UserDictionary;
 use super::index::{IndexEntry, IndexError, UserMajorIndex};
 use crate::pack::{self, Pack};
@@ -29,6 +31,9 @@ pub struct LoadedPack {
     pub segments: Vec<SegmentMeta>,
     dictionary: UserDictionary,
     index: UserMajorIndex,
+    /// Per segment slot: membership checks answered yes, for metrics. Relaxed
+    /// atomics: no lock and no allocation on the hot path.
+    match_counts: Box<[AtomicU64]>,
 }
 
 impl LoadedPack {
@@ -49,7 +54,8 @@ impl LoadedPack {
                 ttl_seconds: segment.ttl_seconds,
                 members: segment.members.len(),
             })
-            .collect();
+            .collect::<Vec<SegmentMeta>>();
+        let match_counts = segments.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(Self {
             name: pack.name,
             version: pack.version,
@@ -59,7 +65,40 @@ impl LoadedPack {
             segments,
             dictionary: UserDictionary::new(pack.user_fingerprints),
             index,
+            match_counts,
         })
+    }
+
+    /// Counts one positive membership answer for the segment in `slot`.
+    #[inline]
+    pub fn count_match(&self, slot: u16) {
+        if let Some(counter) = self.match_counts.get(slot as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Positive membership answers for the segment in `slot` so far,
+    /// including those carried over from earlier versions of the pack.
+    pub fn match_count(&self, slot: usize) -> u64 {
+        self.match_counts
+            .get(slot)
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+
+    /// Starts this version's match counters where `previous` (an earlier
+    /// version of the same pack) stands, segment by segment, so the exported
+    /// counters do not reset on every push. Matches that `previous` counts
+    /// after this call (in-flight requests until the swap) are not carried.
+    pub fn carry_match_counts_from(&self, previous: &LoadedPack) {
+        for (slot, segment) in self.segments.iter().enumerate() {
+            if let Ok(previous_slot) = previous
+                .segments
+                .binary_search_by_key(&segment.id, |meta| meta.id)
+            {
+                self.match_counts[slot]
+                    .store(previous.match_count(previous_slot), Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn users(&self) -> u64 {

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 mod dictionary;
+pub mod freshness;
 mod index;
 mod loaded;
 mod state;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, Guard};
 
 pub use dictionary::UserDictionary;
+pub use freshness::FreshnessPolicy;
 pub use index::{IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
 pub use state::{
@@ -36,6 +38,8 @@ pub struct Store {
     current: ArcSwap<ServingState>,
     next_generation: AtomicU64,
     retire: mpsc::Sender<Arc<ServingState>>,
+    /// Applied on every install: which packs are withheld as stale.
+    freshness: FreshnessPolicy,
 }
 
 impl Default for Store {
@@ -45,8 +49,13 @@ impl Default for Store {
 }
 
 impl Store {
-    /// An empty store (generation 0) with its retirement thread.
+    /// An empty store (generation 0) with its retirement thread, no freshness bound.
     pub fn new() -> Self {
+        Self::with_freshness(FreshnessPolicy::default())
+    }
+
+    /// An empty store that withholds stale packs as `freshness` says.
+    pub fn with_freshness(freshness: FreshnessPolicy) -> Self {
         let (retire, retired) = mpsc::channel();
         std::thread::Builder::new()
             .name("segd-retire".into())
@@ -56,7 +65,13 @@ impl Store {
             current: ArcSwap::from_pointee(ServingState::default()),
             next_generation: AtomicU64::new(1),
             retire,
+            freshness,
         }
+    }
+
+    /// The freshness policy applied on every install.
+    pub fn freshness(&self) -> &FreshnessPolicy {
+        &self.freshness
     }
 
     /// The current state. Cheap; never hold the guard across an `.await`.
@@ -74,8 +89,20 @@ impl Store {
     /// Callers serialise changes (the catalog holds a lock), so the state they
     /// derived `packs` from is still the current one.
     pub fn install(&self, packs: Vec<Arc<LoadedPack>>) -> Result<u64, OwnershipConflict> {
+        self.install_at(packs, crate::unix_now_seconds())
+    }
+
+    /// [`Store::install`] judging freshness at `now_unix_seconds`.
+    pub fn install_at(
+        &self,
+        packs: Vec<Arc<LoadedPack>>,
+        now_unix_seconds: i64,
+    ) -> Result<u64, OwnershipConflict> {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let state = ServingState::new(generation, packs)?;
+        let state = ServingState::with_withheld(generation, packs, |pack| {
+            self.freshness
+                .withholds(&pack.name, pack.built_at_unix_seconds, now_unix_seconds)
+        })?;
         let old = self.current.swap(Arc::new(state));
         // The retirement thread may have stopped only if the store is being
         // dropped; then dropping here is fine.

@@ -15,6 +15,9 @@ pub struct SegmentLocation {
     pub pack_index: u16,
     /// Index into that pack's segment table.
     pub slot: u16,
+    /// The pack is withheld (stale under `--stale-packs drop`): the segment
+    /// answers as unknown. Kept here so the hot path pays no extra load.
+    pub withheld: bool,
 }
 
 #[derive(Debug, Default)]
@@ -23,6 +26,9 @@ pub struct ServingState {
     pub generation: u64,
     /// Sorted by name; at most one pack of each name.
     packs: Vec<Arc<LoadedPack>>,
+    /// Parallel to `packs`: withheld packs still own their segment ids (a push
+    /// cannot take them) but answer nothing.
+    withheld: Vec<bool>,
     locations: AHashMap<u32, SegmentLocation>,
 }
 
@@ -54,17 +60,26 @@ pub enum Membership {
 
 impl ServingState {
     /// A state holding `packs` (any order), refusing segment ids held twice.
-    pub fn new(
+    pub fn new(generation: u64, packs: Vec<Arc<LoadedPack>>) -> Result<Self, OwnershipConflict> {
+        Self::with_withheld(generation, packs, |_| false)
+    }
+
+    /// Like [`ServingState::new`], withholding the packs `is_withheld` names:
+    /// they stay listed and keep their segment ids, but answer nothing.
+    pub fn with_withheld(
         generation: u64,
         mut packs: Vec<Arc<LoadedPack>>,
+        is_withheld: impl Fn(&LoadedPack) -> bool,
     ) -> Result<Self, OwnershipConflict> {
         packs.sort_by(|left, right| left.name.cmp(&right.name));
+        let withheld: Vec<bool> = packs.iter().map(|pack| is_withheld(pack)).collect();
         let mut locations = AHashMap::new();
         for (pack_index, pack) in packs.iter().enumerate() {
             for (slot, segment) in pack.segments.iter().enumerate() {
                 let location = SegmentLocation {
                     pack_index: pack_index as u16,
                     slot: slot as u16,
+                    withheld: withheld[pack_index],
                 };
                 if let Some(existing) = locations.insert(segment.id, location) {
                     return Err(OwnershipConflict {
@@ -78,6 +93,7 @@ impl ServingState {
         Ok(Self {
             generation,
             packs,
+            withheld,
             locations,
         })
     }
@@ -128,6 +144,14 @@ impl ServingState {
         self.packs.iter().find(|pack| pack.name == name)
     }
 
+    /// Whether the named pack is served but withheld (stale, `--stale-packs drop`).
+    pub fn is_withheld(&self, name: &str) -> bool {
+        self.packs
+            .iter()
+            .zip(&self.withheld)
+            .any(|(pack, &withheld)| withheld && pack.name == name)
+    }
+
     pub fn segment(&self, segment_id: u32) -> Option<(&LoadedPack, &SegmentMeta)> {
         let location = self.locations.get(&segment_id)?;
         let pack = &self.packs[location.pack_index as usize];
@@ -138,10 +162,19 @@ impl ServingState {
     pub fn user(&self, fingerprint: u64) -> UserView<'_> {
         UserView {
             state: self,
+            // A withheld pack has no members: skipping its dictionary also
+            // keeps it out of "all segments".
             ordinals: self
                 .packs
                 .iter()
-                .map(|pack| pack.ordinal(fingerprint))
+                .zip(&self.withheld)
+                .map(|(pack, &withheld)| {
+                    if withheld {
+                        None
+                    } else {
+                        pack.ordinal(fingerprint)
+                    }
+                })
                 .collect(),
         }
     }
@@ -184,7 +217,8 @@ pub struct UserView<'state> {
 }
 
 impl UserView<'_> {
-    /// Whether the user is in the segment, recently enough.
+    /// Whether the user is in the segment, recently enough. A yes is counted
+    /// in the pack's per-segment match counters (see [`LoadedPack::match_count`]).
     #[inline]
     pub fn membership(
         &self,
@@ -195,12 +229,16 @@ impl UserView<'_> {
         let Some(location) = self.state.locations.get(&segment_id) else {
             return Membership::UnknownSegment;
         };
+        if location.withheld {
+            return Membership::UnknownSegment;
+        }
         let Some(ordinal) = self.ordinals[location.pack_index as usize] else {
             return Membership::NotMember;
         };
         let pack = &self.state.packs[location.pack_index as usize];
         match pack.entry(ordinal, location.slot) {
             Some(entry) if pack.counts(location.slot, entry, max_age_seconds, at_unix_seconds) => {
+                pack.count_match(location.slot);
                 Membership::Member
             }
             _ => Membership::NotMember,
@@ -213,6 +251,7 @@ impl UserView<'_> {
             let Some(ordinal) = *ordinal else { continue };
             for entry in pack.entries_of(ordinal) {
                 if pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds) {
+                    pack.count_match(entry.slot);
                     out.push(pack.segments[entry.slot as usize].id);
                 }
             }

@@ -4,6 +4,7 @@
 
 pub mod damage;
 pub mod model;
+pub mod process;
 
 use std::path::Path;
 
@@ -24,7 +25,11 @@ use segd::server::{self, Listeners};
 pub struct TestServer {
     pub query_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
+    /// The Prometheus endpoint; `None` when the config turned metrics off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub token: Option<String>,
+    /// Set for servers started with TLS: how clients reach them.
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -41,18 +46,34 @@ impl TestServer {
     }
 
     pub async fn try_start(config: ServeConfig) -> anyhow::Result<TestServer> {
+        Self::try_start_tls(config, None).await
+    }
+
+    /// Starts a TLS server; clients verify it with `client_tls`.
+    pub async fn start_tls(
+        config: ServeConfig,
+        client_tls: tonic::transport::ClientTlsConfig,
+    ) -> TestServer {
+        Self::try_start_tls(config, Some(client_tls))
+            .await
+            .expect("server starts")
+    }
+
+    pub async fn try_start_tls(
+        config: ServeConfig,
+        client_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<TestServer> {
         let listeners = Listeners::bind(&config).await?;
         let query_addr = listeners.query_addr();
         let admin_addr = listeners.admin_addr();
-        let token = config.admin_token.clone();
+        let metrics_addr = listeners.metrics_addr();
+        let token = config.resolve_admin_token()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut handle = tokio::spawn(server::serve(listeners, config, async move {
             let _ = stopped.await;
         }));
         // Wait for SERVING through the health Watch stream, or for serve to fail.
-        let channel = Channel::from_shared(format!("http://{query_addr}"))?
-            .connect()
-            .await?;
+        let channel = connect(query_addr, client_tls.as_ref()).await?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let mut updates = health
             .watch(tonic_health::pb::HealthCheckRequest {
@@ -77,16 +98,16 @@ impl TestServer {
         Ok(TestServer {
             query_addr,
             admin_addr,
+            metrics_addr,
             token,
+            client_tls,
             stop: Some(stop),
             handle: Some(handle),
         })
     }
 
     pub async fn segments(&self) -> SegmentsClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.query_addr))
-            .unwrap()
-            .connect()
+        let channel = connect(self.query_addr, self.client_tls.as_ref())
             .await
             .unwrap();
         SegmentsClient::new(channel)
@@ -113,10 +134,77 @@ impl TestServer {
             handle.await.unwrap().unwrap();
         }
     }
+
+    /// `GET /metrics` over plain TCP: the exposition text.
+    pub async fn scrape_metrics(&self) -> String {
+        let address = self.metrics_addr.expect("metrics are on");
+        let (status, body) = http_get(address, "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics answered {status}: {body}");
+        body
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status code, body). The server closes the connection.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).expect("utf-8 response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered, or
+/// empty for none) in exposition text.
+pub fn metric_value(exposition: &str, name: &str, labels: &str) -> Option<f64> {
+    let wanted = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series == wanted).then(|| value.parse().ok())?
+    })
+}
+
+/// A channel to `addr`, over TLS when `tls` is given.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                .unwrap()
+                .tls_config(tls.clone())?
+                .connect()
+                .await
+        }
+        None => {
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+        }
+    }
 }
 
 #[derive(Clone)]
-pub struct TokenInterceptor(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub struct TokenInterceptor(pub Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -159,4 +247,51 @@ pub async fn push(
         .push_snapshot(tokio_stream::iter(chunks))
         .await
         .map(|reply| reply.into_inner())
+}
+
+/// One segment of [`simple_pack`]: id, kind and member user ids.
+pub struct SimpleSegment<'a> {
+    pub id: u32,
+    pub kind: &'a str,
+    pub members: &'a [&'a str],
+}
+
+/// The bytes of a small pack whose members were all last seen at `built_at`.
+pub fn simple_pack(
+    name: &str,
+    version: &str,
+    built_at_unix_seconds: i64,
+    segments: &[SimpleSegment<'_>],
+) -> Vec<u8> {
+    let mut users: Vec<(u64, &str)> = segments
+        .iter()
+        .flat_map(|segment| segment.members.iter())
+        .map(|user| (segd::user_fingerprint(user), *user))
+        .collect();
+    users.sort();
+    users.dedup();
+    let segments = segments
+        .iter()
+        .map(|segment| segd::pack::Segment {
+            id: segment.id,
+            name: format!("segment-{}", segment.id),
+            kind: segment.kind.to_owned(),
+            ttl_seconds: 0,
+            members: users
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, user))| segment.members.contains(user))
+                .map(|(ordinal, _)| ordinal as u32)
+                .collect(),
+            last_seen_hours_ago: None,
+        })
+        .collect();
+    segd::pack::write_pack(&segd::pack::Pack {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        built_at_unix_seconds,
+        user_fingerprints: users.iter().map(|(fingerprint, _)| *fingerprint).collect(),
+        segments,
+    })
+    .expect("pack writes")
 }

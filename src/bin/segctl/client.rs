@@ -2,19 +2,21 @@
 //! print what came back.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 use segd::proto::admin_client::AdminClient;
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{
-    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest, Reason,
-    RecordImpressionsRequest, RollbackRequest, SnapshotChunk, StatusRequest,
+    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest,
+    PutLineItemsRequest, Reason, RecordImpressionsRequest, RollbackRequest, SnapshotChunk,
+    StatusRequest,
 };
 
 use crate::AdminArgs;
@@ -50,8 +52,11 @@ pub struct DecideArgs {
     user_id: String,
     /// A candidate line item, repeatable. Syntax:
     /// ID [all=SEG[@MAXAGE],..] [any=..] [none=..] [cap=KEY/LIMIT/day|week|month|lifetime|Ns[@UTC_OFFSET_MIN]]..
-    #[arg(long = "candidate", required = true)]
+    #[arg(long = "candidate", required_unless_present = "line_items")]
     candidates: Vec<String>,
+    /// A registered line item id (Admin/PutLineItems), repeatable.
+    #[arg(long = "line-item")]
+    line_items: Vec<String>,
     /// Evaluate at this time instead of the server clock.
     #[arg(long, default_value_t = 0)]
     at: i64,
@@ -75,10 +80,66 @@ pub struct RecordArgs {
     impression_id: String,
 }
 
+/// TLS options shared by every command that talks to a server.
+#[derive(Args, Default)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) to verify the server with; implies TLS (use https:// addresses).
+    #[arg(long, global = true, env = "SEGD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that require one (admin port with --admin-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "SEGD_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    tls_client_cert: Option<PathBuf>,
+    /// Client private key (PEM) matching --tls-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SEGD_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    tls_client_key: Option<PathBuf>,
+    /// Server name to verify in its certificate (default: the address's host).
+    #[arg(long, global = true, env = "SEGD_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
+static TLS: OnceLock<Option<ClientTlsConfig>> = OnceLock::new();
+
+/// Reads the TLS files once, before any command connects.
+pub fn set_tls(args: TlsArgs) -> anyhow::Result<()> {
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(domain) = &args.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            Some(tls)
+        }
+    };
+    let _ = TLS.set(tls);
+    Ok(())
+}
+
 async fn connect(addr: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(addr.to_owned())
+    let mut endpoint = Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("invalid address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(Some(tls)) = TLS.get() {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .with_context(|| format!("TLS settings for {addr}"))?;
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("connect to {addr}"))
@@ -195,6 +256,7 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             user_id: args.user_id,
             candidates,
             at_unix_seconds: args.at,
+            line_item_ids: args.line_items,
         })
         .await
         .map_err(status_error("decide"))?
@@ -218,6 +280,54 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
         }
     }
     println!("generation {}", reply.generation);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PutLineItemsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Version of this set; re-putting the served version changes nothing.
+    #[arg(long)]
+    version: String,
+    /// File with one line item per line in the --candidate syntax of `segctl decide`
+    /// (`#` comments and blank lines skipped). Replaces the whole registered set.
+    file: PathBuf,
+}
+
+pub async fn put_line_items(args: PutLineItemsArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("read {}", args.file.display()))?;
+    let mut line_items = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let candidate = parse_candidate(line)
+            .map_err(|error| anyhow::anyhow!("{}:{}: {error}", args.file.display(), number + 1))?;
+        line_items.push(candidate);
+    }
+    let mut client = admin_client(&args.admin).await?;
+    let reply = client
+        .put_line_items(PutLineItemsRequest {
+            version: args.version,
+            line_items,
+        })
+        .await
+        .map_err(status_error("put line items"))?
+        .into_inner();
+    if reply.unchanged {
+        println!(
+            "line items version {} already registered: nothing changed",
+            reply.version
+        );
+    } else {
+        println!(
+            "registered {} line items, version {}",
+            reply.line_items, reply.version
+        );
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    tls: client::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +41,8 @@ enum Command {
     Lookup(client::LookupArgs),
     /// Targeting plus frequency caps for candidate line items (Segments/Decide).
     Decide(client::DecideArgs),
+    /// Register line items by id for Decide --line-item (Admin/PutLineItems).
+    PutLineItems(client::PutLineItemsArgs),
     /// Record impressions toward frequency caps (Segments/RecordImpressions).
     Record(client::RecordArgs),
     /// Packs, versions, counts, generation and frequency-store figures (Admin/Status).
@@ -96,6 +100,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    client::set_tls(cli.tls)?;
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -112,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => runtime()?.block_on(client::lookup(args)),
         Command::Decide(args) => runtime()?.block_on(client::decide(args)),
         Command::Record(args) => runtime()?.block_on(client::record(args)),
+        Command::PutLineItems(args) => runtime()?.block_on(client::put_line_items(args)),
         Command::Status { admin } => runtime()?.block_on(client::status(admin)),
         Command::Segments { admin } => runtime()?.block_on(client::list_segments(admin)),
         Command::Rollback { admin, pack } => runtime()?.block_on(client::rollback(admin, pack)),

@@ -1,0 +1,186 @@
+//! Command-line flags of every subcommand, as one clap tree.
+//!
+//! Only parsing and flag documentation live here; each subcommand's module
+//! validates what clap cannot (files exist, flags that only make sense together).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Load tester, synthetic data set generator and Redis baseline for segd.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a synthetic, seeded data set: segments.tsv, memberships.tsv, queries.txt.
+    Gen(GenArgs),
+    /// Drive a segd server (or Redis) at a fixed rate or closed loop and report latency.
+    Run(Box<RunArgs>),
+    /// Load a data set written by `gen` into Redis (a sorted set per user).
+    RedisLoad(RedisLoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenArgs {
+    /// Number of users (`u:0` .. `u:{N-1}`).
+    #[arg(long)]
+    pub users: u64,
+    /// Number of segments (ids `--first-segment-id` ..).
+    #[arg(long)]
+    pub segments: u32,
+    /// Mean number of segments per user; segment sizes are scaled to hit it.
+    #[arg(long, default_value_t = 20.0)]
+    pub avg_segments_per_user: f64,
+    /// Output directory (created when missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of every random choice: the same seed writes the same files.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Pack build time; last-seen times fall in the 90 days before it. Default: now.
+    #[arg(long)]
+    pub built_at: Option<i64>,
+    /// Id of the first segment; ids are consecutive from it.
+    #[arg(long, default_value_t = 1)]
+    pub first_segment_id: u32,
+    /// Number of user ids written to queries.txt.
+    #[arg(long, default_value_t = 100_000)]
+    pub queries: u64,
+    /// Share of queries.txt that are users in at least one segment; the rest are unknown ids.
+    #[arg(long, default_value_t = 0.9)]
+    pub member_query_share: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Lookup with 20 random segment ids.
+    Lookup,
+    /// Lookup with no segment ids: every segment of the user.
+    LookupAll,
+    /// BatchLookup of --batch-size users.
+    Batch,
+    /// Decide with --candidates candidates of 3 segment refs and 2 caps each.
+    Decide,
+    /// RecordImpressions of --record-batch impressions with 2 cap keys each.
+    Record,
+    /// 70 % lookup, 20 % decide, 10 % record.
+    Mixed,
+    /// grpc.health.v1.Health/Check: the floor of any gRPC server on this machine.
+    Health,
+}
+
+/// The flag spelling of a value (`lookup-all`), for messages and reports.
+pub fn flag_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|possible| possible.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// A segd server (or, for --workload health, any gRPC health server).
+    Grpc,
+    /// A Redis server holding the data set loaded by `redis-load`.
+    Redis,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Server address (segd's query port).
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
+    pub addr: String,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Workload::Lookup)]
+    pub workload: Workload,
+    /// Where to send it.
+    #[arg(long, value_enum, default_value_t = Target::Grpc)]
+    pub target: Target,
+    /// Redis URL for --target redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Offered requests per second (open loop, latency from intended send time); 0 = closed loop.
+    #[arg(long, default_value_t = 0)]
+    pub rps: u64,
+    /// Measured seconds, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds run before measuring; discarded from the report.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Separate HTTP/2 connections (or Redis connections).
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// In-flight requests per connection.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// User ids to query, one a line (queries.txt from `gen`).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Segment table (segments.tsv from `gen`): ids to ask for, kinds, TTLs.
+    #[arg(long)]
+    pub segments_file: Option<PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart here: latency percentiles and latency over time.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+    /// Users per BatchLookup.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Candidates per Decide.
+    #[arg(long, default_value_t = 50)]
+    pub candidates: usize,
+    /// Segment ids per Lookup.
+    #[arg(long, default_value_t = 20)]
+    pub lookup_segments: usize,
+    /// Impressions per RecordImpressions.
+    #[arg(long, default_value_t = 10)]
+    pub record_batch: usize,
+    /// Lookback sent as max_age_seconds on lookups (0 = any age).
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub max_age_seconds: u32,
+    /// Distinct line items (`li:{n}`) the decide and record workloads draw from.
+    #[arg(long, default_value_t = 2_000)]
+    pub line_items: u32,
+    /// Seed of the request generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Re-push a pack every N seconds during the run (needs --pack and --admin-addr).
+    #[arg(long)]
+    pub swap_every: Option<u64>,
+    /// Pack file to push; give it several times (different versions) to rotate between them.
+    #[arg(long)]
+    pub pack: Vec<PathBuf>,
+    /// Admin address for --swap-every (segd's admin port).
+    #[arg(long, default_value = "http://127.0.0.1:7401")]
+    pub admin_addr: String,
+    /// Admin bearer token.
+    #[arg(long, env = "SEGD_ADMIN_TOKEN")]
+    pub token: Option<String>,
+    /// Seconds after a swap completes during which requests still count as overlapping it.
+    #[arg(long, default_value_t = 1.0)]
+    pub swap_window: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RedisLoadArgs {
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Directory written by `gen` (reads memberships.tsv).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Commands per pipeline.
+    #[arg(long, default_value_t = 10_000)]
+    pub pipeline: usize,
+    /// FLUSHDB first.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub flush: bool,
+}

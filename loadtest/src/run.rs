@@ -1,0 +1,465 @@
+//! `loadtest run`: the driver. Schedules requests, measures them, reports.
+//!
+//! **Open loop** (`--rps N`): request `i` is *intended* to start at
+//! `i / N` seconds. Workers (`--concurrency` per connection) take the next slot
+//! from a shared counter. A worker that is ahead of schedule sleeps until the
+//! slot; a worker that takes a slot whose time has already passed — because
+//! every worker was busy waiting on slow replies — measures from the intended
+//! time, so a stall is charged to every request it delayed (coordinated
+//! omission corrected, as in wrk2). When the worker was early, the start is the
+//! moment it actually sends: tokio's timer wakes on 1 ms ticks, and that lag is
+//! the generator's, not the server's.
+//!
+//! **Closed loop** (`--rps 0`): each worker sends as soon as its previous reply
+//! arrives and records service time.
+//!
+//! Requests that *start* (intended start in open loop) during the warm-up are
+//! not counted. Stats are kept per connection behind a std Mutex held for a few
+//! hundred nanoseconds, never across an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::chart;
+use crate::cli::{RunArgs, Target, Workload, flag_name};
+use crate::executor::{self, Executor};
+use crate::redis_target;
+use crate::report::{
+    self, Histogram, Percentiles, Report, SwapSplit, TimelinePoint, new_histogram, record_micros,
+};
+use crate::swap::{SwapPlan, SwapWindows};
+use crate::workload::{Dataset, Generator, GeneratorConfig};
+
+/// After the last scheduled second, how long in-flight and backlogged requests
+/// may take before the run is cut.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Measurements of one connection's workers.
+struct ConnectionStats {
+    /// Successful requests completed since the last progress tick (warm-up included).
+    interval: Histogram,
+    interval_errors: u64,
+    latency: Histogram,
+    service_time: Histogram,
+    during_swaps: Histogram,
+    outside_swaps: Histogram,
+    during_swaps_errors: u64,
+    outside_swaps_errors: u64,
+    /// Measured requests, successful or not.
+    completed: u64,
+    user_lookups: u64,
+    errors_by_code: BTreeMap<String, u64>,
+    first_error: Option<String>,
+    generations_seen: Option<(u64, u64)>,
+}
+
+impl ConnectionStats {
+    fn new() -> ConnectionStats {
+        ConnectionStats {
+            interval: new_histogram(),
+            interval_errors: 0,
+            latency: new_histogram(),
+            service_time: new_histogram(),
+            during_swaps: new_histogram(),
+            outside_swaps: new_histogram(),
+            during_swaps_errors: 0,
+            outside_swaps_errors: 0,
+            completed: 0,
+            user_lookups: 0,
+            errors_by_code: BTreeMap::new(),
+            first_error: None,
+            generations_seen: None,
+        }
+    }
+}
+
+fn lock(stats: &Mutex<ConnectionStats>) -> MutexGuard<'_, ConnectionStats> {
+    // A worker that panicked mid-update leaves counts that are still usable.
+    stats
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// When requests are due, shared by every worker.
+struct Schedule {
+    run_start: Instant,
+    warmup_ns: u64,
+    end_ns: u64,
+    /// Open loop only: nanoseconds between intended starts.
+    interval_ns: Option<f64>,
+    next_slot: AtomicU64,
+    hard_stop: Instant,
+}
+
+impl Schedule {
+    fn elapsed_ns(&self) -> u64 {
+        self.run_start.elapsed().as_nanos() as u64
+    }
+}
+
+fn validate(args: &RunArgs) -> Result<()> {
+    if args.duration == 0 {
+        bail!("--duration must be at least 1 second");
+    }
+    if args.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if args.workload == Workload::Batch && args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if matches!(args.workload, Workload::Decide | Workload::Mixed) && args.candidates == 0 {
+        bail!("--candidates must be at least 1");
+    }
+    if matches!(args.workload, Workload::Record | Workload::Mixed) && args.record_batch == 0 {
+        bail!("--record-batch must be at least 1");
+    }
+    if args.target == Target::Redis && args.swap_every.is_some() {
+        bail!("--swap-every pushes segd packs; it does not apply to --target redis");
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    validate(&args)?;
+    let dataset = Arc::new(Dataset::load(&args)?);
+    let ttl_by_segment = Arc::new(dataset.ttl_by_segment.clone());
+    let mut executors = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        executors.push(match args.target {
+            Target::Grpc => executor::connect_grpc(&args.addr).await?,
+            Target::Redis => redis_target::connect(&args.redis_url, ttl_by_segment.clone()).await?,
+        });
+    }
+    let swap_plan = SwapPlan::prepare(&args).await?;
+    let swap_window_after_push = swap_plan.as_ref().map(SwapPlan::window_after_push_seconds);
+    let swap_windows = Arc::new(SwapWindows::new());
+
+    let total_seconds = args.warmup + args.duration;
+    let cpu_at_start = report::process_cpu_seconds();
+    let wall_at_start = Instant::now();
+    // A short lead so every worker is spawned before slot 0 is due.
+    let run_start = Instant::now() + Duration::from_millis(50);
+    let schedule = Arc::new(Schedule {
+        run_start,
+        warmup_ns: args.warmup * 1_000_000_000,
+        end_ns: total_seconds * 1_000_000_000,
+        interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
+        next_slot: AtomicU64::new(0),
+        hard_stop: run_start + Duration::from_secs(total_seconds) + DRAIN_LIMIT,
+    });
+    let generator_config = GeneratorConfig {
+        workload: args.workload,
+        lookup_segments: args.lookup_segments,
+        batch_size: args.batch_size,
+        candidates: args.candidates,
+        record_batch: args.record_batch,
+        max_age_seconds: args.max_age_seconds,
+        line_items: args.line_items,
+    };
+    let run_nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(0);
+
+    let mut connection_stats = Vec::with_capacity(args.connections);
+    let mut workers = tokio::task::JoinSet::new();
+    for (connection_index, executor) in executors.into_iter().enumerate() {
+        let stats = Arc::new(Mutex::new(ConnectionStats::new()));
+        connection_stats.push(stats.clone());
+        for worker_in_connection in 0..args.concurrency {
+            let worker_index = connection_index * args.concurrency + worker_in_connection;
+            let generator = Generator::new(
+                dataset.clone(),
+                generator_config.clone(),
+                args.seed,
+                worker_index,
+                run_nonce,
+            );
+            let track_swaps = swap_plan.is_some().then(|| swap_windows.clone());
+            workers.spawn(worker(
+                executor.clone(),
+                generator,
+                stats.clone(),
+                schedule.clone(),
+                track_swaps,
+            ));
+        }
+    }
+    let swap_task = swap_plan.map(|plan| {
+        let windows = swap_windows.clone();
+        let run_end = run_start + Duration::from_secs(total_seconds);
+        tokio::spawn(async move { plan.run(&windows, run_start, run_end).await })
+    });
+
+    let timeline = progress(&connection_stats, &schedule, args.warmup, total_seconds).await;
+
+    let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("warning: requests still in flight {DRAIN_LIMIT:?} after the end; cut");
+        workers.abort_all();
+    }
+    let swaps = match swap_task {
+        Some(task) => task.await.context("swap task panicked")?,
+        None => Vec::new(),
+    };
+
+    let generator_cpu_cores = match (cpu_at_start, report::process_cpu_seconds()) {
+        (Some(start), Some(end)) => {
+            Some((end - start) / wall_at_start.elapsed().as_secs_f64().max(1e-9))
+        }
+        _ => None,
+    };
+    let redis_used_memory_bytes = match args.target {
+        Target::Redis => Some(redis_target::used_memory_bytes(&args.redis_url).await?),
+        Target::Grpc => None,
+    };
+    let mut report = build_report(
+        &args,
+        &connection_stats,
+        timeline,
+        swaps,
+        swap_window_after_push,
+        redis_used_memory_bytes,
+    );
+    report.generator_cpu_cores = generator_cpu_cores;
+    print!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing --json {}", path.display()))?;
+    }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, chart::render(&report))
+            .with_context(|| format!("writing --chart {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn worker(
+    mut executor: Executor,
+    mut generator: Generator,
+    stats: Arc<Mutex<ConnectionStats>>,
+    schedule: Arc<Schedule>,
+    swap_windows: Option<Arc<SwapWindows>>,
+) {
+    loop {
+        // Built before the clock starts: generating is the client's cost.
+        let request = generator.next_request();
+        let user_lookups = request.user_lookups();
+        let (start_ns, send_ns) = match schedule.interval_ns {
+            Some(interval_ns) => {
+                let slot = schedule.next_slot.fetch_add(1, Ordering::Relaxed);
+                let intended_ns = (slot as f64 * interval_ns) as u64;
+                if intended_ns >= schedule.end_ns || Instant::now() >= schedule.hard_stop {
+                    return;
+                }
+                let now_ns = schedule.elapsed_ns();
+                if intended_ns > now_ns {
+                    tokio::time::sleep_until(
+                        (schedule.run_start + Duration::from_nanos(intended_ns)).into(),
+                    )
+                    .await;
+                    let woke_ns = schedule.elapsed_ns();
+                    (woke_ns, woke_ns)
+                } else {
+                    (intended_ns, now_ns)
+                }
+            }
+            None => {
+                let now_ns = schedule.elapsed_ns();
+                if now_ns >= schedule.end_ns {
+                    return;
+                }
+                (now_ns, now_ns)
+            }
+        };
+        let result = executor.execute(request).await;
+        let end_ns = schedule.elapsed_ns();
+        let measured = start_ns >= schedule.warmup_ns;
+        let during_swap = swap_windows
+            .as_ref()
+            .map(|windows| windows.overlaps(start_ns, end_ns));
+        let latency_micros = end_ns.saturating_sub(start_ns) / 1_000;
+        let service_micros = end_ns.saturating_sub(send_ns) / 1_000;
+
+        let mut connection = lock(&stats);
+        match result {
+            Ok(outcome) => {
+                record_micros(&mut connection.interval, latency_micros);
+                if !measured {
+                    continue;
+                }
+                connection.completed += 1;
+                connection.user_lookups += user_lookups;
+                record_micros(&mut connection.latency, latency_micros);
+                record_micros(&mut connection.service_time, service_micros);
+                match during_swap {
+                    Some(true) => record_micros(&mut connection.during_swaps, latency_micros),
+                    Some(false) => record_micros(&mut connection.outside_swaps, latency_micros),
+                    None => {}
+                }
+                if let Some(generation) = outcome.generation {
+                    connection.generations_seen = Some(match connection.generations_seen {
+                        Some((lowest, highest)) => {
+                            (lowest.min(generation), highest.max(generation))
+                        }
+                        None => (generation, generation),
+                    });
+                }
+            }
+            Err(failure) => {
+                connection.interval_errors += 1;
+                if !measured {
+                    continue;
+                }
+                connection.completed += 1;
+                *connection
+                    .errors_by_code
+                    .entry(failure.code.clone())
+                    .or_default() += 1;
+                if connection.first_error.is_none() {
+                    connection.first_error = Some(format!("{}: {}", failure.code, failure.message));
+                }
+                match during_swap {
+                    Some(true) => connection.during_swaps_errors += 1,
+                    Some(false) => connection.outside_swaps_errors += 1,
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Prints one line a second and returns the per-second timeline.
+async fn progress(
+    connection_stats: &[Arc<Mutex<ConnectionStats>>],
+    schedule: &Schedule,
+    warmup_seconds: u64,
+    total_seconds: u64,
+) -> Vec<TimelinePoint> {
+    let mut timeline = Vec::with_capacity(total_seconds as usize);
+    let mut second_histogram = new_histogram();
+    for second in 1..=total_seconds {
+        tokio::time::sleep_until((schedule.run_start + Duration::from_secs(second)).into()).await;
+        second_histogram.reset();
+        let mut errors = 0;
+        for stats in connection_stats {
+            let mut stats = lock(stats);
+            // Same bounds on both sides: merging cannot fail.
+            let _ = second_histogram.add(&stats.interval);
+            stats.interval.reset();
+            errors += std::mem::take(&mut stats.interval_errors);
+        }
+        let point = TimelinePoint {
+            second,
+            measured: second > warmup_seconds,
+            requests: second_histogram.len() + errors,
+            errors,
+            p50_us: second_histogram.value_at_quantile(0.5),
+            p99_us: second_histogram.value_at_quantile(0.99),
+            max_us: second_histogram.max(),
+        };
+        eprintln!(
+            "[{second:>4}s] {:>8} req/s  p50 {:>9}  p99 {:>9}  max {:>9}  errors {}{}",
+            point.requests,
+            report::format_micros(point.p50_us),
+            report::format_micros(point.p99_us),
+            report::format_micros(point.max_us),
+            point.errors,
+            if point.measured { "" } else { "  (warm-up)" },
+        );
+        timeline.push(point);
+    }
+    timeline
+}
+
+fn build_report(
+    args: &RunArgs,
+    connection_stats: &[Arc<Mutex<ConnectionStats>>],
+    timeline: Vec<TimelinePoint>,
+    swaps: Vec<crate::report::SwapEvent>,
+    swap_window_after_push: Option<f64>,
+    redis_used_memory_bytes: Option<u64>,
+) -> Report {
+    let mut latency = new_histogram();
+    let mut service_time = new_histogram();
+    let mut during_swaps = new_histogram();
+    let mut outside_swaps = new_histogram();
+    let (mut completed, mut user_lookups, mut during_errors, mut outside_errors) = (0, 0, 0, 0);
+    let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_error = None;
+    let mut generations_seen: Option<(u64, u64)> = None;
+    for stats in connection_stats {
+        let stats = lock(stats);
+        // Same bounds everywhere: merging cannot fail.
+        let _ = latency.add(&stats.latency);
+        let _ = service_time.add(&stats.service_time);
+        let _ = during_swaps.add(&stats.during_swaps);
+        let _ = outside_swaps.add(&stats.outside_swaps);
+        completed += stats.completed;
+        user_lookups += stats.user_lookups;
+        during_errors += stats.during_swaps_errors;
+        outside_errors += stats.outside_swaps_errors;
+        for (code, count) in &stats.errors_by_code {
+            *errors_by_code.entry(code.clone()).or_default() += count;
+        }
+        if first_error.is_none() {
+            first_error = stats.first_error.clone();
+        }
+        if let Some((lowest, highest)) = stats.generations_seen {
+            generations_seen = Some(match generations_seen {
+                Some((low, high)) => (low.min(lowest), high.max(highest)),
+                None => (lowest, highest),
+            });
+        }
+    }
+    let duration_seconds = args.duration as f64;
+    let workload = flag_name(args.workload);
+    let target = flag_name(args.target);
+    Report {
+        workload,
+        addr: match args.target {
+            Target::Grpc => args.addr.clone(),
+            Target::Redis => args.redis_url.clone(),
+        },
+        target,
+        mode: if args.rps > 0 { "open" } else { "closed" }.to_owned(),
+        offered_rps: (args.rps > 0).then_some(args.rps),
+        warmup_seconds: args.warmup,
+        duration_seconds: args.duration,
+        connections: args.connections,
+        concurrency_per_connection: args.concurrency,
+        requests: completed,
+        achieved_rps: completed as f64 / duration_seconds,
+        user_lookups_per_second: user_lookups as f64 / duration_seconds,
+        errors: errors_by_code.values().sum(),
+        errors_by_code,
+        first_error,
+        latency: Percentiles::of(&latency),
+        service_time: Percentiles::of(&service_time),
+        swap_split: swap_window_after_push.map(|window| SwapSplit {
+            window_after_push_seconds: window,
+            during_swaps: Percentiles::of(&during_swaps),
+            during_swaps_curve: report::percentile_curve(&during_swaps),
+            outside_swaps_curve: report::percentile_curve(&outside_swaps),
+            during_swaps_errors: during_errors,
+            outside_swaps: Percentiles::of(&outside_swaps),
+            outside_swaps_errors: outside_errors,
+        }),
+        swaps,
+        generations_seen,
+        redis_used_memory_bytes,
+        generator_cpu_cores: None,
+        timeline,
+        percentile_curve: report::percentile_curve(&latency),
+    }
+}

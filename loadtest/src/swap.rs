@@ -1,0 +1,220 @@
+//! Snapshot pushes during a run, and the record of when they happened.
+//!
+//! Every `--swap-every` seconds the next `--pack` file (rotating) is streamed to
+//! `Admin/PushSnapshot` in 1 MiB chunks. Pushes set `allow_older_version` so a
+//! rotation v1 → v2 → v1 is a real swap each time rather than a refusal. Workers
+//! ask [`SwapWindows::overlaps`] whether their request ran during a swap window,
+//! so the report can compare tail latency there against the rest.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use segd::proto::SnapshotChunk;
+use segd::proto::admin_client::AdminClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::RunArgs;
+use crate::report::SwapEvent;
+
+const CHUNK_BYTES: usize = 1 << 20;
+const NO_SWAP: (u64, u64) = (u64::MAX, u64::MAX);
+
+/// The latest swap window, in nanoseconds since the run's start.
+///
+/// A std Mutex: held for two loads, never across an `.await`. Only the latest
+/// window is kept: requests last milliseconds and swaps are seconds apart.
+pub struct SwapWindows {
+    /// (start, end); end is `u64::MAX` while a push is in flight.
+    latest: Mutex<(u64, u64)>,
+}
+
+impl SwapWindows {
+    pub fn new() -> SwapWindows {
+        SwapWindows {
+            latest: Mutex::new(NO_SWAP),
+        }
+    }
+
+    /// Whether a request that ran from `start_ns` to `end_ns` overlapped the window.
+    pub fn overlaps(&self, start_ns: u64, end_ns: u64) -> bool {
+        let (window_start, window_end) = *self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        window_start != u64::MAX && start_ns <= window_end && end_ns >= window_start
+    }
+
+    fn begin(&self, start_ns: u64) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = (start_ns, u64::MAX);
+    }
+
+    fn finish(&self, end_ns: u64) {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).1 = end_ns;
+    }
+}
+
+/// Everything a swap needs, loaded and connected before the run starts so that
+/// reading files never lands inside the measurement.
+pub struct SwapPlan {
+    every: Duration,
+    window_after_push: Duration,
+    packs: Vec<(PathBuf, Vec<u8>)>,
+    admin: AdminClient<Channel>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl SwapPlan {
+    pub fn window_after_push_seconds(&self) -> f64 {
+        self.window_after_push.as_secs_f64()
+    }
+
+    pub async fn prepare(args: &RunArgs) -> Result<Option<SwapPlan>> {
+        let Some(every_seconds) = args.swap_every else {
+            if !args.pack.is_empty() {
+                bail!("--pack is only used with --swap-every");
+            }
+            return Ok(None);
+        };
+        if every_seconds == 0 {
+            bail!("--swap-every must be at least 1 second");
+        }
+        if args.pack.is_empty() {
+            bail!("--swap-every needs at least one --pack FILE");
+        }
+        if !args.swap_window.is_finite() || args.swap_window < 0.0 {
+            bail!("--swap-window must be a non-negative number of seconds");
+        }
+        let admin_addr = &args.admin_addr;
+        if args.pack.len() == 1 {
+            eprintln!(
+                "warning: one --pack: after the first push the server already serves its version, \
+                 so later pushes are no-ops; give --pack several times with different versions"
+            );
+        }
+        let mut packs = Vec::new();
+        for path in &args.pack {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading --pack {}", path.display()))?;
+            packs.push((path.clone(), bytes));
+        }
+        let channel = Endpoint::from_shared(admin_addr.clone())
+            .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to --admin-addr {admin_addr}"))?;
+        let authorization = match &args.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .context("--token is not a valid header value")?,
+            ),
+            None => None,
+        };
+        Ok(Some(SwapPlan {
+            every: Duration::from_secs(every_seconds),
+            window_after_push: Duration::from_secs_f64(args.swap_window),
+            packs,
+            admin: AdminClient::new(channel)
+                .max_encoding_message_size(64 << 20)
+                .max_decoding_message_size(64 << 20),
+            authorization,
+        }))
+    }
+
+    /// Pushes until `run_end`, marking windows as it goes; returns what happened.
+    pub async fn run(
+        mut self,
+        windows: &SwapWindows,
+        run_start: Instant,
+        run_end: Instant,
+    ) -> Vec<SwapEvent> {
+        let mut events = Vec::new();
+        let mut next_push = run_start + self.every;
+        let mut pack_index = 0;
+        while next_push < run_end {
+            let (path, bytes) = &self.packs[pack_index % self.packs.len()];
+            pack_index += 1;
+            // Chunks are copied before the sleep, outside the swap window.
+            let chunks: Vec<SnapshotChunk> = bytes
+                .chunks(CHUNK_BYTES)
+                .map(|chunk| SnapshotChunk {
+                    data: chunk.to_vec(),
+                    allow_older_version: true,
+                })
+                .collect();
+            tokio::time::sleep_until(next_push.into()).await;
+            let started = Instant::now();
+            windows.begin(nanos_since(run_start, started));
+            let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+            if let Some(authorization) = &self.authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", authorization.clone());
+            }
+            let result = self.admin.push_snapshot(request).await;
+            let finished = Instant::now();
+            windows.finish(nanos_since(run_start, finished + self.window_after_push));
+            let mut event = SwapEvent {
+                started_at_seconds: (started - run_start).as_secs_f64(),
+                finished_at_seconds: (finished - run_start).as_secs_f64(),
+                pack_file: path.display().to_string(),
+                version: String::new(),
+                generation: 0,
+                unchanged: false,
+                error: None,
+            };
+            match result {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    event.version = reply.version;
+                    event.generation = reply.generation;
+                    event.unchanged = reply.unchanged;
+                }
+                Err(status) => {
+                    event.error = Some(format!("{:?}: {}", status.code(), status.message()));
+                }
+            }
+            eprintln!(
+                "swap: {} version {} in {:.0} ms{}",
+                event.pack_file,
+                event.version,
+                (finished - started).as_secs_f64() * 1e3,
+                event
+                    .error
+                    .as_ref()
+                    .map(|error| format!(" FAILED {error}"))
+                    .unwrap_or_default()
+            );
+            events.push(event);
+            next_push += self.every;
+        }
+        events
+    }
+}
+
+fn nanos_since(start: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(start).as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_window_before_the_first_swap() {
+        let windows = SwapWindows::new();
+        assert!(!windows.overlaps(0, u64::MAX - 1));
+    }
+
+    #[test]
+    fn requests_overlapping_an_open_or_closed_window_count() {
+        let windows = SwapWindows::new();
+        windows.begin(1_000);
+        assert!(!windows.overlaps(100, 999), "ended before the push started");
+        assert!(windows.overlaps(900, 1_100), "straddles the start");
+        assert!(windows.overlaps(5_000, 6_000), "push still in flight");
+        windows.finish(2_000);
+        assert!(windows.overlaps(1_500, 1_600));
+        assert!(!windows.overlaps(2_001, 2_500), "after the window");
+    }
+}
