@@ -471,6 +471,8 @@ pub struct MetricsSource {
     pub store: Arc<Store>,
     /// Set once the frequency store has replayed its log.
     pub counters: Arc<OnceLock<Arc<FreqStore>>>,
+    /// The `--watch-dir` watcher's counters; `None` when no directory is watched.
+    pub watch: Option<Arc<crate::watch::WatchCounters>>,
 }
 
 impl MetricsSource {
@@ -485,6 +487,9 @@ impl MetricsSource {
         render_state(&mut out, &state, self.store.freshness(), now_unix_seconds);
         if let Some(stats) = frequency {
             render_frequency(&mut out, &stats);
+        }
+        if let Some(watch) = &self.watch {
+            render_watch(&mut out, watch);
         }
         out
     }
@@ -777,6 +782,29 @@ fn render_state(
             out,
             "segd_segment_kind_matches_total{{kind=\"{kind}\"}} {total}"
         );
+    }
+}
+
+fn render_watch(out: &mut String, watch: &crate::watch::WatchCounters) {
+    for (name, help, value) in [
+        (
+            "segd_watch_loaded_total",
+            "Pack files from --watch-dir verified and swapped in.",
+            watch.loaded(),
+        ),
+        (
+            "segd_watch_rejected_total",
+            "Pack files from --watch-dir refused (damaged, unreadable, ownership conflict, older version); the served data stayed.",
+            watch.rejected(),
+        ),
+        (
+            "segd_watch_unchanged_total",
+            "Pack files from --watch-dir holding the version already served.",
+            watch.unchanged(),
+        ),
+    ] {
+        family(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 

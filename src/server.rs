@@ -256,11 +256,16 @@ pub async fn serve(
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);
+    let watch_counters = config
+        .watch_dir
+        .as_ref()
+        .map(|_| Arc::new(crate::watch::WatchCounters::default()));
     let metrics_task = listeners.metrics.map(|listener| {
         let source = Arc::new(MetricsSource {
             metrics: metrics.clone(),
             store: store.clone(),
             counters: counters.clone(),
+            watch: watch_counters.clone(),
         });
         tokio::spawn(crate::metrics::serve_http(
             listener,
@@ -326,15 +331,20 @@ pub async fn serve(
     ));
 
     // Started only now, so a watched file never races the start-up load.
-    let watcher = config.watch_dir.clone().map(|watch_dir| {
-        crate::watch::spawn(
-            watch_dir,
-            Duration::from_millis(config.watch_poll_ms),
-            catalog.clone(),
-            Arc::new(crate::watch::WatchCounters::default()),
-            stop_receiver.clone(),
-        )
-    });
+    let watcher =
+        config
+            .watch_dir
+            .clone()
+            .zip(watch_counters)
+            .map(|(watch_dir, watch_counters)| {
+                crate::watch::spawn(
+                    watch_dir,
+                    Duration::from_millis(config.watch_poll_ms),
+                    catalog.clone(),
+                    watch_counters,
+                    stop_receiver.clone(),
+                )
+            });
 
     let abort_query = query_task.abort_handle();
     let abort_admin = admin_task.abort_handle();

@@ -131,6 +131,16 @@ async fn dropped_packs_are_served_and_damaged_ones_skipped() {
         "the damaged crm v2 was skipped"
     );
 
+    let exposition = server.scrape_metrics().await;
+    assert!(
+        exposition.contains("\nsegd_watch_loaded_total 2\n"),
+        "{exposition}"
+    );
+    assert!(
+        exposition.contains("\nsegd_watch_rejected_total 1\n"),
+        "{exposition}"
+    );
+
     // The good file of the next version replaces the damaged one and is served.
     drop_in(watch_dir.path(), "crm.segpack", &crm_next.bytes());
     let next = Model::new(vec![crm_next, events]);
