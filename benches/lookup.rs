@@ -17,94 +17,17 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use roaring::RoaringBitmap;
 
-use segd::pack::{Pack, Segment};
 use segd::store::{LoadedPack, ServingState};
 
-const BUILT_AT: i64 = 1_790_000_000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A pack whose segment sizes fall off like real audiences: a few pools of
-/// 20–30 % of users, a long tail down to a handful, `per_user` on average.
-pub fn synthetic_pack(users: usize, segments: usize, per_user: f64, seed: u64) -> Pack {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut user_fingerprints: Vec<u64> = (0..users)
-        .map(|number| segd::user_fingerprint(&format!("u:{number}")))
-        .collect();
-    user_fingerprints.sort_unstable();
-    user_fingerprints.dedup();
-    let weights: Vec<f64> = (0..segments)
-        .map(|rank| 1.0 / (rank as f64 + 1.0).powf(0.9))
-        .collect();
-    let total_weight: f64 = weights.iter().sum();
-    let target_memberships = per_user * users as f64;
-    let segments = weights
-        .iter()
-        .enumerate()
-        .map(|(index, weight)| {
-            let share =
-                (weight / total_weight * target_memberships / users as f64).clamp(0.0001, 0.3);
-            // Geometric skips pick each user with probability `share` in O(members).
-            let mut members = RoaringBitmap::new();
-            let mut ordinal: f64 = -1.0;
-            loop {
-                let uniform: f64 = rng.random::<f64>().max(1e-12);
-                ordinal += 1.0 + (uniform.ln() / (1.0 - share).ln()).floor();
-                if ordinal >= users as f64 {
-                    break;
-                }
-                members.insert(ordinal as u32);
-            }
-            let hours = (0..members.len())
-                .map(|_| rng.random_range(0..2160u16))
-                .collect();
-            Segment {
-                id: index as u32 + 1,
-                name: format!("segment-{}", index + 1),
-                kind: "retargeting".into(),
-                ttl_seconds: if index % 4 == 0 { 30 * 86_400 } else { 0 },
-                members,
-                last_seen_hours_ago: Some(hours),
-            }
-        })
-        .collect();
-    Pack {
-        name: "bench".into(),
-        version: "v1".into(),
-        built_at_unix_seconds: BUILT_AT,
-        user_fingerprints,
-        segments,
-    }
-}
-
-fn percentile(sorted: &[u64], fraction: f64) -> u64 {
-    sorted[((sorted.len() as f64 - 1.0) * fraction) as usize]
-}
-
-fn print_distribution(label: &str, mut nanos: Vec<u64>) {
-    nanos.sort_unstable();
-    println!(
-        "{label}: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} samples)",
-        percentile(&nanos, 0.5),
-        percentile(&nanos, 0.99),
-        percentile(&nanos, 0.999),
-        nanos[nanos.len() - 1],
-        nanos.len()
-    );
-}
+mod common;
+use common::{BUILT_AT, env_or, print_distribution, synthetic_pack, user_id};
 
 fn lookups(criterion: &mut Criterion) {
     let users = env_or("SEGD_BENCH_USERS", 1_000_000);
     let segment_count = env_or("SEGD_BENCH_SEGMENTS", 200);
     let started = Instant::now();
-    let pack = synthetic_pack(users, segment_count, 20.0, 1);
+    let pack = synthetic_pack(users, segment_count, 20.0, 1, BUILT_AT);
     let memberships = pack.memberships();
     let built = started.elapsed();
     let started = Instant::now();
@@ -120,7 +43,7 @@ fn lookups(criterion: &mut Criterion) {
     let queries: Vec<u64> = (0..4096)
         .map(|_| {
             if rng.random_bool(0.9) {
-                segd::user_fingerprint(&format!("u:{}", rng.random_range(0..users)))
+                segd::user_fingerprint(&user_id(rng.random_range(0..users)))
             } else {
                 segd::user_fingerprint(&format!("stranger:{}", rng.random::<u64>()))
             }
