@@ -8,7 +8,12 @@
 //! ```
 //!
 //! Besides criterion's estimates it prints a latency distribution (p50, p99,
-//! p99.9) from timing each of 200,000 lookups, since the targets are p99s.
+//! p99.9) from timing each of 200,000 lookups, since the targets are p99s, and
+//! the load time and memory of the pack (heap bytes against file bytes).
+//!
+//! Rows: `listed_20` (20 listed segments, 90 % known users), `all_segments`
+//! (every segment of a random user, ~20), `all_segments_heavy_user` (every
+//! segment of a user who is in all of them: 1,000 at `SEGD_BENCH_SEGMENTS=1000`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use segd::store::{LoadedPack, ServingState};
 
 mod common;
-use common::{BUILT_AT, env_or, print_distribution, synthetic_pack, user_id};
+use common::{BUILT_AT, HEAVY_USERS, env_or, print_distribution, synthetic_pack, user_id};
 
 fn lookups(criterion: &mut Criterion) {
     let users = env_or("SEGD_BENCH_USERS", 1_000_000);
@@ -30,13 +35,32 @@ fn lookups(criterion: &mut Criterion) {
     let pack = synthetic_pack(users, segment_count, 20.0, 1, BUILT_AT);
     let memberships = pack.memberships();
     let built = started.elapsed();
+    let heavy_users: Vec<u64> = pack.user_fingerprints[..HEAVY_USERS.min(users)].to_vec();
+    let bytes = segd::pack::write_pack(&pack).expect("writes");
+    drop(pack);
+    // The whole load path a push or start-up pays: checked read, then index.
     let started = Instant::now();
-    let loaded = LoadedPack::from_pack(pack, 0, BUILT_AT).expect("index builds");
-    let state = ServingState::new(1, vec![Arc::new(loaded)]).expect("one pack");
+    let pack = segd::pack::read_pack(&bytes).expect("reads");
+    let read = started.elapsed();
+    let loaded = LoadedPack::from_pack(pack, bytes.len() as u64, BUILT_AT).expect("index builds");
+    let load = started.elapsed();
+    let per_million =
+        |elapsed: std::time::Duration| elapsed.as_secs_f64() * 1e3 / (memberships as f64 / 1e6);
     println!(
-        "pack: {users} users, {segment_count} segments, {memberships} memberships; generated in {built:.1?}, indexed in {:.1?}",
-        started.elapsed()
+        "pack: {users} users, {segment_count} segments, {memberships} memberships, {} file bytes; generated in {built:.1?}; loaded in {load:.1?} ({:.2} ms per 1M memberships; read and verify {read:.1?}, {:.2} ms per 1M)",
+        bytes.len(),
+        per_million(load),
+        per_million(read),
     );
+    let heap_bytes = loaded.heap_bytes();
+    println!(
+        "memory: {heap_bytes} heap bytes = {:.2} x the file; {:.2} bytes per membership, {:.1} bytes per user",
+        heap_bytes as f64 / bytes.len() as f64,
+        heap_bytes as f64 / memberships as f64,
+        heap_bytes as f64 / users as f64,
+    );
+    drop(bytes);
+    let state = ServingState::new(1, vec![Arc::new(loaded)]).expect("one pack");
 
     let mut rng = StdRng::seed_from_u64(2);
     // 90 % known users, 10 % strangers, as an ad server would see.
@@ -78,12 +102,25 @@ fn lookups(criterion: &mut Criterion) {
             black_box(state.lookup(queries[index % queries.len()], &[], 0, at))
         })
     });
+    group.bench_function(
+        BenchmarkId::new("all_segments_heavy_user", &size),
+        |bencher| {
+            bencher.iter(|| {
+                index = index.wrapping_add(1);
+                black_box(state.lookup(heavy_users[index % heavy_users.len()], &[], 0, at))
+            })
+        },
+    );
     group.finish();
 
-    for (label, all) in [("listed_20", false), ("all_segments", true)] {
+    for (label, all, users) in [
+        ("listed_20", false, &queries),
+        ("all_segments", true, &queries),
+        ("all_segments_heavy_user", true, &heavy_users),
+    ] {
         let mut nanos = Vec::with_capacity(200_000);
         for sample in 0..200_000usize {
-            let user = queries[sample % queries.len()];
+            let user = users[sample % users.len()];
             let segment_ids: &[u32] = if all {
                 &[]
             } else {

@@ -32,11 +32,23 @@ pub fn decide(
         .collect();
 
     let mut queries: Vec<CountQuery> = Vec::new();
+    // Line items of one request mostly share a few windows ("3 a day", "10
+    // an hour"): remember the last range of each position in the cap list
+    // instead of redoing the calendar arithmetic per cap.
+    let mut recent_ranges: [Option<(CapWindow, (i64, i64))>; 2] = [None; 2];
     for (candidate, decision) in candidates.iter().zip(&decisions) {
         if decision.eligible {
-            queries.extend(candidate.caps.iter().map(|cap| {
-                let (after_exclusive, until_inclusive) =
-                    cap_window(cap).count_range(at_unix_seconds, retention_seconds);
+            queries.extend(candidate.caps.iter().enumerate().map(|(position, cap)| {
+                let window = cap_window(cap);
+                let memo = &mut recent_ranges[position.min(1)];
+                let (after_exclusive, until_inclusive) = match memo {
+                    Some((remembered, range)) if *remembered == window => *range,
+                    _ => {
+                        let range = window.count_range(at_unix_seconds, retention_seconds);
+                        *memo = Some((window, range));
+                        range
+                    }
+                };
                 CountQuery {
                     cap_key_hash: cap_key_hash(&cap.key),
                     after_exclusive,

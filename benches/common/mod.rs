@@ -13,6 +13,10 @@ use segd::pack::{Pack, Segment};
 /// Build time of the packs the lookup bench generates.
 pub const BUILT_AT: i64 = 1_790_000_000;
 
+/// The users of ordinals `0..HEAVY_USERS` of a [`synthetic_pack`] are in
+/// every segment: the "all segments of a user with 1,000 segments" case.
+pub const HEAVY_USERS: usize = 16;
+
 /// A size from the environment, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -30,6 +34,7 @@ pub fn user_id(number: usize) -> String {
 /// 20–30 % of users, a long tail down to a handful, `per_user` on average.
 /// Segment ids are `1..=segments`, most popular first; every fourth segment
 /// has a 30-day TTL; last-seen times are up to 90 days before `built_at`.
+/// The first [`HEAVY_USERS`] ordinals are in every segment.
 pub fn synthetic_pack(
     users: usize,
     segments: usize,
@@ -65,6 +70,8 @@ pub fn synthetic_pack(
                 }
                 members.insert(ordinal as u32);
             }
+            // The heavy users are in every segment.
+            members.insert_range(0..HEAVY_USERS.min(users) as u32);
             let hours = (0..members.len())
                 .map(|_| rng.random_range(0..2160u16))
                 .collect();

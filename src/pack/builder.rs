@@ -185,7 +185,7 @@ impl PackBuilder {
                 break;
             }
             line_number += 1;
-            if line_number as u64 % PROGRESS_EVERY_LINES == 0 {
+            if (line_number as u64).is_multiple_of(PROGRESS_EVERY_LINES) {
                 progress(line_number as u64);
             }
             let line = trim_line_end(&buffer);

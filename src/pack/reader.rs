@@ -250,13 +250,13 @@ fn read_segment_data(
             entry.member_count
         )));
     }
-    if let Some(max_ordinal) = members.max() {
-        if max_ordinal >= user_count {
-            return Err(PackError::malformed(format!(
-                "segment {} has member ordinal {max_ordinal}, the pack has {user_count} users",
-                entry.id
-            )));
-        }
+    if let Some(max_ordinal) = members.max()
+        && max_ordinal >= user_count
+    {
+        return Err(PackError::malformed(format!(
+            "segment {} has member ordinal {max_ordinal}, the pack has {user_count} users",
+            entry.id
+        )));
     }
 
     let last_seen_hours_ago = if entry.has_recency {
