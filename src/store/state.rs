@@ -29,7 +29,66 @@ pub struct ServingState {
     /// Parallel to `packs`: withheld packs still own their segment ids (a push
     /// cannot take them) but answer nothing.
     withheld: Vec<bool>,
-    locations: AHashMap<u32, SegmentLocation>,
+    locations: SegmentLocations,
+}
+
+/// Segment id → location. Batch jobs number segments densely (1..n or a
+/// few ranges), so a table indexed by id answers with one load where a hash
+/// map costs a hash and a probe per segment of every request; ids too sparse
+/// for a table fall back to the map.
+#[derive(Debug)]
+enum SegmentLocations {
+    /// `table[id]`; [`ABSENT`] where no pack holds the id.
+    Dense(Vec<SegmentLocation>),
+    Sparse(AHashMap<u32, SegmentLocation>),
+}
+
+/// Marks a free entry of [`SegmentLocations::Dense`]; never a real location
+/// (a state holds far fewer than 65,535 packs).
+const ABSENT: SegmentLocation = SegmentLocation {
+    pack_index: u16::MAX,
+    slot: u16::MAX,
+    withheld: false,
+};
+
+/// A dense table may have at most this many entries per segment (plus
+/// [`DENSE_SLACK`]): at 4 bytes an entry, a few bytes per id held.
+const DENSE_ENTRIES_PER_SEGMENT: usize = 4;
+const DENSE_SLACK: usize = 4096;
+
+impl Default for SegmentLocations {
+    fn default() -> Self {
+        SegmentLocations::Dense(Vec::new())
+    }
+}
+
+impl SegmentLocations {
+    fn new(located: &[(u32, SegmentLocation)]) -> Self {
+        let max_id = located.iter().map(|(id, _)| *id as usize).max();
+        match max_id {
+            Some(max_id) if max_id >= located.len() * DENSE_ENTRIES_PER_SEGMENT + DENSE_SLACK => {
+                SegmentLocations::Sparse(located.iter().copied().collect())
+            }
+            _ => {
+                let mut table = vec![ABSENT; max_id.map_or(0, |max_id| max_id + 1)];
+                for &(id, location) in located {
+                    table[id as usize] = location;
+                }
+                SegmentLocations::Dense(table)
+            }
+        }
+    }
+
+    #[inline]
+    fn get(&self, segment_id: u32) -> Option<SegmentLocation> {
+        match self {
+            SegmentLocations::Dense(table) => table
+                .get(segment_id as usize)
+                .copied()
+                .filter(|location| *location != ABSENT),
+            SegmentLocations::Sparse(map) => map.get(&segment_id).copied(),
+        }
+    }
 }
 
 /// A segment id that two packs would both hold.
@@ -73,7 +132,8 @@ impl ServingState {
     ) -> Result<Self, OwnershipConflict> {
         packs.sort_by(|left, right| left.name.cmp(&right.name));
         let withheld: Vec<bool> = packs.iter().map(|pack| is_withheld(pack)).collect();
-        let mut locations = AHashMap::new();
+        let mut owners: AHashMap<u32, SegmentLocation> = AHashMap::new();
+        let mut located = Vec::new();
         for (pack_index, pack) in packs.iter().enumerate() {
             for (slot, segment) in pack.segments.iter().enumerate() {
                 let location = SegmentLocation {
@@ -81,20 +141,21 @@ impl ServingState {
                     slot: slot as u16,
                     withheld: withheld[pack_index],
                 };
-                if let Some(existing) = locations.insert(segment.id, location) {
+                if let Some(existing) = owners.insert(segment.id, location) {
                     return Err(OwnershipConflict {
                         segment_id: segment.id,
                         owner: packs[existing.pack_index as usize].name.clone(),
                         claimant: pack.name.clone(),
                     });
                 }
+                located.push((segment.id, location));
             }
         }
         Ok(Self {
             generation,
             packs,
             withheld,
-            locations,
+            locations: SegmentLocations::new(&located),
         })
     }
 
@@ -153,29 +214,40 @@ impl ServingState {
     }
 
     pub fn segment(&self, segment_id: u32) -> Option<(&LoadedPack, &SegmentMeta)> {
-        let location = self.locations.get(&segment_id)?;
+        let location = self.locations.get(segment_id)?;
         let pack = &self.packs[location.pack_index as usize];
         Some((pack, &pack.segments[location.slot as usize]))
     }
 
     /// A view of one user across all packs, for several checks in a row.
     pub fn user(&self, fingerprint: u64) -> UserView<'_> {
+        // A withheld pack has no members: skipping its dictionary also keeps
+        // it out of "all segments".
+        let ordinal_of = |(pack, withheld): (&Arc<LoadedPack>, &bool)| {
+            if *withheld {
+                NO_ORDINAL
+            } else {
+                pack.ordinal(fingerprint).unwrap_or(NO_ORDINAL)
+            }
+        };
+        let ordinals = if self.packs.len() <= INLINE_PACKS {
+            let mut inline = [NO_ORDINAL; INLINE_PACKS];
+            for (ordinal, pack) in inline.iter_mut().zip(self.packs.iter().zip(&self.withheld)) {
+                *ordinal = ordinal_of(pack);
+            }
+            Ordinals::Inline(inline)
+        } else {
+            Ordinals::Heap(
+                self.packs
+                    .iter()
+                    .zip(&self.withheld)
+                    .map(ordinal_of)
+                    .collect(),
+            )
+        };
         UserView {
             state: self,
-            // A withheld pack has no members: skipping its dictionary also
-            // keeps it out of "all segments".
-            ordinals: self
-                .packs
-                .iter()
-                .zip(&self.withheld)
-                .map(|(pack, &withheld)| {
-                    if withheld {
-                        None
-                    } else {
-                        pack.ordinal(fingerprint)
-                    }
-                })
-                .collect(),
+            ordinals,
         }
     }
 
@@ -201,22 +273,52 @@ impl ServingState {
                 }
             }
         }
-        result.segment_ids.sort_unstable();
-        result.segment_ids.dedup();
-        result.unknown_segment_ids.sort_unstable();
-        result.unknown_segment_ids.dedup();
+        sort_unique(&mut result.segment_ids);
+        sort_unique(&mut result.unknown_segment_ids);
         result
     }
+}
+
+/// Sorts ascending and removes duplicates, skipping the sort when the ids
+/// already are (one pack's segments come out of the index in id order).
+fn sort_unique(ids: &mut Vec<u32>) {
+    if ids.windows(2).all(|pair| pair[0] < pair[1]) {
+        return;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+}
+
+/// Ordinal of a user a pack does not know. Ordinals are below the user count,
+/// which is at most `u32::MAX`, so this is never a real one.
+const NO_ORDINAL: u32 = u32::MAX;
+/// Views over states of at most this many packs keep the ordinals inline, so
+/// a lookup allocates nothing for them.
+const INLINE_PACKS: usize = 8;
+
+enum Ordinals {
+    Inline([u32; INLINE_PACKS]),
+    Heap(Vec<u32>),
 }
 
 /// One user's ordinals in every pack of a state.
 pub struct UserView<'state> {
     state: &'state ServingState,
-    /// Parallel to `state.packs`.
-    ordinals: Vec<Option<u32>>,
+    /// Parallel to `state.packs`; [`NO_ORDINAL`] where the pack does not
+    /// know the user.
+    ordinals: Ordinals,
 }
 
 impl UserView<'_> {
+    /// Parallel to the state's packs.
+    #[inline]
+    fn ordinals(&self) -> &[u32] {
+        match &self.ordinals {
+            Ordinals::Inline(inline) => &inline[..self.state.packs.len()],
+            Ordinals::Heap(ordinals) => ordinals,
+        }
+    }
+
     /// Whether the user is in the segment, recently enough. A yes is counted
     /// in the pack's per-segment match counters (see [`LoadedPack::match_count`]).
     #[inline]
@@ -226,15 +328,16 @@ impl UserView<'_> {
         max_age_seconds: u32,
         at_unix_seconds: i64,
     ) -> Membership {
-        let Some(location) = self.state.locations.get(&segment_id) else {
+        let Some(location) = self.state.locations.get(segment_id) else {
             return Membership::UnknownSegment;
         };
         if location.withheld {
             return Membership::UnknownSegment;
         }
-        let Some(ordinal) = self.ordinals[location.pack_index as usize] else {
+        let ordinal = self.ordinals()[location.pack_index as usize];
+        if ordinal == NO_ORDINAL {
             return Membership::NotMember;
-        };
+        }
         let pack = &self.state.packs[location.pack_index as usize];
         match pack.entry(ordinal, location.slot) {
             Some(entry) if pack.counts(location.slot, entry, max_age_seconds, at_unix_seconds) => {
@@ -247,8 +350,10 @@ impl UserView<'_> {
 
     /// Appends every segment the user is in, recently enough (unsorted across packs).
     pub fn all_segments(&self, max_age_seconds: u32, at_unix_seconds: i64, out: &mut Vec<u32>) {
-        for (pack, ordinal) in self.state.packs.iter().zip(&self.ordinals) {
-            let Some(ordinal) = *ordinal else { continue };
+        for (pack, &ordinal) in self.state.packs.iter().zip(self.ordinals()) {
+            if ordinal == NO_ORDINAL {
+                continue;
+            }
             for entry in pack.entries_of(ordinal) {
                 if pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds) {
                     pack.count_match(entry.slot);

@@ -1,0 +1,223 @@
+//! In-process `decide::decide` cost: 50 candidates, each with 3 segment refs
+//! (a mix of all_of / any_of / none_of) and 2 caps (`li:{n}` 3 per calendar
+//! day, `camp:{n % 5}` 10 per rolling hour), on a realistic pack and a
+//! frequency store pre-filled with impressions of the benched users. Target
+//! (DESIGN.md): p50 <= 10 µs.
+//!
+//! ```sh
+//! cargo bench --bench decide
+//! SEGD_BENCH_USERS=10000000 cargo bench --bench decide
+//! ```
+//!
+//! Two request shapes:
+//! - `mixed`: refs on popular and tail segments, as a DSP's line items look;
+//!   most candidates fail targeting, the rest have their caps counted;
+//! - `caps_all`: three `none_of` refs on tail segments, so nearly every
+//!   candidate reaches the caps (100 counts per request): the worst case.
+//!
+//! Besides criterion's estimates it prints a latency distribution per shape
+//! and how the decisions came out.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use segd::freq::{FreqConfig, FreqStore, FsyncPolicy, NewImpression};
+use segd::proto::{Calendar, Candidate, FrequencyCap, Reason, SegmentRef};
+use segd::store::{LoadedPack, ServingState};
+
+mod common;
+use common::{env_or, print_distribution, synthetic_pack, user_id};
+
+const CANDIDATES: usize = 50;
+const RETENTION_SECONDS: i64 = 30 * 86_400;
+const BENCHED_USERS: usize = 4096;
+const IMPRESSIONS_PER_USER: usize = 60;
+/// Impressions are spread over this many seconds before now.
+const IMPRESSION_SPREAD_SECONDS: i64 = 3 * 3_600;
+
+fn segment_ref(segment_id: u32, max_age_seconds: u32) -> SegmentRef {
+    SegmentRef {
+        segment_id,
+        max_age_seconds,
+    }
+}
+
+fn caps(number: usize) -> Vec<FrequencyCap> {
+    vec![
+        FrequencyCap {
+            key: format!("li:{number}"),
+            limit: 3,
+            window_seconds: 0,
+            calendar: Calendar::Day as i32,
+            utc_offset_minutes: 0,
+        },
+        FrequencyCap {
+            key: format!("camp:{}", number % 5),
+            limit: 10,
+            window_seconds: 3600,
+            calendar: Calendar::Rolling as i32,
+            utc_offset_minutes: 0,
+        },
+    ]
+}
+
+/// Line items as a DSP would hold them: audiences on popular segments,
+/// exclusions on the tail, half with a 30-day lookback.
+fn mixed_candidates(rng: &mut StdRng, segments: u32) -> Vec<Candidate> {
+    (0..CANDIDATES)
+        .map(|number| {
+            let max_age = if number % 2 == 0 { 30 * 86_400 } else { 0 };
+            let popular = |rng: &mut StdRng| segment_ref(rng.random_range(1..=10), max_age);
+            let common = |rng: &mut StdRng| segment_ref(rng.random_range(1..=50), max_age);
+            let tail = |rng: &mut StdRng| segment_ref(rng.random_range(100..=segments), 0);
+            let (all_of, any_of, none_of) = match number % 3 {
+                0 => (vec![popular(rng)], vec![common(rng), common(rng)], vec![]),
+                1 => (vec![popular(rng)], vec![common(rng)], vec![tail(rng)]),
+                _ => (vec![], vec![common(rng), common(rng)], vec![tail(rng)]),
+            };
+            Candidate {
+                id: format!("li-{number}"),
+                all_of,
+                any_of,
+                none_of,
+                caps: caps(number),
+            }
+        })
+        .collect()
+}
+
+/// Every candidate excludes three tail segments only: nearly all reach caps.
+fn caps_all_candidates(rng: &mut StdRng, segments: u32) -> Vec<Candidate> {
+    (0..CANDIDATES)
+        .map(|number| Candidate {
+            id: format!("li-{number}"),
+            all_of: vec![],
+            any_of: vec![],
+            none_of: (0..3)
+                .map(|_| segment_ref(rng.random_range(segments / 2..=segments), 0))
+                .collect(),
+            caps: caps(number),
+        })
+        .collect()
+}
+
+fn bench_decide(criterion: &mut Criterion) {
+    let users = env_or("SEGD_BENCH_USERS", 1_000_000);
+    let segment_count = env_or("SEGD_BENCH_SEGMENTS", 1_000);
+    let now = segd::unix_now_seconds();
+    let started = Instant::now();
+    let pack = synthetic_pack(users, segment_count, 20.0, 1, now - 3_600);
+    let memberships = pack.memberships();
+    let loaded = LoadedPack::from_pack(pack, 0, now).expect("index builds");
+    let state = ServingState::new(1, vec![Arc::new(loaded)]).expect("one pack");
+    println!(
+        "pack: {users} users, {segment_count} segments, {memberships} memberships; ready in {:.1?}",
+        started.elapsed()
+    );
+
+    let mut rng = StdRng::seed_from_u64(3);
+    // 90 % known users, 10 % strangers, as an ad server would see.
+    let benched: Vec<u64> = (0..BENCHED_USERS)
+        .map(|_| {
+            if rng.random_bool(0.9) {
+                segd::user_fingerprint(&user_id(rng.random_range(0..users)))
+            } else {
+                segd::user_fingerprint(&format!("stranger:{}", rng.random::<u64>()))
+            }
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = FreqConfig {
+        fsync: FsyncPolicy::Never,
+        retention_seconds: RETENTION_SECONDS,
+        checkpoint_interval: Duration::from_secs(3_600),
+        sweep_interval: Duration::from_secs(3_600),
+        ..FreqConfig::new(dir.path())
+    };
+    let (counters, _) = FreqStore::open(config).expect("frequency store opens");
+    let impressions: Vec<NewImpression> = benched
+        .iter()
+        .flat_map(|&user_fingerprint| {
+            (0..IMPRESSIONS_PER_USER)
+                .map(|_| {
+                    let line_item = rng.random_range(0..CANDIDATES);
+                    NewImpression {
+                        user_fingerprint,
+                        cap_keys: vec![
+                            format!("li:{line_item}"),
+                            format!("camp:{}", line_item % 5),
+                        ],
+                        at_unix_seconds: now - rng.random_range(0..IMPRESSION_SPREAD_SECONDS),
+                        impression_id: String::new(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for batch in impressions.chunks(1_000) {
+        counters.record(batch).expect("records");
+    }
+
+    let shapes = [
+        ("mixed", mixed_candidates(&mut rng, segment_count as u32)),
+        (
+            "caps_all",
+            caps_all_candidates(&mut rng, segment_count as u32),
+        ),
+    ];
+    let size = format!("{users}u_{segment_count}s");
+    let mut group = criterion.benchmark_group("decide");
+    for (shape, candidates) in &shapes {
+        let mut index = 0usize;
+        group.bench_function(BenchmarkId::new(*shape, &size), |bencher| {
+            bencher.iter(|| {
+                index = index.wrapping_add(1);
+                black_box(segd::decide::decide(
+                    &state,
+                    &counters,
+                    benched[index % benched.len()],
+                    candidates,
+                    now,
+                    RETENTION_SECONDS,
+                ))
+            })
+        });
+    }
+    group.finish();
+
+    for (shape, candidates) in &shapes {
+        let samples = 100_000usize;
+        let mut nanos = Vec::with_capacity(samples);
+        let mut reasons = [0usize; 5];
+        for sample in 0..samples {
+            let user = benched[sample % benched.len()];
+            let started = Instant::now();
+            let decisions =
+                segd::decide::decide(&state, &counters, user, candidates, now, RETENTION_SECONDS);
+            nanos.push(started.elapsed().as_nanos() as u64);
+            for decision in &decisions {
+                reasons[decision.reason as usize] += 1;
+            }
+        }
+        print_distribution(&format!("decide/{shape}/{size}"), nanos);
+        let total = (samples * CANDIDATES) as f64;
+        let share = |reason: Reason| reasons[reason as usize] as f64 / total * 100.0;
+        println!(
+            "decide/{shape}: eligible {:.1} %, not in audience {:.1} %, excluded {:.1} %, capped {:.1} %",
+            share(Reason::Eligible),
+            share(Reason::NotInAudience),
+            share(Reason::Excluded),
+            share(Reason::FrequencyCapped),
+        );
+    }
+    counters.shutdown().expect("frequency store stops");
+}
+
+criterion_group!(benches, bench_decide);
+criterion_main!(benches);
