@@ -363,3 +363,60 @@ impl UserView<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use roaring::RoaringBitmap;
+
+    use super::*;
+    use crate::pack::{Pack, Segment};
+
+    fn pack(name: &str, segment_ids: &[u32]) -> Arc<LoadedPack> {
+        let segments = segment_ids
+            .iter()
+            .map(|&id| Segment {
+                id,
+                name: format!("s{id}"),
+                kind: String::new(),
+                ttl_seconds: 0,
+                members: RoaringBitmap::from_iter([0u32]),
+                last_seen_hours_ago: None,
+            })
+            .collect();
+        let pack = Pack {
+            name: name.into(),
+            version: "v1".into(),
+            built_at_unix_seconds: 1_000_000,
+            user_fingerprints: vec![42, 43],
+            segments,
+        };
+        Arc::new(LoadedPack::from_pack(pack, 0, 0).expect("indexes"))
+    }
+
+    /// Dense ids use the table, far-apart ids the map: both answer alike.
+    #[test]
+    fn dense_and_sparse_segment_ids_answer_alike() {
+        for (first, second) in [(&[1u32, 2][..], &[7u32][..]), (&[1, 4_000_000_000], &[7])] {
+            let state =
+                ServingState::new(1, vec![pack("a", first), pack("b", second)]).expect("state");
+            let mut asked: Vec<u32> = first.iter().chain(second).copied().collect();
+            asked.push(9);
+            let result = state.lookup(42, &asked, 0, 1_000_000);
+            let mut expected: Vec<u32> = first.iter().chain(second).copied().collect();
+            expected.sort_unstable();
+            assert_eq!(result.segment_ids, expected);
+            assert_eq!(result.unknown_segment_ids, vec![9]);
+            assert!(
+                state
+                    .lookup(43, &asked, 0, 1_000_000)
+                    .segment_ids
+                    .is_empty()
+            );
+            assert!(state.segment(4_000_000_001).is_none());
+            assert_eq!(
+                state.segment(7).map(|(pack, _)| pack.name.as_str()),
+                Some("b")
+            );
+        }
+    }
+}
