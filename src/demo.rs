@@ -104,8 +104,8 @@ pub fn write_demo_pack(packs_dir: &Path) -> anyhow::Result<()> {
 pub fn demo_queries(query_addr: &str) -> String {
     format!(
         "Try:\n  \
-         cargo run -q --bin segctl -- lookup --addr http://{query_addr} {DEMO_FEATURED_USER} --segments 1,3,4\n  \
-         cargo run -q --bin segctl -- lookup --addr http://{query_addr} {DEMO_FEATURED_USER} --max-age-seconds 86400\n  \
+         cargo run --release -q --bin segctl -- lookup --addr http://{query_addr} {DEMO_FEATURED_USER} --segments 1,3,4\n  \
+         cargo run --release -q --bin segctl -- lookup --addr http://{query_addr} {DEMO_FEATURED_USER} --max-age-seconds 86400\n  \
          grpcurl -plaintext -d '{{\"user_id\":\"{DEMO_FEATURED_USER}\",\"segment_ids\":[1,3,4]}}' {query_addr} segd.v1.Segments/Lookup\n"
     )
 }

@@ -43,17 +43,20 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     server::check_config(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let query_addr = listeners.query_addr();
+    let metrics_addr = listeners
+        .metrics_addr()
+        .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     tracing::info!(
         query = %query_addr,
         admin = %listeners.admin_addr(),
-        metrics = ?listeners.metrics_addr(),
+        metrics = %metrics_addr,
         data_dir = %config.data_dir.display(),
         "segd listening"
     );
     // One plain line on stdout with the bound addresses (port 0 picks one),
     // for scripts and tests that start segd.
     println!(
-        "segd listening: query {query_addr} admin {}",
+        "segd listening: query {query_addr} admin {} metrics {metrics_addr}",
         listeners.admin_addr()
     );
     if config.demo {
