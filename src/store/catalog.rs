@@ -16,7 +16,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
-use super::{IndexError, LoadedPack, OwnershipConflict, Store};
+use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackError};
 
 const CURRENT_SUFFIX: &str = ".segpack";
@@ -181,7 +181,7 @@ impl Catalog {
                 }
                 previous
             };
-            let loaded = load_pack_file(&path, loaded_at_unix_seconds)?;
+            let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
             info!(
                 pack = %loaded.name,
                 version = %loaded.version,
@@ -259,10 +259,12 @@ impl Catalog {
                 });
             }
         }
-        let loaded = Arc::new(LoadedPack::from_pack(
+        // Pushes happen while serving: one core builds, the rest keep answering.
+        let loaded = Arc::new(LoadedPack::from_pack_on(
             pack,
             pack_bytes.len() as u64,
             loaded_at_unix_seconds,
+            BuildThreads::One,
         )?);
         // Check ownership before touching the disk: a refused pack changes nothing.
         state.check_ownership(&loaded)?;
@@ -308,7 +310,11 @@ impl Catalog {
         if !previous.exists() {
             return Err(CatalogError::NoPreviousVersion(name.to_owned()));
         }
-        let loaded = Arc::new(load_pack_file(&previous, loaded_at_unix_seconds)?);
+        let loaded = Arc::new(load_pack_file(
+            &previous,
+            loaded_at_unix_seconds,
+            BuildThreads::One,
+        )?);
         let state = self.store.load_full();
         state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
@@ -360,7 +366,11 @@ impl Catalog {
     }
 }
 
-fn load_pack_file(path: &Path, loaded_at_unix_seconds: i64) -> Result<LoadedPack, CatalogError> {
+fn load_pack_file(
+    path: &Path,
+    loaded_at_unix_seconds: i64,
+    threads: BuildThreads,
+) -> Result<LoadedPack, CatalogError> {
     let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
     let file_bytes = bytes.len() as u64;
     let pack = pack::read_pack(&bytes).map_err(|error| CatalogError::Io {
@@ -368,10 +378,11 @@ fn load_pack_file(path: &Path, loaded_at_unix_seconds: i64) -> Result<LoadedPack
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
     })?;
     drop(bytes);
-    Ok(LoadedPack::from_pack(
+    Ok(LoadedPack::from_pack_on(
         pack,
         file_bytes,
         loaded_at_unix_seconds,
+        threads,
     )?)
 }
 

@@ -47,6 +47,15 @@ pub enum IndexError {
     TooManyMemberships { memberships: u64, max: u64 },
 }
 
+/// How many threads an index build may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildThreads {
+    /// Start-up: nothing is served yet, so finish as fast as possible.
+    AllCores,
+    /// A swap under load: leave the other cores to the requests being served.
+    One,
+}
+
 impl UserMajorIndex {
     /// Builds the index with a counting sort done in blocks of users small
     /// enough that a block's entries stay in cache: the memberships of the
@@ -55,13 +64,19 @@ impl UserMajorIndex {
     /// straight from 1,000 bitmap passes would miss cache once per membership.
     /// Large packs are split into ordinal ranges built on separate threads.
     pub fn build(pack: &Pack) -> Result<Self, IndexError> {
-        let threads = if pack.memberships() >= PARALLEL_MIN_MEMBERSHIPS {
-            std::thread::available_parallelism()
-                .map(|count| count.get())
-                .unwrap_or(1)
-                .min(MAX_BUILD_THREADS)
-        } else {
-            1
+        Self::build_on(pack, BuildThreads::AllCores)
+    }
+
+    /// [`UserMajorIndex::build`] on at most the given threads.
+    pub fn build_on(pack: &Pack, threads: BuildThreads) -> Result<Self, IndexError> {
+        let threads = match threads {
+            BuildThreads::AllCores if pack.memberships() >= PARALLEL_MIN_MEMBERSHIPS => {
+                std::thread::available_parallelism()
+                    .map(|count| count.get())
+                    .unwrap_or(1)
+                    .min(MAX_BUILD_THREADS)
+            }
+            BuildThreads::AllCores | BuildThreads::One => 1,
         };
         Self::build_with(pack, threads)
     }

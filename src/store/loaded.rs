@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::dictionary::UserDictionary;
-use super::index::{IndexEntry, IndexError, UserMajorIndex};
+use super::index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
 use crate::pack::{self, Pack};
 
 /// What the server keeps of a segment besides its memberships.
@@ -37,13 +37,29 @@ pub struct LoadedPack {
 }
 
 impl LoadedPack {
-    /// Derives the lookup tables; consumes the pack so its bitmaps are freed.
+    /// Derives the lookup tables on all cores; consumes the pack so its
+    /// bitmaps are freed.
     pub fn from_pack(
         pack: Pack,
         file_bytes: u64,
         loaded_at_unix_seconds: i64,
     ) -> Result<Self, IndexError> {
-        let index = UserMajorIndex::build(&pack)?;
+        Self::from_pack_on(
+            pack,
+            file_bytes,
+            loaded_at_unix_seconds,
+            BuildThreads::AllCores,
+        )
+    }
+
+    /// [`LoadedPack::from_pack`] with the index built on at most `threads`.
+    pub fn from_pack_on(
+        pack: Pack,
+        file_bytes: u64,
+        loaded_at_unix_seconds: i64,
+        threads: BuildThreads,
+    ) -> Result<Self, IndexError> {
+        let index = UserMajorIndex::build_on(&pack, threads)?;
         let segments = pack
             .segments
             .iter()

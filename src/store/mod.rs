@@ -24,7 +24,7 @@ use arc_swap::{ArcSwap, Guard};
 
 pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
-pub use index::{IndexEntry, IndexError, UserMajorIndex};
+pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
 pub use state::{
     LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
