@@ -37,18 +37,6 @@ pub trait StatusExtras: Send + Sync + 'static {
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
 }
 
-/// No frequency store, no freshness bound.
-pub struct NoExtras;
-
-impl StatusExtras for NoExtras {
-    fn frequency(&self) -> Option<crate::proto::FrequencyStatus> {
-        None
-    }
-    fn is_stale(&self, _pack: &str, _built_at: i64, _now: i64) -> bool {
-        false
-    }
-}
-
 impl AdminService {
     pub fn new(
         catalog: Arc<Catalog>,
