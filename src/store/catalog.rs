@@ -192,6 +192,8 @@ impl Catalog {
             packs.push(Arc::new(loaded));
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
+        // The packs' bitmaps were freed after indexing; give the pages back.
+        crate::memory::release_free_memory();
         Ok(generation)
     }
 

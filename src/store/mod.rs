@@ -126,6 +126,11 @@ fn retire_states(retired: mpsc::Receiver<Arc<ServingState>>) {
                 std::thread::sleep(RETIRE_POLL);
             }
         }
+        let before = waiting.len();
         waiting.retain(|state| Arc::strong_count(state) > 1);
+        if waiting.len() < before {
+            // A retired state can be gigabytes of small allocations.
+            crate::memory::release_free_memory();
+        }
     }
 }
