@@ -152,13 +152,19 @@ pub struct RunArgs {
     /// Seed of the request generator.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// decide workload against segd: register the data set's line items once
+    /// (Admin/PutLineItems on --admin-addr) and send their ids in Decide instead
+    /// of inline candidates. Ignored with --target redis, whose client holds the
+    /// definitions anyway.
+    #[arg(long)]
+    pub registered_line_items: bool,
     /// Re-push a pack every N seconds during the run (needs --pack and --admin-addr).
     #[arg(long)]
     pub swap_every: Option<u64>,
     /// Pack file to push; give it several times (different versions) to rotate between them.
     #[arg(long)]
     pub pack: Vec<PathBuf>,
-    /// Admin address for --swap-every (segd's admin port).
+    /// Admin address for --swap-every and --registered-line-items (segd's admin port).
     #[arg(long, default_value = "http://127.0.0.1:7401")]
     pub admin_addr: String,
     /// Admin bearer token.

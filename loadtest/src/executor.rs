@@ -121,7 +121,7 @@ async fn execute_grpc(
             })
         }
         Request::Decide(decide) => {
-            let asked = decide.candidates.len();
+            let asked = decide.candidates.len() + decide.line_item_ids.len();
             let reply = segments.decide(decide).await?.into_inner();
             if reply.decisions.len() != asked {
                 return Err(bad_reply(format!(

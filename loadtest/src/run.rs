@@ -126,6 +126,49 @@ fn validate(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Registers the data set's line items on segd (Admin/PutLineItems), so
+/// Decide can name them by id.
+async fn register_line_items(args: &RunArgs, dataset: &Dataset) -> Result<()> {
+    use segd::proto::PutLineItemsRequest;
+    use segd::proto::admin_client::AdminClient;
+    let channel = tonic::transport::Endpoint::from_shared(args.admin_addr.clone())
+        .with_context(|| format!("--admin-addr {:?}", args.admin_addr))?
+        .connect()
+        .await
+        .with_context(|| format!("connect to --admin-addr {}", args.admin_addr))?;
+    let mut admin = AdminClient::new(channel);
+    let mut request = tonic::Request::new(PutLineItemsRequest {
+        version: format!("loadtest-{}", dataset.line_items.len()),
+        line_items: dataset.line_items.clone(),
+    });
+    if let Some(token) = &args.token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .context("--token must be printable ASCII")?,
+        );
+    }
+    let reply = admin
+        .put_line_items(request)
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!("PutLineItems: {:?}: {}", status.code(), status.message())
+        })?
+        .into_inner();
+    eprintln!(
+        "registered {} line items (version {}{})",
+        reply.line_items,
+        reply.version,
+        if reply.unchanged {
+            ", already registered"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args)?;
     let dataset = Arc::new(Dataset::load(&args)?);
@@ -162,7 +205,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         record_batch: args.record_batch,
         max_age_seconds: args.max_age_seconds,
         line_items: args.line_items,
+        registered_line_items: args.registered_line_items && args.target == Target::Grpc,
     };
+    if generator_config.registered_line_items {
+        register_line_items(&args, &dataset).await?;
+    }
     let run_nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_nanos() as u64)

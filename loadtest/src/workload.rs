@@ -236,6 +236,8 @@ pub struct GeneratorConfig {
     pub max_age_seconds: u32,
     /// Distinct line items `li:{n}` impressions are recorded against.
     pub line_items: u32,
+    /// Decide names registered line items by id instead of sending them inline.
+    pub registered_line_items: bool,
 }
 
 /// One per worker: its own RNG so workers never contend, seeded from the run seed
@@ -336,6 +338,19 @@ impl Generator {
 
     fn decide(&mut self) -> DecideRequest {
         let wanted = self.config.candidates.min(self.dataset.line_items.len());
+        if self.config.registered_line_items {
+            let line_item_ids = self
+                .dataset
+                .line_items
+                .choose_multiple(&mut self.rng, wanted)
+                .map(|line_item| line_item.id.clone())
+                .collect();
+            return DecideRequest {
+                user_id: self.user(),
+                line_item_ids,
+                ..Default::default()
+            };
+        }
         let candidates = self
             .dataset
             .line_items
