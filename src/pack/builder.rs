@@ -116,47 +116,37 @@ impl PackBuilder {
     /// twice, in this file or an earlier one, is an error.
     pub fn add_segment_definitions(
         &mut self,
-        mut reader: impl BufRead,
+        reader: impl BufRead,
         file_label: &str,
     ) -> Result<(), BuildError> {
-        let mut buffer = Vec::with_capacity(256);
-        let mut line_number = 0usize;
-        loop {
-            buffer.clear();
-            let read = reader
-                .read_until(b'\n', &mut buffer)
-                .map_err(|source| BuildError::Io {
+        for_each_line(
+            reader,
+            file_label,
+            |_| {},
+            |line_number, line| {
+                let parse_error = |message: String| BuildError::Parse {
                     file: file_label.to_string(),
-                    source,
-                })?;
-            if read == 0 {
-                return Ok(());
-            }
-            line_number += 1;
-            let line = trim_line_end(&buffer);
-            if is_skipped(line) {
-                continue;
-            }
-            let parse_error = |message: String| BuildError::Parse {
-                file: file_label.to_string(),
-                line: line_number,
-                message,
-            };
-            let (id, definition) = parse_definition(line).map_err(parse_error)?;
-            if let Some(previous) = self.definitions.get(&id) {
-                return Err(parse_error(format!(
-                    "segment {id} defined twice (first at {})",
-                    previous.defined_at
-                )));
-            }
-            self.definitions.insert(
-                id,
-                Definition {
-                    defined_at: format!("{file_label}:{line_number}"),
-                    ..definition
-                },
-            );
-        }
+                    line: line_number,
+                    message,
+                };
+                let (id, definition) = parse_definition(line).map_err(parse_error)?;
+                if let Some(previous) = self.definitions.get(&id) {
+                    return Err(parse_error(format!(
+                        "segment {id} defined twice (first at {})",
+                        previous.defined_at
+                    )));
+                }
+                self.definitions.insert(
+                    id,
+                    Definition {
+                        defined_at: format!("{file_label}:{line_number}"),
+                        ..definition
+                    },
+                );
+                Ok(())
+            },
+        )?;
+        Ok(())
     }
 
     /// Reads membership lines: `user_id<TAB>segment_id[<TAB>last_seen_unix]`.
@@ -165,33 +155,18 @@ impl PackBuilder {
     /// the end. Returns the number of lines read.
     pub fn add_memberships(
         &mut self,
-        mut reader: impl BufRead,
+        reader: impl BufRead,
         file_label: &str,
         mut progress: impl FnMut(u64),
     ) -> Result<u64, BuildError> {
-        let mut buffer = Vec::with_capacity(256);
-        let mut line_number = 0usize;
         // Inputs are usually grouped by segment: skip the map lookup then.
         let mut cached_segment: Option<(u32, u16)> = None;
-        loop {
-            buffer.clear();
-            let read = reader
-                .read_until(b'\n', &mut buffer)
-                .map_err(|source| BuildError::Io {
-                    file: file_label.to_string(),
-                    source,
-                })?;
-            if read == 0 {
-                break;
-            }
-            line_number += 1;
+        let on_line_read = |line_number: usize| {
             if (line_number as u64).is_multiple_of(PROGRESS_EVERY_LINES) {
                 progress(line_number as u64);
             }
-            let line = trim_line_end(&buffer);
-            if is_skipped(line) {
-                continue;
-            }
+        };
+        let lines = for_each_line(reader, file_label, on_line_read, |line_number, line| {
             let parse_error = |message: String| BuildError::Parse {
                 file: file_label.to_string(),
                 line: line_number,
@@ -218,9 +193,10 @@ impl PackBuilder {
                 segment_index,
                 hours,
             ));
-        }
-        progress(line_number as u64);
-        Ok(line_number as u64)
+            Ok(())
+        })?;
+        progress(lines as u64);
+        Ok(lines as u64)
     }
 
     fn segment_index(&mut self, segment_id: u32) -> Result<u16, String> {
@@ -492,4 +468,36 @@ fn quoted(field: &[u8]) -> String {
     let shown = &field[..field.len().min(SHOWN_BYTES)];
     let ellipsis = if field.len() > SHOWN_BYTES { "..." } else { "" };
     format!("{:?}{ellipsis}", String::from_utf8_lossy(shown))
+}
+
+/// Reads `reader` line by line into one reused buffer (no allocation per
+/// line), calls `on_line_read` with every line's number and `each_line` with
+/// every line that is neither blank nor a `#` comment, line ending trimmed.
+/// Returns the number of lines read.
+fn for_each_line(
+    mut reader: impl BufRead,
+    file_label: &str,
+    mut on_line_read: impl FnMut(usize),
+    mut each_line: impl FnMut(usize, &[u8]) -> Result<(), BuildError>,
+) -> Result<usize, BuildError> {
+    let mut buffer = Vec::with_capacity(256);
+    let mut line_number = 0usize;
+    loop {
+        buffer.clear();
+        let read = reader
+            .read_until(b'\n', &mut buffer)
+            .map_err(|source| BuildError::Io {
+                file: file_label.to_string(),
+                source,
+            })?;
+        if read == 0 {
+            return Ok(line_number);
+        }
+        line_number += 1;
+        on_line_read(line_number);
+        let line = trim_line_end(&buffer);
+        if !is_skipped(line) {
+            each_line(line_number, line)?;
+        }
+    }
 }
