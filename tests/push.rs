@@ -19,15 +19,7 @@ async fn answers(client: &mut SegmentsClient<Channel>, model: &Model) -> Vec<Vec
     let mut all = Vec::new();
     for pack in &model.packs {
         for user_id in pack.members.keys().step_by(5) {
-            let reply = client
-                .lookup(LookupRequest {
-                    user_id: user_id.clone(),
-                    at_unix_seconds: BUILT_AT,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let reply = common::lookup_all(client, user_id, BUILT_AT).await;
             assert_eq!(reply.segment_ids, model.lookup(user_id, &[], 0, BUILT_AT).0);
             all.push(reply.segment_ids);
         }

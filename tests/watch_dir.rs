@@ -34,15 +34,7 @@ async fn answers(client: &mut SegmentsClient<Channel>, model: &Model) -> (u64, V
     let mut all = Vec::new();
     for pack in &model.packs {
         for user_id in pack.members.keys() {
-            let reply = client
-                .lookup(LookupRequest {
-                    user_id: user_id.clone(),
-                    at_unix_seconds: BUILT_AT,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let reply = common::lookup_all(client, user_id, BUILT_AT).await;
             generation = reply.generation;
             all.push(reply.segment_ids);
         }

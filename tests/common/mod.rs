@@ -181,6 +181,23 @@ pub fn metric_value(exposition: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
+/// Every segment `user_id` is in at `at_unix_seconds`, any age.
+pub async fn lookup_all(
+    client: &mut SegmentsClient<Channel>,
+    user_id: &str,
+    at_unix_seconds: i64,
+) -> segd::proto::LookupResponse {
+    client
+        .lookup(segd::proto::LookupRequest {
+            user_id: user_id.to_owned(),
+            at_unix_seconds,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A channel to `addr`, over TLS when `tls` is given.
 pub async fn connect(
     addr: std::net::SocketAddr,
