@@ -473,6 +473,8 @@ pub struct MetricsSource {
     pub counters: Arc<OnceLock<Arc<FreqStore>>>,
     /// The `--watch-dir` watcher's counters; `None` when no directory is watched.
     pub watch: Option<Arc<crate::watch::WatchCounters>>,
+    /// The fleet's figures; `None` on a single node.
+    pub fleet: Option<Arc<crate::fleet::FleetMetrics>>,
 }
 
 impl MetricsSource {
@@ -490,6 +492,9 @@ impl MetricsSource {
         }
         if let Some(watch) = &self.watch {
             render_watch(&mut out, watch);
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.render(&mut out);
         }
         out
     }

@@ -35,6 +35,10 @@ pub trait StatusExtras: Send + Sync + 'static {
     /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
     /// freshness bound at `now_unix_seconds`.
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -169,6 +173,7 @@ impl Admin for AdminService {
             packs,
             generation: state.generation,
             frequency: self.status_extras.frequency(),
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),

@@ -2,12 +2,13 @@
 //! state once, calls the domain function and maps the answer.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
 use crate::decide::{self, CandidateRef};
-use crate::freq::{FreqStore, NewImpression};
+use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
 use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
@@ -25,6 +26,11 @@ pub struct SegmentsService {
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
     metrics: Arc<Metrics>,
+    /// Where RecordImpressions sends a batch (the local log or the fleet's
+    /// stream); set once the frequency store is open.
+    impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+    /// A recording call's deadline when the client sets none.
+    record_timeout: Duration,
 }
 
 impl SegmentsService {
@@ -40,7 +46,21 @@ impl SegmentsService {
             line_items,
             limits,
             metrics: Arc::new(Metrics::new()),
+            impression_sink: Arc::new(OnceLock::new()),
+            record_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Records through `sink` (set when the frequency store is open), with
+    /// `record_timeout` as the deadline unless the client's is sooner.
+    pub fn with_impression_sink(
+        mut self,
+        sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+        record_timeout: Duration,
+    ) -> Self {
+        self.impression_sink = sink;
+        self.record_timeout = record_timeout;
+        self
     }
 
     /// Counts into `metrics` (the server's shared counters) instead of private ones.
@@ -182,9 +202,13 @@ impl Segments for SegmentsService {
         &self,
         request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
+        let deadline = super::record_sink::call_deadline(request.metadata(), self.record_timeout);
         let request = request.into_inner();
         self.limits.check_record(&request)?;
-        let counters = self.counters()?.clone();
+        let sink =
+            self.impression_sink.get().cloned().ok_or_else(|| {
+                Status::unavailable("replaying the frequency log, not serving yet")
+            })?;
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request
             .impressions
@@ -200,12 +224,9 @@ impl Segments for SegmentsService {
                 impression_id: impression.impression_id,
             })
             .collect();
-        // `record` blocks until the batch is durable per the fsync policy.
-        let outcome = tokio::task::spawn_blocking(move || counters.record(&impressions))
-            .await
-            .map_err(|join_error| {
-                Status::internal(format!("record task failed: {join_error}"))
-            })??;
+        // Durable per the fsync policy (or acknowledged by JetStream and
+        // applied here, in a fleet) before it resolves.
+        let outcome = sink.record(impressions, deadline).await?;
         Ok(Response::new(RecordImpressionsResponse {
             recorded: outcome.recorded,
             duplicates: outcome.duplicates,
