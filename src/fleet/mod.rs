@@ -138,17 +138,16 @@ impl Fleet {
         };
         info!(stream = %spec.name, applied, target, "catching up with the fleet stream");
         let mut stop_wait = stop.clone();
-        tokio::select! {
+        // Plain results out of the select: a watch guard must not live across `.await`.
+        let failure = tokio::select! {
             caught_up = applied_receiver.wait_for(|&applied| applied >= target) => {
-                if caught_up.is_err() {
-                    fleet.stop().await;
-                    bail!("the fleet applier stopped before catching up with stream {}", spec.name);
-                }
+                caught_up.is_err().then_some("the fleet applier stopped")
             }
-            _ = stop_wait.wait_for(|stop| *stop) => {
-                fleet.stop().await;
-                bail!("stopped while catching up with stream {}", spec.name);
-            }
+            _ = stop_wait.wait_for(|stop| *stop) => Some("stopped"),
+        };
+        if let Some(failure) = failure {
+            fleet.stop().await;
+            bail!("{failure} before catching up with stream {}", spec.name);
         }
         metrics.caught_up.store(true, Ordering::Relaxed);
         info!(stream = %spec.name, applied = store.applied_stream_seq(), "caught up with the fleet stream");

@@ -4,6 +4,7 @@
 
 pub mod damage;
 pub mod model;
+pub mod nats;
 pub mod process;
 
 use std::path::Path;
