@@ -7,10 +7,10 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
+use crate::api::outcomes::DecideCounters;
 use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -25,7 +25,7 @@ pub struct SegmentsService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
-    metrics: Arc<Metrics>,
+    decisions: Arc<DecideCounters>,
     /// Where RecordImpressions sends a batch (the local log or the fleet's
     /// stream); set once the frequency store is open.
     impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
@@ -39,13 +39,14 @@ impl SegmentsService {
         counters: Arc<OnceLock<Arc<FreqStore>>>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
+        decisions: Arc<DecideCounters>,
     ) -> Self {
         Self {
             store,
             counters,
             line_items,
             limits,
-            metrics: Arc::new(Metrics::new()),
+            decisions,
             impression_sink: Arc::new(OnceLock::new()),
             record_timeout: Duration::from_secs(5),
         }
@@ -60,12 +61,6 @@ impl SegmentsService {
     ) -> Self {
         self.impression_sink = sink;
         self.record_timeout = record_timeout;
-        self
-    }
-
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
         self
     }
 
@@ -191,7 +186,7 @@ impl Segments for SegmentsService {
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
-        self.metrics.record_decisions(&decisions);
+        self.decisions.record(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,

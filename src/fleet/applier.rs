@@ -92,18 +92,37 @@ impl LogLimiter {
     }
 }
 
+/// What the consumer hands the applier thread, in stream order.
+pub enum Delivery {
+    Message(Box<jetstream::Message>),
+    /// The stream now ends before what was applied (it lost its tail or was
+    /// recreated): sequences after this one are new messages.
+    Rewind(u64),
+}
+
 /// The applier thread: applies messages in the order received, publishes
 /// the applied sequence on `applied`, wakes waiters. Ends when `messages`
 /// closes or the store shuts down.
 pub fn run_applier(
-    mut messages: mpsc::Receiver<jetstream::Message>,
+    mut messages: mpsc::Receiver<Delivery>,
     store: Arc<FreqStore>,
     waiters: Arc<Waiters>,
     metrics: Arc<FleetMetrics>,
     applied: watch::Sender<u64>,
 ) {
     static UNDECODABLE: LogLimiter = LogLimiter::new();
-    while let Some(message) = messages.blocking_recv() {
+    while let Some(delivery) = messages.blocking_recv() {
+        let message = match delivery {
+            Delivery::Message(message) => message,
+            Delivery::Rewind(stream_seq) => {
+                store.rewind_applied_stream_seq(stream_seq);
+                metrics
+                    .applied_sequence
+                    .store(stream_seq, Ordering::Relaxed);
+                applied.send_replace(stream_seq);
+                continue;
+            }
+        };
         let Ok(info) = message.info() else { continue };
         let stream_seq = info.stream_sequence;
         let stored_unix_nanos = info.published.unix_timestamp_nanos() as i64;
@@ -169,7 +188,7 @@ pub async fn run_consumer(
     stream: stream::Stream,
     subject: String,
     after_seq: u64,
-    sender: mpsc::Sender<jetstream::Message>,
+    sender: mpsc::Sender<Delivery>,
     metrics: Arc<FleetMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -202,9 +221,22 @@ async fn consume_once(
     stream: &stream::Stream,
     subject: &str,
     last_handed_over: &mut u64,
-    sender: &mpsc::Sender<jetstream::Message>,
+    sender: &mpsc::Sender<Delivery>,
     metrics: &FleetMetrics,
 ) -> anyhow::Result<()> {
+    let stream_last = stream.clone().info().await?.state.last_sequence;
+    if stream_last < *last_handed_over {
+        tracing::error!(
+            stream_last,
+            applied = *last_handed_over,
+            "the fleet stream ends before what this replica applied: it lost its tail (a NATS crash) or was recreated; counting on from its end"
+        );
+        metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
+        *last_handed_over = stream_last;
+        if sender.send(Delivery::Rewind(stream_last)).await.is_err() {
+            return Ok(());
+        }
+    }
     let consumer = stream
         .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -243,7 +275,11 @@ async fn consume_once(
         if stream_seq <= *last_handed_over {
             continue;
         }
-        if sender.send(message).await.is_err() {
+        if sender
+            .send(Delivery::Message(Box::new(message)))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         *last_handed_over = stream_seq;

@@ -1,9 +1,12 @@
-//! What the fleet counts: plain atomics, rendered in the Prometheus text
-//! format by [`FleetMetrics::render`] and read by `Status`. Kept here, not in
-//! the metrics registry, so the registry only needs one call to expose them.
+//! What the fleet counts: plain atomics, written without locks on the apply
+//! and publish paths, read by `Status`, and encoded at scrape time as a
+//! collector the composition root registers.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::NoLabelSet;
+
+use crate::telemetry::{Collector, DescriptorEncoder, MetricType};
 
 /// Upper bounds (seconds) of the apply-lag histogram buckets.
 pub const LAG_BUCKETS_SECONDS: [f64; 16] = [
@@ -35,6 +38,8 @@ pub struct FleetMetrics {
     pub undecodable_messages: AtomicU64,
     /// Times the stream consumer was (re)created.
     pub consumer_starts: AtomicU64,
+    /// Times the stream was found to end before the applied sequence.
+    pub stream_rewinds: AtomicU64,
     /// The apply lag of the last applied message, in nanoseconds.
     pub last_lag_nanos: AtomicU64,
     lag_bucket_counts: [AtomicU64; LAG_BUCKETS_SECONDS.len() + 1],
@@ -57,6 +62,7 @@ impl FleetMetrics {
             late_batches_skipped: AtomicU64::new(0),
             undecodable_messages: AtomicU64::new(0),
             consumer_starts: AtomicU64::new(0),
+            stream_rewinds: AtomicU64::new(0),
             last_lag_nanos: AtomicU64::new(0),
             lag_bucket_counts: Default::default(),
             lag_sum_nanos: AtomicU64::new(0),
@@ -83,101 +89,127 @@ impl FleetMetrics {
     pub fn saw_stream_sequence(&self, sequence: u64) {
         self.stream_sequence.fetch_max(sequence, Ordering::Relaxed);
     }
+}
 
-    /// Appends the `segd_fleet_*` families to `out`.
-    pub fn render(&self, out: &mut String) {
+/// A gauge or counter: name (counters without `_total`, which the encoding
+/// appends), help, value.
+type Figure = (&'static str, &'static str, u64);
+
+impl FleetMetrics {
+    fn gauges(&self) -> [Figure; 5] {
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let labels = format!(
-            "replica=\"{}\",stream=\"{}\"",
-            escape(&self.replica_id),
-            escape(&self.stream)
-        );
-        let figures: [(&str, &str, &str, u64); 9] = [
+        [
             (
                 "segd_fleet_connected",
-                "gauge",
                 "1 while the NATS connection is up.",
                 u64::from(self.connected.load(Ordering::Relaxed)),
             ),
             (
                 "segd_fleet_caught_up",
-                "gauge",
                 "1 once the start-up catch-up reached the stream's last sequence.",
                 u64::from(self.caught_up.load(Ordering::Relaxed)),
             ),
             (
                 "segd_fleet_applied_sequence",
-                "gauge",
                 "Last stream sequence applied to the local counters.",
                 load(&self.applied_sequence),
             ),
             (
                 "segd_fleet_stream_sequence",
-                "gauge",
                 "Highest stream sequence this replica knows of.",
                 load(&self.stream_sequence),
             ),
             (
                 "segd_fleet_messages_behind",
-                "gauge",
                 "Messages of this replica's subject not yet applied.",
                 load(&self.messages_behind),
             ),
+        ]
+    }
+
+    fn counters(&self) -> [Figure; 5] {
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        [
             (
-                "segd_fleet_publish_failures_total",
-                "counter",
-                "RecordImpressions calls answered UNAVAILABLE because JetStream did not take the batch.",
+                "segd_fleet_publish_failures",
+                "RecordImpressions calls answered UNAVAILABLE because JetStream did not take (or this replica did not apply) the batch in time.",
                 load(&self.publish_failures),
             ),
             (
-                "segd_fleet_published_batches_total",
-                "counter",
+                "segd_fleet_published_batches",
                 "Batches JetStream acknowledged from this replica.",
                 load(&self.published_batches),
             ),
             (
-                "segd_fleet_skipped_messages_total",
-                "counter",
+                "segd_fleet_skipped_messages",
                 "Stream messages skipped: stored after their deadline, or undecodable.",
                 load(&self.late_batches_skipped) + load(&self.undecodable_messages),
             ),
             (
-                "segd_fleet_consumer_starts_total",
-                "counter",
-                "Times the stream consumer was created (start-up, reconnects, gaps).",
+                "segd_fleet_stream_rewinds",
+                "Times the stream ended before the applied sequence (lost tail or recreated stream); counting went on from its end.",
+                load(&self.stream_rewinds),
+            ),
+            (
+                "segd_fleet_consumer_starts",
+                "Times the stream consumer was created (start-up, reconnects, delivery gaps).",
                 load(&self.consumer_starts),
             ),
-        ];
-        for (name, kind, help, value) in figures {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-        let name = "segd_fleet_apply_lag_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Seconds from the recording replica's stamp to the local apply, per stream message.\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (index, bound) in LAG_BUCKETS_SECONDS.iter().enumerate() {
-            cumulative += load(&self.lag_bucket_counts[index]);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += load(&self.lag_bucket_counts[LAG_BUCKETS_SECONDS.len()]);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            load(&self.lag_sum_nanos) as f64 / 1e9
-        );
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", load(&self.lag_count));
+        ]
+    }
+
+    fn encode_lag(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        labels: &[(&str, &str); 2],
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "segd_fleet_apply_lag_seconds",
+            "Seconds from the recording replica's stamp to the local apply, per stream message.",
+            None,
+            MetricType::Histogram,
+        )?;
+        // Per-bucket counts: the encoding cumulates them.
+        let buckets: Vec<(f64, u64)> = self
+            .lag_bucket_counts
+            .iter()
+            .enumerate()
+            .map(|(index, count)| {
+                let bound = LAG_BUCKETS_SECONDS
+                    .get(index)
+                    .copied()
+                    .unwrap_or(f64::INFINITY);
+                (bound, count.load(Ordering::Relaxed))
+            })
+            .collect();
+        let sum = self.lag_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = self.lag_count.load(Ordering::Relaxed);
+        family
+            .encode_family(labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl Collector for FleetMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = [
+            ("replica", self.replica_id.as_str()),
+            ("stream", self.stream.as_str()),
+        ];
+        for (name, help, value) in self.gauges() {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_family(&labels)?
+                .encode_gauge(&(value as i64))?;
+        }
+        for (name, help, value) in self.counters() {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        self.encode_lag(&mut encoder, &labels)
+    }
 }
 
 #[cfg(test)]
@@ -190,8 +222,9 @@ mod tests {
         metrics.observe_lag_nanos(300_000);
         metrics.observe_lag_nanos(15_000_000);
         metrics.observe_lag_nanos(-5);
-        let mut out = String::new();
-        metrics.render(&mut out);
+        let mut registry = crate::telemetry::Registry::default();
+        registry.register_collector(Box::new(std::sync::Arc::new(metrics)));
+        let out = crate::telemetry::encode(&registry);
         assert!(
             out.contains(
                 "segd_fleet_apply_lag_seconds_bucket{replica=\"a\",stream=\"S\",le=\"0.0005\"} 2"

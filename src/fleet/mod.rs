@@ -92,14 +92,13 @@ impl Fleet {
         let stream = ensure_stream_retrying(&context, &spec, stop.clone()).await?;
         let subject = message::shard_subject(shard);
         let target = last_sequence_of(&stream, &subject, &spec.name).await?;
-        let applied = store.applied_stream_seq();
         let stream_last = stream.cached_info().state.last_sequence;
-        if applied > stream_last {
-            bail!(
-                "the frequency checkpoint has applied stream {} up to sequence {applied} but the stream ends at {stream_last}: it was recreated; move DATA_DIR/freq aside to rebuild the counters from the stream",
-                spec.name
-            );
+        if store.applied_stream_seq() > stream_last {
+            warn!(stream = %spec.name, stream_last, applied = store.applied_stream_seq(), "the frequency checkpoint is beyond the stream's end: it lost its tail or was recreated; counting on from its end");
+            metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
+            store.rewind_applied_stream_seq(stream_last);
         }
+        let applied = store.applied_stream_seq();
         metrics.applied_sequence.store(applied, Ordering::Relaxed);
         metrics.saw_stream_sequence(target);
 

@@ -16,6 +16,7 @@
 //! - [`sink`]: [`ImpressionSink`], where `RecordImpressions` sends a batch:
 //!   the local log, or a fleet's stream (`crate::fleet`).
 //! - [`error`]: the error type, [`FreqError`].
+//! - [`telemetry`]: its figures for `GET /metrics`.
 
 pub mod checkpoint;
 pub mod counters;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod log;
 pub mod sink;
 pub mod store;
+pub mod telemetry;
 pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};

@@ -54,22 +54,6 @@ pub enum CatalogError {
     },
 }
 
-impl CatalogError {
-    /// A short stable label for metrics (`reason="ownership"`).
-    pub fn reason_code(&self) -> &'static str {
-        match self {
-            CatalogError::Pack(_) => "invalid_pack",
-            CatalogError::Index(_) => "invalid_index",
-            CatalogError::Ownership(_) => "ownership",
-            CatalogError::OlderVersion { .. } => "older_version",
-            CatalogError::InvalidPackName(_) => "invalid_pack_name",
-            CatalogError::NoSuchPack(_) => "no_such_pack",
-            CatalogError::NoPreviousVersion(_) => "no_previous_version",
-            CatalogError::Io { .. } => "storage",
-        }
-    }
-}
-
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError {
     let context = context.into();
     move |source| CatalogError::Io { context, source }

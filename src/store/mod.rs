@@ -14,6 +14,7 @@ pub mod freshness;
 mod index;
 mod loaded;
 mod state;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

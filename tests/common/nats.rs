@@ -69,6 +69,18 @@ impl NatsNode {
         }
     }
 
+    /// SIGTERM, then waits for the exit: a clean stop (JetStream flushes).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success());
+            child.wait().expect("reap nats-server");
+        }
+    }
+
     /// Starts the node again with the same ports and store.
     pub fn restart(&mut self) {
         self.kill_9();

@@ -74,6 +74,17 @@ impl FreqStore {
         Ok(Some(outcome))
     }
 
+    /// Moves the applied sequence back to `stream_seq` when it is beyond it:
+    /// the stream lost its tail (a crash of its only server) or was recreated,
+    /// and reuses sequence numbers. The counters keep what they hold (an
+    /// over-count, never an under-count); later batches apply again.
+    pub fn rewind_applied_stream_seq(&self, stream_seq: u64) {
+        let _gate = self.inner.apply_gate.read();
+        self.inner
+            .applied_stream_seq
+            .fetch_min(stream_seq, Ordering::Relaxed);
+    }
+
     /// The last replicated stream sequence in the counters (0 = none): where a
     /// stream consumer resumes.
     pub fn applied_stream_seq(&self) -> u64 {
