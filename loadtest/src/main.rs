@@ -19,6 +19,7 @@
 mod chart;
 mod cli;
 mod executor;
+mod fleet_lag;
 mod r#gen;
 mod redis_target;
 mod report;
