@@ -4,7 +4,9 @@
 //! replica acknowledged it (read-your-writes there), polls `Decide` on the
 //! observing replica until its cap of 1 is reached there: that wait is the
 //! lag a caller on another replica sees. Probes are sequential and spaced
-//! `--observe-interval-ms` apart, so they add almost no load.
+//! `--observe-interval-ms` apart, so they add almost no load; polling is back
+//! to back for the first 2 ms, then once a millisecond (the resolution of
+//! longer lags).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,10 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::report::{Histogram, Percentiles, new_histogram, record_micros};
+
+/// How long the observer is polled back to back; later, once a millisecond
+/// (the resolution of lags beyond it).
+const TIGHT_POLLING: Duration = Duration::from_millis(2);
 
 /// A probe not seen on the observer within this long counts as lost.
 const GIVE_UP: Duration = Duration::from_secs(5);
@@ -114,6 +120,11 @@ async fn probe_once(
             .decisions;
         if decisions.first().is_some_and(|decision| !decision.eligible) {
             return Some(acknowledged.elapsed());
+        }
+        // Back to back for the first TIGHT_POLLING, then once a millisecond:
+        // a slow replica is not loaded further by its own probe.
+        if acknowledged.elapsed() > TIGHT_POLLING {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
     None
