@@ -5,17 +5,19 @@
 //! # Consistency
 //!
 //! - `record` is all-or-nothing per call: one log record per call. Impressions
-//!   are deduplicated, logged and applied to memory under the log's queue lock
-//!   and a shared "apply gate"; `record` returns only once its record is as
-//!   durable as the [`FsyncPolicy`] promises. If the write or fsync fails it
-//!   returns `Err` and forgets the impression ids it claimed; memory may keep
-//!   the events (an over-count, never an under-count).
+//!   are deduplicated and logged under the log's queue lock, then applied to
+//!   memory only once the record is as durable as the [`FsyncPolicy`]
+//!   promises, all under a shared "apply gate". If the write or fsync fails
+//!   it returns `Err`, forgets the impression ids it claimed and changes
+//!   nothing in memory; the writer cuts the failed record from the log, so a
+//!   restart counts the same and a retry counts once.
 //! - A retry of an impression id still in flight waits for the first attempt's
 //!   record to be durable and fails if that one failed, so a duplicate is only
 //!   reported for an impression that was (or will be, before the reply) durable.
 //! - A checkpoint takes the apply gate exclusively just long enough to ask the
 //!   writer for a new segment and to flag every shard for a copy-on-write
-//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   snapshot (no `record` is between logging and applying at that instant: a
+//!   checkpoint waits for the in-flight writes), so
 //!   it covers exactly the records before the new segment: checkpoint plus
 //!   replay equals replay alone. The shards are then copied one by one, by the
 //!   checkpoint or by the first writer to touch one; `count` never waits for a
@@ -547,15 +549,10 @@ impl Inner {
             }
             plan
         })?;
-        for impression in &plan.to_apply {
-            self.counters.add_impression(
-                impression.user_fingerprint,
-                &impression.cap_key_hashes,
-                impression.at_unix_seconds,
-            );
-        }
-        drop(gate);
-
+        // Memory changes only once the record is in the log: a refused
+        // request changes nothing, so counts before and after a restart agree
+        // and a retry counts once. The gate stays held until then, so a
+        // checkpoint never sees a record logged but not yet applied.
         if let Some(seq) = seq
             && let Err(error) = self.log.wait_durable(seq)
         {
@@ -564,6 +561,14 @@ impl Inner {
             }
             return Err(error);
         }
+        for impression in &plan.to_apply {
+            self.counters.add_impression(
+                impression.user_fingerprint,
+                &impression.cap_key_hashes,
+                impression.at_unix_seconds,
+            );
+        }
+        drop(gate);
         let mut depends_on = plan.depends_on;
         depends_on.sort_unstable();
         depends_on.dedup();
