@@ -14,6 +14,7 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -39,6 +40,7 @@ pub mod decide;
 pub mod demo;
 pub mod freq;
 pub mod freshness;
+pub mod le;
 pub mod line_items;
 pub mod memory;
 pub mod overload;
