@@ -15,6 +15,8 @@
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
+//! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
+//!   interval fsyncs).
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -45,6 +47,7 @@ pub mod line_items;
 pub mod memory;
 pub mod overload;
 pub mod pack;
+pub mod periodic;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -43,6 +43,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::error::FreqError;
 use crate::le::LeReader;
+use crate::periodic::Periodic;
 
 /// Magic bytes opening every log segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SEGDFLOG";
@@ -409,14 +410,14 @@ struct Shared {
     roll_segment: AtomicBool,
     fault: AtomicU8,
     counters: LogCounters,
-    fsync_thread_stop: Mutex<bool>,
-    fsync_thread_wake: Condvar,
 }
 
 /// The log writer: queue, writer thread and (interval policy) fsync thread.
 pub(crate) struct LogWriter {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Interval policy only.
+    fsync: Mutex<Option<Periodic>>,
 }
 
 struct OpenSegment {
@@ -482,30 +483,29 @@ impl LogWriter {
             roll_segment: AtomicBool::new(false),
             fault: AtomicU8::new(0),
             counters: LogCounters::default(),
-            fsync_thread_stop: Mutex::new(false),
-            fsync_thread_wake: Condvar::new(),
         });
         let segment = shared.open_segment(next_seq)?;
-        let mut threads = Vec::new();
         let writer_shared = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("freq-log-writer".to_owned())
-                .spawn(move || writer_shared.run_writer(Some(segment)))
-                .map_err(|error| FreqError::storage("spawn log writer", error))?,
-        );
-        if policy == FsyncPolicy::Interval {
-            let fsync_shared = Arc::clone(&shared);
-            threads.push(
-                std::thread::Builder::new()
-                    .name("freq-log-fsync".to_owned())
-                    .spawn(move || fsync_shared.run_interval_fsync(fsync_interval))
+        let writer = std::thread::Builder::new()
+            .name("freq-log-writer".to_owned())
+            .spawn(move || writer_shared.run_writer(Some(segment)))
+            .map_err(|error| FreqError::storage("spawn log writer", error))?;
+        let fsync = match policy {
+            FsyncPolicy::Interval => {
+                let fsync_shared = Arc::clone(&shared);
+                Some(
+                    Periodic::spawn("freq-log-fsync", fsync_interval, move || {
+                        fsync_shared.interval_fsync()
+                    })
                     .map_err(|error| FreqError::storage("spawn log fsync thread", error))?,
-            );
-        }
+                )
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         Ok(LogWriter {
             shared,
-            threads: Mutex::new(threads),
+            writer: Mutex::new(Some(writer)),
+            fsync: Mutex::new(fsync),
         })
     }
 
@@ -644,10 +644,11 @@ impl LogWriter {
     pub fn stop(&self) {
         self.shared.queue.lock().shutdown = true;
         self.shared.queue_ready.notify_all();
-        *self.shared.fsync_thread_stop.lock() = true;
-        self.shared.fsync_thread_wake.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+        if let Some(mut fsync) = self.fsync.lock().take() {
+            fsync.stop();
         }
     }
 }
@@ -905,28 +906,18 @@ impl Shared {
         self.progress_made.notify_all();
     }
 
-    fn run_interval_fsync(&self, interval: Duration) {
-        loop {
-            {
-                let mut stop = self.fsync_thread_stop.lock();
-                if !*stop {
-                    self.fsync_thread_wake.wait_for(&mut stop, interval);
-                }
-                if *stop {
-                    return;
-                }
-            }
-            if !self.dirty.swap(false, Ordering::AcqRel) {
-                continue;
-            }
-            let Some(file) = self.current_file.lock().clone() else {
-                continue;
-            };
-            if let Err(error) = self.sync(&file) {
-                tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
-                self.roll_segment.store(true, Ordering::SeqCst);
-                self.progress.lock().failure_count += 1;
-            }
+    /// One tick of the interval policy: fsync what was written since the last.
+    fn interval_fsync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(file) = self.current_file.lock().clone() else {
+            return;
+        };
+        if let Err(error) = self.sync(&file) {
+            tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
+            self.roll_segment.store(true, Ordering::SeqCst);
+            self.progress.lock().failure_count += 1;
         }
     }
 }
