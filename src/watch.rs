@@ -32,8 +32,6 @@ use tracing::{info, warn};
 
 use crate::store::catalog::{Catalog, PushOutcome};
 
-/// Extension of the files the watcher applies (see `pack::FILE_EXTENSION`).
-const PACK_SUFFIX: &str = ".segpack";
 /// Files still being written by the usual sync tools.
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -255,7 +253,9 @@ fn is_candidate(name: &OsString) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
-    !name.starts_with('.') && !name.ends_with(TEMP_SUFFIX) && name.ends_with(PACK_SUFFIX)
+    !name.starts_with('.')
+        && !name.ends_with(TEMP_SUFFIX)
+        && name.ends_with(crate::pack::FILE_SUFFIX)
 }
 
 /// Refuses a watched directory that is the data directory's own pack
