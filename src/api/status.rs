@@ -32,7 +32,7 @@ impl From<crate::freq::FreqError> for Status {
     fn from(error: crate::freq::FreqError) -> Self {
         use crate::freq::FreqError;
         let code = match &error {
-            FreqError::Storage(_) => Code::Unavailable,
+            FreqError::Storage { .. } => Code::Unavailable,
             FreqError::CorruptLog { .. } => Code::DataLoss,
             FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
             FreqError::InvalidConfig(_) => Code::Internal,

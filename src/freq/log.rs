@@ -532,10 +532,15 @@ impl LogWriter {
         if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
             let payload_len = payload.len();
             queue.spare = payload;
-            return Err(FreqError::Storage(format!(
-                "record of {} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}",
-                payload_len
-            )));
+            return Err(FreqError::storage(
+                "append to the log",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "record of {payload_len} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}"
+                    ),
+                ),
+            ));
         }
         queue.next_seq += 1;
         match queue.items.last_mut() {
@@ -577,9 +582,11 @@ impl LogWriter {
             .iter()
             .any(|&(low, high)| low <= seq && seq <= high)
         {
-            return Err(FreqError::Storage(format!(
-                "log write of record {seq} failed"
-            )));
+            // The batch's own error went to the log; this caller learns the outcome.
+            return Err(FreqError::storage(
+                format!("log record {seq}"),
+                std::io::Error::other("its batch failed to write or fsync"),
+            ));
         }
         Ok(())
     }

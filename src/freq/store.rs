@@ -594,8 +594,9 @@ impl Inner {
         // The old segment is fsynced and closed once the rotation is processed.
         self.log.wait_rotation(ticket)?;
         if self.log.failure_count() != failures_before {
-            return Err(FreqError::Storage(
-                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            return Err(FreqError::storage(
+                "checkpoint abandoned",
+                std::io::Error::other("a log write failed while it was taken"),
             ));
         }
         let path = write_checkpoint(&self.config.dir, &data)?;
