@@ -16,6 +16,7 @@ impl From<CatalogError> for Status {
             CatalogError::InvalidPackName(_) => Code::InvalidArgument,
             CatalogError::NoSuchPack(_) => Code::NotFound,
             CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
+            CatalogError::Damaged { .. } => Code::DataLoss,
             CatalogError::Io { .. } => Code::Unavailable,
         };
         Status::new(code, error.to_string())

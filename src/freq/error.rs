@@ -52,7 +52,6 @@ impl FreqError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::freq::{FreqConfig, FreqStore};
 
     #[test]

@@ -46,6 +46,15 @@ pub enum CatalogError {
     NoSuchPack(String),
     #[error("no previous version of pack {0:?} is kept")]
     NoPreviousVersion(String),
+    /// A pack file of the server's own (served, or kept for rollback) no
+    /// longer verifies: data loss on disk, not bad input and not a passing
+    /// storage failure.
+    #[error("load {}: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: PackError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -357,9 +366,9 @@ fn load_pack_file(
 ) -> Result<LoadedPack, CatalogError> {
     let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
     let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes).map_err(|error| CatalogError::Io {
-        context: format!("load {}", path.display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+    let pack = pack::read_pack(&bytes).map_err(|source| CatalogError::Damaged {
+        path: path.to_path_buf(),
+        source,
     })?;
     drop(bytes);
     Ok(LoadedPack::from_pack_on(
