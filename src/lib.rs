@@ -14,6 +14,9 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
+//!   writes to the overlay the store consults, folding into newer packs.
+//!   Knows nothing of gRPC or tokio.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`metrics`]: Prometheus counters and the `GET /metrics` endpoint; the
@@ -43,6 +46,7 @@ pub mod memory;
 pub mod metrics;
 pub mod overload;
 pub mod pack;
+pub mod realtime;
 pub mod server;
 pub mod store;
 pub mod watch;

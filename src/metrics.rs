@@ -473,6 +473,8 @@ pub struct MetricsSource {
     pub counters: Arc<OnceLock<Arc<FreqStore>>>,
     /// The `--watch-dir` watcher's counters; `None` when no directory is watched.
     pub watch: Option<Arc<crate::watch::WatchCounters>>,
+    /// Set once the real-time journal is replayed.
+    pub realtime: Arc<OnceLock<Arc<crate::realtime::Realtime>>>,
 }
 
 impl MetricsSource {
@@ -490,6 +492,9 @@ impl MetricsSource {
         }
         if let Some(watch) = &self.watch {
             render_watch(&mut out, watch);
+        }
+        if let Some(realtime) = self.realtime.get() {
+            crate::realtime::metrics::render(&mut out, realtime);
         }
         out
     }

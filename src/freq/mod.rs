@@ -17,12 +17,14 @@
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
+pub mod forget;
 pub mod log;
 pub mod store;
 pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
+pub use forget::ForgottenUsers;
 pub use log::{DecodedSegment, FsyncPolicy, InjectedFault, SegmentDecodeError, decode_log_segment};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
 pub use window::{Calendar, CapWindow};

@@ -21,6 +21,8 @@ use crate::pack::{self, PackError};
 
 const CURRENT_SUFFIX: &str = ".segpack";
 const PREVIOUS_SUFFIX: &str = ".previous.segpack";
+/// More than any pack header takes (name and version are short strings).
+const HEADER_READ_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -136,6 +138,21 @@ impl Catalog {
     pub fn previous_version(&self, name: &str) -> Option<String> {
         let bytes = fs::read(self.previous_path(name)).ok()?;
         pack::read_header(&bytes).ok().map(|header| header.version)
+    }
+
+    /// When the version kept for rollback of a pack was built, if any. Reads
+    /// the file's first bytes only (the header).
+    pub fn previous_built_at(&self, name: &str) -> Option<i64> {
+        use std::io::Read;
+        let mut head = Vec::new();
+        fs::File::open(self.previous_path(name))
+            .ok()?
+            .take(HEADER_READ_BYTES)
+            .read_to_end(&mut head)
+            .ok()?;
+        pack::read_header(&head)
+            .ok()
+            .map(|header| header.built_at_unix_seconds)
     }
 
     /// Whether any pack file is on disk (the demo fills only an empty directory).

@@ -13,6 +13,7 @@ mod dictionary;
 pub mod freshness;
 mod index;
 mod loaded;
+pub mod overlay;
 mod state;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
 pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
+pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay};
 pub use state::{
     LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
 };
@@ -40,6 +42,8 @@ pub struct Store {
     retire: mpsc::Sender<Arc<ServingState>>,
     /// Applied on every install: which packs are withheld as stale.
     freshness: FreshnessPolicy,
+    /// Real-time updates and forgotten users, handed to every generation.
+    overlay: Arc<Overlay>,
 }
 
 impl Default for Store {
@@ -66,7 +70,13 @@ impl Store {
             next_generation: AtomicU64::new(1),
             retire,
             freshness,
+            overlay: Arc::default(),
         }
+    }
+
+    /// The real-time overlay every generation answers with.
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.overlay
     }
 
     /// The freshness policy applied on every install.
@@ -102,7 +112,8 @@ impl Store {
         let state = ServingState::with_withheld(generation, packs, |pack| {
             self.freshness
                 .withholds(&pack.name, pack.built_at_unix_seconds, now_unix_seconds)
-        })?;
+        })?
+        .with_overlay(self.overlay.clone());
         let old = self.current.swap(Arc::new(state));
         // The retirement thread may have stopped only if the store is being
         // dropped; then dropping here is fine.
