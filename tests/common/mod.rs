@@ -5,6 +5,7 @@
 pub mod damage;
 pub mod model;
 pub mod process;
+pub mod realtime;
 
 use std::path::Path;
 
