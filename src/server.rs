@@ -294,9 +294,9 @@ pub async fn serve(
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
         }
-        let generation = load_catalog.load_all(crate::unix_now_seconds())?;
         let realtime_dir = realtime_config.dir.clone();
-        // Before the frequency store: its replay leaves forgotten users out.
+        // Before the packs (their fold horizons) and the frequency store (its
+        // replay leaves forgotten users out).
         let (realtime, forgotten) = Realtime::open(
             realtime_config,
             load_catalog.store().clone(),
@@ -304,6 +304,7 @@ pub async fn serve(
         )
         .with_context(|| format!("open the real-time journal in {}", realtime_dir.display()))?;
         let _ = load_realtime.set(realtime);
+        let generation = load_catalog.load_all(crate::unix_now_seconds())?;
         let freq_dir = freq_config.dir.clone();
         let (store, report) = FreqStore::open_forgetting(freq_config, &forgotten)
             .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
@@ -336,10 +337,7 @@ pub async fn serve(
     };
     if let (Some(realtime), Some(counters)) = (realtime.get(), counters.get()) {
         realtime.set_counters(counters.clone());
-        let horizon_catalog = catalog.clone();
-        realtime.start_maintenance(Box::new(move |pack| {
-            horizon_catalog.previous_built_at(pack)
-        }));
+        realtime.start_maintenance();
         let _ = realtime_writes.set(realtime.clone());
     }
     let state = store.load_full();

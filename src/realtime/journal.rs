@@ -13,6 +13,7 @@
 //!   kind 1 (updates), item: u64 user_fingerprint | u32 segment_id | u8 op (0 add, 1 remove)
 //!                           | i64 last_seen | i64 expires_at | i64 stamped_at
 //!   kind 2 (forgets), item: u64 user_fingerprint | i64 forgotten_at | u64 freq_boundary_seq
+//!   kind 3 (fold horizons), item: u8 name_len | name (UTF-8) | i64 horizon
 //! ```
 //!
 //! One record per request, so a request is all or nothing: a torn last record
@@ -42,6 +43,7 @@ const UPDATE_ITEM_BYTES: usize = 37;
 const FORGET_ITEM_BYTES: usize = 24;
 const KIND_UPDATES: u8 = 1;
 const KIND_FORGETS: u8 = 2;
+const KIND_HORIZONS: u8 = 3;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub enum JournalRecord {
     Updates(Vec<(u64, OverlayEntry)>),
     /// (user fingerprint, forget).
     Forgets(Vec<(u64, Forget)>),
+    /// (pack name, fold horizon): updates of its segments stamped at or
+    /// before the horizon are folded for good.
+    Horizons(Vec<(String, i64)>),
 }
 
 impl JournalRecord {
@@ -58,6 +63,7 @@ impl JournalRecord {
         match self {
             JournalRecord::Updates(updates) => updates.len(),
             JournalRecord::Forgets(forgets) => forgets.len(),
+            JournalRecord::Horizons(horizons) => horizons.len(),
         }
     }
 
@@ -91,6 +97,16 @@ impl JournalRecord {
                     payload.extend_from_slice(&user_fingerprint.to_le_bytes());
                     payload.extend_from_slice(&forget.at_unix_seconds.to_le_bytes());
                     payload.extend_from_slice(&forget.freq_boundary_seq.to_le_bytes());
+                }
+            }
+            JournalRecord::Horizons(horizons) => {
+                payload.push(KIND_HORIZONS);
+                payload.extend_from_slice(&(horizons.len() as u32).to_le_bytes());
+                for (pack, horizon) in horizons {
+                    // Pack names are at most 64 bytes (`catalog::valid_pack_name`).
+                    payload.push(pack.len() as u8);
+                    payload.extend_from_slice(pack.as_bytes());
+                    payload.extend_from_slice(&horizon.to_le_bytes());
                 }
             }
         }
@@ -195,6 +211,9 @@ fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {
         .ok_or("record payload truncated")?;
     let count = u32::from_le_bytes(count_bytes) as usize;
     let items = &rest[4..];
+    if kind == KIND_HORIZONS {
+        return decode_horizons(count, items);
+    }
     let item_bytes = match kind {
         KIND_UPDATES => UPDATE_ITEM_BYTES,
         KIND_FORGETS => FORGET_ITEM_BYTES,
@@ -240,6 +259,35 @@ fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {
         updates.push((u64_at(item, 0), entry));
     }
     Ok(JournalRecord::Updates(updates))
+}
+
+fn decode_horizons(count: usize, mut items: &[u8]) -> Result<JournalRecord, String> {
+    // Each item takes at least 9 bytes: never trust the count further.
+    if count > items.len() / 9 {
+        return Err(format!("horizon count {count} exceeds the payload"));
+    }
+    let mut horizons = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (&name_len, rest) = items.split_first().ok_or("record payload truncated")?;
+        let name_len = usize::from(name_len);
+        let (name, rest) = rest
+            .split_at_checked(name_len)
+            .ok_or("record payload truncated")?;
+        let (horizon, rest) = rest.split_at_checked(8).ok_or("record payload truncated")?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "pack name is not UTF-8")?;
+        horizons.push((
+            name,
+            i64::from_le_bytes(horizon.try_into().expect("8 bytes")),
+        ));
+        items = rest;
+    }
+    if !items.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the horizons",
+            items.len()
+        ));
+    }
+    Ok(JournalRecord::Horizons(horizons))
 }
 
 /// Why the journal could not be read or written.
@@ -442,6 +490,7 @@ mod tests {
                     freq_boundary_seq: 40,
                 },
             )]),
+            JournalRecord::Horizons(vec![("crm".into(), 77), ("site-events".into(), -3)]),
         ]
     }
 
@@ -466,7 +515,7 @@ mod tests {
         let bytes = encoded(&sample());
         for cut in JOURNAL_HEADER_BYTES + 1..bytes.len() {
             let decoded = decode_journal(&bytes[..cut]).expect("a torn tail is no corruption");
-            assert!(decoded.records.len() < 2);
+            assert!(decoded.records.len() < 3);
             assert_eq!(decoded.valid_bytes + decoded.torn_tail_bytes, cut as u64);
         }
         let mut damaged = bytes.clone();

@@ -8,11 +8,13 @@
 //! journal order, and a replay rebuilds exactly what was acknowledged.
 //!
 //! Folding: an entry stops counting against a pack built at or after its
-//! stamp (checked on every lookup), so pushes and rollbacks are right at once.
-//! Maintenance then drops, off the request path, the entries that no kept
-//! version (served or the one `Rollback` would restore) needs, expires
-//! forgets past their retention, counts forgotten users still in packs, and
-//! compacts the journal.
+//! stamp, and for good once it is at or before the pack's fold horizon (both
+//! the served version and the one it replaced, which `Rollback` restores,
+//! carry it; decided at each swap by `Store::install_at`). Lookups check both,
+//! so pushes and rollbacks are right at once. Maintenance then, off the
+//! request path, journals changed horizons, drops the folded entries from
+//! memory, expires forgets past their retention, counts forgotten users still
+//! in packs, and compacts the journal.
 //!
 //! The seam for a fleet: [`Realtime::apply`] applies a record that is already
 //! durable elsewhere (a JetStream consumer would call it); the admin handler
@@ -124,13 +126,12 @@ pub trait RealtimeWrites: Send + Sync + 'static {
     fn forget_users(&self, user_fingerprints: &[u64]) -> Result<u32, RealtimeError>;
 }
 
-/// Where the version `Rollback` would restore was built, per pack name.
-pub type RollbackHorizon = Box<dyn Fn(&str) -> Option<i64> + Send + Sync>;
-
 /// What maintenance remembers between runs; guarded by the writer mutex.
 #[derive(Default)]
 struct MaintenanceState {
     folded_generation: u64,
+    /// The fold horizons last written to the journal.
+    journaled_horizons: AHashMap<String, i64>,
     /// (pack, version, loaded_at) → forgotten users it contains.
     forgotten_in_packs: AHashMap<(String, String, i64), u64>,
     last_forget_expiry: Option<Instant>,
@@ -158,8 +159,9 @@ pub struct Realtime {
 }
 
 impl Realtime {
-    /// Opens the journal and replays it into the store's overlay; returns
-    /// the forgotten users the frequency store must leave out of its replay.
+    /// Opens the journal and replays it into the store's overlay and fold
+    /// horizons (call it before the packs are loaded); returns the forgotten
+    /// users the frequency store must leave out of its replay.
     pub fn open(
         config: RealtimeConfig,
         store: Arc<Store>,
@@ -168,7 +170,7 @@ impl Realtime {
         let (journal, records) = Journal::open(&config.dir, config.fsync)?;
         let overlay = store.overlay().clone();
         for record in &records {
-            apply_record(&overlay, record);
+            apply_record(&store, record);
         }
         let expired = overlay.expire_forgets(now_unix_seconds - config.forget_retention_seconds);
         let mut forgotten = ForgottenUsers::default();
@@ -208,13 +210,13 @@ impl Realtime {
     }
 
     /// Starts the thread doing interval fsyncs and maintenance.
-    pub fn start_maintenance(self: &Arc<Self>, rollback_horizon: RollbackHorizon) {
+    pub fn start_maintenance(self: &Arc<Self>) {
         let weak: Weak<Realtime> = Arc::downgrade(self);
         let stop = self.stop.clone();
         let interval = self.config.fsync_interval.max(Duration::from_millis(1));
         let spawned = std::thread::Builder::new()
             .name("segd-realtime".into())
-            .spawn(move || maintenance_loop(weak, stop, interval, rollback_horizon));
+            .spawn(move || maintenance_loop(weak, stop, interval));
         match spawned {
             Ok(handle) => *self.maintenance_thread.lock() = Some(handle),
             Err(error) => warn!(error = %error, "cannot start real-time maintenance"),
@@ -236,7 +238,7 @@ impl Realtime {
 
     /// Applies a record already durable (replay, or a fleet's stream).
     pub fn apply(&self, record: &JournalRecord) {
-        apply_record(self.store.overlay(), record);
+        apply_record(&self.store, record);
     }
 
     /// Validates, logs and applies a batch, stamped `now_unix_seconds`.
@@ -289,7 +291,7 @@ impl Realtime {
                 .collect(),
         );
         writer.journal.append(&record)?;
-        apply_record(overlay, &record);
+        apply_record(&self.store, &record);
         Ok(UpdateOutcome {
             applied: updates.len() as u32,
             generation: state.generation,
@@ -341,7 +343,7 @@ impl Realtime {
             Ok::<(), JournalError>(())
         })?;
         if let Some(record) = &record {
-            apply_record(overlay, record);
+            apply_record(&self.store, record);
         }
         count_in_served_packs(&mut writer.maintenance, &state, &newly_forgotten);
         self.users_forgotten
@@ -350,11 +352,7 @@ impl Realtime {
     }
 
     /// Folds, expires, counts and compacts; see the module docs.
-    pub fn maintain(
-        &self,
-        now_unix_seconds: i64,
-        rollback_horizon: &dyn Fn(&str) -> Option<i64>,
-    ) -> Result<(), JournalError> {
+    pub fn maintain(&self, now_unix_seconds: i64) -> Result<(), JournalError> {
         let state = self.store.load_full();
         let mut writer = self.writer.lock();
         let overlay = self.store.overlay().clone();
@@ -363,7 +361,19 @@ impl Realtime {
             maintenance,
         } = &mut *writer;
         if state.generation != maintenance.folded_generation {
-            let folded = fold(&state, &overlay, rollback_horizon);
+            let horizons = self.store.fold_horizons();
+            let changed: Vec<(String, i64)> = horizons
+                .iter()
+                .filter(|(pack, horizon)| {
+                    maintenance.journaled_horizons.get(*pack) != Some(horizon)
+                })
+                .map(|(pack, horizon)| (pack.clone(), *horizon))
+                .collect();
+            if !changed.is_empty() {
+                journal.append(&JournalRecord::Horizons(changed))?;
+                maintenance.journaled_horizons = horizons.clone();
+            }
+            let folded = fold(&state, &overlay, &horizons);
             maintenance.folded_entries_total += folded;
             maintenance.folded_generation = state.generation;
             recount_packs(maintenance, &state, &overlay);
@@ -386,7 +396,7 @@ impl Realtime {
         let figures = overlay.figures();
         let live = figures.entries + figures.forgotten_users;
         if journal.items() > 2 * live + COMPACT_SLACK_ITEMS {
-            journal.rewrite(&snapshot_records(&overlay))?;
+            journal.rewrite(&snapshot_records(&overlay, &self.store.fold_horizons()))?;
         }
         Ok(())
     }
@@ -470,7 +480,8 @@ fn check_segments(state: &ServingState, updates: &[NewUpdate]) -> Result<(), Rea
     Ok(())
 }
 
-fn apply_record(overlay: &crate::store::Overlay, record: &JournalRecord) {
+fn apply_record(store: &Store, record: &JournalRecord) {
+    let overlay = store.overlay();
     match record {
         JournalRecord::Updates(updates) => {
             for (user_fingerprint, entry) in updates {
@@ -482,32 +493,27 @@ fn apply_record(overlay: &crate::store::Overlay, record: &JournalRecord) {
                 overlay.forget(*user_fingerprint, *forget);
             }
         }
+        JournalRecord::Horizons(horizons) => {
+            for (pack, horizon) in horizons {
+                store.raise_fold_horizon(pack, *horizon);
+            }
+        }
     }
 }
 
-/// Drops entries every kept version of their pack already carries: stamped
-/// at or before both the served build and the one `Rollback` would restore.
+/// Drops the entries at or before their pack's fold horizon from memory
+/// (lookups already ignore them).
 fn fold(
     state: &ServingState,
     overlay: &crate::store::Overlay,
-    rollback_horizon: &dyn Fn(&str) -> Option<i64>,
+    horizons: &AHashMap<String, i64>,
 ) -> u64 {
-    let horizons: AHashMap<&str, i64> = state
-        .packs()
-        .iter()
-        .map(|pack| {
-            let built_at = pack.built_at_unix_seconds;
-            let horizon =
-                rollback_horizon(&pack.name).map_or(built_at, |previous| previous.min(built_at));
-            (pack.name.as_str(), horizon)
-        })
-        .collect();
     overlay.retain_entries(|_, entry| {
         // An entry of a segment no pack serves is kept: a rollback of a
         // dropped pack brings the segment back.
         state
             .segment(entry.segment_id)
-            .and_then(|(pack, _)| horizons.get(pack.name.as_str()))
+            .and_then(|(pack, _)| horizons.get(&pack.name))
             .is_none_or(|&horizon| entry.is_on_top_of(horizon))
     })
 }
@@ -600,9 +606,13 @@ fn count_in_served_packs(
     }
 }
 
-/// The journal records that rebuild the overlay: forgets first (an entry
-/// kept for a forgotten user was applied after the forget).
-fn snapshot_records(overlay: &crate::store::Overlay) -> Vec<JournalRecord> {
+/// The journal records that rebuild the overlay and the fold horizons:
+/// forgets before updates (an entry kept for a forgotten user was applied
+/// after the forget).
+fn snapshot_records(
+    overlay: &crate::store::Overlay,
+    horizons: &AHashMap<String, i64>,
+) -> Vec<JournalRecord> {
     let snapshot = overlay.snapshot();
     let forgets: Vec<(u64, Forget)> = snapshot
         .iter()
@@ -612,10 +622,17 @@ fn snapshot_records(overlay: &crate::store::Overlay) -> Vec<JournalRecord> {
         .iter()
         .flat_map(|(fingerprint, record)| record.entries.iter().map(|entry| (*fingerprint, *entry)))
         .collect();
-    let mut records: Vec<JournalRecord> = forgets
-        .chunks(ITEMS_PER_SNAPSHOT_RECORD)
-        .map(|chunk| JournalRecord::Forgets(chunk.to_vec()))
-        .collect();
+    let mut records = vec![JournalRecord::Horizons(
+        horizons
+            .iter()
+            .map(|(pack, horizon)| (pack.clone(), *horizon))
+            .collect(),
+    )];
+    records.extend(
+        forgets
+            .chunks(ITEMS_PER_SNAPSHOT_RECORD)
+            .map(|chunk| JournalRecord::Forgets(chunk.to_vec())),
+    );
     records.extend(
         updates
             .chunks(ITEMS_PER_SNAPSHOT_RECORD)
@@ -628,7 +645,6 @@ fn maintenance_loop(
     realtime: Weak<Realtime>,
     stop: Arc<(Mutex<bool>, parking_lot::Condvar)>,
     interval: Duration,
-    rollback_horizon: RollbackHorizon,
 ) {
     let mut last_maintenance: Option<Instant> = None;
     loop {
@@ -650,7 +666,7 @@ fn maintenance_loop(
         }
         if last_maintenance.is_none_or(|last| last.elapsed() >= MAINTENANCE_PERIOD) {
             last_maintenance = Some(Instant::now());
-            if let Err(error) = realtime.maintain(crate::unix_now_seconds(), &*rollback_horizon) {
+            if let Err(error) = realtime.maintain(crate::unix_now_seconds()) {
                 warn!(error = %error, "real-time maintenance failed");
             }
         }

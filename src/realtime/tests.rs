@@ -176,10 +176,7 @@ fn newer_packs_fold_updates_and_rollback_sees_them_again() {
     assert!(!member(&fixture.store, 7, 1, stamped));
     assert!(member(&fixture.store, USER, 2, stamped));
     // v1 was built before them: a rollback shows them again.
-    fixture
-        .realtime
-        .maintain(stamped, &|_| Some(BUILT_AT))
-        .unwrap();
+    fixture.realtime.maintain(stamped).unwrap();
     assert_eq!(
         fixture.realtime.figures().overlay_entries,
         2,
@@ -191,16 +188,27 @@ fn newer_packs_fold_updates_and_rollback_sees_them_again() {
         .unwrap();
     assert!(member(&fixture.store, 7, 1, stamped));
     assert!(!member(&fixture.store, USER, 2, stamped));
-    // Once every kept version carries them they leave memory.
+    // v3 replaces v1, which does not carry them: still needed.
     fixture
         .store
         .install_at(vec![pack("v3", stamped + 1)], stamped)
         .unwrap();
+    fixture.realtime.maintain(stamped).unwrap();
+    assert_eq!(fixture.realtime.figures().overlay_entries, 2);
+    // v4 replaces v3, both carry them: folded for good, out of memory, and a
+    // newer version built before them does not revive them.
     fixture
-        .realtime
-        .maintain(stamped, &|_| Some(stamped))
+        .store
+        .install_at(vec![pack("v4", stamped + 1)], stamped)
         .unwrap();
+    fixture.realtime.maintain(stamped).unwrap();
     assert_eq!(fixture.realtime.figures().overlay_entries, 0);
+    fixture
+        .store
+        .install_at(vec![pack("v5", BUILT_AT)], stamped)
+        .unwrap();
+    assert!(!member(&fixture.store, 7, 1, stamped));
+    assert!(member(&fixture.store, USER, 2, stamped));
 }
 
 #[test]
@@ -248,7 +256,7 @@ fn forgets_clear_segments_and_counters_across_a_reopen() {
             0,
             "not counted yet"
         );
-        fixture.realtime.maintain(now, &|_| None).unwrap();
+        fixture.realtime.maintain(now).unwrap();
         assert_eq!(fixture.realtime.forgotten_in_packs()[0].users, 1);
         fixture.counters.stop_without_checkpoint();
     }
@@ -291,7 +299,7 @@ fn the_journal_replays_and_compacts_to_the_same_overlay() {
     let (fixture, replayed) = reopen();
     assert_eq!(replayed, expected);
     let mut writer = fixture.realtime.writer.lock();
-    let records = snapshot_records(fixture.store.overlay());
+    let records = snapshot_records(fixture.store.overlay(), &fixture.store.fold_horizons());
     writer.journal.rewrite(&records).unwrap();
     drop(writer);
     drop(fixture);

@@ -199,6 +199,12 @@ impl Catalog {
                 previous
             };
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
+            // Both versions on disk were served one after the other: the
+            // real-time updates both carry are folded (see `Store::install_at`).
+            if let Some(previous_built_at) = self.previous_built_at(name) {
+                self.store
+                    .raise_fold_horizon(name, previous_built_at.min(loaded.built_at_unix_seconds));
+            }
             info!(
                 pack = %loaded.name,
                 version = %loaded.version,

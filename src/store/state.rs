@@ -34,6 +34,10 @@ pub struct ServingState {
     /// Real-time updates and forgotten users, shared by every generation;
     /// consulted after the pack index answered.
     overlay: Arc<Overlay>,
+    /// Parallel to `packs`: overlay entries stamped at or before this are
+    /// folded for good (every version served since carries them), whatever
+    /// the build time of the version served now. See `Store::install_at`.
+    fold_horizons: Vec<i64>,
 }
 
 /// Segment id → location. Batch jobs number segments densely (1..n or a
@@ -161,7 +165,36 @@ impl ServingState {
             withheld,
             locations: SegmentLocations::new(&located),
             overlay: Arc::default(),
+            fold_horizons: Vec::new(),
         })
+    }
+
+    /// This state with each pack's fold horizon as `horizon_of` says.
+    pub fn with_fold_horizons(mut self, horizon_of: impl Fn(&LoadedPack) -> i64) -> Self {
+        self.fold_horizons = self.packs.iter().map(|pack| horizon_of(pack)).collect();
+        self
+    }
+
+    /// The fold horizon of the named pack (`i64::MIN` when nothing is folded).
+    pub fn fold_horizon(&self, name: &str) -> Option<i64> {
+        let index = self.packs.iter().position(|pack| pack.name == name)?;
+        Some(self.horizon_at(index))
+    }
+
+    /// Overlay entries of the pack at `pack_index` count when stamped after this.
+    #[inline]
+    fn overlay_floor(&self, pack_index: usize) -> i64 {
+        self.packs[pack_index]
+            .built_at_unix_seconds
+            .max(self.horizon_at(pack_index))
+    }
+
+    #[inline]
+    fn horizon_at(&self, pack_index: usize) -> i64 {
+        self.fold_horizons
+            .get(pack_index)
+            .copied()
+            .unwrap_or(i64::MIN)
     }
 
     /// This state answering with `overlay` on top of its packs.
@@ -358,6 +391,7 @@ impl UserView<'_> {
             && let Some(member) = overlay_membership(
                 overlay,
                 pack,
+                self.state.overlay_floor(location.pack_index as usize),
                 location.slot,
                 segment_id,
                 max_age_seconds,
@@ -415,15 +449,18 @@ impl UserView<'_> {
         if overlay.forgotten.is_some() {
             return;
         }
-        for (pack, &ordinal) in self.state.packs.iter().zip(self.ordinals()) {
+        for (pack_index, (pack, &ordinal)) in
+            self.state.packs.iter().zip(self.ordinals()).enumerate()
+        {
             if ordinal == NO_ORDINAL {
                 continue;
             }
+            let floor = self.state.overlay_floor(pack_index);
             for entry in pack.entries_of(ordinal) {
                 let segment_id = pack.segments[entry.slot as usize].id;
                 let overridden = overlay
                     .entry(segment_id)
-                    .is_some_and(|update| update.is_on_top_of(pack.built_at_unix_seconds));
+                    .is_some_and(|update| update.is_on_top_of(floor));
                 if !overridden && pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds)
                 {
                     pack.count_match(entry.slot);
@@ -442,6 +479,7 @@ impl UserView<'_> {
             if overlay_membership(
                 overlay,
                 pack,
+                self.state.overlay_floor(location.pack_index as usize),
                 location.slot,
                 update.segment_id,
                 max_age_seconds,
@@ -457,11 +495,13 @@ impl UserView<'_> {
 
 /// What the overlay says of (user, segment) in `pack`: `None` when it says
 /// nothing (the pack answers), else whether the user is a member. A forgotten
-/// user is in no segment; an update the pack's build already carries is folded.
+/// user is in no segment; an update stamped at or before `floor` (the pack's
+/// build or its fold horizon) is folded.
 #[inline]
 fn overlay_membership(
     overlay: &UserOverlay,
     pack: &LoadedPack,
+    floor: i64,
     slot: u16,
     segment_id: u32,
     max_age_seconds: u32,
@@ -471,7 +511,7 @@ fn overlay_membership(
         return Some(false);
     }
     let update = overlay.entry(segment_id)?;
-    if !update.is_on_top_of(pack.built_at_unix_seconds) {
+    if !update.is_on_top_of(floor) {
         return None;
     }
     let ttl_seconds = pack.segments[slot as usize].ttl_seconds;

@@ -83,7 +83,7 @@ pub fn parse_update_line(line: &str) -> Result<Option<MemberUpdate>, String> {
     let time = |index: usize, name: &str| -> Result<i64, String> {
         match fields.get(index) {
             None => Ok(0),
-            Some(text) if text.is_empty() => Ok(0),
+            Some(&"") => Ok(0),
             Some(text) => text
                 .parse::<i64>()
                 .map_err(|error| format!("{name} {text:?}: {error}"))
