@@ -167,15 +167,18 @@ async fn check_survivors(
 ) {
     let mut client = server.segments().await;
     for (writer, log) in logs.iter().enumerate() {
-        let log = log.lock().unwrap();
-        let mut acknowledged = Users::default();
-        for op in &log.acknowledged {
-            acknowledged.apply(op);
-        }
-        let mut with_in_flight = acknowledged.clone();
-        if let Some(op) = &log.in_flight {
-            with_in_flight.apply(op);
-        }
+        let (acknowledged, with_in_flight) = {
+            let log = log.lock().unwrap();
+            let mut acknowledged = Users::default();
+            for op in &log.acknowledged {
+                acknowledged.apply(op);
+            }
+            let mut with_in_flight = acknowledged.clone();
+            if let Some(op) = &log.in_flight {
+                with_in_flight.apply(op);
+            }
+            (acknowledged, with_in_flight)
+        };
         let requests = (0..USERS_PER_WRITER)
             .map(|number| LookupRequest {
                 user_id: user(writer, number),
@@ -183,7 +186,6 @@ async fn check_survivors(
                 ..Default::default()
             })
             .collect();
-        drop(log);
         let reply = client
             .batch_lookup(BatchLookupRequest { requests })
             .await
