@@ -8,8 +8,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
+use crate::api::outcomes::{PackChange, PackChanges, Refusal};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::{Metrics, PackChange};
 use crate::proto::admin_server::Admin;
 use crate::proto::{
     DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
@@ -31,7 +31,7 @@ pub struct AdminService {
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
-    metrics: Arc<Metrics>,
+    changes: Arc<PackChanges>,
     /// Set once the real-time journal is replayed; unset = not offered.
     realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
     max_updates_per_request: usize,
@@ -56,6 +56,7 @@ impl AdminService {
         limits: RequestLimits,
         max_push_bytes: u64,
         status_extras: Arc<dyn StatusExtras>,
+        changes: Arc<PackChanges>,
     ) -> Self {
         Self {
             catalog,
@@ -64,7 +65,7 @@ impl AdminService {
             max_push_bytes,
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
-            metrics: Arc::new(Metrics::new()),
+            changes,
             realtime: Arc::new(OnceLock::new()),
             max_updates_per_request: 0,
         }
@@ -86,12 +87,6 @@ impl AdminService {
             .get()
             .cloned()
             .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
-    }
-
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
     }
 }
 
@@ -115,13 +110,13 @@ impl Admin for AdminService {
         let mut allow_older_version = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.inspect_err(|_| {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "stream_error")
+                self.changes
+                    .record_refused(PackChange::Push, Refusal::StreamError)
             })?;
             allow_older_version |= chunk.allow_older_version;
             if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "too_large");
+                self.changes
+                    .record_refused(PackChange::Push, Refusal::TooLarge);
                 return Err(Status::invalid_argument(format!(
                     "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
                     self.max_push_bytes
@@ -130,26 +125,25 @@ impl Admin for AdminService {
             pack_bytes.extend_from_slice(&chunk.data);
         }
         if pack_bytes.is_empty() {
-            self.metrics
-                .record_change_refused(PackChange::Push, "empty_stream");
+            self.changes
+                .record_refused(PackChange::Push, Refusal::EmptyStream);
             return Err(Status::invalid_argument(
                 "snapshot: empty stream, no pack file sent",
             ));
         }
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
                 .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
                 .map_err(|error| {
                     tracing::warn!(error = %error, "pack refused");
-                    metrics.record_catalog_refusal(PackChange::Push, &error);
+                    changes.record_refused(PackChange::Push, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics
-            .record_change_ok(PackChange::Push, outcome.unchanged);
+        self.changes.record_ok(PackChange::Push, outcome.unchanged);
         Ok(Response::new(PushSnapshotResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -238,17 +232,17 @@ impl Admin for AdminService {
     ) -> Result<Response<RollbackResponse>, Status> {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
                 .rollback(&pack, crate::unix_now_seconds())
                 .map_err(|error| {
-                    metrics.record_catalog_refusal(PackChange::Rollback, &error);
+                    changes.record_refused(PackChange::Rollback, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Rollback, false);
+        self.changes.record_ok(PackChange::Rollback, false);
         Ok(Response::new(RollbackResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -314,15 +308,15 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let generation = blocking(move || {
             catalog.drop_pack(&pack_name).map_err(|error| {
-                metrics.record_catalog_refusal(PackChange::Drop, &error);
+                changes.record_refused(PackChange::Drop, Refusal::from(&error));
                 Status::from(error)
             })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Drop, false);
+        self.changes.record_ok(PackChange::Drop, false);
         Ok(Response::new(DropPackResponse { pack, generation }))
     }
 }

@@ -13,6 +13,7 @@
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
 //! - [`store`]: [`FreqStore`], what the gRPC layer calls.
 //! - [`error`]: the error type, [`FreqError`].
+//! - [`telemetry`]: its figures for `GET /metrics`.
 
 pub mod checkpoint;
 pub mod counters;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod forget;
 pub mod log;
 pub mod store;
+pub mod telemetry;
 pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};

@@ -5,17 +5,19 @@
 //! # Consistency
 //!
 //! - `record` is all-or-nothing per call: one log record per call. Impressions
-//!   are deduplicated, logged and applied to memory under the log's queue lock
-//!   and a shared "apply gate"; `record` returns only once its record is as
-//!   durable as the [`FsyncPolicy`] promises. If the write or fsync fails it
-//!   returns `Err` and forgets the impression ids it claimed; memory may keep
-//!   the events (an over-count, never an under-count).
+//!   are deduplicated and logged under the log's queue lock, then applied to
+//!   memory only once the record is as durable as the [`FsyncPolicy`]
+//!   promises, all under a shared "apply gate". If the write or fsync fails
+//!   it returns `Err`, forgets the impression ids it claimed and changes
+//!   nothing in memory; the writer cuts the failed record from the log, so a
+//!   restart counts the same and a retry counts once.
 //! - A retry of an impression id still in flight waits for the first attempt's
 //!   record to be durable and fails if that one failed, so a duplicate is only
 //!   reported for an impression that was (or will be, before the reply) durable.
 //! - A checkpoint takes the apply gate exclusively just long enough to ask the
 //!   writer for a new segment and to flag every shard for a copy-on-write
-//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   snapshot (no `record` is between logging and applying at that instant: a
+//!   checkpoint waits for the in-flight writes), so
 //!   it covers exactly the records before the new segment: checkpoint plus
 //!   replay equals replay alone. The shards are then copied one by one, by the
 //!   checkpoint or by the first writer to touch one; `count` never waits for a
@@ -28,10 +30,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::checkpoint::{
     CheckpointData, parse_checkpoint_file_name, read_checkpoint, write_checkpoint,
@@ -46,6 +47,7 @@ use super::log::{
     decode_log_segment, encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
+use crate::periodic::Periodic;
 
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +175,7 @@ pub struct FreqStats {
 /// Frequency counters with a write-ahead log and checkpoints.
 pub struct FreqStore {
     inner: Arc<Inner>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<Periodic>>,
     /// True once `shutdown` (or a simulated crash) ran.
     stopped: Mutex<bool>,
 }
@@ -193,15 +195,6 @@ struct Inner {
     last_checkpoint_micros: AtomicU64,
     recorded_impressions: AtomicU64,
     duplicate_impressions: AtomicU64,
-    stop_requested: Mutex<bool>,
-    stop_signal: Condvar,
-}
-
-fn now_unix_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The first sequence number a log ever uses.
@@ -240,7 +233,7 @@ impl FreqStore {
         let counters = Counters::new();
         let ids = IdSet::new();
         let mut report = RecoveryReport::default();
-        let now = now_unix_seconds();
+        let now = crate::unix_now_seconds();
         let cutoff = now.saturating_sub(config.retention_seconds);
 
         let covers_before =
@@ -268,8 +261,6 @@ impl FreqStore {
             last_checkpoint_micros: AtomicU64::new(0),
             recorded_impressions: AtomicU64::new(0),
             duplicate_impressions: AtomicU64::new(0),
-            stop_requested: Mutex::new(false),
-            stop_signal: Condvar::new(),
             config,
         });
         let threads = vec![
@@ -284,7 +275,7 @@ impl FreqStore {
                 },
             )?,
             spawn_periodic(&inner, "freq-sweep", inner.config.sweep_interval, |inner| {
-                inner.sweep(now_unix_seconds());
+                inner.sweep(crate::unix_now_seconds())
             })?,
         ];
         tracing::info!(
@@ -477,10 +468,8 @@ impl FreqStore {
     }
 
     fn stop_background_threads(&self) {
-        *self.inner.stop_requested.lock() = true;
-        self.inner.stop_signal.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        for mut periodic in self.threads.lock().drain(..) {
+            periodic.stop();
         }
     }
 }
@@ -498,24 +487,9 @@ fn spawn_periodic(
     name: &str,
     interval: Duration,
     job: fn(&Inner),
-) -> Result<JoinHandle<()>, FreqError> {
+) -> Result<Periodic, FreqError> {
     let inner = Arc::clone(inner);
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            loop {
-                {
-                    let mut stop = inner.stop_requested.lock();
-                    if !*stop {
-                        inner.stop_signal.wait_for(&mut stop, interval);
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
-                job(&inner);
-            }
-        })
+    Periodic::spawn(name, interval, move || job(&inner))
         .map_err(|error| FreqError::storage(format!("spawn {name}"), error))
 }
 
@@ -533,7 +507,7 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
-        let cutoff = now_unix_seconds().saturating_sub(self.config.retention_seconds);
+        let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
             let mut plan = RecordPlan::default();
@@ -583,15 +557,10 @@ impl Inner {
             }
             plan
         })?;
-        for impression in &plan.to_apply {
-            self.counters.add_impression(
-                impression.user_fingerprint,
-                &impression.cap_key_hashes,
-                impression.at_unix_seconds,
-            );
-        }
-        drop(gate);
-
+        // Memory changes only once the record is in the log: a refused
+        // request changes nothing, so counts before and after a restart agree
+        // and a retry counts once. The gate stays held until then, so a
+        // checkpoint never sees a record logged but not yet applied.
         if let Some(seq) = seq
             && let Err(error) = self.log.wait_durable(seq)
         {
@@ -600,6 +569,14 @@ impl Inner {
             }
             return Err(error);
         }
+        for impression in &plan.to_apply {
+            self.counters.add_impression(
+                impression.user_fingerprint,
+                &impression.cap_key_hashes,
+                impression.at_unix_seconds,
+            );
+        }
+        drop(gate);
         let mut depends_on = plan.depends_on;
         depends_on.sort_unstable();
         depends_on.dedup();
@@ -638,7 +615,7 @@ impl Inner {
             let (covers_before_seq, ticket) = self.log.request_rotation()?;
             let data = CheckpointData {
                 covers_before_seq,
-                created_unix_seconds: now_unix_seconds(),
+                created_unix_seconds: crate::unix_now_seconds(),
                 entries: Vec::new(),
                 ids: Vec::new(),
             };

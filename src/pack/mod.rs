@@ -16,7 +16,7 @@ pub mod writer;
 
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
-pub use format::{FILE_EXTENSION, FORMAT_VERSION, PackHeader};
+pub use format::{FILE_SUFFIX, FORMAT_VERSION, PackHeader};
 pub use reader::{read_header, read_pack, read_pack_file};
 pub use writer::{write_pack, write_pack_file_atomic};
 
@@ -80,7 +80,8 @@ pub fn hours_ago(built_at_unix_seconds: i64, last_seen_unix_seconds: i64) -> u16
 
 /// The last-seen time a stored hour count stands for.
 pub fn last_seen_from_hours_ago(built_at_unix_seconds: i64, hours_ago: u16) -> i64 {
-    built_at_unix_seconds - hours_ago as i64 * RECENCY_STEP_SECONDS
+    // Saturating: a hostile pack may carry a build time near `i64::MIN`.
+    built_at_unix_seconds.saturating_sub(i64::from(hours_ago) * RECENCY_STEP_SECONDS)
 }
 
 #[cfg(test)]

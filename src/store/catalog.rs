@@ -19,8 +19,8 @@ use tracing::{info, warn};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackError};
 
-const CURRENT_SUFFIX: &str = ".segpack";
-const PREVIOUS_SUFFIX: &str = ".previous.segpack";
+/// `NAME.previous.segpack` is the version kept for rollback.
+const PREVIOUS_MARK: &str = ".previous";
 /// More than any pack header takes (name and version are short strings).
 const HEADER_READ_BYTES: u64 = 64 << 10;
 
@@ -54,22 +54,6 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl CatalogError {
-    /// A short stable label for metrics (`reason="ownership"`).
-    pub fn reason_code(&self) -> &'static str {
-        match self {
-            CatalogError::Pack(_) => "invalid_pack",
-            CatalogError::Index(_) => "invalid_index",
-            CatalogError::Ownership(_) => "ownership",
-            CatalogError::OlderVersion { .. } => "older_version",
-            CatalogError::InvalidPackName(_) => "invalid_pack_name",
-            CatalogError::NoSuchPack(_) => "no_such_pack",
-            CatalogError::NoPreviousVersion(_) => "no_previous_version",
-            CatalogError::Io { .. } => "storage",
-        }
-    }
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError {
@@ -127,11 +111,12 @@ impl Catalog {
     }
 
     fn current_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}{CURRENT_SUFFIX}"))
+        self.packs_dir.join(format!("{name}{}", pack::FILE_SUFFIX))
     }
 
     fn previous_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}{PREVIOUS_SUFFIX}"))
+        self.packs_dir
+            .join(format!("{name}{PREVIOUS_MARK}{}", pack::FILE_SUFFIX))
     }
 
     /// The version kept for rollback of a pack, if any (reads its header only).
@@ -173,13 +158,10 @@ impl Catalog {
         for entry in entries {
             let entry = entry.map_err(io_error(format!("read {}", self.packs_dir.display())))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let name = if let Some(name) = file_name.strip_suffix(PREVIOUS_SUFFIX) {
-                name
-            } else if let Some(name) = file_name.strip_suffix(CURRENT_SUFFIX) {
-                name
-            } else {
+            let Some(name) = file_name.strip_suffix(pack::FILE_SUFFIX) else {
                 continue;
             };
+            let name = name.strip_suffix(PREVIOUS_MARK).unwrap_or(name);
             if valid_pack_name(name) && !names.iter().any(|known| known == name) {
                 names.push(name.to_owned());
             }

@@ -15,6 +15,7 @@ mod index;
 mod loaded;
 pub mod overlay;
 mod state;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
