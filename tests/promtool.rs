@@ -69,7 +69,9 @@ async fn serve_every_rpc(server: &TestServer) {
     common::realtime::update(&mut admin, vec![common::realtime::add("bob", 1, 0, 0)])
         .await
         .unwrap();
-    common::realtime::forget(&mut admin, &["carol"]).await.unwrap();
+    common::realtime::forget(&mut admin, &["carol"])
+        .await
+        .unwrap();
     admin
         .list_segments(ListSegmentsRequest::default())
         .await

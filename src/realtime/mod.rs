@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use crate::freq::{ForgottenUsers, FreqStore, FsyncPolicy};
+use crate::periodic::Periodic;
 use crate::store::{Forget, MemberOp, OverlayEntry, ServingState, Store};
 pub use config::RealtimeArgs;
 use journal::{Journal, JournalError, JournalRecord};
@@ -151,8 +152,8 @@ pub struct Realtime {
     writer: Mutex<Writer>,
     /// The frequency store, once open: a forget drops the user's counters.
     counters: std::sync::OnceLock<Arc<FreqStore>>,
-    stop: Arc<(Mutex<bool>, parking_lot::Condvar)>,
-    maintenance_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Interval fsyncs and maintenance.
+    background: Mutex<Vec<Periodic>>,
     updates_applied: AtomicU64,
     update_requests_refused: AtomicU64,
     users_forgotten: AtomicU64,
@@ -195,8 +196,7 @@ impl Realtime {
                 maintenance: MaintenanceState::default(),
             }),
             counters: std::sync::OnceLock::new(),
-            stop: Arc::new((Mutex::new(false), parking_lot::Condvar::new())),
-            maintenance_thread: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
             updates_applied: AtomicU64::new(0),
             update_requests_refused: AtomicU64::new(0),
             users_forgotten: AtomicU64::new(0),
@@ -209,29 +209,37 @@ impl Realtime {
         let _ = self.counters.set(counters);
     }
 
-    /// Starts the thread doing interval fsyncs and maintenance.
+    /// Starts the background threads: interval fsyncs (`--fsync interval`)
+    /// and maintenance every second. They hold the store weakly.
     pub fn start_maintenance(self: &Arc<Self>) {
-        let weak: Weak<Realtime> = Arc::downgrade(self);
-        let stop = self.stop.clone();
-        let interval = self.config.fsync_interval.max(Duration::from_millis(1));
-        let spawned = std::thread::Builder::new()
-            .name("segd-realtime".into())
-            .spawn(move || maintenance_loop(weak, stop, interval));
-        match spawned {
-            Ok(handle) => *self.maintenance_thread.lock() = Some(handle),
-            Err(error) => warn!(error = %error, "cannot start real-time maintenance"),
+        let mut threads = self.background.lock();
+        if self.config.fsync == FsyncPolicy::Interval {
+            let weak = Arc::downgrade(self);
+            let interval = self.config.fsync_interval.max(Duration::from_millis(1));
+            threads.extend(spawn_logged("segd-realtime-fsync", interval, move || {
+                if let Some(realtime) = weak.upgrade() {
+                    realtime.sync_if_dirty();
+                }
+            }));
         }
+        let weak: Weak<Realtime> = Arc::downgrade(self);
+        threads.extend(spawn_logged(
+            "segd-realtime",
+            MAINTENANCE_PERIOD,
+            move || {
+                if let Some(realtime) = weak.upgrade()
+                    && let Err(error) = realtime.maintain(crate::unix_now_seconds())
+                {
+                    warn!(error = %error, "real-time maintenance failed");
+                }
+            },
+        ));
     }
 
-    /// Stops maintenance and fsyncs the journal.
+    /// Stops the background threads and fsyncs the journal.
     pub fn shutdown(&self) -> Result<(), JournalError> {
-        {
-            let (stopped, signal) = &*self.stop;
-            *stopped.lock() = true;
-            signal.notify_all();
-        }
-        if let Some(handle) = self.maintenance_thread.lock().take() {
-            let _ = handle.join();
+        for mut thread in self.background.lock().drain(..) {
+            thread.stop();
         }
         self.writer.lock().journal.sync()
     }
@@ -641,36 +649,16 @@ fn snapshot_records(
     records
 }
 
-fn maintenance_loop(
-    realtime: Weak<Realtime>,
-    stop: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+fn spawn_logged(
+    name: &str,
     interval: Duration,
-) {
-    let mut last_maintenance: Option<Instant> = None;
-    loop {
-        {
-            let (stopped, signal) = &*stop;
-            let mut stopped = stopped.lock();
-            if !*stopped {
-                signal.wait_for(&mut stopped, interval.min(MAINTENANCE_PERIOD));
-            }
-            if *stopped {
-                return;
-            }
-        }
-        let Some(realtime) = realtime.upgrade() else {
-            return;
-        };
-        if realtime.config.fsync == FsyncPolicy::Interval {
-            realtime.sync_if_dirty();
-        }
-        if last_maintenance.is_none_or(|last| last.elapsed() >= MAINTENANCE_PERIOD) {
-            last_maintenance = Some(Instant::now());
-            if let Err(error) = realtime.maintain(crate::unix_now_seconds()) {
-                warn!(error = %error, "real-time maintenance failed");
-            }
-        }
-    }
+    job: impl FnMut() + Send + 'static,
+) -> Option<Periodic> {
+    Periodic::spawn(name, interval, job)
+        .inspect_err(
+            |error| warn!(thread = name, error = %error, "cannot start a real-time thread"),
+        )
+        .ok()
 }
 
 #[cfg(test)]
