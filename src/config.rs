@@ -249,6 +249,10 @@ pub struct ServeConfig {
     /// Longest user id, in bytes.
     #[arg(long, env = "SEGD_MAX_USER_ID_BYTES", default_value_t = 512)]
     pub max_user_id_bytes: usize,
+
+    /// Real-time audiences and forgetting.
+    #[command(flatten)]
+    pub realtime: crate::realtime::RealtimeArgs,
 }
 
 impl ServeConfig {

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
+pub mod forget;
 pub mod log;
 pub mod store;
 pub mod telemetry;
@@ -27,6 +28,7 @@ pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use log::InjectedFault;
+pub use forget::ForgottenUsers;
 pub use log::{DecodedSegment, FsyncPolicy, SegmentDecodeError, decode_log_segment};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
 pub use window::{Calendar, CapWindow};
