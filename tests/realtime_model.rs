@@ -327,7 +327,10 @@ async fn run(seed: u64) {
                 // Built now (folding every update so far) or long ago (under them all).
                 let folding = rng.random_bool(0.5);
                 let built_at = if folding {
-                    now
+                    // Every update so far was stamped in an earlier second
+                    // (stamps are milliseconds, build times seconds).
+                    wait_past(now).await;
+                    segd::unix_now_seconds()
                 } else {
                     start - 100 - step as i64
                 };

@@ -142,7 +142,9 @@ async fn updates_are_seen_at_once_and_fold_into_newer_packs() {
     );
     assert_eq!(realtime_status(&mut admin).await.overlay_entries, 3);
 
-    // v2 is built after the updates: it carries them (bob in, alice out).
+    // v2 is built after the updates (in a later second; stamps are in
+    // milliseconds, build times in seconds): it carries them (bob in, alice out).
+    wait_past(segd::unix_now_seconds()).await;
     let stamped_by = segd::unix_now_seconds();
     push(&mut admin, &pack("v2", stamped_by, &["bob"]), false)
         .await

@@ -11,7 +11,7 @@
 //! u32 payload_len | u64 xxh3_64_with_seed(payload, seed = payload_len) | payload
 //! payload = u8 kind | u32 count | count items
 //!   kind 1 (updates), item: u64 user_fingerprint | u32 segment_id | u8 op (0 add, 1 remove)
-//!                           | i64 last_seen | i64 expires_at | i64 stamped_at
+//!                           | i64 last_seen | i64 expires_at | i64 stamped_at_millis
 //!   kind 2 (forgets), item: u64 user_fingerprint | i64 forgotten_at | u64 freq_boundary_seq
 //!   kind 3 (fold horizons), item: u8 name_len | name (UTF-8) | i64 horizon
 //! ```
@@ -87,7 +87,7 @@ impl JournalRecord {
                     });
                     payload.extend_from_slice(&entry.last_seen_unix_seconds.to_le_bytes());
                     payload.extend_from_slice(&entry.expires_at_unix_seconds.to_le_bytes());
-                    payload.extend_from_slice(&entry.stamped_at_unix_seconds.to_le_bytes());
+                    payload.extend_from_slice(&entry.stamped_at_unix_millis.to_le_bytes());
                 }
             }
             JournalRecord::Forgets(forgets) => {
@@ -254,7 +254,7 @@ fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {
             op,
             last_seen_unix_seconds: i64_at(item, 13),
             expires_at_unix_seconds: i64_at(item, 21),
-            stamped_at_unix_seconds: i64_at(item, 29),
+            stamped_at_unix_millis: i64_at(item, 29),
         };
         updates.push((u64_at(item, 0), entry));
     }
@@ -480,7 +480,7 @@ mod tests {
                     op: MemberOp::Remove,
                     last_seen_unix_seconds: -5,
                     expires_at_unix_seconds: 9,
-                    stamped_at_unix_seconds: 11,
+                    stamped_at_unix_millis: 11,
                 },
             )]),
             JournalRecord::Forgets(vec![(

@@ -249,13 +249,13 @@ impl Realtime {
         apply_record(&self.store, record);
     }
 
-    /// Validates, logs and applies a batch, stamped `now_unix_seconds`.
+    /// Validates, logs and applies a batch, stamped `now_unix_millis`.
     pub fn update_members_at(
         &self,
         updates: &[NewUpdate],
-        now_unix_seconds: i64,
+        now_unix_millis: i64,
     ) -> Result<UpdateOutcome, RealtimeError> {
-        let outcome = self.try_update_members(updates, now_unix_seconds);
+        let outcome = self.try_update_members(updates, now_unix_millis);
         match &outcome {
             Ok(applied) => self
                 .updates_applied
@@ -268,7 +268,7 @@ impl Realtime {
     fn try_update_members(
         &self,
         updates: &[NewUpdate],
-        now_unix_seconds: i64,
+        now_unix_millis: i64,
     ) -> Result<UpdateOutcome, RealtimeError> {
         let state = self.store.load_full();
         if state.generation == 0 {
@@ -295,7 +295,7 @@ impl Realtime {
         let record = JournalRecord::Updates(
             updates
                 .iter()
-                .map(|update| (update.user_fingerprint, stamp(update, now_unix_seconds)))
+                .map(|update| (update.user_fingerprint, stamp(update, now_unix_millis)))
                 .collect(),
         );
         writer.journal.append(&record)?;
@@ -454,7 +454,7 @@ impl Realtime {
 
 impl RealtimeWrites for Realtime {
     fn update_members(&self, updates: &[NewUpdate]) -> Result<UpdateOutcome, RealtimeError> {
-        self.update_members_at(updates, crate::unix_now_seconds())
+        self.update_members_at(updates, unix_now_millis())
     }
 
     fn forget_users(&self, user_fingerprints: &[u64]) -> Result<u32, RealtimeError> {
@@ -462,18 +462,26 @@ impl RealtimeWrites for Realtime {
     }
 }
 
-fn stamp(update: &NewUpdate, now_unix_seconds: i64) -> OverlayEntry {
+fn stamp(update: &NewUpdate, now_unix_millis: i64) -> OverlayEntry {
     OverlayEntry {
         segment_id: update.segment_id,
         op: update.op,
         last_seen_unix_seconds: if update.last_seen_unix_seconds == 0 {
-            now_unix_seconds
+            now_unix_millis.div_euclid(1000)
         } else {
             update.last_seen_unix_seconds
         },
         expires_at_unix_seconds: update.expires_at_unix_seconds,
-        stamped_at_unix_seconds: now_unix_seconds,
+        stamped_at_unix_millis: now_unix_millis,
     }
+}
+
+/// Milliseconds since the Unix epoch on the server clock: update stamps.
+fn unix_now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn check_segments(state: &ServingState, updates: &[NewUpdate]) -> Result<(), RealtimeError> {

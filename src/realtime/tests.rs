@@ -91,7 +91,7 @@ fn updates_override_the_pack_and_age_like_members() {
     let remove = update(USER, 1, MemberOp::Remove);
     fixture
         .realtime
-        .update_members_at(&[add, remove], now)
+        .update_members_at(&[add, remove], now * 1000)
         .expect("applies");
     assert!(member(&fixture.store, 7, 2, now));
     assert!(!member(&fixture.store, 7, 2, now + 100), "expired");
@@ -105,7 +105,7 @@ fn updates_override_the_pack_and_age_like_members() {
     // The latest update of a (user, segment) wins.
     fixture
         .realtime
-        .update_members_at(&[update(USER, 1, MemberOp::Add)], now + 1)
+        .update_members_at(&[update(USER, 1, MemberOp::Add)], (now + 1) * 1000)
         .expect("applies");
     assert_eq!(all(&fixture.store, USER, now + 1), vec![1, 2]);
 }
@@ -119,7 +119,7 @@ fn a_refused_batch_applies_nothing() {
         .realtime
         .update_members_at(
             &[update(7, 1, MemberOp::Add), update(7, 99, MemberOp::Add)],
-            now,
+            now * 1000,
         )
         .expect_err("segment 99 is unknown");
     assert!(matches!(
@@ -137,7 +137,7 @@ fn a_refused_batch_applies_nothing() {
     ];
     let error = fixture
         .realtime
-        .update_members_at(&full, now)
+        .update_members_at(&full, now * 1000)
         .expect_err("three entries, room for two");
     assert!(matches!(
         error,
@@ -146,10 +146,13 @@ fn a_refused_batch_applies_nothing() {
     assert!(!member(&fixture.store, 7, 1, now));
     assert_eq!(fixture.realtime.figures().overlay_entries, 0);
     // Replacing an entry needs no room.
-    fixture.realtime.update_members_at(&full[..2], now).unwrap();
     fixture
         .realtime
-        .update_members_at(&[update(8, 1, MemberOp::Remove)], now)
+        .update_members_at(&full[..2], now * 1000)
+        .unwrap();
+    fixture
+        .realtime
+        .update_members_at(&[update(8, 1, MemberOp::Remove)], now * 1000)
         .unwrap();
 }
 
@@ -165,7 +168,7 @@ fn newer_packs_fold_updates_and_rollback_sees_them_again() {
                 update(7, 1, MemberOp::Add),
                 update(USER, 2, MemberOp::Remove),
             ],
-            stamped,
+            stamped * 1000,
         )
         .unwrap();
     // v2, built after the updates, does not contain them: it wins.
@@ -236,7 +239,7 @@ fn forgets_clear_segments_and_counters_across_a_reopen() {
             .unwrap();
         fixture
             .realtime
-            .update_members_at(&[update(USER, 1, MemberOp::Add)], now)
+            .update_members_at(&[update(USER, 1, MemberOp::Add)], now * 1000)
             .unwrap();
         assert_eq!(
             fixture
@@ -283,7 +286,10 @@ fn the_journal_replays_and_compacts_to_the_same_overlay() {
             let updates: Vec<NewUpdate> = (0..1000u64)
                 .map(|user| update(user * 7 + round, 1 + (user % 2) as u32, MemberOp::Add))
                 .collect();
-            fixture.realtime.update_members_at(&updates, now).unwrap();
+            fixture
+                .realtime
+                .update_members_at(&updates, now * 1000)
+                .unwrap();
         }
         fixture.realtime.forget_users_at(&[7, 14], now).unwrap();
         let mut snapshot = fixture.store.overlay().snapshot();

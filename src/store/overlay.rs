@@ -38,16 +38,18 @@ pub struct OverlayEntry {
     pub last_seen_unix_seconds: i64,
     /// `Add`: no member at times `>=` this; 0 = the segment's TTL only.
     pub expires_at_unix_seconds: i64,
-    /// Server time the update was applied. A pack built at or after this
-    /// carries it, so the entry stops counting against that pack.
-    pub stamped_at_unix_seconds: i64,
+    /// Server time the update was applied, in milliseconds (a pack's build
+    /// time is whole seconds: an update later in the same second as the
+    /// build is on top of it). A pack built at or after this carries it, so
+    /// the entry stops counting against that pack.
+    pub stamped_at_unix_millis: i64,
 }
 
 impl OverlayEntry {
     /// Whether the entry still overrides a pack built at `pack_built_at`.
     #[inline]
     pub fn is_on_top_of(&self, pack_built_at_unix_seconds: i64) -> bool {
-        self.stamped_at_unix_seconds > pack_built_at_unix_seconds
+        self.stamped_at_unix_millis > pack_built_at_unix_seconds.saturating_mul(1000)
     }
 
     /// Whether an `Add` counts at `at`, with the same age rules as a pack
@@ -334,7 +336,7 @@ mod tests {
             op: MemberOp::Add,
             last_seen_unix_seconds: stamped_at,
             expires_at_unix_seconds: 0,
-            stamped_at_unix_seconds: stamped_at,
+            stamped_at_unix_millis: stamped_at * 1000,
         }
     }
 
