@@ -248,6 +248,10 @@ pub struct ServeConfig {
     /// Longest user id, in bytes.
     #[arg(long, env = "SEGD_MAX_USER_ID_BYTES", default_value_t = 512)]
     pub max_user_id_bytes: usize,
+
+    /// Audience sharding: `--shard I/N`.
+    #[command(flatten)]
+    pub sharding: crate::shard::ShardSettings,
 }
 
 impl ServeConfig {

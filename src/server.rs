@@ -214,13 +214,16 @@ pub async fn serve(
         )
     })?);
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(SegmentsService::new(
-        store.clone(),
-        counters.clone(),
-        line_items.clone(),
-        limits.clone(),
-        decisions,
-    ))
+    let segments = SegmentsServer::new(
+        SegmentsService::new(
+            store.clone(),
+            counters.clone(),
+            line_items.clone(),
+            limits.clone(),
+            decisions,
+        )
+        .with_shard(config.sharding.shard),
+    )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
     registry.register_collector(Box::new(overload_counters.clone()));
@@ -240,19 +243,22 @@ pub async fn serve(
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
-        AdminServer::new(AdminService::new(
-            catalog.clone(),
-            line_items,
-            limits,
-            config.max_push_bytes,
-            Arc::new(ServerStatusExtras {
-                counters: counters.clone(),
-                fsync: config.fsync,
-                retention_days: config.freq_retention_days,
-                freshness: config.freshness_policy(),
-            }),
-            changes,
-        ))
+        AdminServer::new(
+            AdminService::new(
+                catalog.clone(),
+                line_items,
+                limits,
+                config.max_push_bytes,
+                Arc::new(ServerStatusExtras {
+                    counters: counters.clone(),
+                    fsync: config.fsync,
+                    retention_days: config.freq_retention_days,
+                    freshness: config.freshness_policy(),
+                }),
+                changes,
+            )
+            .with_shard(config.sharding.shard),
+        )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );

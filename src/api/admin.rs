@@ -27,6 +27,8 @@ pub struct AdminService {
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
     changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
@@ -54,7 +56,14 @@ impl AdminService {
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
+            shard: crate::shard::Shard::UNSHARDED,
         }
+    }
+
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 }
 
@@ -167,6 +176,10 @@ impl Admin for AdminService {
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
         }))
     }
 
