@@ -3,6 +3,7 @@
 mod candidate_syntax;
 mod client;
 mod pack_commands;
+mod routing;
 
 use std::path::PathBuf;
 
