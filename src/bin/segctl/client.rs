@@ -147,7 +147,7 @@ fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
     move |status| anyhow::anyhow!("{what} failed: {:?}: {}", status.code(), status.message())
 }
 
-async fn admin_client(
+pub async fn admin_client(
     admin: &AdminArgs,
 ) -> anyhow::Result<
     AdminClient<
@@ -463,6 +463,21 @@ pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         reply.pack, reply.generation
     );
     Ok(())
+}
+
+/// Whether the server at `addr` reports SERVING, printing nothing.
+pub async fn health_serving(addr: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut client = HealthClient::new(connect(addr).await?);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(status_error("health check"))?
+        .into_inner();
+    Ok(reply.status == ServingStatus::Serving as i32)
 }
 
 /// Whether the server's overall health status is SERVING.
