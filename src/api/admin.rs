@@ -140,12 +140,16 @@ impl Admin for AdminService {
         let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
+        let extras = self.status_extras.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
-        let previous_versions: Vec<Option<String>> = blocking(move || {
-            Ok(names
+        // Both touch the disk (pack headers, the log directory) and the
+        // frequency store locks every shard: off the async workers.
+        let (previous_versions, frequency) = blocking(move || {
+            let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
-                .collect())
+                .collect();
+            Ok((previous_versions, extras.frequency()))
         })
         .await?;
         let packs = state
@@ -171,7 +175,7 @@ impl Admin for AdminService {
         Ok(Response::new(StatusResponse {
             packs,
             generation: state.generation,
-            frequency: self.status_extras.frequency(),
+            frequency,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
@@ -188,21 +192,26 @@ impl Admin for AdminService {
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         let state = self.catalog.store().load_full();
-        let mut segments: Vec<SegmentInfo> = state
-            .packs()
-            .iter()
-            .flat_map(|pack| {
-                pack.segments.iter().map(|segment| SegmentInfo {
-                    id: segment.id,
-                    name: segment.name.clone(),
-                    kind: segment.kind.clone(),
-                    pack: pack.name.clone(),
-                    members: segment.members,
-                    ttl_seconds: segment.ttl_seconds,
+        // Up to 65,535 segments a pack, sorted: CPU work for a blocking thread.
+        let segments = blocking(move || {
+            let mut segments: Vec<SegmentInfo> = state
+                .packs()
+                .iter()
+                .flat_map(|pack| {
+                    pack.segments.iter().map(|segment| SegmentInfo {
+                        id: segment.id,
+                        name: segment.name.clone(),
+                        kind: segment.kind.clone(),
+                        pack: pack.name.clone(),
+                        members: segment.members,
+                        ttl_seconds: segment.ttl_seconds,
+                    })
                 })
-            })
-            .collect();
-        segments.sort_by_key(|segment| segment.id);
+                .collect();
+            segments.sort_by_key(|segment| segment.id);
+            Ok(segments)
+        })
+        .await?;
         Ok(Response::new(ListSegmentsResponse { segments }))
     }
 

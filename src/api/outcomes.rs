@@ -87,6 +87,7 @@ pub enum Refusal {
     InvalidPackName,
     NoSuchPack,
     NoPreviousVersion,
+    DamagedPack,
     Storage,
     TooLarge,
     EmptyStream,
@@ -94,7 +95,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 12] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -102,6 +103,7 @@ impl Refusal {
         Refusal::InvalidPackName,
         Refusal::NoSuchPack,
         Refusal::NoPreviousVersion,
+        Refusal::DamagedPack,
         Refusal::Storage,
         Refusal::TooLarge,
         Refusal::EmptyStream,
@@ -118,6 +120,7 @@ impl Refusal {
             Refusal::InvalidPackName => "invalid_pack_name",
             Refusal::NoSuchPack => "no_such_pack",
             Refusal::NoPreviousVersion => "no_previous_version",
+            Refusal::DamagedPack => "damaged_pack",
             Refusal::Storage => "storage",
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
@@ -136,6 +139,7 @@ impl From<&CatalogError> for Refusal {
             CatalogError::InvalidPackName(_) => Refusal::InvalidPackName,
             CatalogError::NoSuchPack(_) => Refusal::NoSuchPack,
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
+            CatalogError::Damaged { .. } => Refusal::DamagedPack,
             CatalogError::Io { .. } => Refusal::Storage,
         }
     }

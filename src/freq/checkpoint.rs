@@ -121,7 +121,7 @@ pub fn write_checkpoint(dir: &Path, data: &CheckpointData) -> Result<PathBuf, Fr
         .map_err(|error| FreqError::storage(context(), error))?;
     let file = buffered
         .into_inner()
-        .map_err(|error| FreqError::storage(context(), error.error()))?;
+        .map_err(|error| FreqError::storage(context(), error.into_error()))?;
     file.sync_all()
         .map_err(|error| FreqError::storage(context(), error))?;
     drop(file);

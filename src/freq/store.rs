@@ -42,8 +42,8 @@ use super::counters::{
 };
 use super::error::FreqError;
 use super::log::{
-    FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
-    decode_log_segment, encode_impression, fsync_dir, list_segments,
+    FsyncPolicy, LogImpression, LogRecord, LogWriter, SegmentDecodeError, decode_log_segment,
+    encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
 use crate::periodic::Periodic;
@@ -411,8 +411,8 @@ impl FreqStore {
 
     /// Stops like a crash would leave things: the log is flushed (everything
     /// acknowledged is already written) but no checkpoint is taken. For tests
-    /// of recovery.
-    #[doc(hidden)]
+    /// of recovery. A test hook (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn stop_without_checkpoint(&self) {
         let mut stopped = self.stopped.lock();
         if *stopped {
@@ -425,9 +425,10 @@ impl FreqStore {
 
     /// Makes the log writer's writes or fsyncs fail until cleared, so tests can
     /// check that storage failures surface as `Err` (making a directory
-    /// read-only proves nothing when tests run as root).
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: InjectedFault) {
+    /// read-only proves nothing when tests run as root). A test hook
+    /// (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn inject_fault(&self, fault: super::log::InjectedFault) {
         self.inner.log.inject_fault(fault);
     }
 
@@ -594,8 +595,9 @@ impl Inner {
         // The old segment is fsynced and closed once the rotation is processed.
         self.log.wait_rotation(ticket)?;
         if self.log.failure_count() != failures_before {
-            return Err(FreqError::Storage(
-                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            return Err(FreqError::storage(
+                "checkpoint abandoned",
+                std::io::Error::other("a log write failed while it was taken"),
             ));
         }
         let path = write_checkpoint(&self.config.dir, &data)?;

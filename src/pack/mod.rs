@@ -17,7 +17,7 @@ pub mod writer;
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
 pub use format::{FILE_SUFFIX, FORMAT_VERSION, PackHeader};
-pub use reader::{read_header, read_pack, read_pack_file};
+pub use reader::{read_header, read_header_file, read_pack, read_pack_file};
 pub use writer::{write_pack, write_pack_file_atomic};
 
 /// Seconds in one stored recency step. Stored times are rounded toward older by
