@@ -250,6 +250,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_MAX_USER_ID_BYTES", default_value_t = 512)]
     pub max_user_id_bytes: usize,
 
+    /// Real-time audiences and forgetting.
+    #[command(flatten)]
+    pub realtime: crate::realtime::RealtimeArgs,
+
     /// Audience sharding: `--shard I/N`.
     #[command(flatten)]
     pub sharding: crate::shard::ShardSettings,

@@ -17,6 +17,9 @@
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
 //!   interval fsyncs).
+//! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
+//!   writes to the overlay the store consults, folding into newer packs.
+//!   Knows nothing of gRPC or tokio.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -50,6 +53,7 @@ pub mod memory;
 pub mod overload;
 pub mod pack;
 pub mod periodic;
+pub mod realtime;
 pub mod server;
 pub mod shard;
 pub mod store;

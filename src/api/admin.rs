@@ -1,7 +1,8 @@
-//! `segd.v1.Admin`: pushes, status, rollback, drop. Every call has passed the
+//! `segd.v1.Admin`: pushes, status, rollback, drop, real-time updates and
+//! forgets. Every call has passed the
 //! bearer-token interceptor (`auth`). Catalog work runs on blocking threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -15,7 +16,11 @@ use crate::proto::{
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{
+    ForgetUsersRequest, ForgetUsersResponse, UpdateMembersRequest, UpdateMembersResponse,
+};
 use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
+use crate::realtime::RealtimeWrites;
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
@@ -29,6 +34,9 @@ pub struct AdminService {
     changes: Arc<PackChanges>,
     /// This replica's audience shard, reported in `Status`.
     shard: crate::shard::Shard,
+    /// Set once the real-time journal is replayed; unset = not offered.
+    realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+    max_updates_per_request: usize,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
@@ -37,6 +45,10 @@ pub trait StatusExtras: Send + Sync + 'static {
     /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
     /// freshness bound at `now_unix_seconds`.
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+    /// The real-time overlay and forgotten users.
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -57,6 +69,8 @@ impl AdminService {
             status_extras,
             changes,
             shard: crate::shard::Shard::UNSHARDED,
+            realtime: Arc::new(OnceLock::new()),
+            max_updates_per_request: 0,
         }
     }
 
@@ -64,6 +78,24 @@ impl AdminService {
     pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
         self.shard = shard;
         self
+    }
+
+    /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
+    pub fn with_realtime(
+        mut self,
+        realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+        max_updates_per_request: usize,
+    ) -> Self {
+        self.realtime = realtime;
+        self.max_updates_per_request = max_updates_per_request;
+        self
+    }
+
+    fn realtime(&self) -> Result<Arc<dyn RealtimeWrites>, Status> {
+        self.realtime
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
     }
 }
 
@@ -184,6 +216,7 @@ impl Admin for AdminService {
                 index: self.shard.index,
                 count: self.shard.count,
             }),
+            realtime: self.status_extras.realtime(),
         }))
     }
 
@@ -255,6 +288,39 @@ impl Admin for AdminService {
             line_items: outcome.line_items,
             unchanged: outcome.unchanged,
         }))
+    }
+
+    async fn update_members(
+        &self,
+        request: Request<UpdateMembersRequest>,
+    ) -> Result<Response<UpdateMembersResponse>, Status> {
+        let updates = crate::api::realtime::updates_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().updates,
+        )?;
+        let realtime = self.realtime()?;
+        let outcome =
+            blocking(move || realtime.update_members(&updates).map_err(Status::from)).await?;
+        Ok(Response::new(UpdateMembersResponse {
+            applied: outcome.applied,
+            generation: outcome.generation,
+        }))
+    }
+
+    async fn forget_users(
+        &self,
+        request: Request<ForgetUsersRequest>,
+    ) -> Result<Response<ForgetUsersResponse>, Status> {
+        let fingerprints = crate::api::realtime::forgets_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().user_ids,
+        )?;
+        let realtime = self.realtime()?;
+        let forgotten =
+            blocking(move || realtime.forget_users(&fingerprints).map_err(Status::from)).await?;
+        Ok(Response::new(ForgetUsersResponse { forgotten }))
     }
 
     async fn drop_pack(

@@ -143,11 +143,11 @@ async fn connect(addr: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connect to {addr}"))
 }
 
-fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
+pub(crate) fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
     move |status| anyhow::anyhow!("{what} failed: {:?}: {}", status.code(), status.message())
 }
 
-pub async fn admin_client(
+pub(crate) async fn admin_client(
     admin: &AdminArgs,
 ) -> anyhow::Result<
     AdminClient<
@@ -403,6 +403,17 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             frequency.log_bytes,
             frequency.fsync_policy,
             frequency.retention_days
+        );
+    }
+    if let Some(realtime) = reply.realtime {
+        println!(
+            "real-time: {} of {} overlay entries, {} forgotten users ({} still in packs), journal {} bytes, forgets kept {} days",
+            realtime.overlay_entries,
+            realtime.max_overlay_entries,
+            realtime.forgotten_users,
+            realtime.forgotten_users_in_packs,
+            realtime.journal_bytes,
+            realtime.forget_retention_days
         );
     }
     Ok(())

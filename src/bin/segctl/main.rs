@@ -4,6 +4,7 @@ mod candidate_syntax;
 mod client;
 mod fleet_status;
 mod pack_commands;
+mod realtime_commands;
 mod routing;
 
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ enum Command {
     PutLineItems(client::PutLineItemsArgs),
     /// Record impressions toward frequency caps (Segments/RecordImpressions).
     Record(client::RecordArgs),
+    /// Real-time adds and removes from TSV (user_id<TAB>segment_id<TAB>add|remove[<TAB>last_seen[<TAB>expires_at]]),
+    /// in batches (Admin/UpdateMembers).
+    Update(realtime_commands::UpdateArgs),
+    /// Forget users: out of every segment, frequency counters gone (Admin/ForgetUsers).
+    Forget(realtime_commands::ForgetArgs),
     /// Packs, versions, counts, generation and frequency-store figures (Admin/Status).
     Status {
         #[command(flatten)]
@@ -122,6 +128,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => runtime()?.block_on(client::lookup(args)),
         Command::Decide(args) => runtime()?.block_on(client::decide(args)),
         Command::Record(args) => runtime()?.block_on(client::record(args)),
+        Command::Update(args) => runtime()?.block_on(realtime_commands::update(args)),
+        Command::Forget(args) => runtime()?.block_on(realtime_commands::forget(args)),
         Command::PutLineItems(args) => runtime()?.block_on(client::put_line_items(args)),
         Command::Status { admin } => runtime()?.block_on(client::status(admin)),
         Command::Segments { admin } => runtime()?.block_on(client::list_segments(admin)),
