@@ -253,6 +253,10 @@ pub struct ServeConfig {
     /// Real-time audiences and forgetting.
     #[command(flatten)]
     pub realtime: crate::realtime::RealtimeArgs,
+
+    /// Audience sharding: `--shard I/N`.
+    #[command(flatten)]
+    pub sharding: crate::shard::ShardSettings,
 }
 
 impl ServeConfig {

@@ -28,6 +28,8 @@
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
+//! - [`shard`]: the shard function (a user's shard among `N`) and
+//!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
@@ -53,6 +55,7 @@ pub mod pack;
 pub mod periodic;
 pub mod realtime;
 pub mod server;
+pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

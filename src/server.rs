@@ -221,13 +221,16 @@ pub async fn serve(
     let realtime_writes: Arc<OnceLock<Arc<dyn RealtimeWrites>>> = Arc::new(OnceLock::new());
     let realtime_metrics = Deferred::<RealtimeMetrics>::default();
     registry.register_collector(Box::new(realtime_metrics.clone()));
-    let segments = SegmentsServer::new(SegmentsService::new(
-        store.clone(),
-        counters.clone(),
-        line_items.clone(),
-        limits.clone(),
-        decisions,
-    ))
+    let segments = SegmentsServer::new(
+        SegmentsService::new(
+            store.clone(),
+            counters.clone(),
+            line_items.clone(),
+            limits.clone(),
+            decisions,
+        )
+        .with_shard(config.sharding.shard),
+    )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
     registry.register_collector(Box::new(overload_counters.clone()));
@@ -265,7 +268,8 @@ pub async fn serve(
             .with_realtime(
                 realtime_writes.clone(),
                 config.realtime.max_updates_per_request,
-            ),
+            )
+            .with_shard(config.sharding.shard),
         )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),

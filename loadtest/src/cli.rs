@@ -130,6 +130,12 @@ pub struct RunArgs {
     /// Server address (segd's query port).
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     pub addr: String,
+    /// Query addresses of every shard, comma-separated, in shard order
+    /// (index = shard, `segd serve --shard I/N`): each user's requests go to
+    /// its shard (a BatchLookup or RecordImpressions is split by shard and
+    /// sent to each at once). Replaces --addr.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,ADDR,..")]
+    pub shard_addrs: Vec<String>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = Workload::Lookup)]
     pub workload: Workload,

@@ -32,6 +32,8 @@ pub struct AdminService {
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
     changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
     /// Set once the real-time journal is replayed; unset = not offered.
     realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
     max_updates_per_request: usize,
@@ -66,9 +68,16 @@ impl AdminService {
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
+            shard: crate::shard::Shard::UNSHARDED,
             realtime: Arc::new(OnceLock::new()),
             max_updates_per_request: 0,
         }
+    }
+
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
@@ -203,6 +212,10 @@ impl Admin for AdminService {
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
             realtime: self.status_extras.realtime(),
         }))
     }

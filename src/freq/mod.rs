@@ -26,9 +26,9 @@ pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
+pub use forget::ForgottenUsers;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use log::InjectedFault;
-pub use forget::ForgottenUsers;
 pub use log::{DecodedSegment, FsyncPolicy, SegmentDecodeError, decode_log_segment};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
 pub use window::{Calendar, CapWindow};

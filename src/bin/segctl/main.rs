@@ -2,8 +2,10 @@
 
 mod candidate_syntax;
 mod client;
+mod fleet_status;
 mod pack_commands;
 mod realtime_commands;
+mod routing;
 
 use std::path::PathBuf;
 
@@ -75,6 +77,9 @@ enum Command {
         /// The pack name.
         pack: String,
     },
+    /// One table of every replica's shard, generation, health, line items and
+    /// pack versions, flagging disagreement within a shard (exit 1 when any).
+    FleetStatus(fleet_status::FleetStatusArgs),
     /// Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise.
     Health {
         /// Server address (query or admin port).
@@ -130,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Segments { admin } => runtime()?.block_on(client::list_segments(admin)),
         Command::Rollback { admin, pack } => runtime()?.block_on(client::rollback(admin, pack)),
         Command::Drop { admin, pack } => runtime()?.block_on(client::drop_pack(admin, pack)),
+        Command::FleetStatus(args) => runtime()?.block_on(fleet_status::fleet_status(args)),
         Command::Health {
             addr,
             timeout_seconds,
