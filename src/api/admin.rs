@@ -110,7 +110,8 @@ impl Admin for AdminService {
             catalog
                 .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
                 .map_err(|error| {
-                    tracing::warn!(error = %error, "pack refused");
+                    // Debug formatting: the error may quote client bytes.
+                    tracing::warn!(error = ?error.to_string(), "pack refused");
                     metrics.record_catalog_refusal(PackChange::Push, &error);
                     Status::from(error)
                 })

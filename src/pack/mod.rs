@@ -11,6 +11,7 @@ use roaring::RoaringBitmap;
 pub mod builder;
 pub mod error;
 pub mod format;
+pub mod names;
 pub mod reader;
 pub mod writer;
 

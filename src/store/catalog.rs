@@ -38,9 +38,7 @@ pub enum CatalogError {
         pushed: String,
         served: String,
     },
-    #[error(
-        "invalid pack name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with a dot"
-    )]
+    #[error("invalid pack name {0:?}: {rule}", rule = pack::names::PACK_NAME_RULE)]
     InvalidPackName(String),
     #[error("no pack named {0:?} is served")]
     NoSuchPack(String),
@@ -183,8 +181,8 @@ impl Catalog {
             };
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
             info!(
-                pack = %loaded.name,
-                version = %loaded.version,
+                pack = ?loaded.name,
+                version = ?loaded.version,
                 users = loaded.users(),
                 memberships = loaded.memberships(),
                 "pack loaded"
@@ -285,7 +283,7 @@ impl Catalog {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        info!(pack = %name, version = %loaded.version, generation, "pack pushed");
+        info!(pack = %name, version = ?loaded.version, generation, "pack pushed");
         Ok(PushOutcome {
             pack: name,
             version: loaded.version.clone(),
@@ -336,7 +334,7 @@ impl Catalog {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        warn!(pack = %name, version = %loaded.version, generation, "pack rolled back");
+        warn!(pack = %name, version = ?loaded.version, generation, "pack rolled back");
         Ok(RollbackOutcome {
             pack: name.to_owned(),
             version: loaded.version.clone(),
@@ -363,7 +361,7 @@ impl Catalog {
         fs::write(self.dropped_marker_path(name), b"").map_err(io_error(format!("drop {name}")))?;
         sync_dir(&self.packs_dir)?;
         let generation = self.store.install(state.packs_without(name))?;
-        warn!(pack = %name, generation, "pack dropped");
+        warn!(pack = ?name, generation, "pack dropped");
         Ok(generation)
     }
 }
@@ -394,16 +392,9 @@ fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
         .map_err(io_error(format!("fsync {}", dir.display())))
 }
 
-/// Pack names become file names: keep them plain.
+/// Pack names become file names: the one rule of [`pack::names`].
 pub fn valid_pack_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
-        && !name.ends_with(".previous")
-        && !name.ends_with(".rollback")
+    pack::names::check_pack_name(name).is_ok()
 }
 
 /// Orders versions naturally: runs of digits compare as numbers, the rest as
@@ -476,5 +467,7 @@ mod tests {
         assert!(!valid_pack_name(".hidden"));
         assert!(!valid_pack_name("a/b"));
         assert!(!valid_pack_name("x.previous"));
+        assert!(!valid_pack_name("x.rollback"));
+        assert!(!valid_pack_name(&"x".repeat(65)));
     }
 }
