@@ -13,6 +13,7 @@ mod dictionary;
 pub mod freshness;
 mod index;
 mod loaded;
+mod pack_files;
 mod state;
 
 use std::sync::Arc;
