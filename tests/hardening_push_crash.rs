@@ -236,6 +236,9 @@ async fn kill_9_at_many_points_of_a_push_keeps_served_and_previous() {
     segd.terminate();
 }
 
+/// Files of a packs directory: (file name, pack version; `None` = a partial upload).
+type PackFiles = Vec<(&'static str, Option<&'static str>)>;
+
 /// Puts `files` (name, version) into a fresh packs directory.
 fn packs_dir_with(files: &[(&str, Option<&str>)]) -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
@@ -255,7 +258,7 @@ fn packs_dir_with(files: &[(&str, Option<&str>)]) -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_point_of_the_push_and_rollback_renames_recovers() {
     // (files at the crash, expected (served, previous) after the restart)
-    let cases: [(&str, Vec<(&str, Option<&str>)>, (&str, &str)); 6] = [
+    let cases: [(&str, PackFiles, (&str, &str)); 6] = [
         (
             "upload being received",
             vec![
