@@ -161,7 +161,7 @@ impl PackChange {
 
 /// Why a change was refused: [`CatalogError::reason_code`] plus the refusals
 /// the admin service makes before the catalog sees a pack.
-const REFUSAL_REASONS: [&str; 12] = [
+const REFUSAL_REASONS: [&str; 13] = [
     "invalid_pack",
     "invalid_index",
     "ownership",
@@ -173,6 +173,7 @@ const REFUSAL_REASONS: [&str; 12] = [
     "too_large",
     "empty_stream",
     "stream_error",
+    "busy",
     "internal",
 ];
 

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
+use crate::api::push::{self, PushGate};
 use crate::line_items::LineItemRegistry;
 use crate::metrics::{Metrics, PackChange};
 use crate::proto::admin_server::Admin;
@@ -23,6 +23,8 @@ pub struct AdminService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     max_push_bytes: u64,
+    /// One push at a time (see `push`).
+    push_gate: PushGate,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
@@ -50,6 +52,7 @@ impl AdminService {
             line_items,
             limits,
             max_push_bytes,
+            push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             metrics: Arc::new(Metrics::new()),
@@ -78,37 +81,34 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PushSnapshotResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut pack_bytes: Vec<u8> = Vec::new();
-        let mut allow_older_version = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.inspect_err(|_| {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "stream_error")
+        let refused = |reason: &str| {
+            self.metrics.record_change_refused(PackChange::Push, reason);
+        };
+        let _one_at_a_time = self
+            .push_gate
+            .try_enter()
+            .inspect_err(|_| refused("busy"))?;
+        let catalog = self.catalog.clone();
+        let staged = blocking(move || catalog.stage_upload().map_err(Status::from))
+            .await
+            .inspect_err(|_| refused("storage"))?;
+        let mut chunks = request.into_inner();
+        let upload = push::receive(&mut chunks, staged, self.max_push_bytes)
+            .await
+            .map_err(|refusal| {
+                tracing::warn!(reason = refusal.reason, error = ?refusal.status.message(), "pack refused");
+                refused(refusal.reason);
+                refusal.status
             })?;
-            allow_older_version |= chunk.allow_older_version;
-            if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "too_large");
-                return Err(Status::invalid_argument(format!(
-                    "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
-                    self.max_push_bytes
-                )));
-            }
-            pack_bytes.extend_from_slice(&chunk.data);
-        }
-        if pack_bytes.is_empty() {
-            self.metrics
-                .record_change_refused(PackChange::Push, "empty_stream");
-            return Err(Status::invalid_argument(
-                "snapshot: empty stream, no pack file sent",
-            ));
-        }
         let catalog = self.catalog.clone();
         let metrics = self.metrics.clone();
         let outcome = blocking(move || {
             catalog
-                .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
+                .push_staged(
+                    upload.staged,
+                    upload.allow_older_version,
+                    crate::unix_now_seconds(),
+                )
                 .map_err(|error| {
                     // Debug formatting: the error may quote client bytes.
                     tracing::warn!(error = ?error.to_string(), "pack refused");

@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod names;
 pub mod reader;
+pub mod stream_check;
 pub mod writer;
 
 pub use builder::PackBuilder;
