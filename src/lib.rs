@@ -14,10 +14,14 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`le`]: the one bounds-checked little-endian reader every file format uses.
+//! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
+//!   interval fsyncs).
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
-//! - [`metrics`]: Prometheus counters and the `GET /metrics` endpoint; the
-//!   tower layer counting RPCs by status code and latency.
+//! - [`telemetry`]: the metrics registry every owner registers its figures
+//!   in, the `GET /metrics` route, and the tower layer counting RPCs by status
+//!   code and latency.
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
@@ -38,13 +42,15 @@ pub mod decide;
 pub mod demo;
 pub mod freq;
 pub mod freshness;
+pub mod le;
 pub mod line_items;
 pub mod memory;
-pub mod metrics;
 pub mod overload;
 pub mod pack;
+pub mod periodic;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod watch;
 
 /// Generated code for the `segd.v1` protobuf package.

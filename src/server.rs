@@ -20,16 +20,19 @@ use tracing::{info, warn};
 
 use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
+use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
+use crate::freq::telemetry::FreqMetrics;
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::{Metrics, MetricsSource, RpcMetricsLayer};
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::store::catalog::Catalog;
+use crate::store::telemetry::StoreMetrics;
 use crate::store::{FreshnessPolicy, Store};
+use crate::telemetry::{Deferred, Registry, RpcCounters, RpcMetricsLayer};
 
 /// The bound sockets the server answers on.
 pub struct Listeners {
@@ -156,7 +159,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let admin_token = check_config(&config)?;
     let store = Arc::new(Store::with_freshness(config.freshness_policy()));
-    let metrics = Arc::new(Metrics::new());
+    // Every owner registers its own figures; the services hold the same Arcs.
+    let mut registry = Registry::default();
+    let rpc_counters = Arc::new(RpcCounters::default());
+    registry.register_collector(Box::new(rpc_counters.clone()));
+    let decisions = Arc::new(DecideCounters::default());
+    registry.register_collector(Box::new(decisions.clone()));
+    let changes = Arc::new(PackChanges::default());
+    registry.register_collector(Box::new(changes.clone()));
+    registry.register_collector(Box::new(StoreMetrics(store.clone())));
+    let freq_metrics = Deferred::<FreqMetrics>::default();
+    registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
             .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
@@ -201,20 +214,19 @@ pub async fn serve(
         )
     })?);
     let limits = RequestLimits::from_config(&config);
-    let segments = SegmentsServer::new(
-        SegmentsService::new(
-            store.clone(),
-            counters.clone(),
-            line_items.clone(),
-            limits.clone(),
-        )
-        .with_metrics(metrics.clone()),
-    )
+    let segments = SegmentsServer::new(SegmentsService::new(
+        store.clone(),
+        counters.clone(),
+        line_items.clone(),
+        limits.clone(),
+        decisions,
+    ))
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
+    registry.register_collector(Box::new(overload_counters.clone()));
     // Outermost first: the metrics layer also counts what the shedder refuses.
     let query_server = server_builder(&config, false)?
-        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .layer(ConcurrencyShedLayer::new(
             config.max_in_flight,
             overload_counters.clone(),
@@ -228,26 +240,24 @@ pub async fn serve(
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
-        AdminServer::new(
-            AdminService::new(
-                catalog.clone(),
-                line_items,
-                limits,
-                config.max_push_bytes,
-                Arc::new(ServerStatusExtras {
-                    counters: counters.clone(),
-                    fsync: config.fsync,
-                    retention_days: config.freq_retention_days,
-                    freshness: config.freshness_policy(),
-                }),
-            )
-            .with_metrics(metrics.clone()),
-        )
+        AdminServer::new(AdminService::new(
+            catalog.clone(),
+            line_items,
+            limits,
+            config.max_push_bytes,
+            Arc::new(ServerStatusExtras {
+                counters: counters.clone(),
+                fsync: config.fsync,
+                retention_days: config.freq_retention_days,
+                freshness: config.freshness_policy(),
+            }),
+            changes,
+        ))
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
-        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -260,16 +270,14 @@ pub async fn serve(
         .watch_dir
         .as_ref()
         .map(|_| Arc::new(crate::watch::WatchCounters::default()));
+    if let Some(watch_counters) = &watch_counters {
+        registry.register_collector(Box::new(watch_counters.clone()));
+    }
+    let registry = Arc::new(registry);
     let metrics_task = listeners.metrics.map(|listener| {
-        let source = Arc::new(MetricsSource {
-            metrics: metrics.clone(),
-            store: store.clone(),
-            counters: counters.clone(),
-            watch: watch_counters.clone(),
-        });
-        tokio::spawn(crate::metrics::serve_http(
+        tokio::spawn(crate::telemetry::serve(
             listener,
-            source,
+            crate::telemetry::router(registry.clone()),
             stopped(stop_receiver.clone()),
         ))
     });
@@ -278,6 +286,7 @@ pub async fn serve(
     let load_catalog = catalog.clone();
     let freq_config = freq_config(&config);
     let load_counters = counters.clone();
+    let load_freq_metrics = freq_metrics.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
@@ -292,6 +301,7 @@ pub async fn serve(
             torn_tail_bytes = report.torn_tail_bytes,
             "frequency store recovered"
         );
+        load_freq_metrics.set(FreqMetrics(store.clone()));
         let _ = load_counters.set(store);
         Ok(generation)
     })

@@ -6,7 +6,9 @@
 //! - [`r#gen`] (`gen.rs`; `gen` is reserved in edition 2024): the synthetic data
 //!   set (`loadtest gen`).
 //! - [`workload`]: the request generator shared by every target.
-//! - [`executor`]: sends one request to segd over gRPC (or hands it to Redis).
+//! - [`executor`]: sends one request to the target of the run: segd over gRPC
+//!   ([`grpc_target`]) or Redis ([`redis_target`]); [`outcome`] is what a
+//!   request came to, shared by both.
 //! - [`run`]: the open/closed-loop driver and progress line (`loadtest run`).
 //! - [`swap`]: snapshot pushes during a run and their windows.
 //! - [`report`]: histograms, the final report and its JSON form.
@@ -20,6 +22,8 @@ mod chart;
 mod cli;
 mod executor;
 mod r#gen;
+mod grpc_target;
+mod outcome;
 mod redis_target;
 mod report;
 mod run;

@@ -177,7 +177,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for _ in 0..args.connections {
         executors.push(match args.target {
             Target::Grpc => executor::connect_grpc(&args.addr).await?,
-            Target::Redis => redis_target::connect(&args.redis_url, ttl_by_segment.clone()).await?,
+            Target::Redis => {
+                executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
+            }
         });
     }
     let swap_plan = SwapPlan::prepare(&args).await?;

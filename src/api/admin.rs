@@ -6,9 +6,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
+use crate::api::outcomes::{PackChange, PackChanges, Refusal};
 use crate::api::push::{self, PushGate};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::{Metrics, PackChange};
 use crate::proto::admin_server::Admin;
 use crate::proto::{
     DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
@@ -28,7 +28,7 @@ pub struct AdminService {
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
-    metrics: Arc<Metrics>,
+    changes: Arc<PackChanges>,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
@@ -46,6 +46,7 @@ impl AdminService {
         limits: RequestLimits,
         max_push_bytes: u64,
         status_extras: Arc<dyn StatusExtras>,
+        changes: Arc<PackChanges>,
     ) -> Self {
         Self {
             catalog,
@@ -55,14 +56,8 @@ impl AdminService {
             push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
-            metrics: Arc::new(Metrics::new()),
+            changes,
         }
-    }
-
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
     }
 }
 
@@ -81,27 +76,25 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PushSnapshotResponse>, Status> {
-        let refused = |reason: &str| {
-            self.metrics.record_change_refused(PackChange::Push, reason);
-        };
+        let refused = |refusal: Refusal| self.changes.record_refused(PackChange::Push, refusal);
         let _one_at_a_time = self
             .push_gate
             .try_enter()
-            .inspect_err(|_| refused("busy"))?;
+            .inspect_err(|_| refused(Refusal::Busy))?;
         let catalog = self.catalog.clone();
         let staged = blocking(move || catalog.stage_upload().map_err(Status::from))
             .await
-            .inspect_err(|_| refused("storage"))?;
+            .inspect_err(|_| refused(Refusal::Storage))?;
         let mut chunks = request.into_inner();
         let upload = push::receive(&mut chunks, staged, self.max_push_bytes)
             .await
             .map_err(|refusal| {
-                tracing::warn!(reason = refusal.reason, error = ?refusal.status.message(), "pack refused");
-                refused(refusal.reason);
+                tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");
+                refused(refusal.refusal);
                 refusal.status
             })?;
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
                 .push_staged(
@@ -112,13 +105,12 @@ impl Admin for AdminService {
                 .map_err(|error| {
                     // Debug formatting: the error may quote client bytes.
                     tracing::warn!(error = ?error.to_string(), "pack refused");
-                    metrics.record_catalog_refusal(PackChange::Push, &error);
+                    changes.record_refused(PackChange::Push, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics
-            .record_change_ok(PackChange::Push, outcome.unchanged);
+        self.changes.record_ok(PackChange::Push, outcome.unchanged);
         Ok(Response::new(PushSnapshotResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -206,17 +198,17 @@ impl Admin for AdminService {
     ) -> Result<Response<RollbackResponse>, Status> {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
                 .rollback(&pack, crate::unix_now_seconds())
                 .map_err(|error| {
-                    metrics.record_catalog_refusal(PackChange::Rollback, &error);
+                    changes.record_refused(PackChange::Rollback, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Rollback, false);
+        self.changes.record_ok(PackChange::Rollback, false);
         Ok(Response::new(RollbackResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -249,15 +241,15 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let generation = blocking(move || {
             catalog.drop_pack(&pack_name).map_err(|error| {
-                metrics.record_catalog_refusal(PackChange::Drop, &error);
+                changes.record_refused(PackChange::Drop, Refusal::from(&error));
                 Status::from(error)
             })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Drop, false);
+        self.changes.record_ok(PackChange::Drop, false);
         Ok(Response::new(DropPackResponse { pack, generation }))
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
+use crate::api::outcomes::Refusal;
 use crate::pack::stream_check::FooterCheck;
 use crate::pack::{self, PackError};
 use crate::proto::SnapshotChunk;
@@ -47,19 +48,22 @@ impl PushGate {
     }
 }
 
-/// A refused upload: the metrics reason and the answer.
-pub struct Refusal {
-    pub reason: &'static str,
+/// A refused upload: what the metrics count and the answer.
+pub struct UploadRefused {
+    pub refusal: Refusal,
     pub status: Status,
 }
 
-impl Refusal {
-    fn new(reason: &'static str, status: Status) -> Self {
-        Self { reason, status }
+impl UploadRefused {
+    fn new(refusal: Refusal, status: Status) -> Self {
+        Self { refusal, status }
     }
 
     fn invalid_pack(error: PackError) -> Self {
-        Self::new("invalid_pack", Status::from(CatalogError::Pack(error)))
+        Self::new(
+            Refusal::InvalidPack,
+            Status::from(CatalogError::Pack(error)),
+        )
     }
 
     fn storage(staged: &StagedFile, error: std::io::Error) -> Self {
@@ -67,7 +71,7 @@ impl Refusal {
             context: format!("write upload {}", staged.path().display()),
             source: error,
         };
-        Self::new("storage", Status::from(error))
+        Self::new(Refusal::Storage, Status::from(error))
     }
 }
 
@@ -83,40 +87,42 @@ pub async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     mut staged: StagedFile,
     max_push_bytes: u64,
-) -> Result<Upload, Refusal> {
+) -> Result<Upload, UploadRefused> {
     let file = staged.take_file().expect("a new upload has its file");
     let mut file = tokio::fs::File::from_std(file);
     let mut header = HeaderCheck::default();
     let mut footer = FooterCheck::new();
     let mut allow_older_version = false;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|status| Refusal::new("stream_error", status))?;
+        let chunk = chunk.map_err(|status| UploadRefused::new(Refusal::StreamError, status))?;
         allow_older_version |= chunk.allow_older_version;
         if footer.total_bytes() + chunk.data.len() as u64 > max_push_bytes {
-            return Err(Refusal::new(
-                "too_large",
+            return Err(UploadRefused::new(
+                Refusal::TooLarge,
                 Status::invalid_argument(format!(
                     "snapshot: larger than the limit of {max_push_bytes} bytes (--max-push-bytes)"
                 )),
             ));
         }
-        header.update(&chunk.data).map_err(Refusal::invalid_pack)?;
+        header
+            .update(&chunk.data)
+            .map_err(UploadRefused::invalid_pack)?;
         footer.update(&chunk.data);
         file.write_all(&chunk.data)
             .await
-            .map_err(|error| Refusal::storage(&staged, error))?;
+            .map_err(|error| UploadRefused::storage(&staged, error))?;
     }
     if footer.total_bytes() == 0 {
-        return Err(Refusal::new(
-            "empty_stream",
+        return Err(UploadRefused::new(
+            Refusal::EmptyStream,
             Status::invalid_argument("snapshot: empty stream, no pack file sent"),
         ));
     }
-    header.finish().map_err(Refusal::invalid_pack)?;
-    footer.finish().map_err(Refusal::invalid_pack)?;
+    header.finish().map_err(UploadRefused::invalid_pack)?;
+    footer.finish().map_err(UploadRefused::invalid_pack)?;
     file.flush()
         .await
-        .map_err(|error| Refusal::storage(&staged, error))?;
+        .map_err(|error| UploadRefused::storage(&staged, error))?;
     drop(file.into_std().await);
     Ok(Upload {
         staged,

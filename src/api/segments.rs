@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
+use crate::api::outcomes::DecideCounters;
 use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, NewImpression};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
@@ -24,7 +24,7 @@ pub struct SegmentsService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
-    metrics: Arc<Metrics>,
+    decisions: Arc<DecideCounters>,
 }
 
 impl SegmentsService {
@@ -33,20 +33,15 @@ impl SegmentsService {
         counters: Arc<OnceLock<Arc<FreqStore>>>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
+        decisions: Arc<DecideCounters>,
     ) -> Self {
         Self {
             store,
             counters,
             line_items,
             limits,
-            metrics: Arc::new(Metrics::new()),
+            decisions,
         }
-    }
-
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -171,7 +166,7 @@ impl Segments for SegmentsService {
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
-        self.metrics.record_decisions(&decisions);
+        self.decisions.record(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,

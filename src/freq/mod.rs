@@ -13,12 +13,14 @@
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
 //! - [`store`]: [`FreqStore`], what the gRPC layer calls.
 //! - [`error`]: the error type, [`FreqError`].
+//! - [`telemetry`]: its figures for `GET /metrics`.
 
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
 pub mod log;
 pub mod store;
+pub mod telemetry;
 pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};

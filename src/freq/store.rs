@@ -30,10 +30,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::checkpoint::{
     CheckpointData, parse_checkpoint_file_name, read_checkpoint, write_checkpoint,
@@ -47,6 +46,7 @@ use super::log::{
     decode_log_segment, encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
+use crate::periodic::Periodic;
 
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +174,7 @@ pub struct FreqStats {
 /// Frequency counters with a write-ahead log and checkpoints.
 pub struct FreqStore {
     inner: Arc<Inner>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<Periodic>>,
     /// True once `shutdown` (or a simulated crash) ran.
     stopped: Mutex<bool>,
 }
@@ -194,15 +194,6 @@ struct Inner {
     last_checkpoint_micros: AtomicU64,
     recorded_impressions: AtomicU64,
     duplicate_impressions: AtomicU64,
-    stop_requested: Mutex<bool>,
-    stop_signal: Condvar,
-}
-
-fn now_unix_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The first sequence number a log ever uses.
@@ -232,7 +223,7 @@ impl FreqStore {
         let counters = Counters::new();
         let ids = IdSet::new();
         let mut report = RecoveryReport::default();
-        let now = now_unix_seconds();
+        let now = crate::unix_now_seconds();
         let cutoff = now.saturating_sub(config.retention_seconds);
 
         let covers_before = load_newest_checkpoint(&config, &counters, &ids, &mut report)?;
@@ -254,8 +245,6 @@ impl FreqStore {
             last_checkpoint_micros: AtomicU64::new(0),
             recorded_impressions: AtomicU64::new(0),
             duplicate_impressions: AtomicU64::new(0),
-            stop_requested: Mutex::new(false),
-            stop_signal: Condvar::new(),
             config,
         });
         let threads = vec![
@@ -270,7 +259,7 @@ impl FreqStore {
                 },
             )?,
             spawn_periodic(&inner, "freq-sweep", inner.config.sweep_interval, |inner| {
-                inner.sweep(now_unix_seconds());
+                inner.sweep(crate::unix_now_seconds())
             })?,
         ];
         tracing::info!(
@@ -443,10 +432,8 @@ impl FreqStore {
     }
 
     fn stop_background_threads(&self) {
-        *self.inner.stop_requested.lock() = true;
-        self.inner.stop_signal.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        for mut periodic in self.threads.lock().drain(..) {
+            periodic.stop();
         }
     }
 }
@@ -464,24 +451,9 @@ fn spawn_periodic(
     name: &str,
     interval: Duration,
     job: fn(&Inner),
-) -> Result<JoinHandle<()>, FreqError> {
+) -> Result<Periodic, FreqError> {
     let inner = Arc::clone(inner);
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            loop {
-                {
-                    let mut stop = inner.stop_requested.lock();
-                    if !*stop {
-                        inner.stop_signal.wait_for(&mut stop, interval);
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
-                job(&inner);
-            }
-        })
+    Periodic::spawn(name, interval, move || job(&inner))
         .map_err(|error| FreqError::storage(format!("spawn {name}"), error))
 }
 
@@ -499,7 +471,7 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
-        let cutoff = now_unix_seconds().saturating_sub(self.config.retention_seconds);
+        let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
             let mut plan = RecordPlan::default();
@@ -607,7 +579,7 @@ impl Inner {
             let (covers_before_seq, ticket) = self.log.request_rotation()?;
             let data = CheckpointData {
                 covers_before_seq,
-                created_unix_seconds: now_unix_seconds(),
+                created_unix_seconds: crate::unix_now_seconds(),
                 entries: Vec::new(),
                 ids: Vec::new(),
             };

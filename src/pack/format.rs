@@ -63,8 +63,9 @@ pub const MAGIC: [u8; 8] = *b"SEGDPACK";
 pub const END_MAGIC: [u8; 8] = *b"KCAPDGES";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// File name extension of pack files.
-pub const FILE_EXTENSION: &str = "segpack";
+/// How every pack file name ends; the catalog, the watcher and the demo all
+/// use this one constant.
+pub const FILE_SUFFIX: &str = ".segpack";
 
 /// At most this many segments per pack: the serving index stores a `u16` local
 /// segment index.

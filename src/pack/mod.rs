@@ -18,7 +18,7 @@ pub mod writer;
 
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
-pub use format::{FILE_EXTENSION, FORMAT_VERSION, PackHeader};
+pub use format::{FILE_SUFFIX, FORMAT_VERSION, PackHeader};
 pub use reader::{read_header, read_pack, read_pack_file};
 pub use writer::{write_pack, write_pack_file_atomic};
 

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 pub use super::pack_files::StagedFile;
-use super::pack_files::{CURRENT_SUFFIX, PREVIOUS_SUFFIX, PackFiles};
+use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackError};
 
@@ -56,22 +56,6 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl CatalogError {
-    /// A short stable label for metrics (`reason="ownership"`).
-    pub fn reason_code(&self) -> &'static str {
-        match self {
-            CatalogError::Pack(_) => "invalid_pack",
-            CatalogError::Index(_) => "invalid_index",
-            CatalogError::Ownership(_) => "ownership",
-            CatalogError::OlderVersion { .. } => "older_version",
-            CatalogError::InvalidPackName(_) => "invalid_pack_name",
-            CatalogError::NoSuchPack(_) => "no_such_pack",
-            CatalogError::NoPreviousVersion(_) => "no_previous_version",
-            CatalogError::Io { .. } => "storage",
-        }
-    }
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError {
@@ -173,13 +157,10 @@ impl Catalog {
         for entry in entries {
             let entry = entry.map_err(io_error(format!("read {}", self.packs_dir.display())))?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
-            let name = if let Some(name) = file_name.strip_suffix(PREVIOUS_SUFFIX) {
-                name
-            } else if let Some(name) = file_name.strip_suffix(CURRENT_SUFFIX) {
-                name
-            } else {
+            let Some(name) = file_name.strip_suffix(pack::FILE_SUFFIX) else {
                 continue;
             };
+            let name = name.strip_suffix(PREVIOUS_MARK).unwrap_or(name);
             if valid_pack_name(name) && !names.iter().any(|known| known == name) {
                 names.push(name.to_owned());
             }

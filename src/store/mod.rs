@@ -15,6 +15,7 @@ mod index;
 mod loaded;
 mod pack_files;
 mod state;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

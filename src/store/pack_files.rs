@@ -28,8 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
-pub(super) const CURRENT_SUFFIX: &str = ".segpack";
-pub(super) const PREVIOUS_SUFFIX: &str = ".previous.segpack";
+use crate::pack::FILE_SUFFIX;
+
+/// `NAME.previous.segpack` is the version kept for rollback.
+pub(super) const PREVIOUS_MARK: &str = ".previous";
 const NEXT_SUFFIX: &str = ".segpack.next";
 const ROLLBACK_SUFFIX: &str = ".rollback.tmp";
 /// Uploads and the old writer's temporary files start with a dot and carry
@@ -84,11 +86,11 @@ impl PackFiles {
     }
 
     pub(super) fn current(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}{CURRENT_SUFFIX}"))
+        self.dir.join(format!("{name}{FILE_SUFFIX}"))
     }
 
     pub(super) fn previous(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}{PREVIOUS_SUFFIX}"))
+        self.dir.join(format!("{name}{PREVIOUS_MARK}{FILE_SUFFIX}"))
     }
 
     fn next(&self, name: &str) -> PathBuf {
@@ -108,7 +110,7 @@ impl PackFiles {
     pub(super) fn stage(&self) -> io::Result<StagedFile> {
         let sequence = STAGED_SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!(
-            ".push-{}-{sequence}{CURRENT_SUFFIX}{TEMPORARY_MARK}",
+            ".push-{}-{sequence}{FILE_SUFFIX}{TEMPORARY_MARK}",
             std::process::id()
         ));
         let file = File::options().write(true).create_new(true).open(&path)?;

@@ -146,13 +146,16 @@ impl TestServer {
     }
 }
 
-/// A minimal HTTP/1.1 GET: (status code, body). The server closes the connection.
+/// A minimal HTTP/1.1 GET: (status code, body). Asks the server to close the
+/// connection after the response, so the body is everything up to EOF.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n")
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+            )
                 .as_bytes(),
         )
         .await
