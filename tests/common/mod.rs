@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod forge;
 pub mod model;
 pub mod process;
 pub mod realtime;
