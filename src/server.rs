@@ -30,6 +30,8 @@ use crate::line_items::LineItemRegistry;
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
+use crate::realtime::metrics::RealtimeMetrics;
+use crate::realtime::{Realtime, RealtimeConfig, RealtimeWrites};
 use crate::store::catalog::Catalog;
 use crate::store::telemetry::StoreMetrics;
 use crate::store::{FreshnessPolicy, Store};
@@ -225,6 +227,11 @@ pub async fn serve(
         )
     })?);
     let limits = RequestLimits::from_config(&config);
+    // Set once the real-time journal is replayed (with the data directory).
+    let realtime: Arc<OnceLock<Arc<Realtime>>> = Arc::new(OnceLock::new());
+    let realtime_writes: Arc<OnceLock<Arc<dyn RealtimeWrites>>> = Arc::new(OnceLock::new());
+    let realtime_metrics = Deferred::<RealtimeMetrics>::default();
+    registry.register_collector(Box::new(realtime_metrics.clone()));
     let segments = SegmentsServer::new(
         SegmentsService::new(
             store.clone(),
@@ -233,6 +240,7 @@ pub async fn serve(
             limits.clone(),
             decisions,
         )
+        .with_shard(config.sharding.shard)
         .with_impression_sink(
             impression_sink.clone(),
             Duration::from_millis(config.request_timeout_ms.max(1)),
@@ -257,20 +265,28 @@ pub async fn serve(
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
     let admin = InterceptedService::new(
-        AdminServer::new(AdminService::new(
-            catalog.clone(),
-            line_items,
-            limits,
-            config.max_push_bytes,
-            Arc::new(ServerStatusExtras {
-                counters: counters.clone(),
-                fsync: config.fsync,
-                retention_days: config.freq_retention_days,
-                freshness: config.freshness_policy(),
-                fleet: fleet_metrics.clone(),
-            }),
-            changes,
-        ))
+        AdminServer::new(
+            AdminService::new(
+                catalog.clone(),
+                line_items,
+                limits,
+                config.max_push_bytes,
+                Arc::new(ServerStatusExtras {
+                    counters: counters.clone(),
+                    fsync: config.fsync,
+                    retention_days: config.freq_retention_days,
+                    freshness: config.freshness_policy(),
+                    realtime: realtime.clone(),
+                    fleet: fleet_metrics.clone(),
+                }),
+                changes,
+            )
+            .with_realtime(
+                realtime_writes.clone(),
+                config.realtime.max_updates_per_request,
+            )
+            .with_shard(config.sharding.shard),
+        )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
@@ -306,14 +322,26 @@ pub async fn serve(
     let load_counters = counters.clone();
     let load_sink = impression_sink.clone();
     let fleet_mode = config.fleet.enabled();
+    let realtime_config = realtime_config(&config);
+    let load_realtime = realtime.clone();
     let load_freq_metrics = freq_metrics.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
         }
+        let realtime_dir = realtime_config.dir.clone();
+        // Before the packs (their fold horizons) and the frequency store (its
+        // replay leaves forgotten users out).
+        let (realtime, forgotten) = Realtime::open(
+            realtime_config,
+            load_catalog.store().clone(),
+            crate::unix_now_seconds(),
+        )
+        .with_context(|| format!("open the real-time journal in {}", realtime_dir.display()))?;
+        let _ = load_realtime.set(realtime);
         let generation = load_catalog.load_all(crate::unix_now_seconds())?;
         let freq_dir = freq_config.dir.clone();
-        let (store, report) = FreqStore::open(freq_config)
+        let (store, report) = FreqStore::open_forgetting(freq_config, &forgotten)
             .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
         info!(
             checkpoint_events = report.checkpoint_events,
@@ -355,10 +383,17 @@ pub async fn serve(
             if let Some(metrics_task) = metrics_task {
                 let _ = metrics_task.await;
             }
+            shutdown_realtime(&realtime).await?;
             shutdown_counters(&counters).await?;
             return Err(error);
         }
     };
+    if let (Some(realtime), Some(counters)) = (realtime.get(), counters.get()) {
+        realtime.set_counters(counters.clone());
+        realtime.start_maintenance();
+        realtime_metrics.set(RealtimeMetrics(realtime.clone()));
+        let _ = realtime_writes.set(realtime.clone());
+    }
     let state = store.load_full();
     info!(
         generation,
@@ -422,10 +457,11 @@ pub async fn serve(
         let _ = metrics_task.await;
     }
     // In-flight requests have drained: stop applying the fleet's stream, then
-    // flush the log and checkpoint even if a listener failed, then report.
+    // flush the logs and checkpoint even if a listener failed, then report.
     if let Some(fleet) = fleet.as_mut() {
         fleet.stop().await;
     }
+    shutdown_realtime(&realtime).await?;
     shutdown_counters(&counters).await?;
     query_result
         .context("query server task")?
@@ -451,7 +487,7 @@ async fn join_fleet(
     };
     let start = FleetStart {
         settings: &config.fleet,
-        shard: crate::fleet::DEFAULT_SHARD,
+        shard: config.sharding.shard.index,
         retention: Duration::from_secs(config.freq_retention_seconds() as u64),
         store: store.clone(),
         metrics,
@@ -489,6 +525,30 @@ async fn shutdown_counters(counters: &Arc<OnceLock<Arc<FreqStore>>>) -> anyhow::
     Ok(())
 }
 
+/// Stops real-time maintenance and fsyncs the journal.
+async fn shutdown_realtime(realtime: &Arc<OnceLock<Arc<Realtime>>>) -> anyhow::Result<()> {
+    let Some(realtime) = realtime.get().cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || realtime.shutdown())
+        .await
+        .context("real-time shutdown task")?
+        .context("flush the real-time journal")?;
+    Ok(())
+}
+
+/// The real-time journal's settings from the flags.
+pub fn realtime_config(config: &ServeConfig) -> RealtimeConfig {
+    let freq = freq_config(config);
+    RealtimeConfig {
+        dir: config.data_dir.join("realtime"),
+        fsync: freq.fsync,
+        fsync_interval: freq.fsync_interval,
+        max_overlay_entries: config.realtime.max_overlay_entries,
+        forget_retention_seconds: config.realtime.forget_retention_seconds(),
+    }
+}
+
 /// The frequency store's settings from the flags.
 pub fn freq_config(config: &ServeConfig) -> FreqConfig {
     FreqConfig {
@@ -513,6 +573,7 @@ struct ServerStatusExtras {
     fsync: FsyncMode,
     retention_days: u32,
     freshness: FreshnessPolicy,
+    realtime: Arc<OnceLock<Arc<Realtime>>>,
     fleet: Option<Arc<FleetMetrics>>,
 }
 
@@ -536,5 +597,18 @@ impl StatusExtras for ServerStatusExtras {
 
     fn fleet(&self) -> Option<crate::proto::FleetStatus> {
         self.fleet.as_deref().map(crate::fleet::status_of)
+    }
+
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        let realtime = self.realtime.get()?;
+        let figures = realtime.figures();
+        Some(crate::proto::RealtimeStatus {
+            overlay_entries: figures.overlay_entries,
+            max_overlay_entries: figures.max_overlay_entries,
+            forgotten_users: figures.forgotten_users,
+            forgotten_users_in_packs: figures.forgotten_users_in_packs,
+            journal_bytes: figures.journal_bytes,
+            forget_retention_days: realtime.forget_retention_days(),
+        })
     }
 }

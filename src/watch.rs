@@ -32,8 +32,6 @@ use tracing::{info, warn};
 
 use crate::store::catalog::{Catalog, PushOutcome};
 
-/// Extension of the files the watcher applies (see `pack::FILE_EXTENSION`).
-const PACK_SUFFIX: &str = ".segpack";
 /// Files still being written by the usual sync tools.
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -215,9 +213,9 @@ impl DirPoller {
                     .watch_unchanged_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     "watched pack already served"
                 );
                 Applied::Unchanged(outcome)
@@ -227,9 +225,9 @@ impl DirPoller {
                     .watch_loaded_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     generation = outcome.generation,
                     "watched pack loaded"
                 );
@@ -240,8 +238,8 @@ impl DirPoller {
                     .watch_rejected_total
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    file = %path.display(),
-                    error = %error,
+                    file = ?path,
+                    error = ?error,
                     "watched pack refused; the served data is unchanged"
                 );
                 Applied::Rejected(error)
@@ -255,7 +253,9 @@ fn is_candidate(name: &OsString) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
-    !name.starts_with('.') && !name.ends_with(TEMP_SUFFIX) && name.ends_with(PACK_SUFFIX)
+    !name.starts_with('.')
+        && !name.ends_with(TEMP_SUFFIX)
+        && name.ends_with(crate::pack::FILE_SUFFIX)
 }
 
 /// Refuses a watched directory that is the data directory's own pack

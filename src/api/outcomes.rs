@@ -87,14 +87,17 @@ pub enum Refusal {
     InvalidPackName,
     NoSuchPack,
     NoPreviousVersion,
+    DamagedPack,
     Storage,
     TooLarge,
     EmptyStream,
     StreamError,
+    /// Another push was being received or verified (one at a time).
+    Busy,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 13] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -102,10 +105,12 @@ impl Refusal {
         Refusal::InvalidPackName,
         Refusal::NoSuchPack,
         Refusal::NoPreviousVersion,
+        Refusal::DamagedPack,
         Refusal::Storage,
         Refusal::TooLarge,
         Refusal::EmptyStream,
         Refusal::StreamError,
+        Refusal::Busy,
     ];
 
     /// The `reason` label: short and stable, dashboards select on it.
@@ -118,10 +123,12 @@ impl Refusal {
             Refusal::InvalidPackName => "invalid_pack_name",
             Refusal::NoSuchPack => "no_such_pack",
             Refusal::NoPreviousVersion => "no_previous_version",
+            Refusal::DamagedPack => "damaged_pack",
             Refusal::Storage => "storage",
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
             Refusal::StreamError => "stream_error",
+            Refusal::Busy => "busy",
         }
     }
 }
@@ -136,6 +143,7 @@ impl From<&CatalogError> for Refusal {
             CatalogError::InvalidPackName(_) => Refusal::InvalidPackName,
             CatalogError::NoSuchPack(_) => Refusal::NoSuchPack,
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
+            CatalogError::Damaged { .. } => Refusal::DamagedPack,
             CatalogError::Io { .. } => Refusal::Storage,
         }
     }

@@ -17,7 +17,7 @@ impl ImpressionSink for LocalLogSink {
             tokio::task::spawn_blocking(move || store.record(&impressions))
                 .await
                 .map_err(|join_error| {
-                    FreqError::Storage(format!("record task failed: {join_error}"))
+                    FreqError::storage("record task", std::io::Error::other(join_error.to_string()))
                 })?
         })
     }

@@ -16,6 +16,7 @@ use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
     LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
 };
+use crate::shard::Shard;
 use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
@@ -31,6 +32,8 @@ pub struct SegmentsService {
     impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
     /// A recording call's deadline when the client sets none.
     record_timeout: Duration,
+    /// This replica's audience shard: users of other shards are refused.
+    shard: Shard,
 }
 
 impl SegmentsService {
@@ -49,7 +52,26 @@ impl SegmentsService {
             decisions,
             impression_sink: Arc::new(OnceLock::new()),
             record_timeout: Duration::from_secs(5),
+            shard: Shard::UNSHARDED,
         }
+    }
+
+    /// Serves only users of `shard` (`--shard I/N`).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// `FAILED_PRECONDITION` naming the user's shard when the user belongs to
+    /// another: a misrouted query must be loud, never a silent non-member.
+    fn check_shard(&self, field: &str, user_id: &str) -> Result<(), Status> {
+        if !self.shard.is_sharded() || self.shard.owns(crate::user_fingerprint(user_id)) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "{field}: {}",
+            crate::shard::misrouted_message(user_id, self.shard)
+        )))
     }
 
     /// Records through `sink` (set when the frequency store is open), with
@@ -71,8 +93,9 @@ impl SegmentsService {
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
-        self.limits
-            .check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
+        let field = format!("{prefix}user_id");
+        self.limits.check_user_id(&field, &request.user_id)?;
+        self.check_shard(&field, &request.user_id)?;
         self.limits.check_count(
             &format!("{prefix}segment_ids"),
             request.segment_ids.len(),
@@ -160,6 +183,7 @@ impl Segments for SegmentsService {
     ) -> Result<Response<DecideResponse>, Status> {
         let request = request.into_inner();
         self.limits.check_decide(&request)?;
+        self.check_shard("user_id", &request.user_id)?;
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
@@ -200,6 +224,12 @@ impl Segments for SegmentsService {
         let deadline = super::record_sink::call_deadline(request.metadata(), self.record_timeout);
         let request = request.into_inner();
         self.limits.check_record(&request)?;
+        for (index, impression) in request.impressions.iter().enumerate() {
+            self.check_shard(
+                &format!("impressions[{index}].user_id"),
+                &impression.user_id,
+            )?;
+        }
         let sink =
             self.impression_sink.get().cloned().ok_or_else(|| {
                 Status::unavailable("replaying the frequency log, not serving yet")

@@ -41,10 +41,6 @@ pub use metrics::FleetMetrics;
 pub use publisher::FleetSink;
 pub use settings::FleetSettings;
 
-/// The shard this replica consumes and records to (one shard until audience
-/// sharding exists).
-pub const DEFAULT_SHARD: u32 = 0;
-
 /// A running fleet membership: the sink to record through and the tasks to stop.
 pub struct Fleet {
     pub sink: Arc<FleetSink>,
@@ -56,6 +52,8 @@ pub struct Fleet {
 /// How a fleet member starts.
 pub struct FleetStart<'a> {
     pub settings: &'a FleetSettings,
+    /// The audience shard (`--shard I/N`'s I): the replica records to and
+    /// consumes `segd.impressions.<shard>` only.
     pub shard: u32,
     pub retention: Duration,
     pub store: Arc<FreqStore>,

@@ -30,6 +30,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::counters::{Bucket, Entry, EntryKey};
 use super::error::FreqError;
 use super::log::fsync_dir;
+use crate::le::LeReader;
 
 /// Magic bytes opening every checkpoint.
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"SEGDFCKP";
@@ -128,7 +129,7 @@ pub fn write_checkpoint(dir: &Path, data: &CheckpointData) -> Result<PathBuf, Fr
         .map_err(|error| FreqError::storage(context(), error))?;
     let file = buffered
         .into_inner()
-        .map_err(|error| FreqError::storage(context(), error.error()))?;
+        .map_err(|error| FreqError::storage(context(), error.into_error()))?;
     file.sync_all()
         .map_err(|error| FreqError::storage(context(), error))?;
     drop(file);
@@ -160,14 +161,11 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
         return Err(format!("truncated at {} bytes", bytes.len()));
     }
     let (body, checksum_bytes) = bytes.split_at(bytes.len() - 8);
-    let stored_checksum = u64::from_le_bytes(checksum_bytes.try_into().expect("8 bytes"));
+    let stored_checksum = LeReader::new(checksum_bytes).u64()?;
     if xxh3_64(body) != stored_checksum {
         return Err("checksum mismatch".to_owned());
     }
-    let mut reader = Reader {
-        bytes: body,
-        position: 0,
-    };
+    let mut reader = LeReader::new(body);
     if reader.take(8)? != CHECKPOINT_MAGIC {
         return Err("bad magic".to_owned());
     }
@@ -177,9 +175,9 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
     }
     let _reserved = reader.u32()?;
     let covers_before_seq = reader.u64()?;
-    let created_unix_seconds = reader.u64()? as i64;
+    let created_unix_seconds = reader.i64()?;
     let applied_stream_seq = if version >= 2 { reader.u64()? } else { 0 };
-    let entry_count = reader.count(16 + 4 + 4)?;
+    let entry_count = count(&mut reader, 16 + 4 + 4)?;
     let mut entries = Vec::with_capacity(entry_count);
     for index in 0..entry_count {
         let user_fingerprint = reader.u64()?;
@@ -191,7 +189,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
             ));
         }
         let times = (0..time_count)
-            .map(|_| reader.u64().map(|time| time as i64))
+            .map(|_| reader.i64())
             .collect::<Result<Vec<_>, _>>()?;
         let bucket_count = reader.u32()? as usize;
         if bucket_count > reader.remaining() / 12 {
@@ -201,7 +199,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
         }
         let mut buckets = Vec::with_capacity(bucket_count);
         for _ in 0..bucket_count {
-            let start = reader.u64()? as i64;
+            let start = reader.i64()?;
             let count = reader.u32()?;
             buckets.push(Bucket { start, count });
         }
@@ -215,11 +213,11 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
             entry,
         ));
     }
-    let id_count = reader.count(16)?;
+    let id_count = count(&mut reader, 16)?;
     let mut ids = Vec::with_capacity(id_count);
     for _ in 0..id_count {
         let id_hash = reader.u64()?;
-        let at = reader.u64()? as i64;
+        let at = reader.i64()?;
         ids.push((id_hash, at));
     }
     if reader.remaining() != 0 {
@@ -234,46 +232,14 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
     })
 }
 
-struct Reader<'bytes> {
-    bytes: &'bytes [u8],
-    position: usize,
-}
-
-impl<'bytes> Reader<'bytes> {
-    fn take(&mut self, length: usize) -> Result<&'bytes [u8], String> {
-        let end = self
-            .position
-            .checked_add(length)
-            .filter(|&end| end <= self.bytes.len());
-        let Some(end) = end else {
-            return Err(format!("truncated at byte offset {}", self.position));
-        };
-        let slice = &self.bytes[self.position..end];
-        self.position = end;
-        Ok(slice)
+/// A `u64` count of items of at least `min_item_bytes` each, checked
+/// against the bytes left.
+fn count(reader: &mut LeReader<'_>, min_item_bytes: usize) -> Result<usize, String> {
+    let count = reader.u64()?;
+    if count > (reader.remaining() / min_item_bytes) as u64 {
+        return Err(format!("count {count} exceeds the file"));
     }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.position
-    }
-    /// A `u64` count of items of at least `min_item_bytes` each, checked
-    /// against the bytes left.
-    fn count(&mut self, min_item_bytes: usize) -> Result<usize, String> {
-        let count = self.u64()?;
-        if count > (self.remaining() / min_item_bytes) as u64 {
-            return Err(format!("count {count} exceeds the file"));
-        }
-        Ok(count as usize)
-    }
+    Ok(count as usize)
 }
 
 #[cfg(test)]

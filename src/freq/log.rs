@@ -34,7 +34,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::error::FreqError;
+use crate::le::LeReader;
+use crate::periodic::Periodic;
 
 /// Magic bytes opening every log segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SEGDFLOG";
@@ -229,72 +231,42 @@ pub fn decode_log_segment(bytes: &[u8]) -> Result<DecodedSegment, SegmentDecodeE
 }
 
 fn decode_segment_header(header: &[u8]) -> Result<u64, String> {
-    if &header[..8] != SEGMENT_MAGIC {
+    let mut reader = LeReader::new(header);
+    if reader.take(SEGMENT_MAGIC.len())? != SEGMENT_MAGIC {
         return Err("bad segment magic".to_owned());
     }
-    let stored_checksum = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    let version = reader.u32()?;
+    let _reserved = reader.u32()?;
+    let first_seq = reader.u64()?;
+    let stored_checksum = reader.u64()?;
     if xxh3_64(&header[..24]) != stored_checksum {
         return Err("segment header checksum mismatch".to_owned());
     }
-    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != SEGMENT_VERSION {
         return Err(format!("unsupported segment version {version}"));
     }
-    Ok(u64::from_le_bytes(
-        header[16..24].try_into().expect("8 bytes"),
-    ))
+    Ok(first_seq)
 }
 
 /// Decodes one frame at the start of `bytes`: the record and the frame's length.
 fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
-    if bytes.len() < RECORD_HEADER_BYTES {
+    let mut reader = LeReader::new(bytes);
+    if reader.ensure(RECORD_HEADER_BYTES).is_err() {
         return Err("incomplete record header".to_owned());
     }
-    let payload_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    let payload_len = reader.u32()? as usize;
+    let stored_checksum = reader.u64()?;
     if payload_len > MAX_RECORD_PAYLOAD_BYTES {
         return Err(format!("record length {payload_len} exceeds the maximum"));
     }
-    let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len) else {
+    let Ok(payload) = reader.take(payload_len) else {
         return Err("incomplete record payload".to_owned());
     };
-    let stored_checksum = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
     if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
         return Err("record checksum mismatch".to_owned());
     }
     let record = decode_payload(payload)?;
     Ok((record, RECORD_HEADER_BYTES + payload_len))
-}
-
-struct Cursor<'bytes> {
-    bytes: &'bytes [u8],
-    position: usize,
-}
-
-impl Cursor<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let end = self
-            .position
-            .checked_add(N)
-            .filter(|&end| end <= self.bytes.len());
-        let Some(end) = end else {
-            return Err("record payload truncated".to_owned());
-        };
-        let array = self.bytes[self.position..end].try_into().expect("N bytes");
-        self.position = end;
-        Ok(array)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.position
-    }
 }
 
 /// Decodes a record payload (the part after length and checksum), trusting
@@ -305,10 +277,7 @@ pub fn decode_record_payload(payload: &[u8]) -> Result<LogRecord, String> {
 }
 
 fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
-    let mut cursor = Cursor {
-        bytes: payload,
-        position: 0,
-    };
+    let mut cursor = LeReader::new(payload);
     let impression_count = cursor.u32()? as usize;
     // Each impression takes at least 21 bytes: never trust the count further.
     if impression_count > cursor.remaining() / 21 {
@@ -319,7 +288,7 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
     let mut impressions = Vec::with_capacity(impression_count);
     for _ in 0..impression_count {
         let user_fingerprint = cursor.u64()?;
-        let at_unix_seconds = cursor.u64()? as i64;
+        let at_unix_seconds = cursor.i64()?;
         let impression_id_hash = match cursor.u8()? {
             0 => None,
             1 => Some(cursor.u64()?),
@@ -382,15 +351,18 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A test-only way to make the writer's I/O fail; see `FreqStore::inject_fault`.
+/// A test hook (feature `test-hooks`) making the writer's I/O fail; see
+/// `FreqStore::inject_fault`.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum InjectedFault {
     /// Normal operation.
-    None,
+    None = 0,
     /// Every log `write` fails until cleared.
-    FailWrites,
+    FailWrites = 1,
     /// Every log fsync fails until cleared.
-    FailFsyncs,
+    FailFsyncs = 2,
 }
 
 /// Writer figures.
@@ -454,16 +426,18 @@ struct Shared {
     dirty: AtomicBool,
     /// Set by the fsync thread after a failed fsync: the writer starts anew.
     roll_segment: AtomicBool,
-    fault: AtomicU8,
+    /// An [`InjectedFault`] as `u8` (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
+    fault: std::sync::atomic::AtomicU8,
     counters: LogCounters,
-    fsync_thread_stop: Mutex<bool>,
-    fsync_thread_wake: Condvar,
 }
 
 /// The log writer: queue, writer thread and (interval policy) fsync thread.
 pub(crate) struct LogWriter {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Interval policy only.
+    fsync: Mutex<Option<Periodic>>,
 }
 
 struct OpenSegment {
@@ -527,32 +501,32 @@ impl LogWriter {
             current_file: Mutex::new(None),
             dirty: AtomicBool::new(false),
             roll_segment: AtomicBool::new(false),
-            fault: AtomicU8::new(0),
+            #[cfg(any(test, feature = "test-hooks"))]
+            fault: std::sync::atomic::AtomicU8::new(InjectedFault::None as u8),
             counters: LogCounters::default(),
-            fsync_thread_stop: Mutex::new(false),
-            fsync_thread_wake: Condvar::new(),
         });
         let segment = shared.open_segment(next_seq)?;
-        let mut threads = Vec::new();
         let writer_shared = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("freq-log-writer".to_owned())
-                .spawn(move || writer_shared.run_writer(Some(segment)))
-                .map_err(|error| FreqError::storage("spawn log writer", error))?,
-        );
-        if policy == FsyncPolicy::Interval {
-            let fsync_shared = Arc::clone(&shared);
-            threads.push(
-                std::thread::Builder::new()
-                    .name("freq-log-fsync".to_owned())
-                    .spawn(move || fsync_shared.run_interval_fsync(fsync_interval))
+        let writer = std::thread::Builder::new()
+            .name("freq-log-writer".to_owned())
+            .spawn(move || writer_shared.run_writer(Some(segment)))
+            .map_err(|error| FreqError::storage("spawn log writer", error))?;
+        let fsync = match policy {
+            FsyncPolicy::Interval => {
+                let fsync_shared = Arc::clone(&shared);
+                Some(
+                    Periodic::spawn("freq-log-fsync", fsync_interval, move || {
+                        fsync_shared.interval_fsync()
+                    })
                     .map_err(|error| FreqError::storage("spawn log fsync thread", error))?,
-            );
-        }
+                )
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         Ok(LogWriter {
             shared,
-            threads: Mutex::new(threads),
+            writer: Mutex::new(Some(writer)),
+            fsync: Mutex::new(fsync),
         })
     }
 
@@ -579,10 +553,15 @@ impl LogWriter {
         if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
             let payload_len = payload.len();
             queue.spare = payload;
-            return Err(FreqError::Storage(format!(
-                "record of {} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}",
-                payload_len
-            )));
+            return Err(FreqError::storage(
+                "append to the log",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "record of {payload_len} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}"
+                    ),
+                ),
+            ));
         }
         queue.next_seq += 1;
         match queue.items.last_mut() {
@@ -624,9 +603,11 @@ impl LogWriter {
             .iter()
             .any(|&(low, high)| low <= seq && seq <= high)
         {
-            return Err(FreqError::Storage(format!(
-                "log write of record {seq} failed"
-            )));
+            // The batch's own error went to the log; this caller learns the outcome.
+            return Err(FreqError::storage(
+                format!("log record {seq}"),
+                std::io::Error::other("its batch failed to write or fsync"),
+            ));
         }
         Ok(())
     }
@@ -676,14 +657,10 @@ impl LogWriter {
         &self.shared.counters
     }
 
-    /// Makes the writer's I/O fail (tests).
+    /// Makes the writer's I/O fail (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject_fault(&self, fault: InjectedFault) {
-        let code = match fault {
-            InjectedFault::None => 0,
-            InjectedFault::FailWrites => 1,
-            InjectedFault::FailFsyncs => 2,
-        };
-        self.shared.fault.store(code, Ordering::SeqCst);
+        self.shared.fault.store(fault as u8, Ordering::SeqCst);
     }
 
     /// Flushes everything queued, fsyncs the segment and stops the threads.
@@ -691,29 +668,36 @@ impl LogWriter {
     pub fn stop(&self) {
         self.shared.queue.lock().shutdown = true;
         self.shared.queue_ready.notify_all();
-        *self.shared.fsync_thread_stop.lock() = true;
-        self.shared.fsync_thread_wake.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+        if let Some(mut fsync) = self.fsync.lock().take() {
+            fsync.stop();
         }
     }
 }
 
 impl Shared {
+    /// Fails when a test injected write failures; nothing without test hooks.
     fn fault_write(&self) -> std::io::Result<()> {
-        if self.fault.load(Ordering::Relaxed) == 1 {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailWrites as u8 {
             return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    fn fault_fsync(&self) -> std::io::Result<()> {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailFsyncs as u8 {
+            return Err(std::io::Error::other("injected fsync failure"));
         }
         Ok(())
     }
 
     fn sync(&self, file: &File) -> std::io::Result<()> {
         let started = Instant::now();
-        let result = if self.fault.load(Ordering::Relaxed) == 2 {
-            Err(std::io::Error::other("injected fsync failure"))
-        } else {
-            file.sync_data()
-        };
+        let result = self.fault_fsync().and_then(|()| file.sync_data());
         self.counters.fsync_count.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fsync_total_micros
@@ -952,28 +936,18 @@ impl Shared {
         self.progress_made.notify_all();
     }
 
-    fn run_interval_fsync(&self, interval: Duration) {
-        loop {
-            {
-                let mut stop = self.fsync_thread_stop.lock();
-                if !*stop {
-                    self.fsync_thread_wake.wait_for(&mut stop, interval);
-                }
-                if *stop {
-                    return;
-                }
-            }
-            if !self.dirty.swap(false, Ordering::AcqRel) {
-                continue;
-            }
-            let Some(file) = self.current_file.lock().clone() else {
-                continue;
-            };
-            if let Err(error) = self.sync(&file) {
-                tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
-                self.roll_segment.store(true, Ordering::SeqCst);
-                self.progress.lock().failure_count += 1;
-            }
+    /// One tick of the interval policy: fsync what was written since the last.
+    fn interval_fsync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(file) = self.current_file.lock().clone() else {
+            return;
+        };
+        if let Err(error) = self.sync(&file) {
+            tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
+            self.roll_segment.store(true, Ordering::SeqCst);
+            self.progress.lock().failure_count += 1;
         }
     }
 }

@@ -21,6 +21,7 @@
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
+pub mod forget;
 pub mod log;
 pub mod sink;
 pub mod store;
@@ -29,9 +30,12 @@ pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
+pub use forget::ForgottenUsers;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use log::InjectedFault;
 pub use log::{
-    DecodedSegment, FsyncPolicy, InjectedFault, LogImpression, SegmentDecodeError,
-    decode_log_segment, decode_record_payload, encode_record_payload,
+    DecodedSegment, FsyncPolicy, LogImpression, SegmentDecodeError, decode_log_segment,
+    decode_record_payload, encode_record_payload,
 };
 pub use sink::{ImpressionSink, RecordFuture};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
