@@ -505,3 +505,27 @@ async fn a_stream_that_restarts_its_sequence_is_followed_from_its_end() {
     // The old counts stay (an over-count, never an under-count).
     assert_eq!(count(&mut on_b, "user-1", "li:1", 4).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_shard_share_its_caps_and_only_its_impressions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = nats::single(&dir.path().join("nats"));
+    let url = node.url();
+    let shard_0a = replica(&dir.path().join("0a"), &url, "0a", &["--shard", "0/2"]).await;
+    let shard_0b = replica(&dir.path().join("0b"), &url, "0b", &["--shard", "0/2"]).await;
+    let shard_1 = replica(&dir.path().join("1"), &url, "1", &["--shard", "1/2"]).await;
+    // user-1 is in shard 0 of 2, user-3 in shard 1 (README's test vectors).
+    let mut on_0a = shard_0a.segments().await;
+    record(&mut on_0a, impressions("user-1", "li:1", &ids("s0", 0..2)))
+        .await
+        .expect("recorded on shard 0");
+    let mut on_1 = shard_1.segments().await;
+    record(&mut on_1, impressions("user-3", "li:1", &ids("s1", 0..3)))
+        .await
+        .expect("recorded on shard 1");
+    let mut on_0b = shard_0b.segments().await;
+    assert_eq!(eventually_count(&mut on_0b, "user-1", "li:1", 2).await, 2);
+    // Each shard's replicas hold only their subject's impressions.
+    assert_eq!(eventually_equal(&[&shard_0a, &shard_0b], 2).await[0].0, 2);
+    assert_eq!(figures(&shard_1).await.0, 3);
+}
