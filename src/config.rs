@@ -213,6 +213,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,
 
+    /// Connection bounds of both gRPC ports.
+    #[command(flatten)]
+    pub connections: crate::connections::ConnectionFlags,
+
     /// Most segment ids in one lookup.
     #[arg(long, env = "SEGD_MAX_SEGMENT_IDS", default_value_t = 1000)]
     pub max_segment_ids: usize,

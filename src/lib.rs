@@ -25,6 +25,8 @@
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
+//! - [`connections`]: the accept loop of both gRPC ports: a bound on open
+//!   connections, idle timeout, back-off when out of file descriptors.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
@@ -38,6 +40,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod decide;
 pub mod demo;
 pub mod freq;
