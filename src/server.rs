@@ -26,7 +26,7 @@ use crate::connections::{self, ConnectionActivityLayer, Connections};
 use crate::freq::telemetry::FreqMetrics;
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
 use crate::line_items::LineItemRegistry;
-use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters, TooLargeIsResourceExhaustedLayer};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::store::catalog::Catalog;
@@ -253,12 +253,16 @@ pub async fn serve(
             }),
             changes,
         ))
-        .max_decoding_message_size(16 << 20),
+        .max_decoding_message_size(config.admin_max_message_bytes),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
         .layer(ConnectionActivityLayer)
         .layer(RpcMetricsLayer::new(rpc_counters.clone()))
+        .layer(TooLargeIsResourceExhaustedLayer::new(
+            "--admin-max-message-bytes",
+            config.admin_max_message_bytes,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
