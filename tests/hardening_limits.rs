@@ -114,7 +114,11 @@ async fn an_admin_message_over_the_flag_is_resource_exhausted() {
         })
         .await
         .expect_err("over --admin-max-message-bytes");
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     assert!(
         refused.message().contains("--admin-max-message-bytes"),
         "{refused:?}"
