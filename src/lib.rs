@@ -17,6 +17,9 @@
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
 //!   interval fsyncs).
+//! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
+//!   writes to the overlay the store consults, folding into newer packs.
+//!   Knows nothing of gRPC or tokio.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -27,11 +30,15 @@
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`connections`]: the accept loop of both gRPC ports: a bound on open
 //!   connections, idle timeout, back-off when out of file descriptors.
+//! - [`shard`]: the shard function (a user's shard among `N`) and
+//!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
+//! - [`fleet`]: `--fleet-nats`: frequency caps shared by every replica
+//!   through a NATS JetStream stream; the only module that knows NATS.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
@@ -43,6 +50,7 @@ pub mod config;
 pub mod connections;
 pub mod decide;
 pub mod demo;
+pub mod fleet;
 pub mod freq;
 pub mod freshness;
 pub mod le;
@@ -51,7 +59,9 @@ pub mod memory;
 pub mod overload;
 pub mod pack;
 pub mod periodic;
+pub mod realtime;
 pub mod server;
+pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

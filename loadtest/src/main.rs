@@ -15,12 +15,15 @@
 //! - [`chart`]: the SVG chart, built by hand.
 //! - [`redis_target`]: the Redis baseline: `loadtest redis-load` and the Redis
 //!   side of `loadtest run --target redis`.
+//! - [`update`]: `loadtest update`: real-time updates and forgets through the
+//!   admin port.
 
 #![forbid(unsafe_code)]
 
 mod chart;
 mod cli;
 mod executor;
+mod fleet_lag;
 mod r#gen;
 mod grpc_target;
 mod outcome;
@@ -28,6 +31,7 @@ mod redis_target;
 mod report;
 mod run;
 mod swap;
+mod update;
 mod workload;
 
 use clap::Parser;
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Gen(args) => r#gen::run(&args),
         cli::Command::Run(args) => runtime()?.block_on(run::run(*args)),
         cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
+        cli::Command::Update(args) => runtime()?.block_on(update::run(args)),
     }
 }
 

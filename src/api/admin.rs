@@ -1,7 +1,8 @@
-//! `segd.v1.Admin`: pushes, status, rollback, drop. Every call has passed the
+//! `segd.v1.Admin`: pushes, status, rollback, drop, real-time updates and
+//! forgets. Every call has passed the
 //! bearer-token interceptor (`auth`). Catalog work runs on blocking threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status, Streaming};
 
@@ -15,7 +16,11 @@ use crate::proto::{
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{
+    ForgetUsersRequest, ForgetUsersResponse, UpdateMembersRequest, UpdateMembersResponse,
+};
 use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
+use crate::realtime::RealtimeWrites;
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
@@ -29,6 +34,11 @@ pub struct AdminService {
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
     changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
+    /// Set once the real-time journal is replayed; unset = not offered.
+    realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+    max_updates_per_request: usize,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
@@ -37,6 +47,15 @@ pub trait StatusExtras: Send + Sync + 'static {
     /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
     /// freshness bound at `now_unix_seconds`.
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+    /// The real-time overlay and forgotten users.
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        None
+    }
+
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -57,7 +76,34 @@ impl AdminService {
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
+            shard: crate::shard::Shard::UNSHARDED,
+            realtime: Arc::new(OnceLock::new()),
+            max_updates_per_request: 0,
         }
+    }
+
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
+    pub fn with_realtime(
+        mut self,
+        realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+        max_updates_per_request: usize,
+    ) -> Self {
+        self.realtime = realtime;
+        self.max_updates_per_request = max_updates_per_request;
+        self
+    }
+
+    fn realtime(&self) -> Result<Arc<dyn RealtimeWrites>, Status> {
+        self.realtime
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
     }
 }
 
@@ -130,12 +176,16 @@ impl Admin for AdminService {
         let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
+        let extras = self.status_extras.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
-        let previous_versions: Vec<Option<String>> = blocking(move || {
-            Ok(names
+        // Both touch the disk (pack headers, the log directory) and the
+        // frequency store locks every shard: off the async workers.
+        let (previous_versions, frequency) = blocking(move || {
+            let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
-                .collect())
+                .collect();
+            Ok((previous_versions, extras.frequency()))
         })
         .await?;
         let packs = state
@@ -161,11 +211,17 @@ impl Admin for AdminService {
         Ok(Response::new(StatusResponse {
             packs,
             generation: state.generation,
-            frequency: self.status_extras.frequency(),
+            frequency,
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
+            realtime: self.status_extras.realtime(),
         }))
     }
 
@@ -174,21 +230,26 @@ impl Admin for AdminService {
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         let state = self.catalog.store().load_full();
-        let mut segments: Vec<SegmentInfo> = state
-            .packs()
-            .iter()
-            .flat_map(|pack| {
-                pack.segments.iter().map(|segment| SegmentInfo {
-                    id: segment.id,
-                    name: segment.name.clone(),
-                    kind: segment.kind.clone(),
-                    pack: pack.name.clone(),
-                    members: segment.members,
-                    ttl_seconds: segment.ttl_seconds,
+        // Up to 65,535 segments a pack, sorted: CPU work for a blocking thread.
+        let segments = blocking(move || {
+            let mut segments: Vec<SegmentInfo> = state
+                .packs()
+                .iter()
+                .flat_map(|pack| {
+                    pack.segments.iter().map(|segment| SegmentInfo {
+                        id: segment.id,
+                        name: segment.name.clone(),
+                        kind: segment.kind.clone(),
+                        pack: pack.name.clone(),
+                        members: segment.members,
+                        ttl_seconds: segment.ttl_seconds,
+                    })
                 })
-            })
-            .collect();
-        segments.sort_by_key(|segment| segment.id);
+                .collect();
+            segments.sort_by_key(|segment| segment.id);
+            Ok(segments)
+        })
+        .await?;
         Ok(Response::new(ListSegmentsResponse { segments }))
     }
 
@@ -232,6 +293,39 @@ impl Admin for AdminService {
             line_items: outcome.line_items,
             unchanged: outcome.unchanged,
         }))
+    }
+
+    async fn update_members(
+        &self,
+        request: Request<UpdateMembersRequest>,
+    ) -> Result<Response<UpdateMembersResponse>, Status> {
+        let updates = crate::api::realtime::updates_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().updates,
+        )?;
+        let realtime = self.realtime()?;
+        let outcome =
+            blocking(move || realtime.update_members(&updates).map_err(Status::from)).await?;
+        Ok(Response::new(UpdateMembersResponse {
+            applied: outcome.applied,
+            generation: outcome.generation,
+        }))
+    }
+
+    async fn forget_users(
+        &self,
+        request: Request<ForgetUsersRequest>,
+    ) -> Result<Response<ForgetUsersResponse>, Status> {
+        let fingerprints = crate::api::realtime::forgets_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().user_ids,
+        )?;
+        let realtime = self.realtime()?;
+        let forgotten =
+            blocking(move || realtime.forget_users(&fingerprints).map_err(Status::from)).await?;
+        Ok(Response::new(ForgetUsersResponse { forgotten }))
     }
 
     async fn drop_pack(

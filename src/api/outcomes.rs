@@ -87,6 +87,7 @@ pub enum Refusal {
     InvalidPackName,
     NoSuchPack,
     NoPreviousVersion,
+    DamagedPack,
     Storage,
     TooLarge,
     EmptyStream,
@@ -96,7 +97,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 12] = [
+    const ALL: [Refusal; 13] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -104,6 +105,7 @@ impl Refusal {
         Refusal::InvalidPackName,
         Refusal::NoSuchPack,
         Refusal::NoPreviousVersion,
+        Refusal::DamagedPack,
         Refusal::Storage,
         Refusal::TooLarge,
         Refusal::EmptyStream,
@@ -121,6 +123,7 @@ impl Refusal {
             Refusal::InvalidPackName => "invalid_pack_name",
             Refusal::NoSuchPack => "no_such_pack",
             Refusal::NoPreviousVersion => "no_previous_version",
+            Refusal::DamagedPack => "damaged_pack",
             Refusal::Storage => "storage",
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
@@ -140,6 +143,7 @@ impl From<&CatalogError> for Refusal {
             CatalogError::InvalidPackName(_) => Refusal::InvalidPackName,
             CatalogError::NoSuchPack(_) => Refusal::NoSuchPack,
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
+            CatalogError::Damaged { .. } => Refusal::DamagedPack,
             CatalogError::Io { .. } => Refusal::Storage,
         }
     }

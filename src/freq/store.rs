@@ -25,6 +25,10 @@
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
+//! - With [`FreqConfig::replicated`] the log is elsewhere (a fleet's stream):
+//!   `record` is refused, batches arrive through
+//!   [`FreqStore::apply_replicated`] in stream order, and checkpoints carry the
+//!   last applied stream sequence instead of covering local log records.
 
 use std::fs;
 use std::path::PathBuf;
@@ -41,12 +45,15 @@ use super::counters::{
     CountQuery, Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash,
 };
 use super::error::FreqError;
+use super::forget::ForgottenUsers;
 use super::log::{
-    FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
-    decode_log_segment, encode_impression, fsync_dir, list_segments,
+    FsyncPolicy, LogImpression, LogRecord, LogWriter, SegmentDecodeError, decode_log_segment,
+    encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
 use crate::periodic::Periodic;
+
+mod replicated;
 
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,9 @@ pub struct FreqConfig {
     pub sweep_interval: Duration,
     /// Open despite a corrupt record mid-log: truncate there and continue.
     pub recover_corrupt_log: bool,
+    /// The impression log is a replicated stream, not the local log: `record`
+    /// is refused and [`FreqStore::apply_replicated`] applies batches.
+    pub replicated: bool,
 }
 
 impl FreqConfig {
@@ -79,6 +89,7 @@ impl FreqConfig {
             checkpoint_interval: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
             recover_corrupt_log: false,
+            replicated: false,
         }
     }
 }
@@ -128,6 +139,8 @@ pub struct RecoveryReport {
     pub corrupt_bytes_dropped: u64,
     /// Impressions dropped at open because they left retention.
     pub expired_events: u64,
+    /// The last replicated stream sequence the loaded checkpoint includes.
+    pub applied_stream_seq: u64,
 }
 
 /// Figures for `Status` and metrics.
@@ -189,6 +202,11 @@ struct Inner {
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
+    /// The last replicated stream sequence applied (replicated mode); written
+    /// under the shared apply gate, read by checkpoints under the exclusive one.
+    applied_stream_seq: AtomicU64,
+    /// The stream sequence the last checkpoint holds; guarded by `checkpoint_lock`.
+    checkpointed_stream_seq: AtomicU64,
     last_checkpoint_unix_seconds: AtomicI64,
     last_checkpoint_pause_micros: AtomicU64,
     last_checkpoint_micros: AtomicU64,
@@ -204,6 +222,15 @@ impl FreqStore {
     /// tail, refusing mid-log corruption unless `recover_corrupt_log`), and
     /// starts the background threads.
     pub fn open(config: FreqConfig) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
+        Self::open_forgetting(config, &ForgottenUsers::default())
+    }
+
+    /// [`FreqStore::open`], dropping the impressions of `forgotten` users
+    /// logged before their forget (see [`FreqStore::forget_users`]).
+    pub fn open_forgetting(
+        config: FreqConfig,
+        forgotten: &ForgottenUsers,
+    ) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
         if config.fsync_interval.is_zero()
             || config.checkpoint_interval.is_zero()
             || config.sweep_interval.is_zero()
@@ -226,9 +253,15 @@ impl FreqStore {
         let now = crate::unix_now_seconds();
         let cutoff = now.saturating_sub(config.retention_seconds);
 
-        let covers_before = load_newest_checkpoint(&config, &counters, &ids, &mut report)?;
-        let next_seq =
-            replay_segments(&config, covers_before, cutoff, &counters, &ids, &mut report)?;
+        let covers_before =
+            load_newest_checkpoint(&config, &counters, &ids, forgotten, &mut report)?;
+        let replay = Replay {
+            cutoff,
+            counters: &counters,
+            ids: &ids,
+            forgotten,
+        };
+        let next_seq = replay_segments(&config, covers_before, &replay, &mut report)?;
         let swept = counters.sweep(cutoff);
         ids.sweep(cutoff);
         report.expired_events = swept.events_dropped;
@@ -240,6 +273,8 @@ impl FreqStore {
             apply_gate: RwLock::new(()),
             log,
             checkpoint_lock: Mutex::new(covers_before),
+            applied_stream_seq: AtomicU64::new(report.applied_stream_seq),
+            checkpointed_stream_seq: AtomicU64::new(report.applied_stream_seq),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
             last_checkpoint_pause_micros: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
@@ -343,6 +378,26 @@ impl FreqStore {
         self.count(user_fingerprint, cap_key, after, until)
     }
 
+    /// Drops every counter of `user_fingerprints`. `make_durable` is called
+    /// first with the sequence number of the next log record, while no
+    /// `record` is between logging and applying: its caller stores the forget
+    /// with that number so that [`FreqStore::open_forgetting`] drops exactly
+    /// the impressions logged before it. Counters are dropped only when it
+    /// succeeds. Impression ids stay: a retried impression is still a duplicate.
+    pub fn forget_users<E>(
+        &self,
+        user_fingerprints: &[u64],
+        make_durable: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let inner = &self.inner;
+        let _exclusive = inner.apply_gate.write();
+        make_durable(inner.log.next_seq())?;
+        for &user_fingerprint in user_fingerprints {
+            inner.counters.remove_user(user_fingerprint);
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint now and deletes the log segments it covers.
     pub fn checkpoint(&self) -> Result<(), FreqError> {
         self.inner.checkpoint()
@@ -411,8 +466,8 @@ impl FreqStore {
 
     /// Stops like a crash would leave things: the log is flushed (everything
     /// acknowledged is already written) but no checkpoint is taken. For tests
-    /// of recovery.
-    #[doc(hidden)]
+    /// of recovery. A test hook (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn stop_without_checkpoint(&self) {
         let mut stopped = self.stopped.lock();
         if *stopped {
@@ -425,9 +480,10 @@ impl FreqStore {
 
     /// Makes the log writer's writes or fsyncs fail until cleared, so tests can
     /// check that storage failures surface as `Err` (making a directory
-    /// read-only proves nothing when tests run as root).
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: InjectedFault) {
+    /// read-only proves nothing when tests run as root). A test hook
+    /// (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn inject_fault(&self, fault: super::log::InjectedFault) {
         self.inner.log.inject_fault(fault);
     }
 
@@ -471,6 +527,11 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
+        if self.config.replicated {
+            return Err(FreqError::InvalidConfig(
+                "replicated store: impressions are recorded through the stream".to_owned(),
+            ));
+        }
         let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
@@ -572,14 +633,25 @@ impl Inner {
         let started = Instant::now();
         let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            if self.log.next_seq() == *last_covered {
-                // Nothing logged since the last checkpoint: it still holds.
+            let applied_stream_seq = self.applied_stream_seq.load(Ordering::Relaxed);
+            if self.log.next_seq() == *last_covered
+                && applied_stream_seq == self.checkpointed_stream_seq.load(Ordering::Relaxed)
+            {
+                // Nothing logged or applied since the last checkpoint: it still holds.
                 return Ok(());
             }
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
+            // A replicated store appends nothing to its log: no rotation, and
+            // the checkpoint replaces the previous one under the same name.
+            let (covers_before_seq, ticket) = if self.config.replicated {
+                (self.log.next_seq(), None)
+            } else {
+                let (covers_before_seq, ticket) = self.log.request_rotation()?;
+                (covers_before_seq, Some(ticket))
+            };
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: crate::unix_now_seconds(),
+                applied_stream_seq,
                 entries: Vec::new(),
                 ids: Vec::new(),
             };
@@ -592,14 +664,19 @@ impl Inner {
         data.entries = self.counters.finish_snapshot();
         data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
-        self.log.wait_rotation(ticket)?;
+        if let Some(ticket) = ticket {
+            self.log.wait_rotation(ticket)?;
+        }
         if self.log.failure_count() != failures_before {
-            return Err(FreqError::Storage(
-                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            return Err(FreqError::storage(
+                "checkpoint abandoned",
+                std::io::Error::other("a log write failed while it was taken"),
             ));
         }
         let path = write_checkpoint(&self.config.dir, &data)?;
         *last_covered = data.covers_before_seq;
+        self.checkpointed_stream_seq
+            .store(data.applied_stream_seq, Ordering::Relaxed);
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);
@@ -664,12 +741,14 @@ fn load_newest_checkpoint(
     config: &FreqConfig,
     counters: &Counters,
     ids: &IdSet,
+    forgotten: &ForgottenUsers,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let Some((covered, path)) = list_checkpoints(config)?.pop() else {
         return Ok(FIRST_SEQ);
     };
     let data = read_checkpoint(&path)?;
+    report.applied_stream_seq = data.applied_stream_seq;
     if data.covers_before_seq != covered {
         return Err(FreqError::CorruptCheckpoint {
             path,
@@ -680,6 +759,9 @@ fn load_newest_checkpoint(
         });
     }
     for (key, entry) in data.entries {
+        if forgotten.drops_checkpointed(key.user_fingerprint, covered) {
+            continue;
+        }
         report.checkpoint_events += entry.events();
         counters.restore(key, entry);
     }
@@ -697,17 +779,27 @@ fn load_newest_checkpoint(
     Ok(covered.max(FIRST_SEQ))
 }
 
-fn apply_replayed(
-    record: &LogRecord,
+/// What replaying a record applies to, and what it leaves out.
+struct Replay<'a> {
     cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
-    report: &mut RecoveryReport,
-) {
+    counters: &'a Counters,
+    ids: &'a IdSet,
+    forgotten: &'a ForgottenUsers,
+}
+
+fn apply_replayed(record: &LogRecord, log_seq: u64, replay: &Replay, report: &mut RecoveryReport) {
+    let Replay {
+        cutoff,
+        counters,
+        ids,
+        forgotten,
+    } = *replay;
     report.replayed_records += 1;
     for impression in &record.impressions {
         report.replayed_impressions += 1;
-        if impression.at_unix_seconds <= cutoff {
+        if impression.at_unix_seconds <= cutoff
+            || forgotten.drops(impression.user_fingerprint, log_seq)
+        {
             continue;
         }
         if let Some(id_hash) = impression.impression_id_hash {
@@ -744,9 +836,7 @@ fn truncate_file(path: &std::path::Path, length: u64) -> Result<(), FreqError> {
 fn replay_segments(
     config: &FreqConfig,
     covers_before: u64,
-    cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
+    replay: &Replay,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let mut next_seq = covers_before;
@@ -771,8 +861,8 @@ fn replay_segments(
                         ),
                     });
                 }
-                for record in &segment.records {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in segment.records.iter().enumerate() {
+                    apply_replayed(record, segment.first_seq + index as u64, replay, report);
                 }
                 report.replayed_segments += 1;
                 next_seq = next_seq.max(segment.first_seq + segment.records.len() as u64);
@@ -814,8 +904,8 @@ fn replay_segments(
                     bytes_dropped = bytes.len() as u64 - offset,
                     "corrupt frequency log record; recovering by truncating there"
                 );
-                for record in &records_before {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in records_before.iter().enumerate() {
+                    apply_replayed(record, named_seq + index as u64, replay, report);
                 }
                 if first_seq.is_some() {
                     truncate_file(&path, offset)?;

@@ -50,6 +50,15 @@ pub enum CatalogError {
     NoSuchPack(String),
     #[error("no previous version of pack {0:?} is kept")]
     NoPreviousVersion(String),
+    /// A pack file of the server's own (served, or kept for rollback) no
+    /// longer verifies: data loss on disk, not bad input and not a passing
+    /// storage failure.
+    #[error("load {}: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: PackError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -125,15 +134,23 @@ impl Catalog {
     /// The version kept for rollback of a pack, if any (reads its header only,
     /// never the whole file).
     pub fn previous_version(&self, name: &str) -> Option<String> {
-        let mut header_bytes = Vec::new();
+        pack::read_header_file(self.previous_path(name))
+            .ok()
+            .map(|header| header.version)
+    }
+
+    /// When the version kept for rollback of a pack was built, if any. Reads
+    /// the file's first bytes only (the header).
+    pub fn previous_built_at(&self, name: &str) -> Option<i64> {
+        let mut head = Vec::new();
         fs::File::open(self.previous_path(name))
             .ok()?
             .take(HEADER_READ_BYTES)
-            .read_to_end(&mut header_bytes)
+            .read_to_end(&mut head)
             .ok()?;
-        pack::read_header(&header_bytes)
+        pack::read_header(&head)
             .ok()
-            .map(|header| header.version)
+            .map(|header| header.built_at_unix_seconds)
     }
 
     /// Whether any pack file is on disk (the demo fills only an empty directory).
@@ -180,6 +197,12 @@ impl Catalog {
                 previous
             };
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
+            // Both versions on disk were served one after the other: the
+            // real-time updates both carry are folded (see `Store::install_at`).
+            if let Some(previous_built_at) = self.previous_built_at(name) {
+                self.store
+                    .raise_fold_horizon(name, previous_built_at.min(loaded.built_at_unix_seconds));
+            }
             info!(
                 pack = ?loaded.name,
                 version = ?loaded.version,
@@ -397,7 +420,10 @@ fn verify_pack_file(
 ) -> Result<LoadedPack, CatalogError> {
     let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
     let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes)?;
+    let pack = pack::read_pack(&bytes).map_err(|source| CatalogError::Damaged {
+        path: path.to_path_buf(),
+        source,
+    })?;
     drop(bytes);
     Ok(LoadedPack::from_pack_on(
         pack,
@@ -471,6 +497,30 @@ mod tests {
         assert_eq!(compare_versions("1.2", "1.10"), Ordering::Less);
         assert_eq!(compare_versions("b", "a"), Ordering::Greater);
         assert_eq!(compare_versions("v1", "v1.1"), Ordering::Less);
+    }
+
+    #[test]
+    fn the_previous_version_is_read_from_the_header_alone() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(data_dir.path(), Arc::new(Store::new())).unwrap();
+        let pack = crate::pack::Pack {
+            name: "crm".into(),
+            version: "v7".into(),
+            built_at_unix_seconds: 1_790_000_000,
+            user_fingerprints: vec![1, 2],
+            segments: Vec::new(),
+        };
+        let path = catalog.previous_path("crm");
+        fs::write(&path, crate::pack::write_pack(&pack).unwrap()).unwrap();
+        // A terabyte (sparse): reading the whole file could never succeed.
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        assert_eq!(catalog.previous_version("crm").as_deref(), Some("v7"));
+        assert_eq!(catalog.previous_version("events"), None);
     }
 
     #[test]
