@@ -160,11 +160,6 @@ impl Fleet {
             let _ = tokio::task::spawn_blocking(move || applier.join()).await;
         }
     }
-
-    /// The `Status` block.
-    pub fn status(&self) -> crate::proto::FleetStatus {
-        status_of(&self.metrics)
-    }
 }
 
 /// The `Status` block from the fleet's figures.
