@@ -23,8 +23,9 @@ use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
+use crate::fleet::{Fleet, FleetMetrics, FleetStart};
 use crate::freq::telemetry::FreqMetrics;
-use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
@@ -210,6 +211,16 @@ pub async fn serve(
     };
 
     let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>> = Arc::new(OnceLock::new());
+    let fleet_metrics = config.fleet.enabled().then(|| {
+        Arc::new(FleetMetrics::new(
+            config.fleet.resolved_replica_id(),
+            config.fleet.fleet_stream.clone(),
+        ))
+    });
+    if let Some(fleet_metrics) = &fleet_metrics {
+        registry.register_collector(Box::new(fleet_metrics.clone()));
+    }
     let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
         format!(
             "load line items from --data-dir {}",
@@ -230,7 +241,11 @@ pub async fn serve(
             limits.clone(),
             decisions,
         )
-        .with_shard(config.sharding.shard),
+        .with_shard(config.sharding.shard)
+        .with_impression_sink(
+            impression_sink.clone(),
+            Duration::from_millis(config.request_timeout_ms.max(1)),
+        ),
     )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
@@ -263,6 +278,7 @@ pub async fn serve(
                     retention_days: config.freq_retention_days,
                     freshness: config.freshness_policy(),
                     realtime: realtime.clone(),
+                    fleet: fleet_metrics.clone(),
                 }),
                 changes,
             )
@@ -305,6 +321,8 @@ pub async fn serve(
     let load_catalog = catalog.clone();
     let freq_config = freq_config(&config);
     let load_counters = counters.clone();
+    let load_sink = impression_sink.clone();
+    let fleet_mode = config.fleet.enabled();
     let realtime_config = realtime_config(&config);
     let load_realtime = realtime.clone();
     let load_freq_metrics = freq_metrics.clone();
@@ -332,6 +350,11 @@ pub async fn serve(
             torn_tail_bytes = report.torn_tail_bytes,
             "frequency store recovered"
         );
+        if !fleet_mode {
+            let _ = load_sink.set(Arc::new(crate::api::record_sink::LocalLogSink(
+                store.clone(),
+            )));
+        }
         load_freq_metrics.set(FreqMetrics(store.clone()));
         let _ = load_counters.set(store);
         Ok(generation)
@@ -340,8 +363,20 @@ pub async fn serve(
     .context("data directory loader failed")
     .and_then(|result| result)
     .with_context(|| format!("load --data-dir {}", config.data_dir.display()));
-    let generation = match loaded {
-        Ok(generation) => generation,
+    let loaded = match loaded {
+        Ok(generation) => join_fleet(
+            &config,
+            &counters,
+            &impression_sink,
+            fleet_metrics,
+            &stop_receiver,
+        )
+        .await
+        .map(|fleet| (generation, fleet)),
+        Err(error) => Err(error),
+    };
+    let (generation, mut fleet) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
@@ -422,8 +457,11 @@ pub async fn serve(
     if let Some(metrics_task) = metrics_task {
         let _ = metrics_task.await;
     }
-    // In-flight requests have drained: flush the logs and checkpoint even if a
-    // listener failed, then report.
+    // In-flight requests have drained: stop applying the fleet's stream, then
+    // flush the logs and checkpoint even if a listener failed, then report.
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.stop().await;
+    }
     shutdown_realtime(&realtime).await?;
     shutdown_counters(&counters).await?;
     query_result
@@ -434,6 +472,35 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// In fleet mode, joins the fleet (connect, check the stream, catch up with it)
+/// and records through it from then on; `None` on a single node.
+async fn join_fleet(
+    config: &ServeConfig,
+    counters: &OnceLock<Arc<FreqStore>>,
+    impression_sink: &OnceLock<Arc<dyn ImpressionSink>>,
+    fleet_metrics: Option<Arc<FleetMetrics>>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Fleet>> {
+    let (Some(metrics), Some(store)) = (fleet_metrics, counters.get()) else {
+        return Ok(None);
+    };
+    let start = FleetStart {
+        settings: &config.fleet,
+        shard: config.sharding.shard.index,
+        retention: Duration::from_secs(config.freq_retention_seconds() as u64),
+        store: store.clone(),
+        metrics,
+    };
+    let fleet = Fleet::start(start, stop.clone()).await.with_context(|| {
+        format!(
+            "join the fleet through --fleet-nats {}",
+            config.fleet.fleet_nats.join(",")
+        )
+    })?;
+    let _ = impression_sink.set(fleet.sink.clone());
+    Ok(Some(fleet))
 }
 
 /// A server task aborted after the grace period ended as intended.
@@ -497,6 +564,7 @@ pub fn freq_config(config: &ServeConfig) -> FreqConfig {
         checkpoint_interval: Duration::from_secs(config.checkpoint_interval_seconds.max(1)),
         sweep_interval: Duration::from_secs(60),
         recover_corrupt_log: config.recover_corrupt_log,
+        replicated: config.fleet.enabled(),
     }
 }
 
@@ -507,6 +575,7 @@ struct ServerStatusExtras {
     retention_days: u32,
     freshness: FreshnessPolicy,
     realtime: Arc<OnceLock<Arc<Realtime>>>,
+    fleet: Option<Arc<FleetMetrics>>,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -525,6 +594,10 @@ impl StatusExtras for ServerStatusExtras {
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool {
         self.freshness
             .is_stale(pack, built_at_unix_seconds, now_unix_seconds)
+    }
+
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        self.fleet.as_deref().map(crate::fleet::status_of)
     }
 
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {

@@ -51,6 +51,11 @@ pub trait StatusExtras: Send + Sync + 'static {
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
         None
     }
+
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -207,6 +212,7 @@ impl Admin for AdminService {
             packs,
             generation: state.generation,
             frequency,
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),

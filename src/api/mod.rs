@@ -9,6 +9,7 @@ pub mod limits;
 pub mod outcomes;
 pub mod push;
 pub mod realtime;
+pub mod record_sink;
 pub mod segments;
 pub mod status;
 

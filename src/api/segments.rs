@@ -2,13 +2,14 @@
 //! state once, calls the domain function and maps the answer.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
 use crate::api::outcomes::DecideCounters;
 use crate::decide::{self, CandidateRef};
-use crate::freq::{FreqStore, NewImpression};
+use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
@@ -26,6 +27,11 @@ pub struct SegmentsService {
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
     decisions: Arc<DecideCounters>,
+    /// Where RecordImpressions sends a batch (the local log or the fleet's
+    /// stream); set once the frequency store is open.
+    impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+    /// A recording call's deadline when the client sets none.
+    record_timeout: Duration,
     /// This replica's audience shard: users of other shards are refused.
     shard: Shard,
 }
@@ -44,6 +50,8 @@ impl SegmentsService {
             line_items,
             limits,
             decisions,
+            impression_sink: Arc::new(OnceLock::new()),
+            record_timeout: Duration::from_secs(5),
             shard: Shard::UNSHARDED,
         }
     }
@@ -64,6 +72,18 @@ impl SegmentsService {
             "{field}: {}",
             crate::shard::misrouted_message(user_id, self.shard)
         )))
+    }
+
+    /// Records through `sink` (set when the frequency store is open), with
+    /// `record_timeout` as the deadline unless the client's is sooner.
+    pub fn with_impression_sink(
+        mut self,
+        sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+        record_timeout: Duration,
+    ) -> Self {
+        self.impression_sink = sink;
+        self.record_timeout = record_timeout;
+        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -201,6 +221,7 @@ impl Segments for SegmentsService {
         &self,
         request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
+        let deadline = super::record_sink::call_deadline(request.metadata(), self.record_timeout);
         let request = request.into_inner();
         self.limits.check_record(&request)?;
         for (index, impression) in request.impressions.iter().enumerate() {
@@ -209,7 +230,10 @@ impl Segments for SegmentsService {
                 &impression.user_id,
             )?;
         }
-        let counters = self.counters()?.clone();
+        let sink =
+            self.impression_sink.get().cloned().ok_or_else(|| {
+                Status::unavailable("replaying the frequency log, not serving yet")
+            })?;
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request
             .impressions
@@ -225,12 +249,9 @@ impl Segments for SegmentsService {
                 impression_id: impression.impression_id,
             })
             .collect();
-        // `record` blocks until the batch is durable per the fsync policy.
-        let outcome = tokio::task::spawn_blocking(move || counters.record(&impressions))
-            .await
-            .map_err(|join_error| {
-                Status::internal(format!("record task failed: {join_error}"))
-            })??;
+        // Durable per the fsync policy (or acknowledged by JetStream and
+        // applied here, in a fleet) before it resolves.
+        let outcome = sink.record(impressions, deadline).await?;
         Ok(Response::new(RecordImpressionsResponse {
             recorded: outcome.recorded,
             duplicates: outcome.duplicates,

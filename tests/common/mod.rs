@@ -5,6 +5,7 @@
 pub mod damage;
 pub mod forge;
 pub mod model;
+pub mod nats;
 pub mod process;
 pub mod realtime;
 pub mod tmpfs;
