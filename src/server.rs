@@ -171,7 +171,8 @@ pub async fn serve(
     registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
-            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
+            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?
+            .with_shard(config.sharding.shard),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
