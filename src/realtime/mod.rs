@@ -277,14 +277,12 @@ impl Realtime {
         check_segments(&state, updates)?;
         let mut writer = self.writer.lock();
         let overlay = self.store.overlay();
-        let mut new_keys: AHashSet<(u64, u32)> = AHashSet::new();
-        for update in updates {
-            if !overlay.has_entry(update.user_fingerprint, update.segment_id) {
-                new_keys.insert((update.user_fingerprint, update.segment_id));
-            }
-        }
+        let keys: Vec<(u64, u32)> = updates
+            .iter()
+            .map(|update| (update.user_fingerprint, update.segment_id))
+            .collect();
+        let adding = overlay.count_new(&keys);
         let entries = overlay.figures().entries;
-        let adding = new_keys.len() as u64;
         if entries + adding > self.config.max_overlay_entries {
             return Err(RealtimeError::OverlayFull {
                 entries,
@@ -499,11 +497,7 @@ fn check_segments(state: &ServingState, updates: &[NewUpdate]) -> Result<(), Rea
 fn apply_record(store: &Store, record: &JournalRecord) {
     let overlay = store.overlay();
     match record {
-        JournalRecord::Updates(updates) => {
-            for (user_fingerprint, entry) in updates {
-                overlay.upsert(*user_fingerprint, *entry);
-            }
-        }
+        JournalRecord::Updates(updates) => overlay.upsert_many(updates),
         JournalRecord::Forgets(forgets) => {
             for (user_fingerprint, forget) in forgets {
                 overlay.forget(*user_fingerprint, *forget);
