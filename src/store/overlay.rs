@@ -5,10 +5,12 @@
 //! Why a sharded map and not a swapped immutable value: updates arrive at
 //! 100k/s while the overlay holds a million entries; rebuilding an immutable
 //! value per batch would copy the million. Each shard is a `parking_lot`
-//! RwLock held for one map operation; a user's record is an `Arc`, so a
-//! reader clones a pointer under the read lock and evaluates without it, and
-//! a writer replaces the record copy-on-write. A global count of users lets
-//! the lookup skip the probe entirely while the overlay is empty.
+//! RwLock; a lookup reads the user's record under the read lock for the
+//! length of one request (cloning the `Arc` instead cost two more atomic
+//! read-modify-writes per lookup, measurable at p99), and a writer replaces
+//! a record copy-on-write under the write lock, one lock per shard per batch.
+//! A global count of users lets the lookup skip the probe entirely while the
+//! overlay is empty.
 //!
 //! This module owns memory only: it never touches disk (`crate::realtime`
 //! logs every change before applying it here) and never judges requests.
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ahash::AHashMap;
-use parking_lot::RwLock;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 /// Shards of the map; a power of two (the top bits of the fingerprint pick one).
 const SHARD_BITS: u32 = 6;
@@ -107,6 +109,9 @@ impl UserOverlay {
 
 type Shard = RwLock<AHashMap<u64, Arc<UserOverlay>>>;
 
+/// A user's record, read under its shard's read lock.
+pub type UserOverlayRef<'overlay> = MappedRwLockReadGuard<'overlay, Arc<UserOverlay>>;
+
 #[inline]
 fn shard_index(user_fingerprint: u64) -> usize {
     (user_fingerprint >> (64 - SHARD_BITS)) as usize
@@ -186,15 +191,19 @@ impl Overlay {
 
     /// The user's record, `None` when the overlay holds nothing for them.
     /// One atomic load when the overlay is empty, else one read-locked probe.
+    /// The record is read under the shard's read lock, held by the returned
+    /// guard (no reference count touched): keep it for one request only,
+    /// never across an `.await`, and never take a second one meanwhile (a
+    /// waiting writer would block it).
     #[inline]
-    pub fn user(&self, user_fingerprint: u64) -> Option<Arc<UserOverlay>> {
+    pub fn user(&self, user_fingerprint: u64) -> Option<UserOverlayRef<'_>> {
         if self.users.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.shard(user_fingerprint)
-            .read()
-            .get(&user_fingerprint)
-            .cloned()
+        RwLockReadGuard::try_map(self.shard(user_fingerprint).read(), |map| {
+            map.get(&user_fingerprint)
+        })
+        .ok()
     }
 
     /// Sets the (user, segment) entry, replacing any.
@@ -413,9 +422,11 @@ mod tests {
                 ..add(3, 200)
             },
         );
-        let user = overlay.user(7).expect("record");
-        assert_eq!(user.entries.len(), 2);
-        assert_eq!(user.entry(3).map(|entry| entry.op), Some(MemberOp::Remove));
+        {
+            let user = overlay.user(7).expect("record");
+            assert_eq!(user.entries.len(), 2);
+            assert_eq!(user.entry(3).map(|entry| entry.op), Some(MemberOp::Remove));
+        }
         assert_eq!(overlay.figures().entries, 2);
         overlay.forget(
             7,
