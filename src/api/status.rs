@@ -14,6 +14,7 @@ impl From<CatalogError> for Status {
             CatalogError::Ownership(_) => Code::FailedPrecondition,
             CatalogError::OlderVersion { .. } => Code::FailedPrecondition,
             CatalogError::InvalidPackName(_) => Code::InvalidArgument,
+            CatalogError::WrongShard { .. } => Code::FailedPrecondition,
             CatalogError::NoSuchPack(_) => Code::NotFound,
             CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
             CatalogError::Damaged { .. } => Code::DataLoss,
