@@ -1,6 +1,7 @@
 //! The `segd serve` flags: one clap struct, each field documented (the docs
 //! become `--help`), each with an `SEGD_...` environment variable and a default.
-//! Tests build the struct directly with [`ServeConfig::for_tests`].
+//! Tests build the struct directly (`tests/common`: the defaults on ephemeral
+//! loopback ports).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,6 +214,15 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,
 
+    /// Largest single admin request message (a PutLineItems, one push chunk),
+    /// in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SEGD_ADMIN_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub admin_max_message_bytes: usize,
+
+    /// Connection bounds of both gRPC ports.
+    #[command(flatten)]
+    pub connections: crate::connections::ConnectionFlags,
+
     /// Most segment ids in one lookup.
     #[arg(long, env = "SEGD_MAX_SEGMENT_IDS", default_value_t = 1000)]
     pub max_segment_ids: usize,
@@ -252,27 +262,17 @@ pub struct ServeConfig {
     /// Real-time audiences and forgetting.
     #[command(flatten)]
     pub realtime: crate::realtime::RealtimeArgs,
+
+    /// Audience sharding: `--shard I/N`.
+    #[command(flatten)]
+    pub sharding: crate::shard::ShardSettings,
+
+    /// Fleet mode: the `--fleet-*` and `--replica-id` flags.
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 impl ServeConfig {
-    /// Defaults for a server on ephemeral loopback ports over `data_dir`.
-    pub fn for_tests(data_dir: PathBuf) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: ServeConfig,
-        }
-        let mut config = Wrapper::parse_from(["segd"]).config;
-        config.listen = "127.0.0.1:0".parse().expect("loopback address");
-        config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
-        config.metrics_listen =
-            MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
-        config.data_dir = data_dir;
-        config.admin_token = None;
-        config
-    }
-
     /// The admin token from --admin-token or --admin-token-file, both held to
     /// the one rule of [`checked_admin_token`].
     pub fn resolve_admin_token(&self) -> anyhow::Result<Option<String>> {

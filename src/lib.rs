@@ -28,11 +28,17 @@
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
+//! - [`connections`]: the accept loop of both gRPC ports: a bound on open
+//!   connections, idle timeout, back-off when out of file descriptors.
+//! - [`shard`]: the shard function (a user's shard among `N`) and
+//!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
+//! - [`fleet`]: `--fleet-nats`: frequency caps shared by every replica
+//!   through a NATS JetStream stream; the only module that knows NATS.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
@@ -41,8 +47,10 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod decide;
 pub mod demo;
+pub mod fleet;
 pub mod freq;
 pub mod freshness;
 pub mod le;
@@ -53,6 +61,7 @@ pub mod pack;
 pub mod periodic;
 pub mod realtime;
 pub mod server;
+pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -23,10 +22,12 @@ use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
+use crate::connections::{self, ConnectionActivityLayer, Connections};
+use crate::fleet::{Fleet, FleetMetrics, FleetStart};
 use crate::freq::telemetry::FreqMetrics;
-use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
-use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters, TooLargeIsResourceExhaustedLayer};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::realtime::metrics::RealtimeMetrics;
@@ -122,13 +123,6 @@ fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<S
     Ok(Some(tls))
 }
 
-/// Accepted connections with Nagle's algorithm off: a reply larger than one
-/// segment must not wait for the client's delayed ACK (~40 ms). tonic's own
-/// `tcp_nodelay` setting does not reach listeners handed to it, so set it here.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// A server builder with the flags' HTTP/2, timeout and TLS settings. The
 /// request timeout applies to the query port only: a push of a large pack
 /// legitimately streams for minutes.
@@ -170,11 +164,15 @@ pub async fn serve(
     let changes = Arc::new(PackChanges::default());
     registry.register_collector(Box::new(changes.clone()));
     registry.register_collector(Box::new(StoreMetrics(store.clone())));
+    // One bound on open connections for both gRPC ports: they share the fds.
+    let connections = Connections::new(&config.connections);
+    registry.register_collector(Box::new(connections.clone()));
     let freq_metrics = Deferred::<FreqMetrics>::default();
     registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
-            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
+            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?
+            .with_shard(config.sharding.shard),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -209,6 +207,16 @@ pub async fn serve(
     };
 
     let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>> = Arc::new(OnceLock::new());
+    let fleet_metrics = config.fleet.enabled().then(|| {
+        Arc::new(FleetMetrics::new(
+            config.fleet.resolved_replica_id(),
+            config.fleet.fleet_stream.clone(),
+        ))
+    });
+    if let Some(fleet_metrics) = &fleet_metrics {
+        registry.register_collector(Box::new(fleet_metrics.clone()));
+    }
     let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
         format!(
             "load line items from --data-dir {}",
@@ -221,18 +229,26 @@ pub async fn serve(
     let realtime_writes: Arc<OnceLock<Arc<dyn RealtimeWrites>>> = Arc::new(OnceLock::new());
     let realtime_metrics = Deferred::<RealtimeMetrics>::default();
     registry.register_collector(Box::new(realtime_metrics.clone()));
-    let segments = SegmentsServer::new(SegmentsService::new(
-        store.clone(),
-        counters.clone(),
-        line_items.clone(),
-        limits.clone(),
-        decisions,
-    ))
+    let segments = SegmentsServer::new(
+        SegmentsService::new(
+            store.clone(),
+            counters.clone(),
+            line_items.clone(),
+            limits.clone(),
+            decisions,
+        )
+        .with_shard(config.sharding.shard)
+        .with_impression_sink(
+            impression_sink.clone(),
+            Duration::from_millis(config.request_timeout_ms.max(1)),
+        ),
+    )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
     registry.register_collector(Box::new(overload_counters.clone()));
     // Outermost first: the metrics layer also counts what the shedder refuses.
     let query_server = server_builder(&config, false)?
+        .layer(ConnectionActivityLayer)
         .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .layer(ConcurrencyShedLayer::new(
             config.max_in_flight,
@@ -242,7 +258,10 @@ pub async fn serve(
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(segments)
-        .serve_with_incoming_shutdown(incoming(listeners.query), stopped(stop_receiver.clone()));
+        .serve_with_incoming_shutdown(
+            connections::incoming(listeners.query, connections.clone()),
+            stopped(stop_receiver.clone()),
+        );
 
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
@@ -259,24 +278,34 @@ pub async fn serve(
                     retention_days: config.freq_retention_days,
                     freshness: config.freshness_policy(),
                     realtime: realtime.clone(),
+                    fleet: fleet_metrics.clone(),
                 }),
                 changes,
             )
             .with_realtime(
                 realtime_writes.clone(),
                 config.realtime.max_updates_per_request,
-            ),
+            )
+            .with_shard(config.sharding.shard),
         )
-        .max_decoding_message_size(16 << 20),
+        .max_decoding_message_size(config.admin_max_message_bytes),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
+        .layer(ConnectionActivityLayer)
         .layer(RpcMetricsLayer::new(rpc_counters.clone()))
+        .layer(TooLargeIsResourceExhaustedLayer::new(
+            "--admin-max-message-bytes",
+            config.admin_max_message_bytes,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_receiver.clone()));
+        .serve_with_incoming_shutdown(
+            connections::incoming(listeners.admin, connections),
+            stopped(stop_receiver.clone()),
+        );
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);
@@ -300,6 +329,8 @@ pub async fn serve(
     let load_catalog = catalog.clone();
     let freq_config = freq_config(&config);
     let load_counters = counters.clone();
+    let load_sink = impression_sink.clone();
+    let fleet_mode = config.fleet.enabled();
     let realtime_config = realtime_config(&config);
     let load_realtime = realtime.clone();
     let load_freq_metrics = freq_metrics.clone();
@@ -327,6 +358,11 @@ pub async fn serve(
             torn_tail_bytes = report.torn_tail_bytes,
             "frequency store recovered"
         );
+        if !fleet_mode {
+            let _ = load_sink.set(Arc::new(crate::api::record_sink::LocalLogSink(
+                store.clone(),
+            )));
+        }
         load_freq_metrics.set(FreqMetrics(store.clone()));
         let _ = load_counters.set(store);
         Ok(generation)
@@ -335,8 +371,20 @@ pub async fn serve(
     .context("data directory loader failed")
     .and_then(|result| result)
     .with_context(|| format!("load --data-dir {}", config.data_dir.display()));
-    let generation = match loaded {
-        Ok(generation) => generation,
+    let loaded = match loaded {
+        Ok(generation) => join_fleet(
+            &config,
+            &counters,
+            &impression_sink,
+            fleet_metrics,
+            &stop_receiver,
+        )
+        .await
+        .map(|fleet| (generation, fleet)),
+        Err(error) => Err(error),
+    };
+    let (generation, mut fleet) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
@@ -417,8 +465,11 @@ pub async fn serve(
     if let Some(metrics_task) = metrics_task {
         let _ = metrics_task.await;
     }
-    // In-flight requests have drained: flush the logs and checkpoint even if a
-    // listener failed, then report.
+    // In-flight requests have drained: stop applying the fleet's stream, then
+    // flush the logs and checkpoint even if a listener failed, then report.
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.stop().await;
+    }
     shutdown_realtime(&realtime).await?;
     shutdown_counters(&counters).await?;
     query_result
@@ -429,6 +480,35 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// In fleet mode, joins the fleet (connect, check the stream, catch up with it)
+/// and records through it from then on; `None` on a single node.
+async fn join_fleet(
+    config: &ServeConfig,
+    counters: &OnceLock<Arc<FreqStore>>,
+    impression_sink: &OnceLock<Arc<dyn ImpressionSink>>,
+    fleet_metrics: Option<Arc<FleetMetrics>>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Fleet>> {
+    let (Some(metrics), Some(store)) = (fleet_metrics, counters.get()) else {
+        return Ok(None);
+    };
+    let start = FleetStart {
+        settings: &config.fleet,
+        shard: config.sharding.shard.index,
+        retention: Duration::from_secs(config.freq_retention_seconds() as u64),
+        store: store.clone(),
+        metrics,
+    };
+    let fleet = Fleet::start(start, stop.clone()).await.with_context(|| {
+        format!(
+            "join the fleet through --fleet-nats {}",
+            config.fleet.fleet_nats.join(",")
+        )
+    })?;
+    let _ = impression_sink.set(fleet.sink.clone());
+    Ok(Some(fleet))
 }
 
 /// A server task aborted after the grace period ended as intended.
@@ -492,6 +572,7 @@ pub fn freq_config(config: &ServeConfig) -> FreqConfig {
         checkpoint_interval: Duration::from_secs(config.checkpoint_interval_seconds.max(1)),
         sweep_interval: Duration::from_secs(60),
         recover_corrupt_log: config.recover_corrupt_log,
+        replicated: config.fleet.enabled(),
     }
 }
 
@@ -502,6 +583,7 @@ struct ServerStatusExtras {
     retention_days: u32,
     freshness: FreshnessPolicy,
     realtime: Arc<OnceLock<Arc<Realtime>>>,
+    fleet: Option<Arc<FleetMetrics>>,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -520,6 +602,10 @@ impl StatusExtras for ServerStatusExtras {
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool {
         self.freshness
             .is_stale(pack, built_at_unix_seconds, now_unix_seconds)
+    }
+
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        self.fleet.as_deref().map(crate::fleet::status_of)
     }
 
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {

@@ -130,6 +130,12 @@ pub struct RunArgs {
     /// Server address (segd's query port).
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     pub addr: String,
+    /// Query addresses of every shard, comma-separated, in shard order
+    /// (index = shard, `segd serve --shard I/N`): each user's requests go to
+    /// its shard (a BatchLookup or RecordImpressions is split by shard and
+    /// sent to each at once). Replaces --addr.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,ADDR,..")]
+    pub shard_addrs: Vec<String>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = Workload::Lookup)]
     pub workload: Workload,
@@ -208,6 +214,14 @@ pub struct RunArgs {
     /// Seconds after a swap completes during which requests still count as overlapping it.
     #[arg(long, default_value_t = 1.0)]
     pub swap_window: f64,
+    /// Another replica of the same segd fleet (its query port): during the
+    /// run, probe impressions recorded on --addr are timed until Decide on
+    /// this replica sees them (cross-replica visibility lag).
+    #[arg(long)]
+    pub observe_addr: Option<String>,
+    /// Milliseconds between lag probes with --observe-addr.
+    #[arg(long, default_value_t = 20)]
+    pub observe_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]

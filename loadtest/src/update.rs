@@ -17,6 +17,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::UpdateArgs;
 
+/// Adds the bearer token, when one is given, to every admin call.
+type AuthInterceptor =
+    dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send;
+
 type Admin = AdminClient<
     tonic::service::interceptor::InterceptedService<
         Channel,
@@ -35,9 +39,7 @@ async fn connect(args: &UpdateArgs) -> Result<Admin> {
         Some(token) => Some(format!("Bearer {token}").parse()?),
         None => None,
     };
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let interceptor: Box<AuthInterceptor> = Box::new(move |mut request: tonic::Request<()>| {
         if let Some(header) = &header {
             request
                 .metadata_mut()

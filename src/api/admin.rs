@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
 use crate::api::outcomes::{PackChange, PackChanges, Refusal};
+use crate::api::push::{self, PushGate};
 use crate::line_items::LineItemRegistry;
 use crate::proto::admin_server::Admin;
 use crate::proto::{
@@ -28,10 +28,14 @@ pub struct AdminService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     max_push_bytes: u64,
+    /// One push at a time (see `push`).
+    push_gate: PushGate,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
     changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
     /// Set once the real-time journal is replayed; unset = not offered.
     realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
     max_updates_per_request: usize,
@@ -45,6 +49,11 @@ pub trait StatusExtras: Send + Sync + 'static {
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
     /// The real-time overlay and forgotten users.
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        None
+    }
+
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
         None
     }
 }
@@ -63,12 +72,20 @@ impl AdminService {
             line_items,
             limits,
             max_push_bytes,
+            push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
+            shard: crate::shard::Shard::UNSHARDED,
             realtime: Arc::new(OnceLock::new()),
             max_updates_per_request: 0,
         }
+    }
+
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
@@ -105,39 +122,35 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PushSnapshotResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut pack_bytes: Vec<u8> = Vec::new();
-        let mut allow_older_version = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.inspect_err(|_| {
-                self.changes
-                    .record_refused(PackChange::Push, Refusal::StreamError)
+        let refused = |refusal: Refusal| self.changes.record_refused(PackChange::Push, refusal);
+        let _one_at_a_time = self
+            .push_gate
+            .try_enter()
+            .inspect_err(|_| refused(Refusal::Busy))?;
+        let catalog = self.catalog.clone();
+        let staged = blocking(move || catalog.stage_upload().map_err(Status::from))
+            .await
+            .inspect_err(|_| refused(Refusal::Storage))?;
+        let mut chunks = request.into_inner();
+        let upload = push::receive(&mut chunks, staged, self.max_push_bytes)
+            .await
+            .map_err(|refusal| {
+                tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");
+                refused(refusal.refusal);
+                refusal.status
             })?;
-            allow_older_version |= chunk.allow_older_version;
-            if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
-                self.changes
-                    .record_refused(PackChange::Push, Refusal::TooLarge);
-                return Err(Status::invalid_argument(format!(
-                    "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
-                    self.max_push_bytes
-                )));
-            }
-            pack_bytes.extend_from_slice(&chunk.data);
-        }
-        if pack_bytes.is_empty() {
-            self.changes
-                .record_refused(PackChange::Push, Refusal::EmptyStream);
-            return Err(Status::invalid_argument(
-                "snapshot: empty stream, no pack file sent",
-            ));
-        }
         let catalog = self.catalog.clone();
         let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
-                .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
+                .push_staged(
+                    upload.staged,
+                    upload.allow_older_version,
+                    crate::unix_now_seconds(),
+                )
                 .map_err(|error| {
-                    tracing::warn!(error = %error, "pack refused");
+                    // Debug formatting: the error may quote client bytes.
+                    tracing::warn!(error = ?error.to_string(), "pack refused");
                     changes.record_refused(PackChange::Push, Refusal::from(&error));
                     Status::from(error)
                 })
@@ -163,12 +176,16 @@ impl Admin for AdminService {
         let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
+        let extras = self.status_extras.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
-        let previous_versions: Vec<Option<String>> = blocking(move || {
-            Ok(names
+        // Both touch the disk (pack headers, the log directory) and the
+        // frequency store locks every shard: off the async workers.
+        let (previous_versions, frequency) = blocking(move || {
+            let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
-                .collect())
+                .collect();
+            Ok((previous_versions, extras.frequency()))
         })
         .await?;
         let packs = state
@@ -194,11 +211,16 @@ impl Admin for AdminService {
         Ok(Response::new(StatusResponse {
             packs,
             generation: state.generation,
-            frequency: self.status_extras.frequency(),
+            frequency,
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
             realtime: self.status_extras.realtime(),
         }))
     }
@@ -208,21 +230,26 @@ impl Admin for AdminService {
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         let state = self.catalog.store().load_full();
-        let mut segments: Vec<SegmentInfo> = state
-            .packs()
-            .iter()
-            .flat_map(|pack| {
-                pack.segments.iter().map(|segment| SegmentInfo {
-                    id: segment.id,
-                    name: segment.name.clone(),
-                    kind: segment.kind.clone(),
-                    pack: pack.name.clone(),
-                    members: segment.members,
-                    ttl_seconds: segment.ttl_seconds,
+        // Up to 65,535 segments a pack, sorted: CPU work for a blocking thread.
+        let segments = blocking(move || {
+            let mut segments: Vec<SegmentInfo> = state
+                .packs()
+                .iter()
+                .flat_map(|pack| {
+                    pack.segments.iter().map(|segment| SegmentInfo {
+                        id: segment.id,
+                        name: segment.name.clone(),
+                        kind: segment.kind.clone(),
+                        pack: pack.name.clone(),
+                        members: segment.members,
+                        ttl_seconds: segment.ttl_seconds,
+                    })
                 })
-            })
-            .collect();
-        segments.sort_by_key(|segment| segment.id);
+                .collect();
+            segments.sort_by_key(|segment| segment.id);
+            Ok(segments)
+        })
+        .await?;
         Ok(Response::new(ListSegmentsResponse { segments }))
     }
 

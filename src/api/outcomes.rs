@@ -87,14 +87,19 @@ pub enum Refusal {
     InvalidPackName,
     NoSuchPack,
     NoPreviousVersion,
+    DamagedPack,
     Storage,
     TooLarge,
     EmptyStream,
     StreamError,
+    /// Another push was being received or verified (one at a time).
+    Busy,
+    /// A pack of another shard or shard count than `--shard`.
+    WrongShard,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 14] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -102,10 +107,13 @@ impl Refusal {
         Refusal::InvalidPackName,
         Refusal::NoSuchPack,
         Refusal::NoPreviousVersion,
+        Refusal::DamagedPack,
         Refusal::Storage,
         Refusal::TooLarge,
         Refusal::EmptyStream,
         Refusal::StreamError,
+        Refusal::Busy,
+        Refusal::WrongShard,
     ];
 
     /// The `reason` label: short and stable, dashboards select on it.
@@ -118,10 +126,13 @@ impl Refusal {
             Refusal::InvalidPackName => "invalid_pack_name",
             Refusal::NoSuchPack => "no_such_pack",
             Refusal::NoPreviousVersion => "no_previous_version",
+            Refusal::DamagedPack => "damaged_pack",
             Refusal::Storage => "storage",
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
             Refusal::StreamError => "stream_error",
+            Refusal::WrongShard => "wrong_shard",
+            Refusal::Busy => "busy",
         }
     }
 }
@@ -134,8 +145,10 @@ impl From<&CatalogError> for Refusal {
             CatalogError::Ownership(_) => Refusal::Ownership,
             CatalogError::OlderVersion { .. } => Refusal::OlderVersion,
             CatalogError::InvalidPackName(_) => Refusal::InvalidPackName,
+            CatalogError::WrongShard { .. } => Refusal::WrongShard,
             CatalogError::NoSuchPack(_) => Refusal::NoSuchPack,
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
+            CatalogError::Damaged { .. } => Refusal::DamagedPack,
             CatalogError::Io { .. } => Refusal::Storage,
         }
     }

@@ -14,8 +14,10 @@ impl From<CatalogError> for Status {
             CatalogError::Ownership(_) => Code::FailedPrecondition,
             CatalogError::OlderVersion { .. } => Code::FailedPrecondition,
             CatalogError::InvalidPackName(_) => Code::InvalidArgument,
+            CatalogError::WrongShard { .. } => Code::FailedPrecondition,
             CatalogError::NoSuchPack(_) => Code::NotFound,
             CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
+            CatalogError::Damaged { .. } => Code::DataLoss,
             CatalogError::Io { .. } => Code::Unavailable,
         };
         Status::new(code, error.to_string())
@@ -32,10 +34,11 @@ impl From<crate::freq::FreqError> for Status {
     fn from(error: crate::freq::FreqError) -> Self {
         use crate::freq::FreqError;
         let code = match &error {
-            FreqError::Storage(_) => Code::Unavailable,
+            FreqError::Storage { .. } => Code::Unavailable,
             FreqError::CorruptLog { .. } => Code::DataLoss,
             FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
             FreqError::InvalidConfig(_) => Code::Internal,
+            FreqError::Unavailable(_) => Code::Unavailable,
             FreqError::ShutDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())

@@ -34,7 +34,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,14 @@ pub fn encode_impression(impression: &LogImpression, out: &mut Vec<u8>) {
     out.extend_from_slice(&(impression.cap_key_hashes.len() as u32).to_le_bytes());
     for key_hash in &impression.cap_key_hashes {
         out.extend_from_slice(&key_hash.to_le_bytes());
+    }
+}
+
+/// Appends the payload of a record holding `impressions` to `out`.
+pub fn encode_record_payload(impressions: &[LogImpression], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(impressions.len() as u32).to_le_bytes());
+    for impression in impressions {
+        encode_impression(impression, out);
     }
 }
 
@@ -261,6 +269,13 @@ fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
     Ok((record, RECORD_HEADER_BYTES + payload_len))
 }
 
+/// Decodes a record payload (the part after length and checksum), trusting
+/// no count further than the bytes present. Also the body of a fleet stream
+/// message, which has its own framing.
+pub fn decode_record_payload(payload: &[u8]) -> Result<LogRecord, String> {
+    decode_payload(payload)
+}
+
 fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
     let mut cursor = LeReader::new(payload);
     let impression_count = cursor.u32()? as usize;
@@ -336,15 +351,18 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A test-only way to make the writer's I/O fail; see `FreqStore::inject_fault`.
+/// A test hook (feature `test-hooks`) making the writer's I/O fail; see
+/// `FreqStore::inject_fault`.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum InjectedFault {
     /// Normal operation.
-    None,
+    None = 0,
     /// Every log `write` fails until cleared.
-    FailWrites,
+    FailWrites = 1,
     /// Every log fsync fails until cleared.
-    FailFsyncs,
+    FailFsyncs = 2,
 }
 
 /// Writer figures.
@@ -408,7 +426,9 @@ struct Shared {
     dirty: AtomicBool,
     /// Set by the fsync thread after a failed fsync: the writer starts anew.
     roll_segment: AtomicBool,
-    fault: AtomicU8,
+    /// An [`InjectedFault`] as `u8` (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
+    fault: std::sync::atomic::AtomicU8,
     counters: LogCounters,
 }
 
@@ -481,7 +501,8 @@ impl LogWriter {
             current_file: Mutex::new(None),
             dirty: AtomicBool::new(false),
             roll_segment: AtomicBool::new(false),
-            fault: AtomicU8::new(0),
+            #[cfg(any(test, feature = "test-hooks"))]
+            fault: std::sync::atomic::AtomicU8::new(InjectedFault::None as u8),
             counters: LogCounters::default(),
         });
         let segment = shared.open_segment(next_seq)?;
@@ -532,10 +553,15 @@ impl LogWriter {
         if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
             let payload_len = payload.len();
             queue.spare = payload;
-            return Err(FreqError::Storage(format!(
-                "record of {} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}",
-                payload_len
-            )));
+            return Err(FreqError::storage(
+                "append to the log",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "record of {payload_len} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}"
+                    ),
+                ),
+            ));
         }
         queue.next_seq += 1;
         match queue.items.last_mut() {
@@ -577,9 +603,11 @@ impl LogWriter {
             .iter()
             .any(|&(low, high)| low <= seq && seq <= high)
         {
-            return Err(FreqError::Storage(format!(
-                "log write of record {seq} failed"
-            )));
+            // The batch's own error went to the log; this caller learns the outcome.
+            return Err(FreqError::storage(
+                format!("log record {seq}"),
+                std::io::Error::other("its batch failed to write or fsync"),
+            ));
         }
         Ok(())
     }
@@ -629,14 +657,10 @@ impl LogWriter {
         &self.shared.counters
     }
 
-    /// Makes the writer's I/O fail (tests).
+    /// Makes the writer's I/O fail (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject_fault(&self, fault: InjectedFault) {
-        let code = match fault {
-            InjectedFault::None => 0,
-            InjectedFault::FailWrites => 1,
-            InjectedFault::FailFsyncs => 2,
-        };
-        self.shared.fault.store(code, Ordering::SeqCst);
+        self.shared.fault.store(fault as u8, Ordering::SeqCst);
     }
 
     /// Flushes everything queued, fsyncs the segment and stops the threads.
@@ -654,20 +678,26 @@ impl LogWriter {
 }
 
 impl Shared {
+    /// Fails when a test injected write failures; nothing without test hooks.
     fn fault_write(&self) -> std::io::Result<()> {
-        if self.fault.load(Ordering::Relaxed) == 1 {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailWrites as u8 {
             return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    fn fault_fsync(&self) -> std::io::Result<()> {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailFsyncs as u8 {
+            return Err(std::io::Error::other("injected fsync failure"));
         }
         Ok(())
     }
 
     fn sync(&self, file: &File) -> std::io::Result<()> {
         let started = Instant::now();
-        let result = if self.fault.load(Ordering::Relaxed) == 2 {
-            Err(std::io::Error::other("injected fsync failure"))
-        } else {
-            file.sync_data()
-        };
+        let result = self.fault_fsync().and_then(|()| file.sync_data());
         self.counters.fsync_count.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fsync_total_micros

@@ -25,6 +25,10 @@
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
+//! - With [`FreqConfig::replicated`] the log is elsewhere (a fleet's stream):
+//!   `record` is refused, batches arrive through
+//!   [`FreqStore::apply_replicated`] in stream order, and checkpoints carry the
+//!   last applied stream sequence instead of covering local log records.
 
 use std::fs;
 use std::path::PathBuf;
@@ -43,11 +47,13 @@ use super::counters::{
 use super::error::FreqError;
 use super::forget::ForgottenUsers;
 use super::log::{
-    FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
-    decode_log_segment, encode_impression, fsync_dir, list_segments,
+    FsyncPolicy, LogImpression, LogRecord, LogWriter, SegmentDecodeError, decode_log_segment,
+    encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
 use crate::periodic::Periodic;
+
+mod replicated;
 
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +72,9 @@ pub struct FreqConfig {
     pub sweep_interval: Duration,
     /// Open despite a corrupt record mid-log: truncate there and continue.
     pub recover_corrupt_log: bool,
+    /// The impression log is a replicated stream, not the local log: `record`
+    /// is refused and [`FreqStore::apply_replicated`] applies batches.
+    pub replicated: bool,
 }
 
 impl FreqConfig {
@@ -80,6 +89,7 @@ impl FreqConfig {
             checkpoint_interval: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
             recover_corrupt_log: false,
+            replicated: false,
         }
     }
 }
@@ -129,6 +139,8 @@ pub struct RecoveryReport {
     pub corrupt_bytes_dropped: u64,
     /// Impressions dropped at open because they left retention.
     pub expired_events: u64,
+    /// The last replicated stream sequence the loaded checkpoint includes.
+    pub applied_stream_seq: u64,
 }
 
 /// Figures for `Status` and metrics.
@@ -190,6 +202,11 @@ struct Inner {
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
+    /// The last replicated stream sequence applied (replicated mode); written
+    /// under the shared apply gate, read by checkpoints under the exclusive one.
+    applied_stream_seq: AtomicU64,
+    /// The stream sequence the last checkpoint holds; guarded by `checkpoint_lock`.
+    checkpointed_stream_seq: AtomicU64,
     last_checkpoint_unix_seconds: AtomicI64,
     last_checkpoint_pause_micros: AtomicU64,
     last_checkpoint_micros: AtomicU64,
@@ -256,6 +273,8 @@ impl FreqStore {
             apply_gate: RwLock::new(()),
             log,
             checkpoint_lock: Mutex::new(covers_before),
+            applied_stream_seq: AtomicU64::new(report.applied_stream_seq),
+            checkpointed_stream_seq: AtomicU64::new(report.applied_stream_seq),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
             last_checkpoint_pause_micros: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
@@ -447,8 +466,8 @@ impl FreqStore {
 
     /// Stops like a crash would leave things: the log is flushed (everything
     /// acknowledged is already written) but no checkpoint is taken. For tests
-    /// of recovery.
-    #[doc(hidden)]
+    /// of recovery. A test hook (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn stop_without_checkpoint(&self) {
         let mut stopped = self.stopped.lock();
         if *stopped {
@@ -461,9 +480,10 @@ impl FreqStore {
 
     /// Makes the log writer's writes or fsyncs fail until cleared, so tests can
     /// check that storage failures surface as `Err` (making a directory
-    /// read-only proves nothing when tests run as root).
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: InjectedFault) {
+    /// read-only proves nothing when tests run as root). A test hook
+    /// (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn inject_fault(&self, fault: super::log::InjectedFault) {
         self.inner.log.inject_fault(fault);
     }
 
@@ -507,6 +527,11 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
+        if self.config.replicated {
+            return Err(FreqError::InvalidConfig(
+                "replicated store: impressions are recorded through the stream".to_owned(),
+            ));
+        }
         let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
@@ -608,14 +633,25 @@ impl Inner {
         let started = Instant::now();
         let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            if self.log.next_seq() == *last_covered {
-                // Nothing logged since the last checkpoint: it still holds.
+            let applied_stream_seq = self.applied_stream_seq.load(Ordering::Relaxed);
+            if self.log.next_seq() == *last_covered
+                && applied_stream_seq == self.checkpointed_stream_seq.load(Ordering::Relaxed)
+            {
+                // Nothing logged or applied since the last checkpoint: it still holds.
                 return Ok(());
             }
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
+            // A replicated store appends nothing to its log: no rotation, and
+            // the checkpoint replaces the previous one under the same name.
+            let (covers_before_seq, ticket) = if self.config.replicated {
+                (self.log.next_seq(), None)
+            } else {
+                let (covers_before_seq, ticket) = self.log.request_rotation()?;
+                (covers_before_seq, Some(ticket))
+            };
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: crate::unix_now_seconds(),
+                applied_stream_seq,
                 entries: Vec::new(),
                 ids: Vec::new(),
             };
@@ -628,14 +664,19 @@ impl Inner {
         data.entries = self.counters.finish_snapshot();
         data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
-        self.log.wait_rotation(ticket)?;
+        if let Some(ticket) = ticket {
+            self.log.wait_rotation(ticket)?;
+        }
         if self.log.failure_count() != failures_before {
-            return Err(FreqError::Storage(
-                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            return Err(FreqError::storage(
+                "checkpoint abandoned",
+                std::io::Error::other("a log write failed while it was taken"),
             ));
         }
         let path = write_checkpoint(&self.config.dir, &data)?;
         *last_covered = data.covers_before_seq;
+        self.checkpointed_stream_seq
+            .store(data.applied_stream_seq, Ordering::Relaxed);
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);
@@ -707,6 +748,7 @@ fn load_newest_checkpoint(
         return Ok(FIRST_SEQ);
     };
     let data = read_checkpoint(&path)?;
+    report.applied_stream_seq = data.applied_stream_seq;
     if data.covers_before_seq != covered {
         return Err(FreqError::CorruptCheckpoint {
             path,

@@ -11,13 +11,15 @@ use roaring::RoaringBitmap;
 pub mod builder;
 pub mod error;
 pub mod format;
+pub mod names;
 pub mod reader;
+pub mod stream_check;
 pub mod writer;
 
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
 pub use format::{FILE_SUFFIX, FORMAT_VERSION, PackHeader};
-pub use reader::{read_header, read_pack, read_pack_file};
+pub use reader::{read_header, read_header_file, read_pack, read_pack_file};
 pub use writer::{write_pack, write_pack_file_atomic};
 
 /// Seconds in one stored recency step. Stored times are rounded toward older by
@@ -84,5 +86,7 @@ pub fn last_seen_from_hours_ago(built_at_unix_seconds: i64, hours_ago: u16) -> i
     built_at_unix_seconds.saturating_sub(i64::from(hours_ago) * RECENCY_STEP_SECONDS)
 }
 
+#[cfg(test)]
+mod shard_build_tests;
 #[cfg(test)]
 mod tests;

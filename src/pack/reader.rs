@@ -61,6 +61,24 @@ pub fn read_pack_file(path: impl AsRef<Path>) -> Result<Pack, PackError> {
     read_pack(&bytes)
 }
 
+/// Reads only the header of a pack file on disk: at most `MAX_HEADER_BYTES`,
+/// however large the file (status pages ask this of every kept version).
+pub fn read_header_file(path: impl AsRef<Path>) -> Result<PackHeader, PackError> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let io = |source: std::io::Error| PackError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(MAX_HEADER_BYTES);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    read_header(&head)
+}
+
 /// Reads only the preamble and header (at most `MAX_HEADER_BYTES` from the
 /// start), verifying the header checksum but nothing after it: cheap enough
 /// for `inspect` and status pages, not a substitute for `read_pack`.
@@ -331,9 +349,13 @@ fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<
     Ok(())
 }
 
+/// A string of the file: UTF-8 and, being shown in logs and labels, free of
+/// control characters (the rule of `names`).
 fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))?;
+    super::names::check_label(what, &text)?;
+    Ok(text)
 }
 
 /// A position in the pack bytes: the shared [`LeReader`], with each

@@ -3,25 +3,30 @@
 //!
 //! Layout: `DATA_DIR/packs/NAME.segpack` is what is served for pack `NAME`,
 //! `DATA_DIR/packs/NAME.previous.segpack` the version before it, kept for
-//! `Rollback`. A pushed pack is verified whole, written atomically (temp,
-//! fsync, rename, fsync dir) and only then swapped in, so a restart serves
-//! what was last acknowledged. Changes are serialised by one mutex; each runs
-//! on a blocking thread (the caller's job), never on the async runtime.
+//! `Rollback`. A pushed pack arrives as a staged file in the packs directory
+//! ([`pack_files`](super::pack_files) owns the files and their renames); it
+//! is verified from that file, fsynced, rotated in with renames only and then
+//! swapped in, so a restart serves what was last acknowledged and a crash or a
+//! full disk at any point keeps both the served and the previous version.
+//! Changes are serialised by one mutex; each runs on a blocking thread (the
+//! caller's job), never on the async runtime.
 
 use std::cmp::Ordering;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
+pub use super::pack_files::StagedFile;
+use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackError};
+use crate::shard::Shard;
 
-/// `NAME.previous.segpack` is the version kept for rollback.
-const PREVIOUS_MARK: &str = ".previous";
-/// More than any pack header takes (name and version are short strings).
+/// `Status` reads at most this much of a previous file: its header.
 const HEADER_READ_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +45,29 @@ pub enum CatalogError {
         pushed: String,
         served: String,
     },
-    #[error(
-        "invalid pack name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with a dot"
-    )]
+    #[error("invalid pack name {0:?}: {rule}", rule = pack::names::PACK_NAME_RULE)]
     InvalidPackName(String),
+    #[error(
+        "pack {pack:?} is of shard {pack_shard}, this replica serves shard {replica_shard} (--shard): push it to a replica of shard {pack_shard}"
+    )]
+    WrongShard {
+        pack: String,
+        pack_shard: Shard,
+        replica_shard: Shard,
+    },
     #[error("no pack named {0:?} is served")]
     NoSuchPack(String),
     #[error("no previous version of pack {0:?} is kept")]
     NoPreviousVersion(String),
+    /// A pack file of the server's own (served, or kept for rollback) no
+    /// longer verifies: data loss on disk, not bad input and not a passing
+    /// storage failure.
+    #[error("load {}: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: PackError,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -84,9 +104,12 @@ pub struct RollbackOutcome {
 
 pub struct Catalog {
     packs_dir: PathBuf,
+    files: PackFiles,
     store: Arc<Store>,
     /// Serialises changes; a std mutex held only on blocking threads.
     change_lock: Mutex<()>,
+    /// `--shard`: only packs of this shard are served.
+    shard: Shard,
 }
 
 impl Catalog {
@@ -96,10 +119,39 @@ impl Catalog {
         fs::create_dir_all(&packs_dir)
             .map_err(io_error(format!("create {}", packs_dir.display())))?;
         Ok(Self {
+            files: PackFiles::new(packs_dir.clone()),
             packs_dir,
             store,
             change_lock: Mutex::new(()),
+            shard: Shard::UNSHARDED,
         })
+    }
+
+    /// Serves only packs of `shard` (`--shard I/N`): a pushed, watched or
+    /// rolled-back pack of another shard or shard count is refused, one in the
+    /// data directory at start-up is skipped.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Refuses the pack file at `path` unless its header names this
+    /// replica's shard. Reads the header only.
+    fn check_shard(&self, path: &Path) -> Result<(), CatalogError> {
+        let header = pack::read_header_file(path)?;
+        let pack_shard = shard_of_header(&header);
+        if pack_shard != self.shard {
+            return Err(CatalogError::WrongShard {
+                pack: header.name,
+                pack_shard,
+                replica_shard: self.shard,
+            });
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -111,24 +163,24 @@ impl Catalog {
     }
 
     fn current_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}{}", pack::FILE_SUFFIX))
+        self.files.current(name)
     }
 
     fn previous_path(&self, name: &str) -> PathBuf {
-        self.packs_dir
-            .join(format!("{name}{PREVIOUS_MARK}{}", pack::FILE_SUFFIX))
+        self.files.previous(name)
     }
 
-    /// The version kept for rollback of a pack, if any (reads its header only).
+    /// The version kept for rollback of a pack, if any (reads its header only,
+    /// never the whole file).
     pub fn previous_version(&self, name: &str) -> Option<String> {
-        let bytes = fs::read(self.previous_path(name)).ok()?;
-        pack::read_header(&bytes).ok().map(|header| header.version)
+        pack::read_header_file(self.previous_path(name))
+            .ok()
+            .map(|header| header.version)
     }
 
     /// When the version kept for rollback of a pack was built, if any. Reads
     /// the file's first bytes only (the header).
     pub fn previous_built_at(&self, name: &str) -> Option<i64> {
-        use std::io::Read;
         let mut head = Vec::new();
         fs::File::open(self.previous_path(name))
             .ok()?
@@ -152,6 +204,9 @@ impl Catalog {
     /// renames of a push) is served from its previous file.
     pub fn load_all(&self, loaded_at_unix_seconds: i64) -> Result<u64, CatalogError> {
         let _change = self.change_lock.lock();
+        self.files
+            .recover()
+            .map_err(io_error(format!("recover {}", self.packs_dir.display())))?;
         let mut names: Vec<String> = Vec::new();
         let entries = fs::read_dir(&self.packs_dir)
             .map_err(io_error(format!("read {}", self.packs_dir.display())))?;
@@ -180,6 +235,12 @@ impl Catalog {
                 }
                 previous
             };
+            // A file of another shard (a replica restarted with another
+            // --shard, a file copied in by hand) is never served.
+            if let Err(error @ CatalogError::WrongShard { .. }) = self.check_shard(&path) {
+                warn!(file = %path.display(), error = %error, "pack of another shard in the data directory skipped");
+                continue;
+            }
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
             // Both versions on disk were served one after the other: the
             // real-time updates both carry are folded (see `Store::install_at`).
@@ -188,8 +249,8 @@ impl Catalog {
                     .raise_fold_horizon(name, previous_built_at.min(loaded.built_at_unix_seconds));
             }
             info!(
-                pack = %loaded.name,
-                version = %loaded.version,
+                pack = ?loaded.name,
+                version = ?loaded.version,
                 users = loaded.users(),
                 memberships = loaded.memberships(),
                 "pack loaded"
@@ -224,31 +285,64 @@ impl Catalog {
     }
 
     fn dropped_marker_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}.dropped"))
+        self.files.dropped_marker(name)
+    }
+
+    /// A new upload file in the packs directory for a push to stream into.
+    pub fn stage_upload(&self) -> Result<StagedFile, CatalogError> {
+        self.files.stage().map_err(io_error(format!(
+            "create an upload in {}",
+            self.packs_dir.display()
+        )))
     }
 
     fn is_dropped_marker(&self, name: &str) -> bool {
         self.dropped_marker_path(name).exists()
     }
 
-    /// Verifies a pack file whole and, when it is new, serves it.
+    /// Verifies pack bytes whole and, when they are new, serves them: staged
+    /// into a file first, like an upload ([`Catalog::push_staged`]).
     pub fn push(
         &self,
         pack_bytes: Vec<u8>,
         allow_older_version: bool,
         loaded_at_unix_seconds: i64,
     ) -> Result<PushOutcome, CatalogError> {
-        let pack = pack::read_pack(&pack_bytes)?;
-        if !valid_pack_name(&pack.name) {
-            return Err(CatalogError::InvalidPackName(pack.name));
+        let mut staged = self.stage_upload()?;
+        let mut file = staged.take_file().expect("a new upload has its file");
+        file.write_all(&pack_bytes)
+            .map_err(io_error(format!("write {}", staged.path().display())))?;
+        drop((file, pack_bytes));
+        self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
+    }
+
+    /// Verifies the staged upload whole, from its file, and, when it is new,
+    /// rotates it in and serves it. A refused or failed push changes nothing:
+    /// the served and previous files stay, and the upload is removed.
+    pub fn push_staged(
+        &self,
+        staged: StagedFile,
+        allow_older_version: bool,
+        loaded_at_unix_seconds: i64,
+    ) -> Result<PushOutcome, CatalogError> {
+        // The header alone says the shard: refuse before the whole file is read.
+        self.check_shard(staged.path())?;
+        // Pushes happen while serving: one core builds, the rest keep answering.
+        let loaded = Arc::new(verify_pack_file(
+            staged.path(),
+            loaded_at_unix_seconds,
+            BuildThreads::One,
+        )?);
+        if !valid_pack_name(&loaded.name) {
+            return Err(CatalogError::InvalidPackName(loaded.name.clone()));
         }
         let _change = self.change_lock.lock();
         let state = self.store.load_full();
-        if let Some(served) = state.pack(&pack.name) {
-            if served.version == pack.version {
+        if let Some(served) = state.pack(&loaded.name) {
+            if served.version == loaded.version {
                 return Ok(PushOutcome {
-                    pack: pack.name.clone(),
-                    version: pack.version.clone(),
+                    pack: loaded.name.clone(),
+                    version: loaded.version.clone(),
                     segments: served.segments.len() as u32,
                     users: served.users(),
                     memberships: served.memberships(),
@@ -256,41 +350,29 @@ impl Catalog {
                     unchanged: true,
                 });
             }
-            if compare_versions(&pack.version, &served.version) == Ordering::Less
+            if compare_versions(&loaded.version, &served.version) == Ordering::Less
                 && !allow_older_version
             {
                 return Err(CatalogError::OlderVersion {
-                    pack: pack.name.clone(),
-                    pushed: pack.version.clone(),
+                    pack: loaded.name.clone(),
+                    pushed: loaded.version.clone(),
                     served: served.version.clone(),
                 });
             }
         }
-        // Pushes happen while serving: one core builds, the rest keep answering.
-        let loaded = Arc::new(LoadedPack::from_pack_on(
-            pack,
-            pack_bytes.len() as u64,
-            loaded_at_unix_seconds,
-            BuildThreads::One,
-        )?);
         // Check ownership before touching the disk: a refused pack changes nothing.
         state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
 
         let name = loaded.name.clone();
-        let current = self.current_path(&name);
-        if current.exists() && state.pack(&name).is_some() {
-            fs::rename(&current, self.previous_path(&name))
-                .map_err(io_error(format!("keep previous version of {name}")))?;
-        }
-        pack::write_pack_file_atomic(&pack_bytes, &current)
-            .map_err(io_error(format!("write {}", current.display())))?;
-        let _ = fs::remove_file(self.dropped_marker_path(&name));
+        self.files
+            .commit_push(staged, &name, state.pack(&name).is_some())
+            .map_err(io_error(format!("serve the push of {name}")))?;
         if let Some(served) = state.pack(&name) {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        info!(pack = %name, version = %loaded.version, generation, "pack pushed");
+        info!(pack = ?name, version = ?loaded.version, generation, "pack pushed");
         Ok(PushOutcome {
             pack: name,
             version: loaded.version.clone(),
@@ -317,6 +399,7 @@ impl Catalog {
         if !previous.exists() {
             return Err(CatalogError::NoPreviousVersion(name.to_owned()));
         }
+        self.check_shard(&previous)?;
         let loaded = Arc::new(load_pack_file(
             &previous,
             loaded_at_unix_seconds,
@@ -326,22 +409,14 @@ impl Catalog {
         state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
 
-        let current = self.current_path(name);
-        let swap_path = self.packs_dir.join(format!("{name}.rollback.tmp"));
-        if current.exists() {
-            fs::rename(&current, &swap_path).map_err(io_error(format!("rollback {name}")))?;
-        }
-        fs::rename(&previous, &current).map_err(io_error(format!("rollback {name}")))?;
-        if swap_path.exists() {
-            fs::rename(&swap_path, &previous).map_err(io_error(format!("rollback {name}")))?;
-        }
-        sync_dir(&self.packs_dir)?;
-        let _ = fs::remove_file(self.dropped_marker_path(name));
+        self.files
+            .swap_for_rollback(name)
+            .map_err(io_error(format!("rollback {name}")))?;
         if let Some(served) = state.pack(name) {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        warn!(pack = %name, version = %loaded.version, generation, "pack rolled back");
+        warn!(pack = %name, version = ?loaded.version, generation, "pack rolled back");
         Ok(RollbackOutcome {
             pack: name.to_owned(),
             version: loaded.version.clone(),
@@ -360,29 +435,48 @@ impl Catalog {
         if state.pack(name).is_none() {
             return Err(CatalogError::NoSuchPack(name.to_owned()));
         }
-        let current = self.current_path(name);
-        if current.exists() {
-            fs::rename(&current, self.previous_path(name))
-                .map_err(io_error(format!("drop {name}")))?;
-        }
-        fs::write(self.dropped_marker_path(name), b"").map_err(io_error(format!("drop {name}")))?;
-        sync_dir(&self.packs_dir)?;
+        self.files
+            .mark_dropped(name)
+            .map_err(io_error(format!("drop {name}")))?;
         let generation = self.store.install(state.packs_without(name))?;
-        warn!(pack = %name, generation, "pack dropped");
+        warn!(pack = ?name, generation, "pack dropped");
         Ok(generation)
     }
 }
 
+/// The shard a pack header names. Format v1 has no shard field: every v1
+/// pack is unsharded (0 of 1).
+fn shard_of_header(_header: &pack::PackHeader) -> Shard {
+    Shard::UNSHARDED
+}
+
+/// Start-up load: a damaged served file is a storage problem naming the file.
 fn load_pack_file(
+    path: &Path,
+    loaded_at_unix_seconds: i64,
+    threads: BuildThreads,
+) -> Result<LoadedPack, CatalogError> {
+    verify_pack_file(path, loaded_at_unix_seconds, threads).map_err(|error| match error {
+        CatalogError::Pack(error) => CatalogError::Io {
+            context: format!("load {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        },
+        other => other,
+    })
+}
+
+/// Reads and verifies a pack file whole (checksums, structure) and builds
+/// its serving tables: the one verify step of pushes and loads.
+fn verify_pack_file(
     path: &Path,
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
     let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
     let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes).map_err(|error| CatalogError::Io {
-        context: format!("load {}", path.display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+    let pack = pack::read_pack(&bytes).map_err(|source| CatalogError::Damaged {
+        path: path.to_path_buf(),
+        source,
     })?;
     drop(bytes);
     Ok(LoadedPack::from_pack_on(
@@ -393,22 +487,9 @@ fn load_pack_file(
     )?)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
-    fs::File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error(format!("fsync {}", dir.display())))
-}
-
-/// Pack names become file names: keep them plain.
+/// Pack names become file names: the one rule of [`pack::names`].
 pub fn valid_pack_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
-        && !name.ends_with(".previous")
-        && !name.ends_with(".rollback")
+    pack::names::check_pack_name(name).is_ok()
 }
 
 /// Orders versions naturally: runs of digits compare as numbers, the rest as
@@ -473,6 +554,30 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_version_is_read_from_the_header_alone() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(data_dir.path(), Arc::new(Store::new())).unwrap();
+        let pack = crate::pack::Pack {
+            name: "crm".into(),
+            version: "v7".into(),
+            built_at_unix_seconds: 1_790_000_000,
+            user_fingerprints: vec![1, 2],
+            segments: Vec::new(),
+        };
+        let path = catalog.previous_path("crm");
+        fs::write(&path, crate::pack::write_pack(&pack).unwrap()).unwrap();
+        // A terabyte (sparse): reading the whole file could never succeed.
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        assert_eq!(catalog.previous_version("crm").as_deref(), Some("v7"));
+        assert_eq!(catalog.previous_version("events"), None);
+    }
+
+    #[test]
     fn pack_names_stay_plain() {
         assert!(valid_pack_name("crm"));
         assert!(valid_pack_name("site-events_v2"));
@@ -481,5 +586,7 @@ mod tests {
         assert!(!valid_pack_name(".hidden"));
         assert!(!valid_pack_name("a/b"));
         assert!(!valid_pack_name("x.previous"));
+        assert!(!valid_pack_name("x.rollback"));
+        assert!(!valid_pack_name(&"x".repeat(65)));
     }
 }

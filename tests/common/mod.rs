@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod forge;
 pub mod model;
+pub mod nats;
 pub mod process;
 pub mod realtime;
 pub mod tmpfs;
@@ -36,9 +38,23 @@ pub struct TestServer {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A test config over `data_dir` on ephemeral loopback ports.
+/// A test config over `data_dir` on ephemeral loopback ports: the flags'
+/// defaults, as `segd serve` with no flags would parse them.
 pub fn config(data_dir: &Path) -> ServeConfig {
-    ServeConfig::for_tests(data_dir.to_path_buf())
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+    let mut config = Wrapper::parse_from(["segd"]).config;
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.metrics_listen =
+        segd::config::MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
+    config.data_dir = data_dir.to_path_buf();
+    config.admin_token = None;
+    config
 }
 
 impl TestServer {

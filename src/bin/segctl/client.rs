@@ -21,15 +21,15 @@ use segd::proto::{
 
 use crate::AdminArgs;
 use crate::candidate_syntax::{SYNTAX_HELP, parse_candidate};
+use crate::routing::{QueryTarget, report_route};
 
 /// Pushed pack files travel in chunks of this size.
 const PUSH_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Args)]
 pub struct LookupArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// Comma-separated segment ids; all segments when omitted.
@@ -45,9 +45,8 @@ pub struct LookupArgs {
 
 #[derive(Args)]
 pub struct DecideArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// A candidate line item, repeatable. Syntax:
@@ -64,9 +63,8 @@ pub struct DecideArgs {
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// Comma-separated cap keys the impression counts toward (e.g. li:7,camp:9).
@@ -202,12 +200,14 @@ pub async fn push(
         .map_err(status_error("push"))?
         .into_inner();
     if reply.unchanged {
-        println!(
+        out!(
             "pack {} version {} already served: nothing changed (generation {})",
-            reply.pack, reply.version, reply.generation
+            reply.pack,
+            reply.version,
+            reply.generation
         );
     } else {
-        println!(
+        out!(
             "pushed pack {} version {} ({total} bytes): {} segments, {} users, {} memberships, generation {}",
             reply.pack,
             reply.version,
@@ -221,7 +221,9 @@ pub async fn push(
 }
 
 pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .lookup(LookupRequest {
             user_id: args.user_id.clone(),
@@ -232,11 +234,11 @@ pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("lookup"))?
         .into_inner();
-    println!("user {}: segments {:?}", args.user_id, reply.segment_ids);
+    out!("user {}: segments {:?}", args.user_id, reply.segment_ids);
     if !reply.unknown_segment_ids.is_empty() {
-        println!("unknown segments: {:?}", reply.unknown_segment_ids);
+        out!("unknown segments: {:?}", reply.unknown_segment_ids);
     }
-    println!("generation {}", reply.generation);
+    out!("generation {}", reply.generation);
     Ok(())
 }
 
@@ -250,7 +252,9 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .decide(DecideRequest {
             user_id: args.user_id,
@@ -271,15 +275,16 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             "not eligible"
         };
         if decision.detail.is_empty() {
-            println!("{}: {verdict} ({reason})", decision.candidate_id);
+            out!("{}: {verdict} ({reason})", decision.candidate_id);
         } else {
-            println!(
+            out!(
                 "{}: {verdict} ({reason}: {})",
-                decision.candidate_id, decision.detail
+                decision.candidate_id,
+                decision.detail
             );
         }
     }
-    println!("generation {}", reply.generation);
+    out!("generation {}", reply.generation);
     Ok(())
 }
 
@@ -318,21 +323,24 @@ pub async fn put_line_items(args: PutLineItemsArgs) -> anyhow::Result<()> {
         .map_err(status_error("put line items"))?
         .into_inner();
     if reply.unchanged {
-        println!(
+        out!(
             "line items version {} already registered: nothing changed",
             reply.version
         );
     } else {
-        println!(
+        out!(
             "registered {} line items, version {}",
-            reply.line_items, reply.version
+            reply.line_items,
+            reply.version
         );
     }
     Ok(())
 }
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .record_impressions(RecordImpressionsRequest {
             impressions: vec![Impression {
@@ -345,9 +353,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("record"))?
         .into_inner();
-    println!(
+    out!(
         "recorded {}, duplicates {}",
-        reply.recorded, reply.duplicates
+        reply.recorded,
+        reply.duplicates
     );
     Ok(())
 }
@@ -359,18 +368,29 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("status"))?
         .into_inner();
-    println!(
-        "segd {}  generation {}  packs {}",
+    let shard = reply.shard.map_or_else(
+        || "0/1".to_owned(),
+        |shard| format!("{}/{}", shard.index, shard.count),
+    );
+    out!(
+        "segd {}  shard {shard}  generation {}  packs {}",
         reply.server_version,
         reply.generation,
         reply.packs.len()
     );
-    println!(
+    out!(
         "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} PREVIOUS",
-        "PACK", "VERSION", "SEGMENTS", "USERS", "MEMBERSHIPS", "BYTES", "AGE_S", "STALE"
+        "PACK",
+        "VERSION",
+        "SEGMENTS",
+        "USERS",
+        "MEMBERSHIPS",
+        "BYTES",
+        "AGE_S",
+        "STALE"
     );
     for pack in &reply.packs {
-        println!(
+        out!(
             "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} {}",
             pack.name,
             pack.version,
@@ -388,7 +408,7 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(frequency) = reply.frequency {
-        println!(
+        out!(
             "frequency: {} entries, {} events, log {} bytes, fsync {}, retention {} days",
             frequency.entries,
             frequency.events,
@@ -398,7 +418,7 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(realtime) = reply.realtime {
-        println!(
+        out!(
             "real-time: {} of {} overlay entries, {} forgotten users ({} still in packs), journal {} bytes, forgets kept {} days",
             realtime.overlay_entries,
             realtime.max_overlay_entries,
@@ -406,6 +426,23 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             realtime.forgotten_users_in_packs,
             realtime.journal_bytes,
             realtime.forget_retention_days
+        );
+    }
+    if let Some(fleet) = reply.fleet {
+        out!(
+            "fleet: replica {}, stream {}, applied sequence {} of {}, {} behind, last lag {:.1} ms, {}{}",
+            fleet.replica_id,
+            fleet.stream,
+            fleet.applied_sequence,
+            fleet.stream_sequence,
+            fleet.messages_behind,
+            fleet.last_apply_lag_seconds * 1e3,
+            if fleet.connected {
+                "connected"
+            } else {
+                "NATS not connected"
+            },
+            if fleet.caught_up { "" } else { ", catching up" }
         );
     }
     Ok(())
@@ -418,12 +455,17 @@ pub async fn list_segments(admin: AdminArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("list segments"))?
         .into_inner();
-    println!(
+    out!(
         "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
-        "ID", "NAME", "KIND", "PACK", "MEMBERS", "TTL_S"
+        "ID",
+        "NAME",
+        "KIND",
+        "PACK",
+        "MEMBERS",
+        "TTL_S"
     );
     for segment in reply.segments {
-        println!(
+        out!(
             "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
             segment.id,
             segment.name,
@@ -447,9 +489,11 @@ pub async fn rollback(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         .await
         .map_err(status_error("rollback"))?
         .into_inner();
-    println!(
+    out!(
         "pack {} rolled back to version {}, generation {}",
-        reply.pack, reply.version, reply.generation
+        reply.pack,
+        reply.version,
+        reply.generation
     );
     Ok(())
 }
@@ -461,11 +505,27 @@ pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         .await
         .map_err(status_error("drop"))?
         .into_inner();
-    println!(
+    out!(
         "pack {} dropped, generation {}",
-        reply.pack, reply.generation
+        reply.pack,
+        reply.generation
     );
     Ok(())
+}
+
+/// Whether the server at `addr` reports SERVING, printing nothing.
+pub async fn health_serving(addr: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut client = HealthClient::new(connect(addr).await?);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(status_error("health check"))?
+        .into_inner();
+    Ok(reply.status == ServingStatus::Serving as i32)
 }
 
 /// Whether the server's overall health status is SERVING.
@@ -490,6 +550,6 @@ pub async fn health(addr: String, timeout_seconds: u64) -> anyhow::Result<bool> 
     let name = ServingStatus::try_from(status)
         .map(|status| status.as_str_name())
         .unwrap_or("UNKNOWN");
-    println!("{addr}: {name}");
+    out!("{addr}: {name}");
     Ok(serving)
 }

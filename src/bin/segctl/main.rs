@@ -1,9 +1,20 @@
 //! `segctl`: build, inspect and push packs; query and operate a running segd.
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`segctl status | head`); `main` then exits quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod candidate_syntax;
 mod client;
+mod fleet_status;
 mod pack_commands;
 mod realtime_commands;
+mod routing;
 
 use std::path::PathBuf;
 
@@ -75,6 +86,9 @@ enum Command {
         /// The pack name.
         pack: String,
     },
+    /// One table of every replica's shard, generation, health, line items and
+    /// pack versions, flagging disagreement within a shard (exit 1 when any).
+    FleetStatus(fleet_status::FleetStatusArgs),
     /// Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise.
     Health {
         /// Server address (query or admin port).
@@ -100,9 +114,21 @@ pub struct AdminArgs {
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
+        if is_broken_pipe(&error) {
+            // The reader went away (`| head`): nothing left to tell anyone.
+            return;
+        }
         eprintln!("segctl: {error:#}");
         std::process::exit(1);
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io_error| io_error.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -130,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Segments { admin } => runtime()?.block_on(client::list_segments(admin)),
         Command::Rollback { admin, pack } => runtime()?.block_on(client::rollback(admin, pack)),
         Command::Drop { admin, pack } => runtime()?.block_on(client::drop_pack(admin, pack)),
+        Command::FleetStatus(args) => runtime()?.block_on(fleet_status::fleet_status(args)),
         Command::Health {
             addr,
             timeout_seconds,

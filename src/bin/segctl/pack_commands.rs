@@ -36,6 +36,10 @@ const PROGRESS_FROM_LINES: u64 = 1_000_000;
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Refused before reading any input, by the rule a push applies.
+    segd::pack::names::check_pack_name(&args.pack).context("--pack")?;
+    anyhow::ensure!(!args.version.is_empty(), "--version: must not be empty");
+    segd::pack::names::check_label("pack version", &args.version).context("--version")?;
     let built_at = args.built_at.unwrap_or_else(segd::unix_now_seconds);
     let mut builder = PackBuilder::new(&args.pack, &args.version, built_at);
     if let Some(segments) = &args.segments {
@@ -93,24 +97,29 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
     let pack = segd::pack::read_pack(&bytes).with_context(|| format!("{}", file.display()))?;
-    println!(
+    out!(
         "file:        {} ({} bytes, checksums ok)",
         file.display(),
         bytes.len()
     );
-    println!("pack:        {}", pack.name);
-    println!("version:     {}", pack.version);
-    println!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
-    println!("users:       {}", pack.user_fingerprints.len());
-    println!("segments:    {}", pack.segments.len());
-    println!("memberships: {}", pack.memberships());
-    println!();
-    println!(
+    out!("pack:        {}", pack.name);
+    out!("version:     {}", pack.version);
+    out!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
+    out!("users:       {}", pack.user_fingerprints.len());
+    out!("segments:    {}", pack.segments.len());
+    out!("memberships: {}", pack.memberships());
+    out!();
+    out!(
         "{:>10} {:<32} {:<12} {:>10} {:>12} {:<8}",
-        "ID", "NAME", "KIND", "TTL_S", "MEMBERS", "RECENCY"
+        "ID",
+        "NAME",
+        "KIND",
+        "TTL_S",
+        "MEMBERS",
+        "RECENCY"
     );
     for segment in &pack.segments {
-        println!(
+        out!(
             "{:>10} {:<32} {:<12} {:>10} {:>12} {:<8}",
             segment.id,
             segment.name,
