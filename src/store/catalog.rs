@@ -139,6 +139,43 @@ impl Catalog {
         self.shard
     }
 
+    /// Everything a push would check before serving, without serving or
+    /// building an index: the whole file verifies, the name is valid, the
+    /// shard is this replica's, and the version is not older than the served
+    /// one (unless allowed). For a fleet, which stores the file for the
+    /// other replicas only once this replica would take it. Returns the header.
+    pub fn check_push(
+        &self,
+        pack_bytes: &[u8],
+        allow_older_version: bool,
+    ) -> Result<pack::PackHeader, CatalogError> {
+        let header = pack::read_header(pack_bytes)?;
+        if !valid_pack_name(&header.name) {
+            return Err(CatalogError::InvalidPackName(header.name));
+        }
+        let pack_shard = shard_of_header(&header);
+        if pack_shard != self.shard {
+            return Err(CatalogError::WrongShard {
+                pack: header.name,
+                pack_shard,
+                replica_shard: self.shard,
+            });
+        }
+        pack::read_pack(pack_bytes)?;
+        let state = self.store.load_full();
+        if let Some(served) = state.pack(&header.name)
+            && compare_versions(&header.version, &served.version) == Ordering::Less
+            && !allow_older_version
+        {
+            return Err(CatalogError::OlderVersion {
+                pack: header.name.clone(),
+                pushed: header.version.clone(),
+                served: served.version.clone(),
+            });
+        }
+        Ok(header)
+    }
+
     /// Refuses the pack file at `path` unless its header names this
     /// replica's shard. Reads the header only.
     fn check_shard(&self, path: &Path) -> Result<(), CatalogError> {
