@@ -214,6 +214,15 @@ pub struct ServeConfig {
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,
 
+    /// Largest single admin request message (a PutLineItems, one push chunk),
+    /// in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SEGD_ADMIN_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub admin_max_message_bytes: usize,
+
+    /// Connection bounds of both gRPC ports.
+    #[command(flatten)]
+    pub connections: crate::connections::ConnectionFlags,
+
     /// Most segment ids in one lookup.
     #[arg(long, env = "SEGD_MAX_SEGMENT_IDS", default_value_t = 1000)]
     pub max_segment_ids: usize,

@@ -28,6 +28,8 @@
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
+//! - [`connections`]: the accept loop of both gRPC ports: a bound on open
+//!   connections, idle timeout, back-off when out of file descriptors.
 //! - [`shard`]: the shard function (a user's shard among `N`) and
 //!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
@@ -45,6 +47,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod decide;
 pub mod demo;
 pub mod fleet;

@@ -104,10 +104,73 @@ where
     }
 }
 
+/// Only the `OUT_OF_RANGE` → `RESOURCE_EXHAUSTED` rewrite of a request over
+/// the size limit, for a port that sheds nothing (admin), with a message
+/// naming the flag that sets the limit.
+#[derive(Clone)]
+pub struct TooLargeIsResourceExhaustedLayer {
+    message: HeaderValue,
+}
+
+impl TooLargeIsResourceExhaustedLayer {
+    pub fn new(flag: &str, limit_bytes: usize) -> Self {
+        // grpc-message is percent-encoded; this text needs only spaces encoded.
+        let message =
+            format!("request message larger than {flag} ({limit_bytes} bytes)").replace(' ', "%20");
+        Self {
+            message: HeaderValue::from_str(&message).expect("a plain ASCII message"),
+        }
+    }
+}
+
+impl<S> Layer<S> for TooLargeIsResourceExhaustedLayer {
+    type Service = TooLargeIsResourceExhausted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TooLargeIsResourceExhausted {
+            inner,
+            message: self.message.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TooLargeIsResourceExhausted<S> {
+    inner: S,
+    message: HeaderValue,
+}
+
+impl<S, RequestBody> Service<Request<RequestBody>> for TooLargeIsResourceExhausted<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let response = self.inner.call(request);
+        let message = self.message.clone();
+        Box::pin(async move {
+            let mut response = response.await?;
+            if relabel_message_too_large(&mut response) {
+                response.headers_mut().insert("grpc-message", message);
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// tonic reports a request over the size limit as `OUT_OF_RANGE`; gRPC's
 /// status-code guide says `RESOURCE_EXHAUSTED`. Rewrite it in the
-/// trailers-only response tonic sends for it.
-fn relabel_message_too_large(response: &mut Response<Body>) {
+/// trailers-only response tonic sends for it; whether it did.
+fn relabel_message_too_large(response: &mut Response<Body>) -> bool {
     let headers = response.headers_mut();
     let out_of_range = headers
         .get("grpc-status")
@@ -121,4 +184,5 @@ fn relabel_message_too_large(response: &mut Response<Body>) {
     if out_of_range && too_large {
         headers.insert("grpc-status", HeaderValue::from_static("8"));
     }
+    out_of_range && too_large
 }

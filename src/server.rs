@@ -13,7 +13,6 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -23,11 +22,12 @@ use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
+use crate::connections::{self, ConnectionActivityLayer, Connections};
 use crate::fleet::{Fleet, FleetMetrics, FleetStart};
 use crate::freq::telemetry::FreqMetrics;
 use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
-use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters, TooLargeIsResourceExhaustedLayer};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::realtime::metrics::RealtimeMetrics;
@@ -123,13 +123,6 @@ fn tls_config(config: &ServeConfig, admin_port: bool) -> anyhow::Result<Option<S
     Ok(Some(tls))
 }
 
-/// Accepted connections with Nagle's algorithm off: a reply larger than one
-/// segment must not wait for the client's delayed ACK (~40 ms). tonic's own
-/// `tcp_nodelay` setting does not reach listeners handed to it, so set it here.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
 /// A server builder with the flags' HTTP/2, timeout and TLS settings. The
 /// request timeout applies to the query port only: a push of a large pack
 /// legitimately streams for minutes.
@@ -171,6 +164,9 @@ pub async fn serve(
     let changes = Arc::new(PackChanges::default());
     registry.register_collector(Box::new(changes.clone()));
     registry.register_collector(Box::new(StoreMetrics(store.clone())));
+    // One bound on open connections for both gRPC ports: they share the fds.
+    let connections = Connections::new(&config.connections);
+    registry.register_collector(Box::new(connections.clone()));
     let freq_metrics = Deferred::<FreqMetrics>::default();
     registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
@@ -255,6 +251,7 @@ pub async fn serve(
     registry.register_collector(Box::new(overload_counters.clone()));
     // Outermost first: the metrics layer also counts what the shedder refuses.
     let query_server = server_builder(&config, false)?
+        .layer(ConnectionActivityLayer)
         .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .layer(ConcurrencyShedLayer::new(
             config.max_in_flight,
@@ -264,7 +261,10 @@ pub async fn serve(
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(segments)
-        .serve_with_incoming_shutdown(incoming(listeners.query), stopped(stop_receiver.clone()));
+        .serve_with_incoming_shutdown(
+            connections::incoming(listeners.query, connections.clone()),
+            stopped(stop_receiver.clone()),
+        );
 
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
@@ -292,16 +292,24 @@ pub async fn serve(
         admin_service = admin_service.with_fleet_changes(fleet_changes.clone());
     }
     let admin = InterceptedService::new(
-        AdminServer::new(admin_service).max_decoding_message_size(16 << 20),
+        AdminServer::new(admin_service).max_decoding_message_size(config.admin_max_message_bytes),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
+        .layer(ConnectionActivityLayer)
         .layer(RpcMetricsLayer::new(rpc_counters.clone()))
+        .layer(TooLargeIsResourceExhaustedLayer::new(
+            "--admin-max-message-bytes",
+            config.admin_max_message_bytes,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(listeners.admin), stopped(stop_receiver.clone()));
+        .serve_with_incoming_shutdown(
+            connections::incoming(listeners.admin, connections),
+            stopped(stop_receiver.clone()),
+        );
 
     let query_task = tokio::spawn(query_server);
     let admin_task = tokio::spawn(admin_server);

@@ -89,3 +89,47 @@ async fn extreme_utc_offsets_are_refused_in_decide_and_put_line_items() {
     }
     server.stop().await;
 }
+
+/// The admin port's message limit is a flag, refused like the query port's:
+/// `RESOURCE_EXHAUSTED` naming the flag (it was a hidden 16 MiB answering
+/// `OUT_OF_RANGE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_message_over_the_flag_is_resource_exhausted() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = config(data_dir.path());
+    settings.admin_max_message_bytes = 64 << 10;
+    let server = TestServer::start(settings).await;
+    let mut admin = server.admin().await;
+    let line_items: Vec<Candidate> = (0..4_000)
+        .map(|number| Candidate {
+            id: format!("line-item-{number:06}"),
+            caps: vec![calendar_cap(0)],
+            ..Default::default()
+        })
+        .collect();
+    let refused = admin
+        .put_line_items(PutLineItemsRequest {
+            version: "big".into(),
+            line_items: line_items.clone(),
+        })
+        .await
+        .expect_err("over --admin-max-message-bytes");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("--admin-max-message-bytes"),
+        "{refused:?}"
+    );
+    // Under the limit the same port still answers.
+    admin
+        .put_line_items(PutLineItemsRequest {
+            version: "small".into(),
+            line_items: line_items[..10].to_vec(),
+        })
+        .await
+        .expect("under the limit");
+    server.stop().await;
+}

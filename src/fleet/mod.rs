@@ -168,11 +168,6 @@ impl Fleet {
     pub fn jetstream(&self) -> async_nats::jetstream::Context {
         self.sink.context.clone()
     }
-
-    /// The `Status` block.
-    pub fn status(&self) -> crate::proto::FleetStatus {
-        status_of(&self.metrics)
-    }
 }
 
 /// The `Status` block from the fleet's figures.

@@ -13,6 +13,8 @@ pub struct SegdProcess {
     pub child: Child,
     pub query_addr: String,
     pub admin_addr: String,
+    /// `off` when metrics are off.
+    pub metrics_addr: String,
 }
 
 impl SegdProcess {
@@ -20,6 +22,28 @@ impl SegdProcess {
     /// flags and waits until health reports SERVING.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> SegdProcess {
         Self::start_with_stderr(data_dir, extra, Stdio::inherit()).await
+    }
+
+    /// Like [`SegdProcess::start`] under an open-files limit of
+    /// `open_files` (soft and hard, through `prlimit`), stderr appended to
+    /// `log_path`.
+    pub async fn start_with_open_files(
+        data_dir: &Path,
+        extra: &[&str],
+        open_files: u64,
+        log_path: &Path,
+    ) -> SegdProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open the log file");
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_segd"));
+        Self::spawn(command, data_dir, extra, Stdio::from(log)).await
     }
 
     /// Like [`SegdProcess::start`], with stderr (the log, at `warn`) appended
@@ -34,7 +58,22 @@ impl SegdProcess {
     }
 
     async fn start_with_stderr(data_dir: &Path, extra: &[&str], stderr: Stdio) -> SegdProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_segd"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_segd")),
+            data_dir,
+            extra,
+            stderr,
+        )
+        .await
+    }
+
+    async fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> SegdProcess {
+        let mut child = command
             .args([
                 "serve",
                 "--metrics-listen",
@@ -69,10 +108,12 @@ impl SegdProcess {
         let words: Vec<&str> = line.split_whitespace().collect();
         let query_addr = words[3].to_owned();
         let admin_addr = words[5].to_owned();
+        let metrics_addr = words[7].to_owned();
         let process = SegdProcess {
             child,
             query_addr,
             admin_addr,
+            metrics_addr,
         };
         process.wait_serving().await;
         process

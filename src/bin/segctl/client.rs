@@ -200,12 +200,14 @@ pub async fn push(
         .map_err(status_error("push"))?
         .into_inner();
     if reply.unchanged {
-        println!(
+        out!(
             "pack {} version {} already served: nothing changed (generation {})",
-            reply.pack, reply.version, reply.generation
+            reply.pack,
+            reply.version,
+            reply.generation
         );
     } else {
-        println!(
+        out!(
             "pushed pack {} version {} ({total} bytes): {} segments, {} users, {} memberships, generation {}",
             reply.pack,
             reply.version,
@@ -232,11 +234,11 @@ pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("lookup"))?
         .into_inner();
-    println!("user {}: segments {:?}", args.user_id, reply.segment_ids);
+    out!("user {}: segments {:?}", args.user_id, reply.segment_ids);
     if !reply.unknown_segment_ids.is_empty() {
-        println!("unknown segments: {:?}", reply.unknown_segment_ids);
+        out!("unknown segments: {:?}", reply.unknown_segment_ids);
     }
-    println!("generation {}", reply.generation);
+    out!("generation {}", reply.generation);
     Ok(())
 }
 
@@ -273,15 +275,16 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             "not eligible"
         };
         if decision.detail.is_empty() {
-            println!("{}: {verdict} ({reason})", decision.candidate_id);
+            out!("{}: {verdict} ({reason})", decision.candidate_id);
         } else {
-            println!(
+            out!(
                 "{}: {verdict} ({reason}: {})",
-                decision.candidate_id, decision.detail
+                decision.candidate_id,
+                decision.detail
             );
         }
     }
-    println!("generation {}", reply.generation);
+    out!("generation {}", reply.generation);
     Ok(())
 }
 
@@ -320,14 +323,15 @@ pub async fn put_line_items(args: PutLineItemsArgs) -> anyhow::Result<()> {
         .map_err(status_error("put line items"))?
         .into_inner();
     if reply.unchanged {
-        println!(
+        out!(
             "line items version {} already registered: nothing changed",
             reply.version
         );
     } else {
-        println!(
+        out!(
             "registered {} line items, version {}",
-            reply.line_items, reply.version
+            reply.line_items,
+            reply.version
         );
     }
     Ok(())
@@ -349,9 +353,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("record"))?
         .into_inner();
-    println!(
+    out!(
         "recorded {}, duplicates {}",
-        reply.recorded, reply.duplicates
+        reply.recorded,
+        reply.duplicates
     );
     Ok(())
 }
@@ -367,18 +372,25 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         || "0/1".to_owned(),
         |shard| format!("{}/{}", shard.index, shard.count),
     );
-    println!(
+    out!(
         "segd {}  shard {shard}  generation {}  packs {}",
         reply.server_version,
         reply.generation,
         reply.packs.len()
     );
-    println!(
+    out!(
         "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} PREVIOUS",
-        "PACK", "VERSION", "SEGMENTS", "USERS", "MEMBERSHIPS", "BYTES", "AGE_S", "STALE"
+        "PACK",
+        "VERSION",
+        "SEGMENTS",
+        "USERS",
+        "MEMBERSHIPS",
+        "BYTES",
+        "AGE_S",
+        "STALE"
     );
     for pack in &reply.packs {
-        println!(
+        out!(
             "{:<20} {:<20} {:>9} {:>12} {:>14} {:>12} {:>10} {:<6} {}",
             pack.name,
             pack.version,
@@ -396,7 +408,7 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(frequency) = reply.frequency {
-        println!(
+        out!(
             "frequency: {} entries, {} events, log {} bytes, fsync {}, retention {} days",
             frequency.entries,
             frequency.events,
@@ -406,7 +418,7 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(realtime) = reply.realtime {
-        println!(
+        out!(
             "real-time: {} of {} overlay entries, {} forgotten users ({} still in packs), journal {} bytes, forgets kept {} days",
             realtime.overlay_entries,
             realtime.max_overlay_entries,
@@ -417,7 +429,7 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(fleet) = reply.fleet {
-        println!(
+        out!(
             "fleet: replica {}, stream {}, applied sequence {} of {}, {} behind, last lag {:.1} ms, {}{}",
             fleet.replica_id,
             fleet.stream,
@@ -443,12 +455,17 @@ pub async fn list_segments(admin: AdminArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("list segments"))?
         .into_inner();
-    println!(
+    out!(
         "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
-        "ID", "NAME", "KIND", "PACK", "MEMBERS", "TTL_S"
+        "ID",
+        "NAME",
+        "KIND",
+        "PACK",
+        "MEMBERS",
+        "TTL_S"
     );
     for segment in reply.segments {
-        println!(
+        out!(
             "{:>10} {:<32} {:<12} {:<16} {:>12} {:>10}",
             segment.id,
             segment.name,
@@ -472,9 +489,11 @@ pub async fn rollback(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         .await
         .map_err(status_error("rollback"))?
         .into_inner();
-    println!(
+    out!(
         "pack {} rolled back to version {}, generation {}",
-        reply.pack, reply.version, reply.generation
+        reply.pack,
+        reply.version,
+        reply.generation
     );
     Ok(())
 }
@@ -486,9 +505,10 @@ pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         .await
         .map_err(status_error("drop"))?
         .into_inner();
-    println!(
+    out!(
         "pack {} dropped, generation {}",
-        reply.pack, reply.generation
+        reply.pack,
+        reply.generation
     );
     Ok(())
 }
@@ -530,6 +550,6 @@ pub async fn health(addr: String, timeout_seconds: u64) -> anyhow::Result<bool> 
     let name = ServingStatus::try_from(status)
         .map(|status| status.as_str_name())
         .unwrap_or("UNKNOWN");
-    println!("{addr}: {name}");
+    out!("{addr}: {name}");
     Ok(serving)
 }

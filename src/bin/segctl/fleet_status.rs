@@ -67,7 +67,7 @@ pub async fn fleet_status(args: FleetStatusArgs) -> anyhow::Result<()> {
         });
     }
     let flags = disagreements(&replicas);
-    print_table(&replicas, &flags);
+    print_table(&replicas, &flags)?;
     if flags.values().any(|flag| !flag.is_empty()) {
         std::process::exit(1);
     }
@@ -178,18 +178,28 @@ fn majority<T: PartialEq + Default>(values: impl Iterator<Item = T>) -> T {
         .unwrap_or_default()
 }
 
-fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) {
-    println!(
+fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) -> std::io::Result<()> {
+    out!(
         "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} FLAGS",
-        "REPLICA", "SHARD", "GENERATION", "HEALTH", "LINE_ITEMS", "PACKS"
+        "REPLICA",
+        "SHARD",
+        "GENERATION",
+        "HEALTH",
+        "LINE_ITEMS",
+        "PACKS"
     );
     for replica in replicas {
         let flag = flags.get(&replica.addr).map_or("", String::as_str);
         let flag = if flag.is_empty() { "ok" } else { flag };
         match &replica.answer {
-            Err(_) => println!(
+            Err(_) => out!(
                 "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} {flag}",
-                replica.addr, "-", "-", "-", "-", "-"
+                replica.addr,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-"
             ),
             Ok(state) => {
                 let (index, count) = state.shard();
@@ -199,7 +209,7 @@ fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) {
                     .map(|(name, version)| format!("{name}={version}"))
                     .collect::<Vec<_>>()
                     .join(",");
-                println!(
+                out!(
                     "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} {flag}",
                     replica.addr,
                     format!("{index}/{count}"),
@@ -223,4 +233,5 @@ fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) {
             }
         }
     }
+    Ok(())
 }

@@ -1,5 +1,14 @@
 //! `segctl`: build, inspect and push packs; query and operate a running segd.
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`segctl status | head`); `main` then exits quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod candidate_syntax;
 mod client;
 mod fleet_status;
@@ -105,9 +114,21 @@ pub struct AdminArgs {
 fn main() {
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
+        if is_broken_pipe(&error) {
+            // The reader went away (`| head`): nothing left to tell anyone.
+            return;
+        }
         eprintln!("segctl: {error:#}");
         std::process::exit(1);
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io_error| io_error.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

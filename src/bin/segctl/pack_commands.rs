@@ -97,24 +97,29 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
     let pack = segd::pack::read_pack(&bytes).with_context(|| format!("{}", file.display()))?;
-    println!(
+    out!(
         "file:        {} ({} bytes, checksums ok)",
         file.display(),
         bytes.len()
     );
-    println!("pack:        {}", pack.name);
-    println!("version:     {}", pack.version);
-    println!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
-    println!("users:       {}", pack.user_fingerprints.len());
-    println!("segments:    {}", pack.segments.len());
-    println!("memberships: {}", pack.memberships());
-    println!();
-    println!(
+    out!("pack:        {}", pack.name);
+    out!("version:     {}", pack.version);
+    out!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
+    out!("users:       {}", pack.user_fingerprints.len());
+    out!("segments:    {}", pack.segments.len());
+    out!("memberships: {}", pack.memberships());
+    out!();
+    out!(
         "{:>10} {:<32} {:<12} {:>10} {:>12} {:<8}",
-        "ID", "NAME", "KIND", "TTL_S", "MEMBERS", "RECENCY"
+        "ID",
+        "NAME",
+        "KIND",
+        "TTL_S",
+        "MEMBERS",
+        "RECENCY"
     );
     for segment in &pack.segments {
-        println!(
+        out!(
             "{:>10} {:<32} {:<12} {:>10} {:>12} {:<8}",
             segment.id,
             segment.name,

@@ -151,7 +151,7 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    println!(
+    out!(
         "applied {applied} updates in {:.2} s",
         started.elapsed().as_secs_f64()
     );
@@ -192,7 +192,7 @@ pub async fn forget(args: ForgetArgs) -> anyhow::Result<()> {
             .into_inner();
         forgotten += u64::from(reply.forgotten);
     }
-    println!("forgot {forgotten} users");
+    out!("forgot {forgotten} users");
     Ok(())
 }
 
