@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tracing::{info, warn};
 
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
-use crate::pack::{self, PackError};
+use crate::pack::{self, PackBytes, PackError};
 
 const CURRENT_SUFFIX: &str = ".segpack";
 const PREVIOUS_SUFFIX: &str = ".previous.segpack";
@@ -233,7 +233,9 @@ impl Catalog {
         allow_older_version: bool,
         loaded_at_unix_seconds: i64,
     ) -> Result<PushOutcome, CatalogError> {
-        let pack = pack::read_pack(&pack_bytes)?;
+        // The header alone (its own checksum) names the pack and version: a
+        // re-push of the served version is answered before the body is read.
+        let pack = pack::read_header(&pack_bytes)?;
         if !valid_pack_name(&pack.name) {
             return Err(CatalogError::InvalidPackName(pack.name));
         }
@@ -261,10 +263,12 @@ impl Catalog {
                 });
             }
         }
-        // Pushes happen while serving: one core builds, the rest keep answering.
-        let loaded = Arc::new(LoadedPack::from_pack_on(
-            pack,
-            pack_bytes.len() as u64,
+        // Pushes happen while serving: a v1 index is built on one core, the
+        // rest keep answering; a v2 pack is checked in one pass and served
+        // from these bytes.
+        let pack_bytes = Arc::new(PackBytes::from_vec(pack_bytes));
+        let loaded = Arc::new(LoadedPack::from_bytes(
+            Arc::clone(&pack_bytes),
             loaded_at_unix_seconds,
             BuildThreads::One,
         )?);
@@ -278,7 +282,7 @@ impl Catalog {
             fs::rename(&current, self.previous_path(&name))
                 .map_err(io_error(format!("keep previous version of {name}")))?;
         }
-        pack::write_pack_file_atomic(&pack_bytes, &current)
+        pack::write_pack_file_atomic(pack_bytes.as_bytes(), &current)
             .map_err(io_error(format!("write {}", current.display())))?;
         let _ = fs::remove_file(self.dropped_marker_path(&name));
         if let Some(served) = state.pack(&name) {
@@ -373,19 +377,13 @@ fn load_pack_file(
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
-    let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
-    let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes).map_err(|error| CatalogError::Io {
-        context: format!("load {}", path.display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
-    })?;
-    drop(bytes);
-    Ok(LoadedPack::from_pack_on(
-        pack,
-        file_bytes,
-        loaded_at_unix_seconds,
-        threads,
-    )?)
+    let bytes = PackBytes::map_file(path).map_err(io_error(format!("read {}", path.display())))?;
+    LoadedPack::from_bytes(Arc::new(bytes), loaded_at_unix_seconds, threads).map_err(|error| {
+        CatalogError::Io {
+            context: format!("load {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        }
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CatalogError> {

@@ -29,6 +29,10 @@ pub struct BuildArgs {
     /// Where to write the pack file (conventionally NAME.segpack).
     #[arg(long)]
     output: PathBuf,
+    /// Pack file format: 2 (served in place, memory-mapped) or 1 (round-1
+    /// servers read only this).
+    #[arg(long, default_value_t = segd::pack::FORMAT_VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
+    format: u32,
 }
 
 /// Input larger than this many lines gets a progress line on stderr.
@@ -70,14 +74,19 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     let pack = builder.finish()?;
-    let bytes = segd::pack::write_pack(&pack)?;
+    let bytes = if args.format == segd::pack::FORMAT_VERSION_V1 {
+        segd::pack::write_pack_v1(&pack)?
+    } else {
+        segd::pack::write_pack_v2(&pack)?
+    };
     segd::pack::write_pack_file_atomic(&bytes, &args.output)
         .with_context(|| format!("write {}", args.output.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "built pack {} version {}: {} input lines, {} users, {} segments, {} memberships, {} bytes -> {} in {:.2} s ({:.1} M lines/s)",
+        "built pack {} version {} (format {}): {} input lines, {} users, {} segments, {} memberships, {} bytes -> {} in {:.2} s ({:.1} M lines/s)",
         pack.name,
         pack.version,
+        args.format,
         lines,
         pack.user_fingerprints.len(),
         pack.segments.len(),
@@ -92,12 +101,22 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let header = segd::pack::read_header(&bytes).with_context(|| format!("{}", file.display()))?;
     let pack = segd::pack::read_pack(&bytes).with_context(|| format!("{}", file.display()))?;
     println!(
         "file:        {} ({} bytes, checksums ok)",
         file.display(),
         bytes.len()
     );
+    println!("format:      {}", header.format_version);
+    if header.shard_count > 1 {
+        println!(
+            "shard:       {} of {}",
+            header.shard_index, header.shard_count
+        );
+    } else {
+        println!("shard:       unsharded (0 of 1)");
+    }
     println!("pack:        {}", pack.name);
     println!("version:     {}", pack.version);
     println!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);
