@@ -71,3 +71,15 @@ impl From<crate::realtime::RealtimeError> for Status {
         Status::new(code, error.to_string())
     }
 }
+
+impl From<crate::fleet::pack_sync::FleetChangeError> for Status {
+    fn from(error: crate::fleet::pack_sync::FleetChangeError) -> Self {
+        use crate::fleet::pack_sync::FleetChangeError;
+        match error {
+            FleetChangeError::Catalog(error) => Status::from(error),
+            FleetChangeError::LineItems(error) => Status::from(error),
+            FleetChangeError::Unavailable(message) => Status::unavailable(message),
+            FleetChangeError::Precondition(message) => Status::failed_precondition(message),
+        }
+    }
+}

@@ -14,6 +14,8 @@
 //! - [`stream`]: the stream, created when missing, refused when it cannot serve.
 //! - [`message`]: the bytes of a message, subjects and message ids.
 //! - [`metrics`]: lag, sequences, failures, connection state.
+//! - [`pack_sync`]: one push that reaches every replica: packs in an
+//!   object store, intended versions and line items in a key-value bucket.
 //! - [`settings`]: the `--fleet-*` flags.
 //!
 //! It must never apply a batch outside stream order, nor answer a recording
@@ -22,6 +24,7 @@
 pub mod applier;
 pub mod message;
 pub mod metrics;
+pub mod pack_sync;
 pub mod publisher;
 pub mod settings;
 pub mod stream;
@@ -159,6 +162,11 @@ impl Fleet {
         if let Some(applier) = self.applier.take() {
             let _ = tokio::task::spawn_blocking(move || applier.join()).await;
         }
+    }
+
+    /// The JetStream context of this replica's connection.
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        self.sink.context.clone()
     }
 }
 

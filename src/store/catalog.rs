@@ -23,7 +23,7 @@ use tracing::{info, warn};
 pub use super::pack_files::StagedFile;
 use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
-use crate::pack::{self, PackError};
+use crate::pack::{self, PackBytes, PackError};
 use crate::shard::Shard;
 
 /// `Status` reads at most this much of a previous file: its header.
@@ -137,6 +137,43 @@ impl Catalog {
 
     pub fn shard(&self) -> Shard {
         self.shard
+    }
+
+    /// Everything a push would check before serving, without serving or
+    /// building an index: the whole file verifies, the name is valid, the
+    /// shard is this replica's, and the version is not older than the served
+    /// one (unless allowed). For a fleet, which stores the file for the
+    /// other replicas only once this replica would take it. Returns the header.
+    pub fn check_push(
+        &self,
+        pack_bytes: &[u8],
+        allow_older_version: bool,
+    ) -> Result<pack::PackHeader, CatalogError> {
+        let header = pack::read_header(pack_bytes)?;
+        if !valid_pack_name(&header.name) {
+            return Err(CatalogError::InvalidPackName(header.name));
+        }
+        let pack_shard = shard_of_header(&header);
+        if pack_shard != self.shard {
+            return Err(CatalogError::WrongShard {
+                pack: header.name,
+                pack_shard,
+                replica_shard: self.shard,
+            });
+        }
+        pack::read_pack(pack_bytes)?;
+        let state = self.store.load_full();
+        if let Some(served) = state.pack(&header.name)
+            && compare_versions(&header.version, &served.version) == Ordering::Less
+            && !allow_older_version
+        {
+            return Err(CatalogError::OlderVersion {
+                pack: header.name.clone(),
+                pushed: header.version.clone(),
+                served: served.version.clone(),
+            });
+        }
+        Ok(header)
     }
 
     /// Refuses the pack file at `path` unless its header names this
@@ -444,10 +481,12 @@ impl Catalog {
     }
 }
 
-/// The shard a pack header names. Format v1 has no shard field: every v1
-/// pack is unsharded (0 of 1).
-fn shard_of_header(_header: &pack::PackHeader) -> Shard {
-    Shard::UNSHARDED
+/// The shard a pack header names (format v1 packs read as 0 of 1).
+fn shard_of_header(header: &pack::PackHeader) -> Shard {
+    Shard {
+        index: header.shard_index,
+        count: header.shard_count,
+    }
 }
 
 /// Start-up load: a damaged served file is a storage problem naming the file.
@@ -472,19 +511,14 @@ fn verify_pack_file(
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
-    let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
-    let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes).map_err(|source| CatalogError::Damaged {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    drop(bytes);
-    Ok(LoadedPack::from_pack_on(
-        pack,
-        file_bytes,
-        loaded_at_unix_seconds,
-        threads,
-    )?)
+    // Format v2 is served in place from the mapping; v1 is decoded and indexed.
+    let bytes = PackBytes::map_file(path).map_err(io_error(format!("read {}", path.display())))?;
+    LoadedPack::from_bytes(Arc::new(bytes), loaded_at_unix_seconds, threads).map_err(|source| {
+        CatalogError::Damaged {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Pack names become file names: the one rule of [`pack::names`].
