@@ -2,7 +2,7 @@
 //! (a mix of all_of / any_of / none_of) and 2 caps (`li:{n}` 3 per calendar
 //! day, `camp:{n % 5}` 10 per rolling hour), on a realistic pack and a
 //! frequency store pre-filled with impressions of the benched users. Target
-//! (DESIGN.md): p50 <= 10 µs.
+//! (docs/DESIGN.md): p50 <= 10 µs.
 //!
 //! ```sh
 //! cargo bench --bench decide

@@ -1,6 +1,6 @@
 //! In-process lookup cost on a realistic pack: 20 listed segments, and all
 //! segments of a user. Sizes from the environment so the same bench covers the
-//! 1M-user default and the 10M-user target row of DESIGN.md:
+//! 1M-user default and the 10M-user target row of docs/DESIGN.md:
 //!
 //! ```sh
 //! cargo bench --bench lookup

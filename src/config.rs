@@ -1,6 +1,7 @@
 //! The `segd serve` flags: one clap struct, each field documented (the docs
 //! become `--help`), each with an `SEGD_...` environment variable and a default.
-//! Tests build the struct directly with [`ServeConfig::for_tests`].
+//! Tests build the struct directly (`tests/common`: the defaults on ephemeral
+//! loopback ports).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -248,40 +249,36 @@ pub struct ServeConfig {
     /// Longest user id, in bytes.
     #[arg(long, env = "SEGD_MAX_USER_ID_BYTES", default_value_t = 512)]
     pub max_user_id_bytes: usize,
+
+    /// Real-time audiences and forgetting.
+    #[command(flatten)]
+    pub realtime: crate::realtime::RealtimeArgs,
+
+    /// Audience sharding: `--shard I/N`.
+    #[command(flatten)]
+    pub sharding: crate::shard::ShardSettings,
+
+    /// Fleet mode: the `--fleet-*` and `--replica-id` flags.
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetSettings,
 }
 
 impl ServeConfig {
-    /// Defaults for a server on ephemeral loopback ports over `data_dir`.
-    pub fn for_tests(data_dir: PathBuf) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: ServeConfig,
-        }
-        let mut config = Wrapper::parse_from(["segd"]).config;
-        config.listen = "127.0.0.1:0".parse().expect("loopback address");
-        config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
-        config.metrics_listen =
-            MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
-        config.data_dir = data_dir;
-        config.admin_token = None;
-        config
-    }
-
-    /// The admin token from --admin-token or --admin-token-file.
+    /// The admin token from --admin-token or --admin-token-file, both held to
+    /// the one rule of [`checked_admin_token`].
     pub fn resolve_admin_token(&self) -> anyhow::Result<Option<String>> {
         if let Some(path) = &self.admin_token_file {
             let text = std::fs::read_to_string(path).map_err(|error| {
                 anyhow::anyhow!("read --admin-token-file {}: {error}", path.display())
             })?;
-            let token = text.lines().next().unwrap_or("").trim().to_owned();
-            if token.is_empty() {
-                anyhow::bail!("--admin-token-file {} is empty", path.display());
-            }
-            return Ok(Some(token));
+            let first_line = text.lines().next().unwrap_or("");
+            let source = format!("--admin-token-file {}", path.display());
+            return checked_admin_token(&source, first_line).map(Some);
         }
-        Ok(self.admin_token.clone().filter(|token| !token.is_empty()))
+        self.admin_token
+            .as_deref()
+            .map(|token| checked_admin_token("--admin-token (SEGD_ADMIN_TOKEN)", token))
+            .transpose()
     }
 
     /// The pack freshness bounds and stale-pack behaviour of the flags.
@@ -300,4 +297,22 @@ impl ServeConfig {
     pub fn freq_retention_seconds(&self) -> i64 {
         self.freq_retention_days as i64 * 86_400
     }
+}
+
+/// The one rule for an admin token, wherever it comes from: surrounding
+/// whitespace is trimmed (a header value cannot keep it), and what remains
+/// must be non-empty printable ASCII, the only bytes an `authorization`
+/// header carries intact. A whitespace-only token would authenticate
+/// `Bearer ` plus spaces, so it is refused, never taken as "no token".
+pub fn checked_admin_token(source: &str, raw: &str) -> anyhow::Result<String> {
+    let token = raw.trim();
+    if token.is_empty() {
+        anyhow::bail!("{source} is empty or only whitespace: give a real token or leave it unset");
+    }
+    if let Some(bad) = token.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        anyhow::bail!(
+            "{source} holds the character {bad:?}: use printable ASCII, as an authorization header needs"
+        );
+    }
+    Ok(token.to_owned())
 }

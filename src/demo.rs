@@ -94,7 +94,7 @@ pub fn demo_pack(built_at_unix_seconds: i64) -> Pack {
 /// Writes the demo pack into a packs directory, atomically.
 pub fn write_demo_pack(packs_dir: &Path) -> anyhow::Result<()> {
     let bytes = pack::write_pack(&demo_pack(crate::unix_now_seconds()))?;
-    let path = packs_dir.join(format!("{DEMO_PACK_NAME}.segpack"));
+    let path = packs_dir.join(format!("{DEMO_PACK_NAME}{}", crate::pack::FILE_SUFFIX));
     pack::write_pack_file_atomic(&bytes, &path)?;
     tracing::info!(path = %path.display(), "wrote the demo pack");
     Ok(())

@@ -14,18 +14,29 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`le`]: the one bounds-checked little-endian reader every file format uses.
+//! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
+//!   interval fsyncs).
+//! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
+//!   writes to the overlay the store consults, folding into newer packs.
+//!   Knows nothing of gRPC or tokio.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
-//! - [`metrics`]: Prometheus counters and the `GET /metrics` endpoint; the
-//!   tower layer counting RPCs by status code and latency.
+//! - [`telemetry`]: the metrics registry every owner registers its figures
+//!   in, the `GET /metrics` route, and the tower layer counting RPCs by status
+//!   code and latency.
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
+//! - [`shard`]: the shard function (a user's shard among `N`) and
+//!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: wires listeners, services, health and reflection; `serve` is what
 //!   the binary and the tests call.
 //! - [`config`]: the `segd serve` flags.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
+//! - [`fleet`]: `--fleet-nats`: frequency caps shared by every replica
+//!   through a NATS JetStream stream; the only module that knows NATS.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
@@ -36,15 +47,20 @@ pub mod api;
 pub mod config;
 pub mod decide;
 pub mod demo;
+pub mod fleet;
 pub mod freq;
 pub mod freshness;
+pub mod le;
 pub mod line_items;
 pub mod memory;
-pub mod metrics;
 pub mod overload;
 pub mod pack;
+pub mod periodic;
+pub mod realtime;
 pub mod server;
+pub mod shard;
 pub mod store;
+pub mod telemetry;
 pub mod watch;
 
 /// Generated code for the `segd.v1` protobuf package.

@@ -16,10 +16,24 @@ use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-/// Counts of what the layer did, for metrics.
+/// Counts of what the layer did, exported at `GET /metrics`.
 #[derive(Debug, Default)]
 pub struct OverloadCounters {
     pub shed: AtomicU64,
+}
+
+impl crate::telemetry::Collector for OverloadCounters {
+    fn encode(
+        &self,
+        mut encoder: crate::telemetry::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        crate::telemetry::counter(
+            &mut encoder,
+            "segd_overload_shed_requests",
+            "Query-port requests refused with RESOURCE_EXHAUSTED at once because --max-in-flight requests were in flight.",
+            self.shed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Clone)]

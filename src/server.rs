@@ -20,16 +20,22 @@ use tracing::{info, warn};
 
 use crate::api::admin::StatusExtras;
 use crate::api::auth::AdminAuth;
+use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::config::{FsyncMode, ServeConfig};
-use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::fleet::{Fleet, FleetMetrics, FleetStart};
+use crate::freq::telemetry::FreqMetrics;
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::{Metrics, MetricsSource, RpcMetricsLayer};
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
+use crate::realtime::metrics::RealtimeMetrics;
+use crate::realtime::{Realtime, RealtimeConfig, RealtimeWrites};
 use crate::store::catalog::Catalog;
+use crate::store::telemetry::StoreMetrics;
 use crate::store::{FreshnessPolicy, Store};
+use crate::telemetry::{Deferred, Registry, RpcCounters, RpcMetricsLayer};
 
 /// The bound sockets the server answers on.
 pub struct Listeners {
@@ -156,7 +162,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let admin_token = check_config(&config)?;
     let store = Arc::new(Store::with_freshness(config.freshness_policy()));
-    let metrics = Arc::new(Metrics::new());
+    // Every owner registers its own figures; the services hold the same Arcs.
+    let mut registry = Registry::default();
+    let rpc_counters = Arc::new(RpcCounters::default());
+    registry.register_collector(Box::new(rpc_counters.clone()));
+    let decisions = Arc::new(DecideCounters::default());
+    registry.register_collector(Box::new(decisions.clone()));
+    let changes = Arc::new(PackChanges::default());
+    registry.register_collector(Box::new(changes.clone()));
+    registry.register_collector(Box::new(StoreMetrics(store.clone())));
+    let freq_metrics = Deferred::<FreqMetrics>::default();
+    registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
             .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
@@ -194,6 +210,16 @@ pub async fn serve(
     };
 
     let counters: Arc<OnceLock<Arc<FreqStore>>> = Arc::new(OnceLock::new());
+    let impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>> = Arc::new(OnceLock::new());
+    let fleet_metrics = config.fleet.enabled().then(|| {
+        Arc::new(FleetMetrics::new(
+            config.fleet.resolved_replica_id(),
+            config.fleet.fleet_stream.clone(),
+        ))
+    });
+    if let Some(fleet_metrics) = &fleet_metrics {
+        registry.register_collector(Box::new(fleet_metrics.clone()));
+    }
     let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
         format!(
             "load line items from --data-dir {}",
@@ -201,20 +227,31 @@ pub async fn serve(
         )
     })?);
     let limits = RequestLimits::from_config(&config);
+    // Set once the real-time journal is replayed (with the data directory).
+    let realtime: Arc<OnceLock<Arc<Realtime>>> = Arc::new(OnceLock::new());
+    let realtime_writes: Arc<OnceLock<Arc<dyn RealtimeWrites>>> = Arc::new(OnceLock::new());
+    let realtime_metrics = Deferred::<RealtimeMetrics>::default();
+    registry.register_collector(Box::new(realtime_metrics.clone()));
     let segments = SegmentsServer::new(
         SegmentsService::new(
             store.clone(),
             counters.clone(),
             line_items.clone(),
             limits.clone(),
+            decisions,
         )
-        .with_metrics(metrics.clone()),
+        .with_shard(config.sharding.shard)
+        .with_impression_sink(
+            impression_sink.clone(),
+            Duration::from_millis(config.request_timeout_ms.max(1)),
+        ),
     )
     .max_decoding_message_size(config.max_request_bytes);
     let overload_counters = Arc::new(OverloadCounters::default());
+    registry.register_collector(Box::new(overload_counters.clone()));
     // Outermost first: the metrics layer also counts what the shedder refuses.
     let query_server = server_builder(&config, false)?
-        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .layer(ConcurrencyShedLayer::new(
             config.max_in_flight,
             overload_counters.clone(),
@@ -239,15 +276,22 @@ pub async fn serve(
                     fsync: config.fsync,
                     retention_days: config.freq_retention_days,
                     freshness: config.freshness_policy(),
+                    realtime: realtime.clone(),
+                    fleet: fleet_metrics.clone(),
                 }),
+                changes,
             )
-            .with_metrics(metrics.clone()),
+            .with_realtime(
+                realtime_writes.clone(),
+                config.realtime.max_updates_per_request,
+            )
+            .with_shard(config.sharding.shard),
         )
         .max_decoding_message_size(16 << 20),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
-        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(RpcMetricsLayer::new(rpc_counters.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -260,16 +304,14 @@ pub async fn serve(
         .watch_dir
         .as_ref()
         .map(|_| Arc::new(crate::watch::WatchCounters::default()));
+    if let Some(watch_counters) = &watch_counters {
+        registry.register_collector(Box::new(watch_counters.clone()));
+    }
+    let registry = Arc::new(registry);
     let metrics_task = listeners.metrics.map(|listener| {
-        let source = Arc::new(MetricsSource {
-            metrics: metrics.clone(),
-            store: store.clone(),
-            counters: counters.clone(),
-            watch: watch_counters.clone(),
-        });
-        tokio::spawn(crate::metrics::serve_http(
+        tokio::spawn(crate::telemetry::serve(
             listener,
-            source,
+            crate::telemetry::router(registry.clone()),
             stopped(stop_receiver.clone()),
         ))
     });
@@ -278,13 +320,28 @@ pub async fn serve(
     let load_catalog = catalog.clone();
     let freq_config = freq_config(&config);
     let load_counters = counters.clone();
+    let load_sink = impression_sink.clone();
+    let fleet_mode = config.fleet.enabled();
+    let realtime_config = realtime_config(&config);
+    let load_realtime = realtime.clone();
+    let load_freq_metrics = freq_metrics.clone();
     let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
         if demo && load_catalog.is_empty()? {
             crate::demo::write_demo_pack(load_catalog.packs_dir())?;
         }
+        let realtime_dir = realtime_config.dir.clone();
+        // Before the packs (their fold horizons) and the frequency store (its
+        // replay leaves forgotten users out).
+        let (realtime, forgotten) = Realtime::open(
+            realtime_config,
+            load_catalog.store().clone(),
+            crate::unix_now_seconds(),
+        )
+        .with_context(|| format!("open the real-time journal in {}", realtime_dir.display()))?;
+        let _ = load_realtime.set(realtime);
         let generation = load_catalog.load_all(crate::unix_now_seconds())?;
         let freq_dir = freq_config.dir.clone();
-        let (store, report) = FreqStore::open(freq_config)
+        let (store, report) = FreqStore::open_forgetting(freq_config, &forgotten)
             .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
         info!(
             checkpoint_events = report.checkpoint_events,
@@ -292,6 +349,12 @@ pub async fn serve(
             torn_tail_bytes = report.torn_tail_bytes,
             "frequency store recovered"
         );
+        if !fleet_mode {
+            let _ = load_sink.set(Arc::new(crate::api::record_sink::LocalLogSink(
+                store.clone(),
+            )));
+        }
+        load_freq_metrics.set(FreqMetrics(store.clone()));
         let _ = load_counters.set(store);
         Ok(generation)
     })
@@ -299,8 +362,20 @@ pub async fn serve(
     .context("data directory loader failed")
     .and_then(|result| result)
     .with_context(|| format!("load --data-dir {}", config.data_dir.display()));
-    let generation = match loaded {
-        Ok(generation) => generation,
+    let loaded = match loaded {
+        Ok(generation) => join_fleet(
+            &config,
+            &counters,
+            &impression_sink,
+            fleet_metrics,
+            &stop_receiver,
+        )
+        .await
+        .map(|fleet| (generation, fleet)),
+        Err(error) => Err(error),
+    };
+    let (generation, mut fleet) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             // Stop the listeners already serving health before reporting.
             let _ = stop_sender.send(true);
@@ -308,10 +383,17 @@ pub async fn serve(
             if let Some(metrics_task) = metrics_task {
                 let _ = metrics_task.await;
             }
+            shutdown_realtime(&realtime).await?;
             shutdown_counters(&counters).await?;
             return Err(error);
         }
     };
+    if let (Some(realtime), Some(counters)) = (realtime.get(), counters.get()) {
+        realtime.set_counters(counters.clone());
+        realtime.start_maintenance();
+        realtime_metrics.set(RealtimeMetrics(realtime.clone()));
+        let _ = realtime_writes.set(realtime.clone());
+    }
     let state = store.load_full();
     info!(
         generation,
@@ -374,8 +456,12 @@ pub async fn serve(
     if let Some(metrics_task) = metrics_task {
         let _ = metrics_task.await;
     }
-    // In-flight requests have drained: flush the log and checkpoint even if a
-    // listener failed, then report.
+    // In-flight requests have drained: stop applying the fleet's stream, then
+    // flush the logs and checkpoint even if a listener failed, then report.
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.stop().await;
+    }
+    shutdown_realtime(&realtime).await?;
     shutdown_counters(&counters).await?;
     query_result
         .context("query server task")?
@@ -385,6 +471,35 @@ pub async fn serve(
         .context("admin server")?;
     info!("server stopped");
     Ok(())
+}
+
+/// In fleet mode, joins the fleet (connect, check the stream, catch up with it)
+/// and records through it from then on; `None` on a single node.
+async fn join_fleet(
+    config: &ServeConfig,
+    counters: &OnceLock<Arc<FreqStore>>,
+    impression_sink: &OnceLock<Arc<dyn ImpressionSink>>,
+    fleet_metrics: Option<Arc<FleetMetrics>>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Fleet>> {
+    let (Some(metrics), Some(store)) = (fleet_metrics, counters.get()) else {
+        return Ok(None);
+    };
+    let start = FleetStart {
+        settings: &config.fleet,
+        shard: config.sharding.shard.index,
+        retention: Duration::from_secs(config.freq_retention_seconds() as u64),
+        store: store.clone(),
+        metrics,
+    };
+    let fleet = Fleet::start(start, stop.clone()).await.with_context(|| {
+        format!(
+            "join the fleet through --fleet-nats {}",
+            config.fleet.fleet_nats.join(",")
+        )
+    })?;
+    let _ = impression_sink.set(fleet.sink.clone());
+    Ok(Some(fleet))
 }
 
 /// A server task aborted after the grace period ended as intended.
@@ -410,6 +525,30 @@ async fn shutdown_counters(counters: &Arc<OnceLock<Arc<FreqStore>>>) -> anyhow::
     Ok(())
 }
 
+/// Stops real-time maintenance and fsyncs the journal.
+async fn shutdown_realtime(realtime: &Arc<OnceLock<Arc<Realtime>>>) -> anyhow::Result<()> {
+    let Some(realtime) = realtime.get().cloned() else {
+        return Ok(());
+    };
+    tokio::task::spawn_blocking(move || realtime.shutdown())
+        .await
+        .context("real-time shutdown task")?
+        .context("flush the real-time journal")?;
+    Ok(())
+}
+
+/// The real-time journal's settings from the flags.
+pub fn realtime_config(config: &ServeConfig) -> RealtimeConfig {
+    let freq = freq_config(config);
+    RealtimeConfig {
+        dir: config.data_dir.join("realtime"),
+        fsync: freq.fsync,
+        fsync_interval: freq.fsync_interval,
+        max_overlay_entries: config.realtime.max_overlay_entries,
+        forget_retention_seconds: config.realtime.forget_retention_seconds(),
+    }
+}
+
 /// The frequency store's settings from the flags.
 pub fn freq_config(config: &ServeConfig) -> FreqConfig {
     FreqConfig {
@@ -424,6 +563,7 @@ pub fn freq_config(config: &ServeConfig) -> FreqConfig {
         checkpoint_interval: Duration::from_secs(config.checkpoint_interval_seconds.max(1)),
         sweep_interval: Duration::from_secs(60),
         recover_corrupt_log: config.recover_corrupt_log,
+        replicated: config.fleet.enabled(),
     }
 }
 
@@ -433,6 +573,8 @@ struct ServerStatusExtras {
     fsync: FsyncMode,
     retention_days: u32,
     freshness: FreshnessPolicy,
+    realtime: Arc<OnceLock<Arc<Realtime>>>,
+    fleet: Option<Arc<FleetMetrics>>,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -451,5 +593,22 @@ impl StatusExtras for ServerStatusExtras {
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool {
         self.freshness
             .is_stale(pack, built_at_unix_seconds, now_unix_seconds)
+    }
+
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        self.fleet.as_deref().map(crate::fleet::status_of)
+    }
+
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        let realtime = self.realtime.get()?;
+        let figures = realtime.figures();
+        Some(crate::proto::RealtimeStatus {
+            overlay_entries: figures.overlay_entries,
+            max_overlay_entries: figures.max_overlay_entries,
+            forgotten_users: figures.forgotten_users,
+            forgotten_users_in_packs: figures.forgotten_users_in_packs,
+            journal_bytes: figures.journal_bytes,
+            forget_retention_days: realtime.forget_retention_days(),
+        })
     }
 }

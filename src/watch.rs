@@ -32,12 +32,10 @@ use tracing::{info, warn};
 
 use crate::store::catalog::{Catalog, PushOutcome};
 
-/// Extension of the files the watcher applies (see `pack::FILE_EXTENSION`).
-const PACK_SUFFIX: &str = ".segpack";
 /// Files still being written by the usual sync tools.
 const TEMP_SUFFIX: &str = ".tmp";
 
-/// What the watcher did, for a metrics module to export.
+/// What the watcher did; exported at `GET /metrics` (`segd_watch_*_total`).
 #[derive(Debug, Default)]
 pub struct WatchCounters {
     /// Files verified and swapped in as a new version.
@@ -59,6 +57,34 @@ impl WatchCounters {
 
     pub fn unchanged(&self) -> u64 {
         self.watch_unchanged_total.load(Ordering::Relaxed)
+    }
+}
+
+impl crate::telemetry::Collector for WatchCounters {
+    fn encode(
+        &self,
+        mut encoder: crate::telemetry::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "segd_watch_loaded",
+                "Pack files from --watch-dir verified and swapped in.",
+                self.loaded(),
+            ),
+            (
+                "segd_watch_rejected",
+                "Pack files from --watch-dir refused (damaged, unreadable, ownership conflict, older version); the served data stayed.",
+                self.rejected(),
+            ),
+            (
+                "segd_watch_unchanged",
+                "Pack files from --watch-dir holding the version already served.",
+                self.unchanged(),
+            ),
+        ] {
+            crate::telemetry::counter(&mut encoder, name, help, value)?;
+        }
+        Ok(())
     }
 }
 
@@ -187,9 +213,9 @@ impl DirPoller {
                     .watch_unchanged_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     "watched pack already served"
                 );
                 Applied::Unchanged(outcome)
@@ -199,9 +225,9 @@ impl DirPoller {
                     .watch_loaded_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     generation = outcome.generation,
                     "watched pack loaded"
                 );
@@ -212,8 +238,8 @@ impl DirPoller {
                     .watch_rejected_total
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    file = %path.display(),
-                    error = %error,
+                    file = ?path,
+                    error = ?error,
                     "watched pack refused; the served data is unchanged"
                 );
                 Applied::Rejected(error)
@@ -227,7 +253,9 @@ fn is_candidate(name: &OsString) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
-    !name.starts_with('.') && !name.ends_with(TEMP_SUFFIX) && name.ends_with(PACK_SUFFIX)
+    !name.starts_with('.')
+        && !name.ends_with(TEMP_SUFFIX)
+        && name.ends_with(crate::pack::FILE_SUFFIX)
 }
 
 /// Refuses a watched directory that is the data directory's own pack

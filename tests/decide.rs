@@ -33,7 +33,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-/// The first counted second of a cap at `at`, per DESIGN.md.
+/// The first counted second of a cap at `at`, per docs/DESIGN.md.
 fn window_start(cap: &FrequencyCap, at: i64) -> i64 {
     let offset = i64::from(cap.utc_offset_minutes) * 60;
     let local_day = (at + offset).div_euclid(86_400);
@@ -74,7 +74,7 @@ fn is_member(model: &Model, user: &str, segment: &SegmentRef, at: i64) -> bool {
         .is_empty()
 }
 
-/// (eligible, reason, detail) per DESIGN.md.
+/// (eligible, reason, detail) per docs/DESIGN.md.
 fn expected(
     model: &Model,
     caps: &CapModel,

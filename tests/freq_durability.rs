@@ -386,7 +386,7 @@ fn a_failing_write_or_fsync_returns_an_error_and_records_nothing_it_reports() {
         store.inject_fault(fault);
         let failed = store.record(&batch(1));
         assert!(
-            matches!(failed, Err(FreqError::Storage(_))),
+            matches!(failed, Err(FreqError::Storage { .. })),
             "{policy:?} {fault:?}: {failed:?}"
         );
         let checkpoint = store.checkpoint();

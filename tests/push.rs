@@ -296,3 +296,49 @@ async fn a_public_admin_address_without_a_token_refuses_to_start() {
     settings.admin_token = Some("t".into());
     segd::server::check_config(&settings).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_previous_version_on_disk_is_data_loss_and_changes_nothing() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let crm_v1 = ModelPack::random(1, "crm", "v1", BUILT_AT, 300, 1..=10);
+    let crm_v2 = ModelPack::random(2, "crm", "v2", BUILT_AT, 300, 1..=10);
+    let server = TestServer::start(config(data_dir.path())).await;
+    let mut admin = server.admin().await;
+    push(&mut admin, &crm_v1.bytes(), false).await.unwrap();
+    push(&mut admin, &crm_v2.bytes(), false).await.unwrap();
+    let current = Model::new(vec![crm_v2.clone()]);
+    let mut client = server.segments().await;
+    let before = answers(&mut client, &current).await;
+
+    // The kept v1 rots on disk: one bit flipped in the middle.
+    let previous = data_dir.path().join("packs/crm.previous.segpack");
+    let mut bytes = std::fs::read(&previous).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&previous, &bytes).unwrap();
+
+    let refused = admin
+        .rollback(RollbackRequest { pack: "crm".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
+    assert!(
+        refused.message().contains("crm.previous.segpack"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(answers(&mut client, &current).await, before);
+    let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.packs[0].version, "v2");
+    assert_eq!(std::fs::read(&previous).unwrap(), bytes, "left as found");
+    let text = server.scrape_metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &text,
+            "segd_pack_changes_total",
+            "operation=\"rollback\",result=\"refused\",reason=\"damaged_pack\""
+        ),
+        Some(1.0)
+    );
+    server.stop().await;
+}

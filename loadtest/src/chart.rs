@@ -5,6 +5,12 @@
 //! p99 and max per second, log scale) with the warm-up greyed and swap windows
 //! marked, and the achieved request rate per second. Latency axes are
 //! logarithmic because tails are orders of magnitude above medians.
+//!
+//! Why not a plotting crate: plotters' SVG backend lays out text through a
+//! font backend (font-kit, i.e. the system's fontconfig and freetype, by
+//! default; or ab_glyph with a font file the repository would ship), and the
+//! nines axis would still be a custom coordinate and label formatter. Plain
+//! SVG strings leave fonts to the viewer and need no system libraries.
 
 use std::fmt::Write as _;
 
@@ -520,6 +526,8 @@ mod tests {
             requests: 3_000,
             achieved_rps: 1_000.0,
             user_lookups_per_second: 1_000.0,
+            impressions_per_second: 0.0,
+            fleet_lag: None,
             errors: 1,
             errors_by_code: Default::default(),
             first_error: None,

@@ -1,51 +1,18 @@
 //! Sends one generated request to a target and says how it went.
 //!
-//! The driver only sees `Executor::execute`: a success with the serving
-//! generation when the reply carries one, or a failure with a short code (gRPC
-//! status name or `redis:...`) for the error table. Replies are checked just
-//! enough to catch a server answering the wrong shape.
+//! The driver only sees `Executor::execute`; the targets (`grpc_target`,
+//! `redis_target`) know nothing of each other or of this dispatch, so the
+//! module graph has no cycle.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use segd::proto::segments_client::SegmentsClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use anyhow::Result;
 
-use crate::redis_target::RedisExecutor;
+use crate::grpc_target::{self, GrpcClients};
+pub use crate::outcome::{Failure, Outcome};
+use crate::redis_target::{self, RedisExecutor};
 use crate::workload::Request;
-
-/// What a successful request reported.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Outcome {
-    /// Serving generation, for replies that carry one.
-    pub generation: Option<u64>,
-}
-
-/// A failed request: `code` groups it in the report, `message` explains the first one.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub code: String,
-    pub message: String,
-}
-
-impl From<tonic::Status> for Failure {
-    fn from(status: tonic::Status) -> Failure {
-        Failure {
-            code: format!("{:?}", status.code()),
-            message: status.message().to_owned(),
-        }
-    }
-}
-
-fn bad_reply(message: String) -> Failure {
-    Failure {
-        code: "BadReply".to_owned(),
-        message,
-    }
-}
 
 /// Cheap to clone: clones share one HTTP/2 connection (or one Redis connection).
 #[derive(Clone)]
@@ -55,109 +22,26 @@ pub enum Executor {
     Redis(RedisExecutor),
 }
 
-/// Both clients share one channel, i.e. one HTTP/2 connection.
-#[derive(Clone)]
-pub struct GrpcClients {
-    segments: SegmentsClient<Channel>,
-    health: HealthClient<Channel>,
+/// One gRPC connection to segd at each of `addrs` (one per shard, in shard order).
+pub async fn connect_grpc(addrs: &[String]) -> Result<Executor> {
+    Ok(Executor::Grpc(Box::new(grpc_target::connect(addrs).await?)))
 }
 
-/// Opens one HTTP/2 connection: each call makes a separate channel, so
-/// `--connections C` really is C TCP connections.
-pub async fn connect_grpc(addr: &str) -> Result<Executor> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr {addr} is not a valid URL"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        // Larger windows: batch replies are big and must not stall on flow control.
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to --addr {addr}"))?;
-    Ok(Executor::Grpc(Box::new(GrpcClients {
-        segments: SegmentsClient::new(channel.clone())
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20),
-        health: HealthClient::new(channel),
-    })))
+/// One Redis connection holding the same data set.
+pub async fn connect_redis(
+    redis_url: &str,
+    ttl_by_segment: Arc<HashMap<u32, u32>>,
+) -> Result<Executor> {
+    Ok(Executor::Redis(
+        redis_target::connect(redis_url, ttl_by_segment).await?,
+    ))
 }
 
 impl Executor {
     pub async fn execute(&mut self, request: Request) -> Result<Outcome, Failure> {
         match self {
-            Executor::Grpc(clients) => {
-                execute_grpc(&mut clients.segments, &mut clients.health, request).await
-            }
+            Executor::Grpc(clients) => clients.execute(request).await,
             Executor::Redis(redis) => redis.execute(request).await,
-        }
-    }
-}
-
-async fn execute_grpc(
-    segments: &mut SegmentsClient<Channel>,
-    health: &mut HealthClient<Channel>,
-    request: Request,
-) -> Result<Outcome, Failure> {
-    match request {
-        Request::Lookup(lookup) => {
-            let reply = segments.lookup(lookup).await?.into_inner();
-            Ok(Outcome {
-                generation: Some(reply.generation),
-            })
-        }
-        Request::Batch(batch) => {
-            let asked = batch.requests.len();
-            let reply = segments.batch_lookup(batch).await?.into_inner();
-            if reply.responses.len() != asked {
-                return Err(bad_reply(format!(
-                    "batch of {asked} answered with {} responses",
-                    reply.responses.len()
-                )));
-            }
-            Ok(Outcome {
-                generation: Some(reply.generation),
-            })
-        }
-        Request::Decide(decide) => {
-            let asked = decide.candidates.len() + decide.line_item_ids.len();
-            let reply = segments.decide(decide).await?.into_inner();
-            if reply.decisions.len() != asked {
-                return Err(bad_reply(format!(
-                    "{asked} candidates answered with {} decisions",
-                    reply.decisions.len()
-                )));
-            }
-            Ok(Outcome {
-                generation: Some(reply.generation),
-            })
-        }
-        Request::Record(record) => {
-            let asked = record.impressions.len() as u32;
-            let reply = segments.record_impressions(record).await?.into_inner();
-            if reply.recorded + reply.duplicates != asked {
-                return Err(bad_reply(format!(
-                    "{asked} impressions answered recorded {} duplicates {}",
-                    reply.recorded, reply.duplicates
-                )));
-            }
-            Ok(Outcome::default())
-        }
-        Request::Health => {
-            let reply = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await?
-                .into_inner();
-            if reply.status != ServingStatus::Serving as i32 {
-                return Err(Failure {
-                    code: "NotServing".to_owned(),
-                    message: format!("health status {}", reply.status),
-                });
-            }
-            Ok(Outcome::default())
         }
     }
 }

@@ -6,24 +6,32 @@
 //! - [`r#gen`] (`gen.rs`; `gen` is reserved in edition 2024): the synthetic data
 //!   set (`loadtest gen`).
 //! - [`workload`]: the request generator shared by every target.
-//! - [`executor`]: sends one request to segd over gRPC (or hands it to Redis).
+//! - [`executor`]: sends one request to the target of the run: segd over gRPC
+//!   ([`grpc_target`]) or Redis ([`redis_target`]); [`outcome`] is what a
+//!   request came to, shared by both.
 //! - [`run`]: the open/closed-loop driver and progress line (`loadtest run`).
 //! - [`swap`]: snapshot pushes during a run and their windows.
 //! - [`report`]: histograms, the final report and its JSON form.
 //! - [`chart`]: the SVG chart, built by hand.
 //! - [`redis_target`]: the Redis baseline: `loadtest redis-load` and the Redis
 //!   side of `loadtest run --target redis`.
+//! - [`update`]: `loadtest update`: real-time updates and forgets through the
+//!   admin port.
 
 #![forbid(unsafe_code)]
 
 mod chart;
 mod cli;
 mod executor;
+mod fleet_lag;
 mod r#gen;
+mod grpc_target;
+mod outcome;
 mod redis_target;
 mod report;
 mod run;
 mod swap;
+mod update;
 mod workload;
 
 use clap::Parser;
@@ -34,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Gen(args) => r#gen::run(&args),
         cli::Command::Run(args) => runtime()?.block_on(run::run(*args)),
         cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
+        cli::Command::Update(args) => runtime()?.block_on(update::run(args)),
     }
 }
 

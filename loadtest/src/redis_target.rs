@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use segd::proto::{Calendar, DecideRequest, LookupRequest};
 
 use crate::cli::RedisLoadArgs;
-use crate::executor::{Executor, Failure, Outcome};
+use crate::outcome::{Failure, Outcome};
 use crate::workload::Request;
 
 const DAY_SECONDS: i64 = 86_400;
@@ -31,12 +31,15 @@ impl From<redis::RedisError> for Failure {
 }
 
 /// Opens one multiplexed connection; clones pipeline over it.
-pub async fn connect(redis_url: &str, ttl_by_segment: Arc<HashMap<u32, u32>>) -> Result<Executor> {
+pub async fn connect(
+    redis_url: &str,
+    ttl_by_segment: Arc<HashMap<u32, u32>>,
+) -> Result<RedisExecutor> {
     let connection = open(redis_url).await?;
-    Ok(Executor::Redis(RedisExecutor {
+    Ok(RedisExecutor {
         connection,
         ttl_by_segment,
-    }))
+    })
 }
 
 async fn open(redis_url: &str) -> Result<MultiplexedConnection> {

@@ -1,21 +1,26 @@
-//! `segd.v1.Admin`: pushes, status, rollback, drop. Every call has passed the
+//! `segd.v1.Admin`: pushes, status, rollback, drop, real-time updates and
+//! forgets. Every call has passed the
 //! bearer-token interceptor (`auth`). Catalog work runs on blocking threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
+use crate::api::outcomes::{PackChange, PackChanges, Refusal};
+use crate::api::push::{self, PushGate};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::{Metrics, PackChange};
 use crate::proto::admin_server::Admin;
 use crate::proto::{
     DropPackRequest, DropPackResponse, ListSegmentsRequest, ListSegmentsResponse, PackStatus,
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{
+    ForgetUsersRequest, ForgetUsersResponse, UpdateMembersRequest, UpdateMembersResponse,
+};
 use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
+use crate::realtime::RealtimeWrites;
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
@@ -23,10 +28,17 @@ pub struct AdminService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     max_push_bytes: u64,
+    /// One push at a time (see `push`).
+    push_gate: PushGate,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
-    metrics: Arc<Metrics>,
+    changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
+    /// Set once the real-time journal is replayed; unset = not offered.
+    realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+    max_updates_per_request: usize,
 }
 
 /// Parts of `Status` owned by other components (frequency store, freshness).
@@ -35,6 +47,15 @@ pub trait StatusExtras: Send + Sync + 'static {
     /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
     /// freshness bound at `now_unix_seconds`.
     fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
+    /// The real-time overlay and forgotten users.
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        None
+    }
+
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -44,22 +65,57 @@ impl AdminService {
         limits: RequestLimits,
         max_push_bytes: u64,
         status_extras: Arc<dyn StatusExtras>,
+        changes: Arc<PackChanges>,
     ) -> Self {
         Self {
             catalog,
             line_items,
             limits,
             max_push_bytes,
+            push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
-            metrics: Arc::new(Metrics::new()),
+            changes,
+            shard: crate::shard::Shard::UNSHARDED,
+            realtime: Arc::new(OnceLock::new()),
+            max_updates_per_request: 0,
         }
     }
 
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
         self
+    }
+
+    /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
+    pub fn with_realtime(
+        mut self,
+        realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+        max_updates_per_request: usize,
+    ) -> Self {
+        self.realtime = realtime;
+        self.max_updates_per_request = max_updates_per_request;
+        self
+    }
+
+    fn realtime(&self) -> Result<Arc<dyn RealtimeWrites>, Status> {
+        self.realtime
+            .get()
+            .cloned()
+            .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
+    }
+}
+
+fn push_response(outcome: crate::store::catalog::PushOutcome) -> PushSnapshotResponse {
+    PushSnapshotResponse {
+        pack: outcome.pack,
+        version: outcome.version,
+        segments: outcome.segments,
+        users: outcome.users,
+        memberships: outcome.memberships,
+        generation: outcome.generation,
+        unchanged: outcome.unchanged,
     }
 }
 
@@ -78,55 +134,65 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PushSnapshotResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut pack_bytes: Vec<u8> = Vec::new();
-        let mut allow_older_version = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.inspect_err(|_| {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "stream_error")
-            })?;
-            allow_older_version |= chunk.allow_older_version;
-            if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
-                self.metrics
-                    .record_change_refused(PackChange::Push, "too_large");
-                return Err(Status::invalid_argument(format!(
-                    "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
-                    self.max_push_bytes
-                )));
-            }
-            pack_bytes.extend_from_slice(&chunk.data);
-        }
-        if pack_bytes.is_empty() {
-            self.metrics
-                .record_change_refused(PackChange::Push, "empty_stream");
-            return Err(Status::invalid_argument(
-                "snapshot: empty stream, no pack file sent",
-            ));
-        }
+        let refused = |refusal: Refusal| self.changes.record_refused(PackChange::Push, refusal);
+        let _one_at_a_time = self
+            .push_gate
+            .try_enter()
+            .inspect_err(|_| refused(Refusal::Busy))?;
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let staged = blocking(move || catalog.stage_upload().map_err(Status::from))
+            .await
+            .inspect_err(|_| refused(Refusal::Storage))?;
+        let mut chunks = request.into_inner();
+        let served_catalog = self.catalog.clone();
+        let is_served = |header: &crate::pack::PackHeader| {
+            served_catalog
+                .unchanged_push(&header.name, &header.version)
+                .is_some()
+        };
+        let received = push::receive(&mut chunks, staged, self.max_push_bytes, is_served)
+            .await
+            .map_err(|refusal| {
+                tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");
+                refused(refusal.refusal);
+                refusal.status
+            })?;
+        let upload = match received {
+            push::Received::Upload(upload) => upload,
+            push::Received::Unchanged(header) => {
+                // Still served (a change since is a race with another push:
+                // the caller retries).
+                let outcome = self
+                    .catalog
+                    .unchanged_push(&header.name, &header.version)
+                    .ok_or_else(|| {
+                        Status::aborted(
+                            "snapshot: the served version changed during the push; retry",
+                        )
+                    })?;
+                self.changes.record_ok(PackChange::Push, true);
+                return Ok(Response::new(push_response(outcome)));
+            }
+        };
+        let catalog = self.catalog.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
-                .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
+                .push_staged(
+                    upload.staged,
+                    upload.allow_older_version,
+                    crate::unix_now_seconds(),
+                )
                 .map_err(|error| {
-                    tracing::warn!(error = %error, "pack refused");
-                    metrics.record_catalog_refusal(PackChange::Push, &error);
+                    // Debug formatting: the error may quote client bytes.
+                    tracing::warn!(error = ?error.to_string(), "pack refused");
+                    changes.record_refused(PackChange::Push, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics
-            .record_change_ok(PackChange::Push, outcome.unchanged);
-        Ok(Response::new(PushSnapshotResponse {
-            pack: outcome.pack,
-            version: outcome.version,
-            segments: outcome.segments,
-            users: outcome.users,
-            memberships: outcome.memberships,
-            generation: outcome.generation,
-            unchanged: outcome.unchanged,
-        }))
+        self.changes.record_ok(PackChange::Push, outcome.unchanged);
+        Ok(Response::new(push_response(outcome)))
     }
 
     async fn status(
@@ -137,12 +203,16 @@ impl Admin for AdminService {
         let line_items = self.line_items.load_full();
         let now = crate::unix_now_seconds();
         let catalog = self.catalog.clone();
+        let extras = self.status_extras.clone();
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
-        let previous_versions: Vec<Option<String>> = blocking(move || {
-            Ok(names
+        // Both touch the disk (pack headers, the log directory) and the
+        // frequency store locks every shard: off the async workers.
+        let (previous_versions, frequency) = blocking(move || {
+            let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
-                .collect())
+                .collect();
+            Ok((previous_versions, extras.frequency()))
         })
         .await?;
         let packs = state
@@ -168,11 +238,17 @@ impl Admin for AdminService {
         Ok(Response::new(StatusResponse {
             packs,
             generation: state.generation,
-            frequency: self.status_extras.frequency(),
+            frequency,
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
+            realtime: self.status_extras.realtime(),
         }))
     }
 
@@ -181,21 +257,26 @@ impl Admin for AdminService {
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         let state = self.catalog.store().load_full();
-        let mut segments: Vec<SegmentInfo> = state
-            .packs()
-            .iter()
-            .flat_map(|pack| {
-                pack.segments.iter().map(|segment| SegmentInfo {
-                    id: segment.id,
-                    name: segment.name.clone(),
-                    kind: segment.kind.clone(),
-                    pack: pack.name.clone(),
-                    members: segment.members,
-                    ttl_seconds: segment.ttl_seconds,
+        // Up to 65,535 segments a pack, sorted: CPU work for a blocking thread.
+        let segments = blocking(move || {
+            let mut segments: Vec<SegmentInfo> = state
+                .packs()
+                .iter()
+                .flat_map(|pack| {
+                    pack.segments.iter().map(|segment| SegmentInfo {
+                        id: segment.id,
+                        name: segment.name.clone(),
+                        kind: segment.kind.clone(),
+                        pack: pack.name.clone(),
+                        members: segment.members,
+                        ttl_seconds: segment.ttl_seconds,
+                    })
                 })
-            })
-            .collect();
-        segments.sort_by_key(|segment| segment.id);
+                .collect();
+            segments.sort_by_key(|segment| segment.id);
+            Ok(segments)
+        })
+        .await?;
         Ok(Response::new(ListSegmentsResponse { segments }))
     }
 
@@ -205,17 +286,17 @@ impl Admin for AdminService {
     ) -> Result<Response<RollbackResponse>, Status> {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
                 .rollback(&pack, crate::unix_now_seconds())
                 .map_err(|error| {
-                    metrics.record_catalog_refusal(PackChange::Rollback, &error);
+                    changes.record_refused(PackChange::Rollback, Refusal::from(&error));
                     Status::from(error)
                 })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Rollback, false);
+        self.changes.record_ok(PackChange::Rollback, false);
         Ok(Response::new(RollbackResponse {
             pack: outcome.pack,
             version: outcome.version,
@@ -241,6 +322,39 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn update_members(
+        &self,
+        request: Request<UpdateMembersRequest>,
+    ) -> Result<Response<UpdateMembersResponse>, Status> {
+        let updates = crate::api::realtime::updates_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().updates,
+        )?;
+        let realtime = self.realtime()?;
+        let outcome =
+            blocking(move || realtime.update_members(&updates).map_err(Status::from)).await?;
+        Ok(Response::new(UpdateMembersResponse {
+            applied: outcome.applied,
+            generation: outcome.generation,
+        }))
+    }
+
+    async fn forget_users(
+        &self,
+        request: Request<ForgetUsersRequest>,
+    ) -> Result<Response<ForgetUsersResponse>, Status> {
+        let fingerprints = crate::api::realtime::forgets_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().user_ids,
+        )?;
+        let realtime = self.realtime()?;
+        let forgotten =
+            blocking(move || realtime.forget_users(&fingerprints).map_err(Status::from)).await?;
+        Ok(Response::new(ForgetUsersResponse { forgotten }))
+    }
+
     async fn drop_pack(
         &self,
         request: Request<DropPackRequest>,
@@ -248,15 +362,15 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
-        let metrics = self.metrics.clone();
+        let changes = self.changes.clone();
         let generation = blocking(move || {
             catalog.drop_pack(&pack_name).map_err(|error| {
-                metrics.record_catalog_refusal(PackChange::Drop, &error);
+                changes.record_refused(PackChange::Drop, Refusal::from(&error));
                 Status::from(error)
             })
         })
         .await?;
-        self.metrics.record_change_ok(PackChange::Drop, false);
+        self.changes.record_ok(PackChange::Drop, false);
         Ok(Response::new(DropPackResponse { pack, generation }))
     }
 }

@@ -105,7 +105,9 @@ impl RequestLimits {
                 &format!("unknown calendar {}", cap.calendar),
             )
         })?;
-        if cap.utc_offset_minutes.abs() > MAX_UTC_OFFSET_MINUTES {
+        // A range check, not `abs()`: `i32::MIN.abs()` overflows (wraps in
+        // release and so passed this check).
+        if !(-MAX_UTC_OFFSET_MINUTES..=MAX_UTC_OFFSET_MINUTES).contains(&cap.utc_offset_minutes) {
             return Err(invalid(
                 &format!("{field}.utc_offset_minutes"),
                 &format!(

@@ -2,19 +2,21 @@
 //! state once, calls the domain function and maps the answer.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
+use crate::api::outcomes::DecideCounters;
 use crate::decide::{self, CandidateRef};
-use crate::freq::{FreqStore, NewImpression};
+use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
-use crate::metrics::Metrics;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
     LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
 };
+use crate::shard::Shard;
 use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
@@ -24,7 +26,14 @@ pub struct SegmentsService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
-    metrics: Arc<Metrics>,
+    decisions: Arc<DecideCounters>,
+    /// Where RecordImpressions sends a batch (the local log or the fleet's
+    /// stream); set once the frequency store is open.
+    impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+    /// A recording call's deadline when the client sets none.
+    record_timeout: Duration,
+    /// This replica's audience shard: users of other shards are refused.
+    shard: Shard,
 }
 
 impl SegmentsService {
@@ -33,19 +42,47 @@ impl SegmentsService {
         counters: Arc<OnceLock<Arc<FreqStore>>>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
+        decisions: Arc<DecideCounters>,
     ) -> Self {
         Self {
             store,
             counters,
             line_items,
             limits,
-            metrics: Arc::new(Metrics::new()),
+            decisions,
+            impression_sink: Arc::new(OnceLock::new()),
+            record_timeout: Duration::from_secs(5),
+            shard: Shard::UNSHARDED,
         }
     }
 
-    /// Counts into `metrics` (the server's shared counters) instead of private ones.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
+    /// Serves only users of `shard` (`--shard I/N`).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// `FAILED_PRECONDITION` naming the user's shard when the user belongs to
+    /// another: a misrouted query must be loud, never a silent non-member.
+    fn check_shard(&self, field: &str, user_id: &str) -> Result<(), Status> {
+        if !self.shard.is_sharded() || self.shard.owns(crate::user_fingerprint(user_id)) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "{field}: {}",
+            crate::shard::misrouted_message(user_id, self.shard)
+        )))
+    }
+
+    /// Records through `sink` (set when the frequency store is open), with
+    /// `record_timeout` as the deadline unless the client's is sooner.
+    pub fn with_impression_sink(
+        mut self,
+        sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+        record_timeout: Duration,
+    ) -> Self {
+        self.impression_sink = sink;
+        self.record_timeout = record_timeout;
         self
     }
 
@@ -56,8 +93,9 @@ impl SegmentsService {
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
-        self.limits
-            .check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
+        let field = format!("{prefix}user_id");
+        self.limits.check_user_id(&field, &request.user_id)?;
+        self.check_shard(&field, &request.user_id)?;
         self.limits.check_count(
             &format!("{prefix}segment_ids"),
             request.segment_ids.len(),
@@ -145,6 +183,7 @@ impl Segments for SegmentsService {
     ) -> Result<Response<DecideResponse>, Status> {
         let request = request.into_inner();
         self.limits.check_decide(&request)?;
+        self.check_shard("user_id", &request.user_id)?;
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
@@ -171,7 +210,7 @@ impl Segments for SegmentsService {
             resolve_at(request.at_unix_seconds),
             self.limits.freq_retention_seconds,
         );
-        self.metrics.record_decisions(&decisions);
+        self.decisions.record(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
             generation: state.generation,
@@ -182,9 +221,19 @@ impl Segments for SegmentsService {
         &self,
         request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
+        let deadline = super::record_sink::call_deadline(request.metadata(), self.record_timeout);
         let request = request.into_inner();
         self.limits.check_record(&request)?;
-        let counters = self.counters()?.clone();
+        for (index, impression) in request.impressions.iter().enumerate() {
+            self.check_shard(
+                &format!("impressions[{index}].user_id"),
+                &impression.user_id,
+            )?;
+        }
+        let sink =
+            self.impression_sink.get().cloned().ok_or_else(|| {
+                Status::unavailable("replaying the frequency log, not serving yet")
+            })?;
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request
             .impressions
@@ -200,12 +249,9 @@ impl Segments for SegmentsService {
                 impression_id: impression.impression_id,
             })
             .collect();
-        // `record` blocks until the batch is durable per the fsync policy.
-        let outcome = tokio::task::spawn_blocking(move || counters.record(&impressions))
-            .await
-            .map_err(|join_error| {
-                Status::internal(format!("record task failed: {join_error}"))
-            })??;
+        // Durable per the fsync policy (or acknowledged by JetStream and
+        // applied here, in a fleet) before it resolves.
+        let outcome = sink.record(impressions, deadline).await?;
         Ok(Response::new(RecordImpressionsResponse {
             recorded: outcome.recorded,
             duplicates: outcome.duplicates,

@@ -16,6 +16,7 @@ impl From<CatalogError> for Status {
             CatalogError::InvalidPackName(_) => Code::InvalidArgument,
             CatalogError::NoSuchPack(_) => Code::NotFound,
             CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
+            CatalogError::Damaged { .. } => Code::DataLoss,
             CatalogError::Io { .. } => Code::Unavailable,
         };
         Status::new(code, error.to_string())
@@ -32,10 +33,11 @@ impl From<crate::freq::FreqError> for Status {
     fn from(error: crate::freq::FreqError) -> Self {
         use crate::freq::FreqError;
         let code = match &error {
-            FreqError::Storage(_) => Code::Unavailable,
+            FreqError::Storage { .. } => Code::Unavailable,
             FreqError::CorruptLog { .. } => Code::DataLoss,
             FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
             FreqError::InvalidConfig(_) => Code::Internal,
+            FreqError::Unavailable(_) => Code::Unavailable,
             FreqError::ShutDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())
@@ -51,6 +53,19 @@ impl From<crate::line_items::LineItemError> for Status {
             LineItemError::EmptyVersion => Code::InvalidArgument,
             LineItemError::Io { .. } => Code::Unavailable,
             LineItemError::Corrupt { .. } => Code::DataLoss,
+        };
+        Status::new(code, error.to_string())
+    }
+}
+
+impl From<crate::realtime::RealtimeError> for Status {
+    fn from(error: crate::realtime::RealtimeError) -> Self {
+        use crate::realtime::RealtimeError;
+        let code = match &error {
+            RealtimeError::UnknownSegment { .. } => Code::InvalidArgument,
+            RealtimeError::OverlayFull { .. } => Code::ResourceExhausted,
+            RealtimeError::NotLoaded => Code::Unavailable,
+            RealtimeError::Storage(_) => Code::Unavailable,
         };
         Status::new(code, error.to_string())
     }

@@ -1,7 +1,7 @@
 //! Checkpoints: a snapshot of the counters and idempotency ids that covers every
 //! log record before a sequence number, so older segments can be deleted.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian)
 //!
 //! File `checkpoint-{covers_before_seq:020}.ckpt`, written to a `.tmp` name,
 //! fsynced, renamed into place, then the directory fsynced:
@@ -9,12 +9,17 @@
 //! ```text
 //! magic "SEGDFCKP" | u32 version | u32 reserved (0)
 //! u64 covers_before_seq | i64 created_unix_seconds
+//! u64 applied_stream_seq (version 2 only; version 1 files read as 0)
 //! u64 entry_count, per entry:
 //!   u64 user_fingerprint | u64 cap_key_hash
 //!   | u32 time_count | time_count x i64 | u32 bucket_count | bucket_count x (i64 start, u32 count)
 //! u64 id_count, per id: u64 impression_id_hash | i64 at_unix_seconds
 //! u64 xxh3-64 of every byte before it
 //! ```
+//!
+//! `applied_stream_seq` is the last fleet stream sequence applied to the
+//! counters (0 on a single node): a replica restarts its stream consumer after
+//! it. Version 1 files (written before fleets existed) still load.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -25,11 +30,12 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use super::counters::{Bucket, Entry, EntryKey};
 use super::error::FreqError;
 use super::log::fsync_dir;
+use crate::le::LeReader;
 
 /// Magic bytes opening every checkpoint.
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"SEGDFCKP";
 /// Current checkpoint format version.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// What a checkpoint holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub struct CheckpointData {
     pub covers_before_seq: u64,
     /// When it was taken.
     pub created_unix_seconds: i64,
+    /// The last replicated stream sequence the counters include (0 = none).
+    pub applied_stream_seq: u64,
     /// Every non-empty counter.
     pub entries: Vec<(EntryKey, Entry)>,
     /// Every remembered impression id with its impression time.
@@ -79,6 +87,7 @@ fn write_body<W: Write>(data: &CheckpointData, out: &mut W) -> std::io::Result<(
     out.write_all(&0u32.to_le_bytes())?;
     out.write_all(&data.covers_before_seq.to_le_bytes())?;
     out.write_all(&data.created_unix_seconds.to_le_bytes())?;
+    out.write_all(&data.applied_stream_seq.to_le_bytes())?;
     out.write_all(&(data.entries.len() as u64).to_le_bytes())?;
     for (key, entry) in &data.entries {
         out.write_all(&key.user_fingerprint.to_le_bytes())?;
@@ -120,7 +129,7 @@ pub fn write_checkpoint(dir: &Path, data: &CheckpointData) -> Result<PathBuf, Fr
         .map_err(|error| FreqError::storage(context(), error))?;
     let file = buffered
         .into_inner()
-        .map_err(|error| FreqError::storage(context(), error.error()))?;
+        .map_err(|error| FreqError::storage(context(), error.into_error()))?;
     file.sync_all()
         .map_err(|error| FreqError::storage(context(), error))?;
     drop(file);
@@ -152,25 +161,23 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
         return Err(format!("truncated at {} bytes", bytes.len()));
     }
     let (body, checksum_bytes) = bytes.split_at(bytes.len() - 8);
-    let stored_checksum = u64::from_le_bytes(checksum_bytes.try_into().expect("8 bytes"));
+    let stored_checksum = LeReader::new(checksum_bytes).u64()?;
     if xxh3_64(body) != stored_checksum {
         return Err("checksum mismatch".to_owned());
     }
-    let mut reader = Reader {
-        bytes: body,
-        position: 0,
-    };
+    let mut reader = LeReader::new(body);
     if reader.take(8)? != CHECKPOINT_MAGIC {
         return Err("bad magic".to_owned());
     }
     let version = reader.u32()?;
-    if version != CHECKPOINT_VERSION {
+    if version != 1 && version != CHECKPOINT_VERSION {
         return Err(format!("unsupported version {version}"));
     }
     let _reserved = reader.u32()?;
     let covers_before_seq = reader.u64()?;
-    let created_unix_seconds = reader.u64()? as i64;
-    let entry_count = reader.count(16 + 4 + 4)?;
+    let created_unix_seconds = reader.i64()?;
+    let applied_stream_seq = if version >= 2 { reader.u64()? } else { 0 };
+    let entry_count = count(&mut reader, 16 + 4 + 4)?;
     let mut entries = Vec::with_capacity(entry_count);
     for index in 0..entry_count {
         let user_fingerprint = reader.u64()?;
@@ -182,7 +189,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
             ));
         }
         let times = (0..time_count)
-            .map(|_| reader.u64().map(|time| time as i64))
+            .map(|_| reader.i64())
             .collect::<Result<Vec<_>, _>>()?;
         let bucket_count = reader.u32()? as usize;
         if bucket_count > reader.remaining() / 12 {
@@ -192,7 +199,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
         }
         let mut buckets = Vec::with_capacity(bucket_count);
         for _ in 0..bucket_count {
-            let start = reader.u64()? as i64;
+            let start = reader.i64()?;
             let count = reader.u32()?;
             buckets.push(Bucket { start, count });
         }
@@ -206,11 +213,11 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
             entry,
         ));
     }
-    let id_count = reader.count(16)?;
+    let id_count = count(&mut reader, 16)?;
     let mut ids = Vec::with_capacity(id_count);
     for _ in 0..id_count {
         let id_hash = reader.u64()?;
-        let at = reader.u64()? as i64;
+        let at = reader.i64()?;
         ids.push((id_hash, at));
     }
     if reader.remaining() != 0 {
@@ -219,51 +226,20 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
     Ok(CheckpointData {
         covers_before_seq,
         created_unix_seconds,
+        applied_stream_seq,
         entries,
         ids,
     })
 }
 
-struct Reader<'bytes> {
-    bytes: &'bytes [u8],
-    position: usize,
-}
-
-impl<'bytes> Reader<'bytes> {
-    fn take(&mut self, length: usize) -> Result<&'bytes [u8], String> {
-        let end = self
-            .position
-            .checked_add(length)
-            .filter(|&end| end <= self.bytes.len());
-        let Some(end) = end else {
-            return Err(format!("truncated at byte offset {}", self.position));
-        };
-        let slice = &self.bytes[self.position..end];
-        self.position = end;
-        Ok(slice)
+/// A `u64` count of items of at least `min_item_bytes` each, checked
+/// against the bytes left.
+fn count(reader: &mut LeReader<'_>, min_item_bytes: usize) -> Result<usize, String> {
+    let count = reader.u64()?;
+    if count > (reader.remaining() / min_item_bytes) as u64 {
+        return Err(format!("count {count} exceeds the file"));
     }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.position
-    }
-    /// A `u64` count of items of at least `min_item_bytes` each, checked
-    /// against the bytes left.
-    fn count(&mut self, min_item_bytes: usize) -> Result<usize, String> {
-        let count = self.u64()?;
-        if count > (self.remaining() / min_item_bytes) as u64 {
-            return Err(format!("count {count} exceeds the file"));
-        }
-        Ok(count as usize)
-    }
+    Ok(count as usize)
 }
 
 #[cfg(test)]
@@ -280,6 +256,7 @@ mod tests {
         let data = CheckpointData {
             covers_before_seq: 17,
             created_unix_seconds: 1_700_000_000,
+            applied_stream_seq: 41,
             entries: vec![(
                 EntryKey {
                     user_fingerprint: 3,
@@ -306,5 +283,24 @@ mod tests {
         for length in 0..bytes.len() {
             assert!(decode_checkpoint(&bytes[..length]).is_err());
         }
+    }
+
+    #[test]
+    fn version_1_checkpoints_load_with_no_stream_sequence() {
+        let data = CheckpointData {
+            covers_before_seq: 5,
+            created_unix_seconds: 1_700_000_000,
+            applied_stream_seq: 0,
+            entries: Vec::new(),
+            ids: vec![(9, 1_700_000_000)],
+        };
+        let mut body = Vec::new();
+        write_body(&data, &mut body).expect("encode");
+        // Version 1: no applied_stream_seq after created_unix_seconds.
+        body[8..12].copy_from_slice(&1u32.to_le_bytes());
+        body.drain(32..40);
+        let checksum = xxh3_64(&body);
+        body.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(decode_checkpoint(&body).expect("version 1 decodes"), data);
     }
 }

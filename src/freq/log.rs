@@ -25,15 +25,16 @@
 //! orders sequence numbers); a dedicated thread drains everything queued, writes
 //! it with one `write`, fsyncs per [`FsyncPolicy`], then wakes the callers it
 //! covered: group commit. A failed write or fsync fails every record of that
-//! batch; the writer cuts the segment back to its last good length (best effort)
-//! and continues in a fresh segment.
+//! batch not yet settled in a closed segment; the writer cuts those records
+//! from the segment (deleting a segment left with no record) and continues in
+//! a fresh segment, so the log holds exactly the records that succeeded.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::error::FreqError;
+use crate::le::LeReader;
+use crate::periodic::Periodic;
 
 /// Magic bytes opening every log segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SEGDFLOG";
@@ -99,6 +102,14 @@ pub fn encode_impression(impression: &LogImpression, out: &mut Vec<u8>) {
     out.extend_from_slice(&(impression.cap_key_hashes.len() as u32).to_le_bytes());
     for key_hash in &impression.cap_key_hashes {
         out.extend_from_slice(&key_hash.to_le_bytes());
+    }
+}
+
+/// Appends the payload of a record holding `impressions` to `out`.
+pub fn encode_record_payload(impressions: &[LogImpression], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(impressions.len() as u32).to_le_bytes());
+    for impression in impressions {
+        encode_impression(impression, out);
     }
 }
 
@@ -220,35 +231,37 @@ pub fn decode_log_segment(bytes: &[u8]) -> Result<DecodedSegment, SegmentDecodeE
 }
 
 fn decode_segment_header(header: &[u8]) -> Result<u64, String> {
-    if &header[..8] != SEGMENT_MAGIC {
+    let mut reader = LeReader::new(header);
+    if reader.take(SEGMENT_MAGIC.len())? != SEGMENT_MAGIC {
         return Err("bad segment magic".to_owned());
     }
-    let stored_checksum = u64::from_le_bytes(header[24..32].try_into().expect("8 bytes"));
+    let version = reader.u32()?;
+    let _reserved = reader.u32()?;
+    let first_seq = reader.u64()?;
+    let stored_checksum = reader.u64()?;
     if xxh3_64(&header[..24]) != stored_checksum {
         return Err("segment header checksum mismatch".to_owned());
     }
-    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != SEGMENT_VERSION {
         return Err(format!("unsupported segment version {version}"));
     }
-    Ok(u64::from_le_bytes(
-        header[16..24].try_into().expect("8 bytes"),
-    ))
+    Ok(first_seq)
 }
 
 /// Decodes one frame at the start of `bytes`: the record and the frame's length.
 fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
-    if bytes.len() < RECORD_HEADER_BYTES {
+    let mut reader = LeReader::new(bytes);
+    if reader.ensure(RECORD_HEADER_BYTES).is_err() {
         return Err("incomplete record header".to_owned());
     }
-    let payload_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    let payload_len = reader.u32()? as usize;
+    let stored_checksum = reader.u64()?;
     if payload_len > MAX_RECORD_PAYLOAD_BYTES {
         return Err(format!("record length {payload_len} exceeds the maximum"));
     }
-    let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len) else {
+    let Ok(payload) = reader.take(payload_len) else {
         return Err("incomplete record payload".to_owned());
     };
-    let stored_checksum = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
     if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
         return Err("record checksum mismatch".to_owned());
     }
@@ -256,43 +269,15 @@ fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
     Ok((record, RECORD_HEADER_BYTES + payload_len))
 }
 
-struct Cursor<'bytes> {
-    bytes: &'bytes [u8],
-    position: usize,
-}
-
-impl Cursor<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let end = self
-            .position
-            .checked_add(N)
-            .filter(|&end| end <= self.bytes.len());
-        let Some(end) = end else {
-            return Err("record payload truncated".to_owned());
-        };
-        let array = self.bytes[self.position..end].try_into().expect("N bytes");
-        self.position = end;
-        Ok(array)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.position
-    }
+/// Decodes a record payload (the part after length and checksum), trusting
+/// no count further than the bytes present. Also the body of a fleet stream
+/// message, which has its own framing.
+pub fn decode_record_payload(payload: &[u8]) -> Result<LogRecord, String> {
+    decode_payload(payload)
 }
 
 fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
-    let mut cursor = Cursor {
-        bytes: payload,
-        position: 0,
-    };
+    let mut cursor = LeReader::new(payload);
     let impression_count = cursor.u32()? as usize;
     // Each impression takes at least 21 bytes: never trust the count further.
     if impression_count > cursor.remaining() / 21 {
@@ -303,7 +288,7 @@ fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {
     let mut impressions = Vec::with_capacity(impression_count);
     for _ in 0..impression_count {
         let user_fingerprint = cursor.u64()?;
-        let at_unix_seconds = cursor.u64()? as i64;
+        let at_unix_seconds = cursor.i64()?;
         let impression_id_hash = match cursor.u8()? {
             0 => None,
             1 => Some(cursor.u64()?),
@@ -366,15 +351,18 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A test-only way to make the writer's I/O fail; see `FreqStore::inject_fault`.
+/// A test hook (feature `test-hooks`) making the writer's I/O fail; see
+/// `FreqStore::inject_fault`.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum InjectedFault {
     /// Normal operation.
-    None,
+    None = 0,
     /// Every log `write` fails until cleared.
-    FailWrites,
+    FailWrites = 1,
     /// Every log fsync fails until cleared.
-    FailFsyncs,
+    FailFsyncs = 2,
 }
 
 /// Writer figures.
@@ -438,16 +426,18 @@ struct Shared {
     dirty: AtomicBool,
     /// Set by the fsync thread after a failed fsync: the writer starts anew.
     roll_segment: AtomicBool,
-    fault: AtomicU8,
+    /// An [`InjectedFault`] as `u8` (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
+    fault: std::sync::atomic::AtomicU8,
     counters: LogCounters,
-    fsync_thread_stop: Mutex<bool>,
-    fsync_thread_wake: Condvar,
 }
 
 /// The log writer: queue, writer thread and (interval policy) fsync thread.
 pub(crate) struct LogWriter {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Interval policy only.
+    fsync: Mutex<Option<Periodic>>,
 }
 
 struct OpenSegment {
@@ -455,6 +445,30 @@ struct OpenSegment {
     path: PathBuf,
     /// Bytes known written (header plus acknowledged batches).
     good_bytes: u64,
+}
+
+/// What one batch did so far.
+#[derive(Default)]
+struct BatchState {
+    /// Every record and rotation of the batch is below this.
+    processed_before: u64,
+    records: u64,
+    rotations_processed: u64,
+    /// Records written to the current segment but not yet as durable as the
+    /// policy asks (first sequence number, segment length before them).
+    unsettled: Option<(u64, u64)>,
+    failure: Option<FreqError>,
+    /// With `failure`: records from here to the batch's end failed.
+    failed_from: u64,
+}
+
+impl BatchState {
+    /// Fails the batch from its unsettled records on (or from `seq` when
+    /// none are unsettled); records settled in an earlier segment stand.
+    fn fail(&mut self, seq: u64, error: FreqError) {
+        self.failed_from = self.unsettled.map_or(seq, |(first, _)| first.min(seq));
+        self.failure = Some(error);
+    }
 }
 
 impl LogWriter {
@@ -487,32 +501,32 @@ impl LogWriter {
             current_file: Mutex::new(None),
             dirty: AtomicBool::new(false),
             roll_segment: AtomicBool::new(false),
-            fault: AtomicU8::new(0),
+            #[cfg(any(test, feature = "test-hooks"))]
+            fault: std::sync::atomic::AtomicU8::new(InjectedFault::None as u8),
             counters: LogCounters::default(),
-            fsync_thread_stop: Mutex::new(false),
-            fsync_thread_wake: Condvar::new(),
         });
         let segment = shared.open_segment(next_seq)?;
-        let mut threads = Vec::new();
         let writer_shared = Arc::clone(&shared);
-        threads.push(
-            std::thread::Builder::new()
-                .name("freq-log-writer".to_owned())
-                .spawn(move || writer_shared.run_writer(Some(segment)))
-                .map_err(|error| FreqError::storage("spawn log writer", error))?,
-        );
-        if policy == FsyncPolicy::Interval {
-            let fsync_shared = Arc::clone(&shared);
-            threads.push(
-                std::thread::Builder::new()
-                    .name("freq-log-fsync".to_owned())
-                    .spawn(move || fsync_shared.run_interval_fsync(fsync_interval))
+        let writer = std::thread::Builder::new()
+            .name("freq-log-writer".to_owned())
+            .spawn(move || writer_shared.run_writer(Some(segment)))
+            .map_err(|error| FreqError::storage("spawn log writer", error))?;
+        let fsync = match policy {
+            FsyncPolicy::Interval => {
+                let fsync_shared = Arc::clone(&shared);
+                Some(
+                    Periodic::spawn("freq-log-fsync", fsync_interval, move || {
+                        fsync_shared.interval_fsync()
+                    })
                     .map_err(|error| FreqError::storage("spawn log fsync thread", error))?,
-            );
-        }
+                )
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         Ok(LogWriter {
             shared,
-            threads: Mutex::new(threads),
+            writer: Mutex::new(Some(writer)),
+            fsync: Mutex::new(fsync),
         })
     }
 
@@ -539,10 +553,15 @@ impl LogWriter {
         if payload.len() > MAX_RECORD_PAYLOAD_BYTES {
             let payload_len = payload.len();
             queue.spare = payload;
-            return Err(FreqError::Storage(format!(
-                "record of {} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}",
-                payload_len
-            )));
+            return Err(FreqError::storage(
+                "append to the log",
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "record of {payload_len} bytes exceeds the log's maximum of {MAX_RECORD_PAYLOAD_BYTES}"
+                    ),
+                ),
+            ));
         }
         queue.next_seq += 1;
         match queue.items.last_mut() {
@@ -584,9 +603,11 @@ impl LogWriter {
             .iter()
             .any(|&(low, high)| low <= seq && seq <= high)
         {
-            return Err(FreqError::Storage(format!(
-                "log write of record {seq} failed"
-            )));
+            // The batch's own error went to the log; this caller learns the outcome.
+            return Err(FreqError::storage(
+                format!("log record {seq}"),
+                std::io::Error::other("its batch failed to write or fsync"),
+            ));
         }
         Ok(())
     }
@@ -636,14 +657,10 @@ impl LogWriter {
         &self.shared.counters
     }
 
-    /// Makes the writer's I/O fail (tests).
+    /// Makes the writer's I/O fail (test hook).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject_fault(&self, fault: InjectedFault) {
-        let code = match fault {
-            InjectedFault::None => 0,
-            InjectedFault::FailWrites => 1,
-            InjectedFault::FailFsyncs => 2,
-        };
-        self.shared.fault.store(code, Ordering::SeqCst);
+        self.shared.fault.store(fault as u8, Ordering::SeqCst);
     }
 
     /// Flushes everything queued, fsyncs the segment and stops the threads.
@@ -651,29 +668,36 @@ impl LogWriter {
     pub fn stop(&self) {
         self.shared.queue.lock().shutdown = true;
         self.shared.queue_ready.notify_all();
-        *self.shared.fsync_thread_stop.lock() = true;
-        self.shared.fsync_thread_wake.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        if let Some(writer) = self.writer.lock().take() {
+            let _ = writer.join();
+        }
+        if let Some(mut fsync) = self.fsync.lock().take() {
+            fsync.stop();
         }
     }
 }
 
 impl Shared {
+    /// Fails when a test injected write failures; nothing without test hooks.
     fn fault_write(&self) -> std::io::Result<()> {
-        if self.fault.load(Ordering::Relaxed) == 1 {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailWrites as u8 {
             return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    fn fault_fsync(&self) -> std::io::Result<()> {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.fault.load(Ordering::Relaxed) == InjectedFault::FailFsyncs as u8 {
+            return Err(std::io::Error::other("injected fsync failure"));
         }
         Ok(())
     }
 
     fn sync(&self, file: &File) -> std::io::Result<()> {
         let started = Instant::now();
-        let result = if self.fault.load(Ordering::Relaxed) == 2 {
-            Err(std::io::Error::other("injected fsync failure"))
-        } else {
-            file.sync_data()
-        };
+        let result = self.fault_fsync().and_then(|()| file.sync_data());
         self.counters.fsync_count.fetch_add(1, Ordering::Relaxed);
         self.counters
             .fsync_total_micros
@@ -686,12 +710,28 @@ impl Shared {
 
     fn open_segment(&self, first_seq: u64) -> Result<OpenSegment, FreqError> {
         let path = self.dir.join(segment_file_name(first_seq));
+        let created = self.create_segment(&path, first_seq);
+        if created.is_err() {
+            // A segment whose header did not make it holds nothing: leave no
+            // empty or torn file behind (best effort; start-up cleans up too).
+            let _ = fs::remove_file(&path);
+        }
+        let file = Arc::new(created?);
+        *self.current_file.lock() = Some(Arc::clone(&file));
+        Ok(OpenSegment {
+            file,
+            path,
+            good_bytes: SEGMENT_HEADER_BYTES as u64,
+        })
+    }
+
+    fn create_segment(&self, path: &Path, first_seq: u64) -> Result<File, FreqError> {
         let context = || format!("create log segment {}", path.display());
         let mut file = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
-            .open(&path)
+            .open(path)
             .map_err(|error| FreqError::storage(context(), error))?;
         self.fault_write()
             .map_err(|error| FreqError::storage(context(), error))?;
@@ -700,13 +740,7 @@ impl Shared {
         self.sync(&file)
             .map_err(|error| FreqError::storage(context(), error))?;
         fsync_dir(&self.dir).map_err(|error| FreqError::storage(context(), error))?;
-        let file = Arc::new(file);
-        *self.current_file.lock() = Some(Arc::clone(&file));
-        Ok(OpenSegment {
-            file,
-            path,
-            good_bytes: SEGMENT_HEADER_BYTES as u64,
-        })
+        Ok(file)
     }
 
     fn close_segment(&self, segment: &OpenSegment) -> Result<(), FreqError> {
@@ -745,13 +779,13 @@ impl Shared {
         self.progress_made.notify_all();
     }
 
+    /// Writes one drained batch. A record succeeds only when its bytes are in
+    /// a segment as durable as the policy asks; on the first failure every
+    /// record of the batch not yet settled fails *and its bytes are cut from
+    /// the segment*, so a replay after a restart counts exactly what was
+    /// acknowledged (memory applies a record only after it succeeded).
     fn write_batch(&self, items: Vec<QueueItem>, segment: &mut Option<OpenSegment>) {
-        let mut failure: Option<FreqError> = None;
-        let mut first_record_seq: Option<u64> = None;
-        let mut processed_before = 0u64;
-        let mut records_in_batch = 0u64;
-        let mut wrote = false;
-        let mut rotations_processed = 0u64;
+        let mut batch = BatchState::default();
         for item in items {
             match item {
                 QueueItem::Records {
@@ -759,95 +793,131 @@ impl Shared {
                     last_seq,
                     bytes,
                 } => {
-                    first_record_seq.get_or_insert(first_seq);
-                    processed_before = processed_before.max(last_seq + 1);
-                    records_in_batch += last_seq - first_seq + 1;
-                    if failure.is_some() {
-                        continue;
-                    }
-                    if segment.is_none() {
-                        match self.open_segment(first_seq) {
-                            Ok(open) => *segment = Some(open),
-                            Err(error) => {
-                                failure = Some(error);
-                                continue;
-                            }
-                        }
-                    }
-                    let open = segment.as_mut().expect("segment opened above");
-                    let result = self
-                        .fault_write()
-                        .and_then(|()| (&*open.file).write_all(&bytes));
-                    match result {
-                        Ok(()) => {
-                            wrote = true;
-                            self.dirty.store(true, Ordering::Release);
-                        }
-                        Err(error) => {
-                            failure = Some(FreqError::storage(
-                                format!("write log segment {}", open.path.display()),
-                                error,
-                            ));
-                        }
-                    }
-                    let written = bytes.len() as u64;
-                    if failure.is_none() {
-                        open.good_bytes += written;
+                    batch.processed_before = batch.processed_before.max(last_seq + 1);
+                    batch.records += last_seq - first_seq + 1;
+                    if batch.failure.is_none() {
+                        self.write_records(first_seq, &bytes, segment, &mut batch);
                     }
                 }
                 QueueItem::Rotate { at_seq, ticket } => {
-                    processed_before = processed_before.max(at_seq);
-                    rotations_processed = rotations_processed.max(ticket);
-                    if failure.is_some() {
-                        *segment = None;
-                        continue;
-                    }
-                    if let Some(open) = segment.take()
-                        && let Err(error) = self.close_segment(&open)
-                    {
-                        failure = Some(error);
-                        continue;
-                    }
-                    match self.open_segment(at_seq) {
-                        Ok(open) => *segment = Some(open),
-                        Err(error) => failure = Some(error),
+                    batch.processed_before = batch.processed_before.max(at_seq);
+                    batch.rotations_processed = batch.rotations_processed.max(ticket);
+                    if batch.failure.is_none() {
+                        self.rotate(at_seq, segment, &mut batch);
                     }
                 }
             }
         }
-        if failure.is_none()
-            && wrote
+        if batch.failure.is_none()
             && self.policy == FsyncPolicy::Always
+            && let Some((first_unsettled, _)) = batch.unsettled
             && let Some(open) = segment.as_ref()
             && let Err(error) = self.sync(&open.file)
         {
-            failure = Some(FreqError::storage(
-                format!("fsync log segment {}", open.path.display()),
-                error,
-            ));
+            batch.fail(
+                first_unsettled,
+                FreqError::storage(format!("fsync log segment {}", open.path.display()), error),
+            );
         }
+        if batch.failure.is_some() {
+            self.discard_unsettled(segment, &batch);
+        }
+        self.publish_progress(batch);
+    }
+
+    /// Appends one run of records to the current segment (opening one if
+    /// needed).
+    fn write_records(
+        &self,
+        first_seq: u64,
+        bytes: &[u8],
+        segment: &mut Option<OpenSegment>,
+        batch: &mut BatchState,
+    ) {
+        if segment.is_none() {
+            match self.open_segment(first_seq) {
+                Ok(open) => *segment = Some(open),
+                Err(error) => return batch.fail(first_seq, error),
+            }
+        }
+        let open = segment.as_mut().expect("segment opened above");
+        let length_before = open.good_bytes;
+        let result = self
+            .fault_write()
+            .and_then(|()| (&*open.file).write_all(bytes));
+        match result {
+            Ok(()) => {
+                batch.unsettled.get_or_insert((first_seq, length_before));
+                open.good_bytes += bytes.len() as u64;
+                self.dirty.store(true, Ordering::Release);
+            }
+            Err(error) => batch.fail(
+                first_seq,
+                FreqError::storage(format!("write log segment {}", open.path.display()), error),
+            ),
+        }
+    }
+
+    /// Closes (fsyncs) the current segment, which settles the records written
+    /// to it, and opens the next at `at_seq`.
+    fn rotate(&self, at_seq: u64, segment: &mut Option<OpenSegment>, batch: &mut BatchState) {
+        if let Some(open) = segment.as_ref() {
+            if let Err(error) = self.close_segment(open) {
+                return batch.fail(at_seq, error);
+            }
+            segment.take();
+        }
+        batch.unsettled = None;
+        match self.open_segment(at_seq) {
+            Ok(open) => *segment = Some(open),
+            Err(error) => batch.fail(at_seq, error),
+        }
+    }
+
+    /// After a failure: cuts the unsettled records from the segment (deleting
+    /// it when no record is left, so no empty segment lingers) and drops it,
+    /// so the next batch starts a fresh segment.
+    fn discard_unsettled(&self, segment: &mut Option<OpenSegment>, batch: &BatchState) {
+        *self.current_file.lock() = None;
+        let Some(open) = segment.take() else {
+            return;
+        };
+        let keep_bytes = batch
+            .unsettled
+            .map_or(open.good_bytes, |(_, length_before)| length_before);
+        let result = if keep_bytes <= SEGMENT_HEADER_BYTES as u64 {
+            drop(open.file);
+            fs::remove_file(&open.path).and_then(|()| fsync_dir(&self.dir))
+        } else {
+            open.file
+                .set_len(keep_bytes)
+                .and_then(|()| open.file.sync_data())
+        };
+        if let Err(error) = result {
+            // The records already failed; a replay may count them (an
+            // over-count) until the segment is cut at the next start.
+            tracing::error!(segment = %open.path.display(), error = %error, "cannot cut failed records from the frequency log");
+        }
+    }
+
+    fn publish_progress(&self, batch: BatchState) {
         let mut progress = self.progress.lock();
-        if let Some(error) = failure {
+        if let Some(error) = batch.failure {
             let failures = self.counters.write_failures.fetch_add(1, Ordering::Relaxed) + 1;
             // A dead disk fails every batch: log the 1st, 2nd, 4th, 8th... only.
             if failures.is_power_of_two() {
                 tracing::warn!(
                     error = %error,
-                    records = records_in_batch,
+                    records = batch.records,
                     failures,
                     "frequency log batch failed; starting a new segment"
                 );
             }
-            if let Some(open) = segment.take() {
-                // Best effort: cut the failed bytes so a replay does not count them.
-                let _ = open.file.set_len(open.good_bytes);
-            }
-            *self.current_file.lock() = None;
             progress.failure_count += 1;
-            if let Some(first) = first_record_seq {
+            if batch.failed_from < batch.processed_before {
                 progress
                     .failed_ranges
-                    .push_back((first, processed_before.saturating_sub(1)));
+                    .push_back((batch.failed_from, batch.processed_before - 1));
                 while progress.failed_ranges.len() > FAILED_RANGES_KEPT {
                     progress.failed_ranges.pop_front();
                 }
@@ -855,39 +925,29 @@ impl Shared {
         } else {
             self.counters
                 .records_written
-                .fetch_add(records_in_batch, Ordering::Relaxed);
+                .fetch_add(batch.records, Ordering::Relaxed);
             self.counters
                 .batches_written
                 .fetch_add(1, Ordering::Relaxed);
         }
-        progress.completed_before = progress.completed_before.max(processed_before);
-        progress.rotations_processed = progress.rotations_processed.max(rotations_processed);
+        progress.completed_before = progress.completed_before.max(batch.processed_before);
+        progress.rotations_processed = progress.rotations_processed.max(batch.rotations_processed);
         drop(progress);
         self.progress_made.notify_all();
     }
 
-    fn run_interval_fsync(&self, interval: Duration) {
-        loop {
-            {
-                let mut stop = self.fsync_thread_stop.lock();
-                if !*stop {
-                    self.fsync_thread_wake.wait_for(&mut stop, interval);
-                }
-                if *stop {
-                    return;
-                }
-            }
-            if !self.dirty.swap(false, Ordering::AcqRel) {
-                continue;
-            }
-            let Some(file) = self.current_file.lock().clone() else {
-                continue;
-            };
-            if let Err(error) = self.sync(&file) {
-                tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
-                self.roll_segment.store(true, Ordering::SeqCst);
-                self.progress.lock().failure_count += 1;
-            }
+    /// One tick of the interval policy: fsync what was written since the last.
+    fn interval_fsync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(file) = self.current_file.lock().clone() else {
+            return;
+        };
+        if let Err(error) = self.sync(&file) {
+            tracing::error!(error = %error, "interval fsync of the frequency log failed; starting a new segment");
+            self.roll_segment.store(true, Ordering::SeqCst);
+            self.progress.lock().failure_count += 1;
         }
     }
 }

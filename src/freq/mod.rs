@@ -11,18 +11,32 @@
 //! - [`counters`]: the sharded in-memory maps of impression times and ids.
 //! - [`log`]: the log segment format, its decoder, the group-commit writer.
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
-//! - [`store`]: [`FreqStore`], what the gRPC layer calls.
+//! - [`store`]: [`FreqStore`], what the gRPC layer calls; it also applies
+//!   batches of a replicated log (a fleet's stream) in stream order.
+//! - [`sink`]: [`ImpressionSink`], where `RecordImpressions` sends a batch:
+//!   the local log, or a fleet's stream (`crate::fleet`).
 //! - [`error`]: the error type, [`FreqError`].
+//! - [`telemetry`]: its figures for `GET /metrics`.
 
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
+pub mod forget;
 pub mod log;
+pub mod sink;
 pub mod store;
+pub mod telemetry;
 pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
-pub use log::{DecodedSegment, FsyncPolicy, InjectedFault, SegmentDecodeError, decode_log_segment};
+pub use forget::ForgottenUsers;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use log::InjectedFault;
+pub use log::{
+    DecodedSegment, FsyncPolicy, LogImpression, SegmentDecodeError, decode_log_segment,
+    decode_record_payload, encode_record_payload,
+};
+pub use sink::{ImpressionSink, RecordFuture};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
 pub use window::{Calendar, CapWindow};

@@ -5,17 +5,19 @@
 //! # Consistency
 //!
 //! - `record` is all-or-nothing per call: one log record per call. Impressions
-//!   are deduplicated, logged and applied to memory under the log's queue lock
-//!   and a shared "apply gate"; `record` returns only once its record is as
-//!   durable as the [`FsyncPolicy`] promises. If the write or fsync fails it
-//!   returns `Err` and forgets the impression ids it claimed; memory may keep
-//!   the events (an over-count, never an under-count).
+//!   are deduplicated and logged under the log's queue lock, then applied to
+//!   memory only once the record is as durable as the [`FsyncPolicy`]
+//!   promises, all under a shared "apply gate". If the write or fsync fails
+//!   it returns `Err`, forgets the impression ids it claimed and changes
+//!   nothing in memory; the writer cuts the failed record from the log, so a
+//!   restart counts the same and a retry counts once.
 //! - A retry of an impression id still in flight waits for the first attempt's
 //!   record to be durable and fails if that one failed, so a duplicate is only
 //!   reported for an impression that was (or will be, before the reply) durable.
 //! - A checkpoint takes the apply gate exclusively just long enough to ask the
 //!   writer for a new segment and to flag every shard for a copy-on-write
-//!   snapshot (no `record` is between logging and applying at that instant), so
+//!   snapshot (no `record` is between logging and applying at that instant: a
+//!   checkpoint waits for the in-flight writes), so
 //!   it covers exactly the records before the new segment: checkpoint plus
 //!   replay equals replay alone. The shards are then copied one by one, by the
 //!   checkpoint or by the first writer to touch one; `count` never waits for a
@@ -23,15 +25,18 @@
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
+//! - With [`FreqConfig::replicated`] the log is elsewhere (a fleet's stream):
+//!   `record` is refused, batches arrive through
+//!   [`FreqStore::apply_replicated`] in stream order, and checkpoints carry the
+//!   last applied stream sequence instead of covering local log records.
 
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use super::checkpoint::{
     CheckpointData, parse_checkpoint_file_name, read_checkpoint, write_checkpoint,
@@ -40,11 +45,15 @@ use super::counters::{
     CountQuery, Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash,
 };
 use super::error::FreqError;
+use super::forget::ForgottenUsers;
 use super::log::{
-    FsyncPolicy, InjectedFault, LogImpression, LogRecord, LogWriter, SegmentDecodeError,
-    decode_log_segment, encode_impression, fsync_dir, list_segments,
+    FsyncPolicy, LogImpression, LogRecord, LogWriter, SegmentDecodeError, decode_log_segment,
+    encode_impression, fsync_dir, list_segments,
 };
 use super::window::CapWindow;
+use crate::periodic::Periodic;
+
+mod replicated;
 
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +72,9 @@ pub struct FreqConfig {
     pub sweep_interval: Duration,
     /// Open despite a corrupt record mid-log: truncate there and continue.
     pub recover_corrupt_log: bool,
+    /// The impression log is a replicated stream, not the local log: `record`
+    /// is refused and [`FreqStore::apply_replicated`] applies batches.
+    pub replicated: bool,
 }
 
 impl FreqConfig {
@@ -77,6 +89,7 @@ impl FreqConfig {
             checkpoint_interval: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
             recover_corrupt_log: false,
+            replicated: false,
         }
     }
 }
@@ -126,6 +139,8 @@ pub struct RecoveryReport {
     pub corrupt_bytes_dropped: u64,
     /// Impressions dropped at open because they left retention.
     pub expired_events: u64,
+    /// The last replicated stream sequence the loaded checkpoint includes.
+    pub applied_stream_seq: u64,
 }
 
 /// Figures for `Status` and metrics.
@@ -172,7 +187,7 @@ pub struct FreqStats {
 /// Frequency counters with a write-ahead log and checkpoints.
 pub struct FreqStore {
     inner: Arc<Inner>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    threads: Mutex<Vec<Periodic>>,
     /// True once `shutdown` (or a simulated crash) ran.
     stopped: Mutex<bool>,
 }
@@ -187,20 +202,16 @@ struct Inner {
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
+    /// The last replicated stream sequence applied (replicated mode); written
+    /// under the shared apply gate, read by checkpoints under the exclusive one.
+    applied_stream_seq: AtomicU64,
+    /// The stream sequence the last checkpoint holds; guarded by `checkpoint_lock`.
+    checkpointed_stream_seq: AtomicU64,
     last_checkpoint_unix_seconds: AtomicI64,
     last_checkpoint_pause_micros: AtomicU64,
     last_checkpoint_micros: AtomicU64,
     recorded_impressions: AtomicU64,
     duplicate_impressions: AtomicU64,
-    stop_requested: Mutex<bool>,
-    stop_signal: Condvar,
-}
-
-fn now_unix_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The first sequence number a log ever uses.
@@ -211,6 +222,15 @@ impl FreqStore {
     /// tail, refusing mid-log corruption unless `recover_corrupt_log`), and
     /// starts the background threads.
     pub fn open(config: FreqConfig) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
+        Self::open_forgetting(config, &ForgottenUsers::default())
+    }
+
+    /// [`FreqStore::open`], dropping the impressions of `forgotten` users
+    /// logged before their forget (see [`FreqStore::forget_users`]).
+    pub fn open_forgetting(
+        config: FreqConfig,
+        forgotten: &ForgottenUsers,
+    ) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
         if config.fsync_interval.is_zero()
             || config.checkpoint_interval.is_zero()
             || config.sweep_interval.is_zero()
@@ -230,12 +250,18 @@ impl FreqStore {
         let counters = Counters::new();
         let ids = IdSet::new();
         let mut report = RecoveryReport::default();
-        let now = now_unix_seconds();
+        let now = crate::unix_now_seconds();
         let cutoff = now.saturating_sub(config.retention_seconds);
 
-        let covers_before = load_newest_checkpoint(&config, &counters, &ids, &mut report)?;
-        let next_seq =
-            replay_segments(&config, covers_before, cutoff, &counters, &ids, &mut report)?;
+        let covers_before =
+            load_newest_checkpoint(&config, &counters, &ids, forgotten, &mut report)?;
+        let replay = Replay {
+            cutoff,
+            counters: &counters,
+            ids: &ids,
+            forgotten,
+        };
+        let next_seq = replay_segments(&config, covers_before, &replay, &mut report)?;
         let swept = counters.sweep(cutoff);
         ids.sweep(cutoff);
         report.expired_events = swept.events_dropped;
@@ -247,13 +273,13 @@ impl FreqStore {
             apply_gate: RwLock::new(()),
             log,
             checkpoint_lock: Mutex::new(covers_before),
+            applied_stream_seq: AtomicU64::new(report.applied_stream_seq),
+            checkpointed_stream_seq: AtomicU64::new(report.applied_stream_seq),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
             last_checkpoint_pause_micros: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
             recorded_impressions: AtomicU64::new(0),
             duplicate_impressions: AtomicU64::new(0),
-            stop_requested: Mutex::new(false),
-            stop_signal: Condvar::new(),
             config,
         });
         let threads = vec![
@@ -268,7 +294,7 @@ impl FreqStore {
                 },
             )?,
             spawn_periodic(&inner, "freq-sweep", inner.config.sweep_interval, |inner| {
-                inner.sweep(now_unix_seconds());
+                inner.sweep(crate::unix_now_seconds())
             })?,
         ];
         tracing::info!(
@@ -352,6 +378,26 @@ impl FreqStore {
         self.count(user_fingerprint, cap_key, after, until)
     }
 
+    /// Drops every counter of `user_fingerprints`. `make_durable` is called
+    /// first with the sequence number of the next log record, while no
+    /// `record` is between logging and applying: its caller stores the forget
+    /// with that number so that [`FreqStore::open_forgetting`] drops exactly
+    /// the impressions logged before it. Counters are dropped only when it
+    /// succeeds. Impression ids stay: a retried impression is still a duplicate.
+    pub fn forget_users<E>(
+        &self,
+        user_fingerprints: &[u64],
+        make_durable: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let inner = &self.inner;
+        let _exclusive = inner.apply_gate.write();
+        make_durable(inner.log.next_seq())?;
+        for &user_fingerprint in user_fingerprints {
+            inner.counters.remove_user(user_fingerprint);
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint now and deletes the log segments it covers.
     pub fn checkpoint(&self) -> Result<(), FreqError> {
         self.inner.checkpoint()
@@ -420,8 +466,8 @@ impl FreqStore {
 
     /// Stops like a crash would leave things: the log is flushed (everything
     /// acknowledged is already written) but no checkpoint is taken. For tests
-    /// of recovery.
-    #[doc(hidden)]
+    /// of recovery. A test hook (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn stop_without_checkpoint(&self) {
         let mut stopped = self.stopped.lock();
         if *stopped {
@@ -434,17 +480,16 @@ impl FreqStore {
 
     /// Makes the log writer's writes or fsyncs fail until cleared, so tests can
     /// check that storage failures surface as `Err` (making a directory
-    /// read-only proves nothing when tests run as root).
-    #[doc(hidden)]
-    pub fn inject_fault(&self, fault: InjectedFault) {
+    /// read-only proves nothing when tests run as root). A test hook
+    /// (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn inject_fault(&self, fault: super::log::InjectedFault) {
         self.inner.log.inject_fault(fault);
     }
 
     fn stop_background_threads(&self) {
-        *self.inner.stop_requested.lock() = true;
-        self.inner.stop_signal.notify_all();
-        for thread in self.threads.lock().drain(..) {
-            let _ = thread.join();
+        for mut periodic in self.threads.lock().drain(..) {
+            periodic.stop();
         }
     }
 }
@@ -462,24 +507,9 @@ fn spawn_periodic(
     name: &str,
     interval: Duration,
     job: fn(&Inner),
-) -> Result<JoinHandle<()>, FreqError> {
+) -> Result<Periodic, FreqError> {
     let inner = Arc::clone(inner);
-    std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            loop {
-                {
-                    let mut stop = inner.stop_requested.lock();
-                    if !*stop {
-                        inner.stop_signal.wait_for(&mut stop, interval);
-                    }
-                    if *stop {
-                        return;
-                    }
-                }
-                job(&inner);
-            }
-        })
+    Periodic::spawn(name, interval, move || job(&inner))
         .map_err(|error| FreqError::storage(format!("spawn {name}"), error))
 }
 
@@ -497,7 +527,12 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
-        let cutoff = now_unix_seconds().saturating_sub(self.config.retention_seconds);
+        if self.config.replicated {
+            return Err(FreqError::InvalidConfig(
+                "replicated store: impressions are recorded through the stream".to_owned(),
+            ));
+        }
+        let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
             let mut plan = RecordPlan::default();
@@ -547,15 +582,10 @@ impl Inner {
             }
             plan
         })?;
-        for impression in &plan.to_apply {
-            self.counters.add_impression(
-                impression.user_fingerprint,
-                &impression.cap_key_hashes,
-                impression.at_unix_seconds,
-            );
-        }
-        drop(gate);
-
+        // Memory changes only once the record is in the log: a refused
+        // request changes nothing, so counts before and after a restart agree
+        // and a retry counts once. The gate stays held until then, so a
+        // checkpoint never sees a record logged but not yet applied.
         if let Some(seq) = seq
             && let Err(error) = self.log.wait_durable(seq)
         {
@@ -564,6 +594,14 @@ impl Inner {
             }
             return Err(error);
         }
+        for impression in &plan.to_apply {
+            self.counters.add_impression(
+                impression.user_fingerprint,
+                &impression.cap_key_hashes,
+                impression.at_unix_seconds,
+            );
+        }
+        drop(gate);
         let mut depends_on = plan.depends_on;
         depends_on.sort_unstable();
         depends_on.dedup();
@@ -595,14 +633,25 @@ impl Inner {
         let started = Instant::now();
         let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            if self.log.next_seq() == *last_covered {
-                // Nothing logged since the last checkpoint: it still holds.
+            let applied_stream_seq = self.applied_stream_seq.load(Ordering::Relaxed);
+            if self.log.next_seq() == *last_covered
+                && applied_stream_seq == self.checkpointed_stream_seq.load(Ordering::Relaxed)
+            {
+                // Nothing logged or applied since the last checkpoint: it still holds.
                 return Ok(());
             }
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
+            // A replicated store appends nothing to its log: no rotation, and
+            // the checkpoint replaces the previous one under the same name.
+            let (covers_before_seq, ticket) = if self.config.replicated {
+                (self.log.next_seq(), None)
+            } else {
+                let (covers_before_seq, ticket) = self.log.request_rotation()?;
+                (covers_before_seq, Some(ticket))
+            };
             let data = CheckpointData {
                 covers_before_seq,
-                created_unix_seconds: now_unix_seconds(),
+                created_unix_seconds: crate::unix_now_seconds(),
+                applied_stream_seq,
                 entries: Vec::new(),
                 ids: Vec::new(),
             };
@@ -615,14 +664,19 @@ impl Inner {
         data.entries = self.counters.finish_snapshot();
         data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
-        self.log.wait_rotation(ticket)?;
+        if let Some(ticket) = ticket {
+            self.log.wait_rotation(ticket)?;
+        }
         if self.log.failure_count() != failures_before {
-            return Err(FreqError::Storage(
-                "checkpoint abandoned: a log write failed while it was taken".to_owned(),
+            return Err(FreqError::storage(
+                "checkpoint abandoned",
+                std::io::Error::other("a log write failed while it was taken"),
             ));
         }
         let path = write_checkpoint(&self.config.dir, &data)?;
         *last_covered = data.covers_before_seq;
+        self.checkpointed_stream_seq
+            .store(data.applied_stream_seq, Ordering::Relaxed);
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);
@@ -687,12 +741,14 @@ fn load_newest_checkpoint(
     config: &FreqConfig,
     counters: &Counters,
     ids: &IdSet,
+    forgotten: &ForgottenUsers,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let Some((covered, path)) = list_checkpoints(config)?.pop() else {
         return Ok(FIRST_SEQ);
     };
     let data = read_checkpoint(&path)?;
+    report.applied_stream_seq = data.applied_stream_seq;
     if data.covers_before_seq != covered {
         return Err(FreqError::CorruptCheckpoint {
             path,
@@ -703,6 +759,9 @@ fn load_newest_checkpoint(
         });
     }
     for (key, entry) in data.entries {
+        if forgotten.drops_checkpointed(key.user_fingerprint, covered) {
+            continue;
+        }
         report.checkpoint_events += entry.events();
         counters.restore(key, entry);
     }
@@ -720,17 +779,27 @@ fn load_newest_checkpoint(
     Ok(covered.max(FIRST_SEQ))
 }
 
-fn apply_replayed(
-    record: &LogRecord,
+/// What replaying a record applies to, and what it leaves out.
+struct Replay<'a> {
     cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
-    report: &mut RecoveryReport,
-) {
+    counters: &'a Counters,
+    ids: &'a IdSet,
+    forgotten: &'a ForgottenUsers,
+}
+
+fn apply_replayed(record: &LogRecord, log_seq: u64, replay: &Replay, report: &mut RecoveryReport) {
+    let Replay {
+        cutoff,
+        counters,
+        ids,
+        forgotten,
+    } = *replay;
     report.replayed_records += 1;
     for impression in &record.impressions {
         report.replayed_impressions += 1;
-        if impression.at_unix_seconds <= cutoff {
+        if impression.at_unix_seconds <= cutoff
+            || forgotten.drops(impression.user_fingerprint, log_seq)
+        {
             continue;
         }
         if let Some(id_hash) = impression.impression_id_hash {
@@ -767,9 +836,7 @@ fn truncate_file(path: &std::path::Path, length: u64) -> Result<(), FreqError> {
 fn replay_segments(
     config: &FreqConfig,
     covers_before: u64,
-    cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
+    replay: &Replay,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let mut next_seq = covers_before;
@@ -794,8 +861,8 @@ fn replay_segments(
                         ),
                     });
                 }
-                for record in &segment.records {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in segment.records.iter().enumerate() {
+                    apply_replayed(record, segment.first_seq + index as u64, replay, report);
                 }
                 report.replayed_segments += 1;
                 next_seq = next_seq.max(segment.first_seq + segment.records.len() as u64);
@@ -837,8 +904,8 @@ fn replay_segments(
                     bytes_dropped = bytes.len() as u64 - offset,
                     "corrupt frequency log record; recovering by truncating there"
                 );
-                for record in &records_before {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in records_before.iter().enumerate() {
+                    apply_replayed(record, named_seq + index as u64, replay, report);
                 }
                 if first_seq.is_some() {
                     truncate_file(&path, offset)?;

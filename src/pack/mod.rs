@@ -17,17 +17,19 @@ pub mod format;
 pub mod format_v2;
 pub mod index_build;
 pub mod mapped;
+pub mod names;
 pub mod reader;
+pub mod stream_check;
 pub mod view;
 pub mod writer;
 pub mod writer_v2;
 
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
-pub use format::{FILE_EXTENSION, FORMAT_VERSION, FORMAT_VERSION_V1, PackHeader};
+pub use format::{FILE_SUFFIX, FORMAT_VERSION, FORMAT_VERSION_V1, PackHeader};
 pub use format_v2::FORMAT_VERSION_V2;
 pub use mapped::{IndexEntry, PackBytes};
-pub use reader::{format_version_of, read_header, read_pack, read_pack_file};
+pub use reader::{format_version_of, read_header, read_header_file, read_pack, read_pack_file};
 pub use view::PackView;
 pub use writer::{write_pack_file_atomic, write_pack_v1};
 pub use writer_v2::{ShardSpec, write_pack_v2, write_pack_v2_shard};
@@ -97,8 +99,11 @@ pub fn hours_ago(built_at_unix_seconds: i64, last_seen_unix_seconds: i64) -> u16
 
 /// The last-seen time a stored hour count stands for.
 pub fn last_seen_from_hours_ago(built_at_unix_seconds: i64, hours_ago: u16) -> i64 {
-    built_at_unix_seconds - hours_ago as i64 * RECENCY_STEP_SECONDS
+    // Saturating: a hostile pack may carry a build time near `i64::MIN`.
+    built_at_unix_seconds.saturating_sub(i64::from(hours_ago) * RECENCY_STEP_SECONDS)
 }
 
+#[cfg(test)]
+mod shard_build_tests;
 #[cfg(test)]
 mod tests;

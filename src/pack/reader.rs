@@ -18,6 +18,7 @@ use super::format::{
     check_pack_name, checksum,
 };
 use super::{Pack, Segment};
+use crate::le::{LeReader, Truncated};
 
 /// The most bytes the preamble and header can take, in either format:
 /// `read_header` never looks further.
@@ -98,6 +99,24 @@ pub fn read_pack_file(path: impl AsRef<Path>) -> Result<Pack, PackError> {
     read_pack(&bytes)
 }
 
+/// Reads only the header of a pack file on disk: at most `MAX_HEADER_BYTES`,
+/// however large the file (status pages ask this of every kept version).
+pub fn read_header_file(path: impl AsRef<Path>) -> Result<PackHeader, PackError> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let io = |source: std::io::Error| PackError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(MAX_HEADER_BYTES);
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    read_header(&head)
+}
+
 /// Reads only the preamble and header (at most `MAX_HEADER_BYTES` from the
 /// start), verifying the header checksum but nothing after it: cheap enough
 /// for `inspect` and status pages, not a substitute for `read_pack`.
@@ -153,7 +172,7 @@ fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
 
 fn read_user_dictionary(cursor: &mut Cursor<'_>, user_count: u32) -> Result<Vec<u64>, PackError> {
     let section = PackSection::UserDictionary;
-    let start = cursor.position;
+    let start = cursor.position();
     let bytes = cursor.take(user_count as usize * 8, section)?;
     cursor.verify_checksum(section, start)?;
     let user_fingerprints: Vec<u64> = bytes
@@ -188,7 +207,7 @@ fn read_segment_table(
     header: &PackHeader,
 ) -> Result<Vec<SegmentEntry>, PackError> {
     let section = PackSection::SegmentTable;
-    let start = cursor.position;
+    let start = cursor.position();
     let segment_count = header.segment_count as usize;
     // The smallest entry has two empty strings; refuse a count the remaining
     // bytes cannot hold before sizing anything by it.
@@ -266,7 +285,7 @@ fn read_segment_data(
     let section = PackSection::Bitmap {
         segment_id: entry.id,
     };
-    let start = cursor.position;
+    let start = cursor.position();
     let mut bitmap_bytes = cursor.take(entry.bitmap_bytes as usize, section)?;
     cursor.verify_checksum(section, start)?;
     // `deserialize_from` validates container structure; its allocations are
@@ -301,7 +320,7 @@ fn read_segment_data(
         let section = PackSection::Recency {
             segment_id: entry.id,
         };
-        let start = cursor.position;
+        let start = cursor.position();
         let bytes = cursor.take(entry.member_count as usize * 2, section)?;
         cursor.verify_checksum(section, start)?;
         let hours: Vec<u16> = bytes
@@ -334,7 +353,7 @@ fn whole_file_checksum_matches(bytes: &[u8]) -> bool {
 
 fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<(), PackError> {
     let section = PackSection::Footer;
-    let footer_start = cursor.position;
+    let footer_start = cursor.position();
     let total_bytes = cursor.take_u64(section)?;
     let end_magic = cursor.take(END_MAGIC.len(), section)?;
     // The file checksum covers the footer itself: compared here only when the
@@ -352,81 +371,81 @@ fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<
     if end_magic != END_MAGIC {
         return Err(PackError::malformed("bad end magic in footer"));
     }
-    if total_bytes != cursor.position as u64 {
+    if total_bytes != cursor.position() as u64 {
         return Err(PackError::malformed(format!(
             "footer says the file has {total_bytes} bytes, it ends at {}",
-            cursor.position
+            cursor.position()
         )));
     }
     let trailing_bytes = cursor.remaining().len();
     if trailing_bytes != 0 {
         return Err(PackError::malformed(format!(
             "{trailing_bytes} trailing bytes after the footer at offset {}",
-            cursor.position
+            cursor.position()
         )));
     }
     Ok(())
 }
 
+/// A string of the file: UTF-8 and, being shown in logs and labels, free of
+/// control characters (the rule of `names`).
 fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))?;
+    super::names::check_label(what, &text)?;
+    Ok(text)
 }
 
-/// A position in the pack bytes; every read is bounds-checked.
+/// A position in the pack bytes: the shared [`LeReader`], with each
+/// shortfall reported as the section it cut short.
 struct Cursor<'a> {
-    bytes: &'a [u8],
-    position: usize,
+    reader: LeReader<'a>,
     /// False once the whole-file checksum matched: section checksums are then
     /// skipped over, being covered by it.
     verify_section_checksums: bool,
 }
 
+fn truncated(what: PackSection) -> impl FnOnce(Truncated) -> PackError {
+    move |short| PackError::Truncated {
+        what,
+        offset: short.offset as u64,
+        needed_bytes: short.needed_bytes as u64,
+        available_bytes: short.available_bytes as u64,
+    }
+}
+
 impl<'a> Cursor<'a> {
     fn new(bytes: &'a [u8]) -> Cursor<'a> {
         Cursor {
-            bytes,
-            position: 0,
+            reader: LeReader::new(bytes),
             verify_section_checksums: true,
         }
     }
 
+    /// Bytes read so far.
+    fn position(&self) -> usize {
+        self.reader.position()
+    }
+
     fn remaining(&self) -> &'a [u8] {
-        &self.bytes[self.position..]
+        self.reader.rest()
     }
 
     /// Errors unless `count` more bytes are present.
     fn ensure(&self, count: usize, what: PackSection) -> Result<(), PackError> {
-        let available = self.bytes.len() - self.position;
-        if count > available {
-            return Err(PackError::Truncated {
-                what,
-                offset: self.position as u64,
-                needed_bytes: count as u64,
-                available_bytes: available as u64,
-            });
-        }
-        Ok(())
+        self.reader.ensure(count).map_err(truncated(what))
     }
 
     fn take(&mut self, count: usize, what: PackSection) -> Result<&'a [u8], PackError> {
-        self.ensure(count, what)?;
-        let taken = &self.bytes[self.position..self.position + count];
-        self.position += count;
-        Ok(taken)
-    }
-
-    fn take_array<const N: usize>(&mut self, what: PackSection) -> Result<[u8; N], PackError> {
-        let taken = self.take(N, what)?;
-        Ok(taken.try_into().expect("take returned N bytes"))
+        self.reader.take(count).map_err(truncated(what))
     }
 
     fn take_u32(&mut self, what: PackSection) -> Result<u32, PackError> {
-        self.take_array(what).map(u32::from_le_bytes)
+        self.reader.u32().map_err(truncated(what))
     }
 
     fn take_u64(&mut self, what: PackSection) -> Result<u64, PackError> {
-        self.take_array(what).map(u64::from_le_bytes)
+        self.reader.u64().map_err(truncated(what))
     }
 
     /// A `u8` length and that many bytes.
@@ -442,10 +461,10 @@ impl<'a> Cursor<'a> {
         section: PackSection,
         section_start: usize,
     ) -> Result<(), PackError> {
-        let section_end = self.position;
+        let section_end = self.position();
         let stored = self.take_u64(section)?;
         if self.verify_section_checksums
-            && checksum(&self.bytes[section_start..section_end]) != stored
+            && checksum(&self.reader.bytes()[section_start..section_end]) != stored
         {
             return Err(PackError::ChecksumMismatch {
                 section,

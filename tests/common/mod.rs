@@ -3,8 +3,12 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod forge;
 pub mod model;
+pub mod nats;
 pub mod process;
+pub mod realtime;
+pub mod tmpfs;
 
 use std::path::Path;
 
@@ -34,9 +38,23 @@ pub struct TestServer {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A test config over `data_dir` on ephemeral loopback ports.
+/// A test config over `data_dir` on ephemeral loopback ports: the flags'
+/// defaults, as `segd serve` with no flags would parse them.
 pub fn config(data_dir: &Path) -> ServeConfig {
-    ServeConfig::for_tests(data_dir.to_path_buf())
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+    let mut config = Wrapper::parse_from(["segd"]).config;
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.metrics_listen =
+        segd::config::MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
+    config.data_dir = data_dir.to_path_buf();
+    config.admin_token = None;
+    config
 }
 
 impl TestServer {
@@ -144,13 +162,16 @@ impl TestServer {
     }
 }
 
-/// A minimal HTTP/1.1 GET: (status code, body). The server closes the connection.
+/// A minimal HTTP/1.1 GET: (status code, body). Asks the server to close the
+/// connection after the response, so the body is everything up to EOF.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\n\r\n")
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+            )
                 .as_bytes(),
         )
         .await

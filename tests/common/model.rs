@@ -1,5 +1,5 @@
 //! The plain reference model for memberships: a map from user to segment to
-//! last-seen time, and the answers DESIGN.md says a lookup must give.
+//! last-seen time, and the answers docs/DESIGN.md says a lookup must give.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -138,7 +138,7 @@ impl Model {
         Self { packs }
     }
 
-    /// (matches, unknown) per DESIGN.md.
+    /// (matches, unknown) per docs/DESIGN.md.
     pub fn lookup(
         &self,
         user_id: &str,
