@@ -17,6 +17,7 @@
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
 //!   interval fsyncs).
+//! - [`ready`]: a value the start-up load provides, shared before it exists.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -25,9 +26,11 @@
 //! - [`freshness`]: the watcher that re-judges pack staleness every second.
 //! - [`api`]: one thin file per gRPC service, plus the error-to-status mapping.
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
-//! - [`server`]: wires listeners, services, health and reflection; `serve` is what
-//!   the binary and the tests call.
-//! - [`config`]: the `segd serve` flags.
+//! - [`app`]: the composition root: opens everything from the settings and
+//!   hands out the routers, the metrics route and the background tasks.
+//! - [`server`]: the life of a running server (`serve`: open, serve, load,
+//!   SERVING, wait, drain); what the binary and the tests call.
+//! - [`settings`]: the `segd serve` flags, one flattened group per concern.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
@@ -37,7 +40,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod config;
+pub mod app;
 pub mod decide;
 pub mod demo;
 pub mod freq;
@@ -48,7 +51,9 @@ pub mod memory;
 pub mod overload;
 pub mod pack;
 pub mod periodic;
+pub mod ready;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

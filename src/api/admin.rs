@@ -29,12 +29,10 @@ pub struct AdminService {
     changes: Arc<PackChanges>,
 }
 
-/// Parts of `Status` owned by other components (frequency store, freshness).
+/// Parts of `Status` owned by other components (the frequency store).
+/// Called on a blocking thread.
 pub trait StatusExtras: Send + Sync + 'static {
     fn frequency(&self) -> Option<crate::proto::FrequencyStatus>;
-    /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
-    /// freshness bound at `now_unix_seconds`.
-    fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
 }
 
 impl AdminService {
@@ -156,9 +154,11 @@ impl Admin for AdminService {
                 users: pack.users(),
                 memberships: pack.memberships(),
                 bytes: pack.file_bytes,
-                stale: self
-                    .status_extras
-                    .is_stale(&pack.name, pack.built_at_unix_seconds, now),
+                stale: self.catalog.store().freshness().is_stale(
+                    &pack.name,
+                    pack.built_at_unix_seconds,
+                    now,
+                ),
                 age_seconds: now - pack.built_at_unix_seconds,
                 previous_version: previous_version.unwrap_or_default(),
             })

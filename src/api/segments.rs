@@ -1,7 +1,7 @@
 //! `segd.v1.Segments`: the hot path. Each handler validates, loads the serving
 //! state once, calls the domain function and maps the answer.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -15,12 +15,13 @@ use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
     LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
 };
+use crate::ready::Ready;
 use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
     store: Arc<Store>,
     /// Set once the frequency store has replayed its log at start-up.
-    counters: Arc<OnceLock<Arc<FreqStore>>>,
+    counters: Ready<Arc<FreqStore>>,
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
@@ -30,7 +31,7 @@ pub struct SegmentsService {
 impl SegmentsService {
     pub fn new(
         store: Arc<Store>,
-        counters: Arc<OnceLock<Arc<FreqStore>>>,
+        counters: Ready<Arc<FreqStore>>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
         decisions: Arc<DecideCounters>,
@@ -45,9 +46,7 @@ impl SegmentsService {
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
-        self.counters
-            .get()
-            .ok_or_else(|| Status::unavailable("replaying the frequency log, not serving yet"))
+        self.counters.or_unavailable("replaying the frequency log")
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {

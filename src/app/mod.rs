@@ -1,0 +1,343 @@
+//! The composition root. [`App::open`] builds every long-lived part from the
+//! typed settings, once: the serving store with its freshness policy, the
+//! catalog over the data directory, the registered line items, the metrics
+//! registry each owner registers into, and health. It then hands out what
+//! the server runs: the query router, the admin router and the metrics
+//! route, and the background tasks, each stopped by the one shutdown token.
+//!
+//! What it must never do: hold domain logic or serve anything itself. The
+//! loop of a running server (bind, serve, drain) is `server::serve`.
+
+pub mod status;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tower::layer::util::{Identity, Stack};
+use tracing::info;
+
+use crate::api::auth::AdminAuth;
+use crate::api::outcomes::{DecideCounters, PackChanges};
+use crate::api::{AdminService, RequestLimits, SegmentsService};
+use crate::freq::telemetry::FreqMetrics;
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::line_items::LineItemRegistry;
+use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
+use crate::proto::admin_server::AdminServer;
+use crate::proto::segments_server::SegmentsServer;
+use crate::ready::Ready;
+use crate::settings::{FsyncMode, ServeConfig};
+use crate::store::Store;
+use crate::store::catalog::Catalog;
+use crate::store::telemetry::StoreMetrics;
+use crate::telemetry::{Registry, RpcCounters, RpcMetricsLayer};
+use crate::watch::WatchCounters;
+use transport::{Port, server_builder};
+
+/// The query port's tower stack, outermost first: the metrics layer also
+/// counts what the shedder refuses.
+pub type QueryLayers = Stack<ConcurrencyShedLayer, Stack<RpcMetricsLayer, Identity>>;
+/// The admin port's tower stack.
+pub type AdminLayers = Stack<RpcMetricsLayer, Identity>;
+
+/// The counters the request path writes; registered in the registry too.
+struct Counters {
+    rpc: Arc<RpcCounters>,
+    decisions: Arc<DecideCounters>,
+    changes: Arc<PackChanges>,
+    overload: Arc<OverloadCounters>,
+    watch: Option<Arc<WatchCounters>>,
+}
+
+pub struct App {
+    settings: ServeConfig,
+    admin_token: Option<String>,
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    line_items: Arc<LineItemRegistry>,
+    /// Provided by [`App::load`]: the log is replayed with the data directory.
+    freq: Ready<Arc<FreqStore>>,
+    counters: Counters,
+    registry: Arc<Registry>,
+    health: HealthReporter,
+}
+
+impl App {
+    /// Checks the settings and opens everything that is cheap to open; the
+    /// data directory itself is loaded by [`App::load`].
+    pub fn open(settings: ServeConfig) -> anyhow::Result<App> {
+        let admin_token = check_settings(&settings)?;
+        let store = Arc::new(Store::with_freshness(settings.freshness.policy()));
+        let data_dir = &settings.data_dir;
+        let catalog = Arc::new(
+            Catalog::open(data_dir, store.clone())
+                .with_context(|| format!("open --data-dir {}", data_dir.display()))?,
+        );
+        let line_items =
+            Arc::new(LineItemRegistry::open(data_dir).with_context(|| {
+                format!("load line items from --data-dir {}", data_dir.display())
+            })?);
+        let freq = Ready::default();
+        let counters = Counters {
+            rpc: Arc::default(),
+            decisions: Arc::default(),
+            changes: Arc::default(),
+            overload: Arc::default(),
+            watch: settings.watch.watch_dir.as_ref().map(|_| Arc::default()),
+        };
+        let registry = Arc::new(registry(&counters, &store, &freq));
+        Ok(App {
+            settings,
+            admin_token,
+            store,
+            catalog,
+            line_items,
+            freq,
+            counters,
+            registry,
+            health: HealthReporter::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &ServeConfig {
+        &self.settings
+    }
+
+    /// `segd.v1.Segments` with health and reflection, behind the metrics
+    /// layer and the load shedder.
+    pub fn query_router(&self) -> anyhow::Result<Router<QueryLayers>> {
+        let segments = SegmentsServer::new(SegmentsService::new(
+            self.store.clone(),
+            self.freq.clone(),
+            self.line_items.clone(),
+            self.limits(),
+            self.counters.decisions.clone(),
+        ))
+        .max_decoding_message_size(self.settings.limits.max_request_bytes);
+        let (reflection, reflection_v1alpha) = reflection()?;
+        Ok(server_builder(&self.settings, Port::Query)?
+            .layer(RpcMetricsLayer::new(self.counters.rpc.clone()))
+            .layer(ConcurrencyShedLayer::new(
+                self.settings.limits.max_in_flight,
+                self.counters.overload.clone(),
+            ))
+            .add_service(self.health_service())
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(segments))
+    }
+
+    /// `segd.v1.Admin` (behind the token check) with health and reflection.
+    pub fn admin_router(&self) -> anyhow::Result<Router<AdminLayers>> {
+        let extras = status::ServerStatusExtras {
+            counters: self.freq.clone(),
+            fsync: self.settings.frequency.fsync,
+            retention_days: self.settings.frequency.freq_retention_days,
+        };
+        let service = AdminService::new(
+            self.catalog.clone(),
+            self.line_items.clone(),
+            self.limits(),
+            self.settings.limits.max_push_bytes,
+            Arc::new(extras),
+            self.counters.changes.clone(),
+        );
+        let auth = AdminAuth::new(self.admin_token.as_deref());
+        // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
+        let admin = InterceptedService::new(
+            AdminServer::new(service).max_decoding_message_size(16 << 20),
+            move |request| auth.check(request),
+        );
+        let (reflection, reflection_v1alpha) = reflection()?;
+        Ok(server_builder(&self.settings, Port::Admin)?
+            .layer(RpcMetricsLayer::new(self.counters.rpc.clone()))
+            .add_service(self.health_service())
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(admin))
+    }
+
+    /// `GET /metrics` over everything registered.
+    pub fn metrics_route(&self) -> axum::Router {
+        crate::telemetry::router(self.registry.clone())
+    }
+
+    /// Health before the load: NOT_SERVING, overall and for Segments.
+    pub async fn report_loading(&self) {
+        self.set_health(ServingStatus::NotServing).await;
+    }
+
+    /// Loads the data directory on a blocking thread: the demo pack if asked
+    /// for, every pack, then the frequency store's recovery. Returns the
+    /// generation then served.
+    pub async fn load(&self) -> anyhow::Result<u64> {
+        let demo = self.settings.demo;
+        let catalog = self.catalog.clone();
+        let freq_config = freq_config(&self.settings);
+        let freq = self.freq.clone();
+        let data_dir = self.settings.data_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            if demo && catalog.is_empty()? {
+                crate::demo::write_demo_pack(catalog.packs_dir())?;
+            }
+            let generation = catalog.load_all(crate::unix_now_seconds())?;
+            let freq_dir = freq_config.dir.clone();
+            let (store, report) = FreqStore::open(freq_config)
+                .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
+            info!(
+                checkpoint_events = report.checkpoint_events,
+                replayed_records = report.replayed_records,
+                torn_tail_bytes = report.torn_tail_bytes,
+                "frequency store recovered"
+            );
+            freq.set(store);
+            Ok(generation)
+        })
+        .await
+        .context("data directory loader failed")?
+        .with_context(|| format!("load --data-dir {}", data_dir.display()))
+    }
+
+    /// Health after the load: SERVING.
+    pub async fn report_serving(&self, generation: u64) {
+        let packs = self.store.load().packs().len();
+        info!(generation, packs, "data directory loaded, serving");
+        self.set_health(ServingStatus::Serving).await;
+    }
+
+    /// The background tasks of a loaded server, each until `stop`: the pack
+    /// freshness watcher and the `--watch-dir` poller. Started only after the
+    /// load, so a watched file never races it.
+    pub fn spawn_tasks(&self, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(crate::freshness::watch(
+            self.catalog.clone(),
+            stop.clone(),
+        ))];
+        if let (Some(dir), Some(counters)) = (&self.settings.watch.watch_dir, &self.counters.watch)
+        {
+            tasks.push(crate::watch::spawn(
+                dir.clone(),
+                Duration::from_millis(self.settings.watch.watch_poll_ms),
+                self.catalog.clone(),
+                counters.clone(),
+                stop.clone(),
+            ));
+        }
+        tasks
+    }
+
+    /// Flushes and fsyncs the frequency log and writes a checkpoint (when the
+    /// store was opened). Call once requests have drained.
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        let Some(store) = self.freq.get().cloned() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .context("frequency shutdown task")?
+            .context("flush the frequency store")?;
+        info!("frequency log flushed and checkpointed");
+        Ok(())
+    }
+
+    fn limits(&self) -> RequestLimits {
+        RequestLimits::from_settings(&self.settings)
+    }
+
+    fn health_service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.health.clone()))
+    }
+
+    async fn set_health(&self, status: ServingStatus) {
+        self.health.set_service_status("", status).await;
+        self.health
+            .set_service_status(
+                <SegmentsServer<SegmentsService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+}
+
+/// Refuses settings that would be unsafe to run; returns the admin token
+/// (from --admin-token or --admin-token-file), read once.
+pub fn check_settings(settings: &ServeConfig) -> anyhow::Result<Option<String>> {
+    let network = &settings.network;
+    let admin_token = network.resolve_admin_token()?;
+    if !network.admin_listen.ip().is_loopback() && admin_token.is_none() {
+        bail!(
+            "--admin-listen {} is not a loopback address: set --admin-token, SEGD_ADMIN_TOKEN or --admin-token-file so pushes need a token",
+            network.admin_listen
+        );
+    }
+    if let Some(watch_dir) = &settings.watch.watch_dir {
+        crate::watch::check_watch_dir(watch_dir, &settings.data_dir)?;
+    }
+    Ok(admin_token)
+}
+
+/// Every owner's figures, in the order a scrape lists them.
+fn registry(counters: &Counters, store: &Arc<Store>, freq: &Ready<Arc<FreqStore>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(counters.rpc.clone()));
+    registry.register_collector(Box::new(counters.decisions.clone()));
+    registry.register_collector(Box::new(counters.changes.clone()));
+    registry.register_collector(Box::new(StoreMetrics(store.clone())));
+    registry.register_collector(Box::new(FreqMetrics(freq.clone())));
+    registry.register_collector(Box::new(counters.overload.clone()));
+    if let Some(watch) = &counters.watch {
+        registry.register_collector(Box::new(watch.clone()));
+    }
+    registry
+}
+
+/// Server reflection, v1 and v1alpha (grpcurl before 1.8.8 and many other
+/// tools only speak v1alpha).
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder()
+        .build_v1()
+        .context("build the reflection service")?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .context("build the reflection service (v1alpha)")?;
+    Ok((v1, v1alpha))
+}
+
+/// The frequency store's settings from the flags.
+pub fn freq_config(settings: &ServeConfig) -> FreqConfig {
+    let frequency = &settings.frequency;
+    FreqConfig {
+        dir: settings.data_dir.join("freq"),
+        fsync: match frequency.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval,
+            FsyncMode::Never => FsyncPolicy::Never,
+        },
+        fsync_interval: Duration::from_millis(frequency.fsync_interval_ms.max(1)),
+        retention_seconds: frequency.retention_seconds(),
+        checkpoint_interval: Duration::from_secs(frequency.checkpoint_interval_seconds.max(1)),
+        sweep_interval: Duration::from_secs(60),
+        recover_corrupt_log: frequency.recover_corrupt_log,
+    }
+}
