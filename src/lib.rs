@@ -18,6 +18,9 @@
 //! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
 //!   interval fsyncs).
 //! - [`ready`]: a value the start-up load provides, shared before it exists.
+//! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
+//!   writes to the overlay the store consults, folding into newer packs.
+//!   Knows nothing of gRPC or tokio.
 //! - [`memory`]: returns freed heap to the OS after a pack load.
 //! - [`line_items`]: registered line items, named by id in `Decide`.
 //! - [`telemetry`]: the metrics registry every owner registers its figures
@@ -28,6 +31,8 @@
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`app`]: the composition root: opens everything from the settings and
 //!   hands out the routers, the metrics route and the background tasks.
+//! - [`shard`]: the shard function (a user's shard among `N`) and
+//!   `--shard I/N`. Pure arithmetic.
 //! - [`server`]: the life of a running server (`serve`: open, serve, load,
 //!   SERVING, wait, drain); what the binary and the tests call.
 //! - [`settings`]: the `segd serve` flags, one flattened group per concern.
@@ -52,8 +57,10 @@ pub mod overload;
 pub mod pack;
 pub mod periodic;
 pub mod ready;
+pub mod realtime;
 pub mod server;
 pub mod settings;
+pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod watch;

@@ -48,3 +48,13 @@ impl<T> std::fmt::Debug for Ready<T> {
         })
     }
 }
+
+/// A collector registered before its owner exists encodes nothing until set.
+impl<C: crate::telemetry::Collector> crate::telemetry::Collector for Ready<C> {
+    fn encode(&self, encoder: crate::telemetry::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.get() {
+            Some(collector) => collector.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}

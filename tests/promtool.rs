@@ -66,6 +66,12 @@ async fn serve_every_rpc(server: &TestServer) {
         .await
         .unwrap();
     admin.status(StatusRequest {}).await.unwrap();
+    common::realtime::update(&mut admin, vec![common::realtime::add("bob", 1, 0, 0)])
+        .await
+        .unwrap();
+    common::realtime::forget(&mut admin, &["carol"])
+        .await
+        .unwrap();
     admin
         .list_segments(ListSegmentsRequest::default())
         .await
@@ -173,6 +179,8 @@ async fn promtool_finds_nothing_to_lint_after_every_rpc() {
     assert_eq!(uncalled_methods(&text), Vec::<String>::new());
     for family in [
         "segd_freq_events",
+        "segd_overlay_entries 1",
+        "segd_forgotten_users 1",
         "segd_watch_loaded_total",
         "segd_overload_shed_requests_total",
         "segd_decide_decisions_total",

@@ -23,6 +23,41 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Load a data set written by `gen` into Redis (a sorted set per user).
     RedisLoad(RedisLoadArgs),
+    /// Send real-time updates (Admin/UpdateMembers) and forgets (Admin/ForgetUsers), closed loop.
+    Update(UpdateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// Admin address of the server.
+    #[arg(long, default_value = "http://127.0.0.1:7401")]
+    pub admin_addr: String,
+    /// Admin bearer token.
+    #[arg(long, env = "SEGD_ADMIN_TOKEN")]
+    pub token: Option<String>,
+    /// Updates to send: random adds (90 %) and removes of users `u:0..--users`.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub updates: u64,
+    /// Users to forget afterwards (`forget:{n}`, ids no pack holds).
+    #[arg(long, default_value_t = 0)]
+    pub forgets: u64,
+    /// Users the updates draw from (`u:{n}`, as `gen` names them).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
+    /// Segment ids the updates draw from: --first-segment-id ..= --last-segment-id (served ones).
+    #[arg(long, default_value_t = 1)]
+    pub first_segment_id: u32,
+    #[arg(long, default_value_t = 200)]
+    pub last_segment_id: u32,
+    /// Updates (or users) per request.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch: usize,
+    /// Concurrent connections, one request in flight on each.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// Seed of the update generator.
+    #[arg(long, default_value_t = 9)]
+    pub seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +130,12 @@ pub struct RunArgs {
     /// Server address (segd's query port).
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     pub addr: String,
+    /// Query addresses of every shard, comma-separated, in shard order
+    /// (index = shard, `segd serve --shard I/N`): each user's requests go to
+    /// its shard (a BatchLookup or RecordImpressions is split by shard and
+    /// sent to each at once). Replaces --addr.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR,ADDR,..")]
+    pub shard_addrs: Vec<String>,
     /// What to send.
     #[arg(long, value_enum, default_value_t = Workload::Lookup)]
     pub workload: Workload,

@@ -22,9 +22,9 @@ pub enum Executor {
     Redis(RedisExecutor),
 }
 
-/// One gRPC connection to segd at `addr`.
-pub async fn connect_grpc(addr: &str) -> Result<Executor> {
-    Ok(Executor::Grpc(Box::new(grpc_target::connect(addr).await?)))
+/// One gRPC connection to segd at each of `addrs` (one per shard, in shard order).
+pub async fn connect_grpc(addrs: &[String]) -> Result<Executor> {
+    Ok(Executor::Grpc(Box::new(grpc_target::connect(addrs).await?)))
 }
 
 /// One Redis connection holding the same data set.

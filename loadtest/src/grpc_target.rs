@@ -1,11 +1,15 @@
-//! segd over gRPC: one HTTP/2 connection per executor, and each request sent
-//! on it. Replies are checked just enough to catch a server answering the
-//! wrong shape.
+//! segd over gRPC: one HTTP/2 connection per executor and shard, and each
+//! request sent on the connection of its user's shard (`--shard-addrs`,
+//! routed by `segd::shard::shard_of_user`, the function the servers check).
+//! Replies are checked just enough to catch a server answering the wrong
+//! shape.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use segd::proto::segments_client::SegmentsClient;
+use segd::proto::{BatchLookupRequest, RecordImpressionsRequest};
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -14,62 +18,64 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::outcome::{Failure, Outcome, bad_reply};
 use crate::workload::Request;
 
-/// Both clients share one channel, i.e. one HTTP/2 connection.
+/// One segments client per shard (index = shard); health asks shard 0.
 #[derive(Clone)]
 pub struct GrpcClients {
-    segments: SegmentsClient<Channel>,
+    shards: Vec<SegmentsClient<Channel>>,
     health: HealthClient<Channel>,
 }
 
-/// Opens one HTTP/2 connection: each call makes a separate channel, so
-/// `--connections C` really is C TCP connections.
-pub async fn connect(addr: &str) -> Result<GrpcClients> {
+/// Opens one HTTP/2 connection per address: each call makes separate
+/// channels, so `--connections C` really is C TCP connections per shard.
+pub async fn connect(addrs: &[String]) -> Result<GrpcClients> {
+    let mut shards = Vec::with_capacity(addrs.len());
+    let mut health = None;
+    for addr in addrs {
+        let channel = connect_one(addr).await?;
+        health.get_or_insert_with(|| HealthClient::new(channel.clone()));
+        shards.push(
+            SegmentsClient::new(channel)
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
+        );
+    }
+    let health = health.context("no segd address given")?;
+    Ok(GrpcClients { shards, health })
+}
+
+async fn connect_one(addr: &str) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr {addr} is not a valid URL"))?
+        .with_context(|| format!("address {addr} is not a valid URL"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         // Larger windows: batch replies are big and must not stall on flow control.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20));
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to --addr {addr}"))?;
-    Ok(GrpcClients {
-        segments: SegmentsClient::new(channel.clone())
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20),
-        health: HealthClient::new(channel),
-    })
+        .with_context(|| format!("connecting to {addr}"))
 }
 
 impl GrpcClients {
+    fn shard_of(&self, user_id: &str) -> usize {
+        segd::shard::shard_of_user(user_id, self.shards.len() as u32) as usize
+    }
+
     pub async fn execute(&mut self, request: Request) -> Result<Outcome, Failure> {
-        let segments = &mut self.segments;
-        let health = &mut self.health;
         match request {
             Request::Lookup(lookup) => {
-                let reply = segments.lookup(lookup).await?.into_inner();
+                let shard = self.shard_of(&lookup.user_id);
+                let reply = self.shards[shard].lookup(lookup).await?.into_inner();
                 Ok(Outcome {
                     generation: Some(reply.generation),
                 })
             }
-            Request::Batch(batch) => {
-                let asked = batch.requests.len();
-                let reply = segments.batch_lookup(batch).await?.into_inner();
-                if reply.responses.len() != asked {
-                    return Err(bad_reply(format!(
-                        "batch of {asked} answered with {} responses",
-                        reply.responses.len()
-                    )));
-                }
-                Ok(Outcome {
-                    generation: Some(reply.generation),
-                })
-            }
+            Request::Batch(batch) => self.batch(batch).await,
             Request::Decide(decide) => {
                 let asked = decide.candidates.len() + decide.line_item_ids.len();
-                let reply = segments.decide(decide).await?.into_inner();
+                let shard = self.shard_of(&decide.user_id);
+                let reply = self.shards[shard].decide(decide).await?.into_inner();
                 if reply.decisions.len() != asked {
                     return Err(bad_reply(format!(
                         "{asked} candidates answered with {} decisions",
@@ -80,19 +86,10 @@ impl GrpcClients {
                     generation: Some(reply.generation),
                 })
             }
-            Request::Record(record) => {
-                let asked = record.impressions.len() as u32;
-                let reply = segments.record_impressions(record).await?.into_inner();
-                if reply.recorded + reply.duplicates != asked {
-                    return Err(bad_reply(format!(
-                        "{asked} impressions answered recorded {} duplicates {}",
-                        reply.recorded, reply.duplicates
-                    )));
-                }
-                Ok(Outcome::default())
-            }
+            Request::Record(record) => self.record(record).await,
             Request::Health => {
-                let reply = health
+                let reply = self
+                    .health
                     .check(HealthCheckRequest {
                         service: String::new(),
                     })
@@ -107,5 +104,72 @@ impl GrpcClients {
                 Ok(Outcome::default())
             }
         }
+    }
+
+    /// One BatchLookup per shard with users in the batch, sent at once.
+    async fn batch(&mut self, batch: BatchLookupRequest) -> Result<Outcome, Failure> {
+        let mut parts = vec![Vec::new(); self.shards.len()];
+        for lookup in batch.requests {
+            parts[self.shard_of(&lookup.user_id)].push(lookup);
+        }
+        let mut calls = JoinSet::new();
+        for (shard, requests) in parts.into_iter().enumerate() {
+            if requests.is_empty() {
+                continue;
+            }
+            let mut client = self.shards[shard].clone();
+            calls.spawn(async move {
+                let asked = requests.len();
+                let reply = client
+                    .batch_lookup(BatchLookupRequest { requests })
+                    .await?
+                    .into_inner();
+                if reply.responses.len() != asked {
+                    return Err(bad_reply(format!(
+                        "batch of {asked} answered with {} responses",
+                        reply.responses.len()
+                    )));
+                }
+                Ok(reply.generation)
+            });
+        }
+        let mut generation = None;
+        while let Some(joined) = calls.join_next().await {
+            generation = Some(joined.map_err(|error| bad_reply(error.to_string()))??);
+        }
+        Ok(Outcome { generation })
+    }
+
+    /// One RecordImpressions per shard with users in the batch, sent at once.
+    async fn record(&mut self, record: RecordImpressionsRequest) -> Result<Outcome, Failure> {
+        let mut parts = vec![Vec::new(); self.shards.len()];
+        for impression in record.impressions {
+            parts[self.shard_of(&impression.user_id)].push(impression);
+        }
+        let mut calls = JoinSet::new();
+        for (shard, impressions) in parts.into_iter().enumerate() {
+            if impressions.is_empty() {
+                continue;
+            }
+            let mut client = self.shards[shard].clone();
+            calls.spawn(async move {
+                let asked = impressions.len() as u32;
+                let reply = client
+                    .record_impressions(RecordImpressionsRequest { impressions })
+                    .await?
+                    .into_inner();
+                if reply.recorded + reply.duplicates != asked {
+                    return Err(bad_reply(format!(
+                        "{asked} impressions answered recorded {} duplicates {}",
+                        reply.recorded, reply.duplicates
+                    )));
+                }
+                Ok(())
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            joined.map_err(|error| bad_reply(error.to_string()))??;
+        }
+        Ok(Outcome::default())
     }
 }

@@ -15,6 +15,8 @@
 //! - [`chart`]: the SVG chart, built by hand.
 //! - [`redis_target`]: the Redis baseline: `loadtest redis-load` and the Redis
 //!   side of `loadtest run --target redis`.
+//! - [`update`]: `loadtest update`: real-time updates and forgets through the
+//!   admin port.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ mod redis_target;
 mod report;
 mod run;
 mod swap;
+mod update;
 mod workload;
 
 use clap::Parser;
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Gen(args) => r#gen::run(&args),
         cli::Command::Run(args) => runtime()?.block_on(run::run(*args)),
         cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
+        cli::Command::Update(args) => runtime()?.block_on(update::run(args)),
     }
 }
 

@@ -169,6 +169,15 @@ async fn register_line_items(args: &RunArgs, dataset: &Dataset) -> Result<()> {
     Ok(())
 }
 
+/// The segd query addresses, in shard order: --shard-addrs, else --addr.
+fn grpc_addrs(args: &RunArgs) -> Vec<String> {
+    if args.shard_addrs.is_empty() {
+        vec![args.addr.clone()]
+    } else {
+        args.shard_addrs.clone()
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args)?;
     let dataset = Arc::new(Dataset::load(&args)?);
@@ -176,7 +185,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut executors = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         executors.push(match args.target {
-            Target::Grpc => executor::connect_grpc(&args.addr).await?,
+            Target::Grpc => executor::connect_grpc(&grpc_addrs(&args)).await?,
             Target::Redis => {
                 executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
             }
@@ -477,7 +486,7 @@ fn build_report(
     Report {
         workload,
         addr: match args.target {
-            Target::Grpc => args.addr.clone(),
+            Target::Grpc => grpc_addrs(&args).join(","),
             Target::Redis => args.redis_url.clone(),
         },
         target,

@@ -1,4 +1,5 @@
-//! `segd.v1.Admin`: pushes, status, rollback, drop. Every call has passed the
+//! `segd.v1.Admin`: pushes, status, rollback, drop, real-time updates and
+//! forgets. Every call has passed the
 //! bearer-token interceptor (`auth`). Catalog work runs on blocking threads.
 
 use std::sync::Arc;
@@ -15,7 +16,12 @@ use crate::proto::{
     PushSnapshotResponse, RollbackRequest, RollbackResponse, SegmentInfo, SnapshotChunk,
     StatusRequest, StatusResponse,
 };
+use crate::proto::{
+    ForgetUsersRequest, ForgetUsersResponse, UpdateMembersRequest, UpdateMembersResponse,
+};
 use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
+use crate::ready::Ready;
+use crate::realtime::RealtimeWrites;
 use crate::store::catalog::Catalog;
 
 pub struct AdminService {
@@ -27,12 +33,21 @@ pub struct AdminService {
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
     changes: Arc<PackChanges>,
+    /// This replica's audience shard, reported in `Status`.
+    shard: crate::shard::Shard,
+    /// Set once the real-time journal is replayed; unset = not offered.
+    realtime: Ready<Arc<dyn RealtimeWrites>>,
+    max_updates_per_request: usize,
 }
 
 /// Parts of `Status` owned by other components (the frequency store).
 /// Called on a blocking thread.
 pub trait StatusExtras: Send + Sync + 'static {
     fn frequency(&self) -> Option<crate::proto::FrequencyStatus>;
+    /// The real-time overlay and forgotten users.
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -52,7 +67,33 @@ impl AdminService {
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
+            shard: crate::shard::Shard::UNSHARDED,
+            realtime: Ready::default(),
+            max_updates_per_request: 0,
         }
+    }
+
+    /// Reports `shard` (`--shard I/N`) in `Status`.
+    pub fn with_shard(mut self, shard: crate::shard::Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
+    pub fn with_realtime(
+        mut self,
+        realtime: Ready<Arc<dyn RealtimeWrites>>,
+        max_updates_per_request: usize,
+    ) -> Self {
+        self.realtime = realtime;
+        self.max_updates_per_request = max_updates_per_request;
+        self
+    }
+
+    fn realtime(&self) -> Result<Arc<dyn RealtimeWrites>, Status> {
+        self.realtime
+            .or_unavailable("loading the data directory")
+            .cloned()
     }
 }
 
@@ -133,12 +174,12 @@ impl Admin for AdminService {
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
         // Both touch the disk (pack headers, the log directory) and the
         // frequency store locks every shard: off the async workers.
-        let (previous_versions, frequency) = blocking(move || {
+        let (previous_versions, frequency, realtime) = blocking(move || {
             let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
                 .collect();
-            Ok((previous_versions, extras.frequency()))
+            Ok((previous_versions, extras.frequency(), extras.realtime()))
         })
         .await?;
         let packs = state
@@ -171,6 +212,11 @@ impl Admin for AdminService {
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),
             line_items: line_items.len() as u32,
+            shard: Some(crate::proto::ShardStatus {
+                index: self.shard.index,
+                count: self.shard.count,
+            }),
+            realtime,
         }))
     }
 
@@ -242,6 +288,39 @@ impl Admin for AdminService {
             line_items: outcome.line_items,
             unchanged: outcome.unchanged,
         }))
+    }
+
+    async fn update_members(
+        &self,
+        request: Request<UpdateMembersRequest>,
+    ) -> Result<Response<UpdateMembersResponse>, Status> {
+        let updates = crate::api::realtime::updates_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().updates,
+        )?;
+        let realtime = self.realtime()?;
+        let outcome =
+            blocking(move || realtime.update_members(&updates).map_err(Status::from)).await?;
+        Ok(Response::new(UpdateMembersResponse {
+            applied: outcome.applied,
+            generation: outcome.generation,
+        }))
+    }
+
+    async fn forget_users(
+        &self,
+        request: Request<ForgetUsersRequest>,
+    ) -> Result<Response<ForgetUsersResponse>, Status> {
+        let fingerprints = crate::api::realtime::forgets_from_wire(
+            &self.limits,
+            self.max_updates_per_request,
+            &request.into_inner().user_ids,
+        )?;
+        let realtime = self.realtime()?;
+        let forgotten =
+            blocking(move || realtime.forget_users(&fingerprints).map_err(Status::from)).await?;
+        Ok(Response::new(ForgetUsersResponse { forgotten }))
     }
 
     async fn drop_pack(

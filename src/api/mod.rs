@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod limits;
 pub mod outcomes;
+pub mod realtime;
 pub mod segments;
 pub mod status;
 

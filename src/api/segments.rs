@@ -16,6 +16,7 @@ use crate::proto::{
     LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
 };
 use crate::ready::Ready;
+use crate::shard::Shard;
 use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
@@ -26,6 +27,8 @@ pub struct SegmentsService {
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
     decisions: Arc<DecideCounters>,
+    /// This replica's audience shard: users of other shards are refused.
+    shard: Shard,
 }
 
 impl SegmentsService {
@@ -42,7 +45,26 @@ impl SegmentsService {
             line_items,
             limits,
             decisions,
+            shard: Shard::UNSHARDED,
         }
+    }
+
+    /// Serves only users of `shard` (`--shard I/N`).
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// `FAILED_PRECONDITION` naming the user's shard when the user belongs to
+    /// another: a misrouted query must be loud, never a silent non-member.
+    fn check_shard(&self, field: &str, user_id: &str) -> Result<(), Status> {
+        if !self.shard.is_sharded() || self.shard.owns(crate::user_fingerprint(user_id)) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "{field}: {}",
+            crate::shard::misrouted_message(user_id, self.shard)
+        )))
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -50,8 +72,9 @@ impl SegmentsService {
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
-        self.limits
-            .check_user_id(&format!("{prefix}user_id"), &request.user_id)?;
+        let field = format!("{prefix}user_id");
+        self.limits.check_user_id(&field, &request.user_id)?;
+        self.check_shard(&field, &request.user_id)?;
         self.limits.check_count(
             &format!("{prefix}segment_ids"),
             request.segment_ids.len(),
@@ -139,6 +162,7 @@ impl Segments for SegmentsService {
     ) -> Result<Response<DecideResponse>, Status> {
         let request = request.into_inner();
         self.limits.check_decide(&request)?;
+        self.check_shard("user_id", &request.user_id)?;
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
@@ -178,6 +202,12 @@ impl Segments for SegmentsService {
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
         let request = request.into_inner();
         self.limits.check_record(&request)?;
+        for (index, impression) in request.impressions.iter().enumerate() {
+            self.check_shard(
+                &format!("impressions[{index}].user_id"),
+                &impression.user_id,
+            )?;
+        }
         let counters = self.counters()?.clone();
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request

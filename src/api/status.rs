@@ -56,3 +56,16 @@ impl From<crate::line_items::LineItemError> for Status {
         Status::new(code, error.to_string())
     }
 }
+
+impl From<crate::realtime::RealtimeError> for Status {
+    fn from(error: crate::realtime::RealtimeError) -> Self {
+        use crate::realtime::RealtimeError;
+        let code = match &error {
+            RealtimeError::UnknownSegment { .. } => Code::InvalidArgument,
+            RealtimeError::OverlayFull { .. } => Code::ResourceExhausted,
+            RealtimeError::NotLoaded => Code::Unavailable,
+            RealtimeError::Storage(_) => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}

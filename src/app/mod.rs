@@ -35,6 +35,8 @@ use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
 use crate::proto::segments_server::SegmentsServer;
 use crate::ready::Ready;
+use crate::realtime::metrics::RealtimeMetrics;
+use crate::realtime::{Realtime, RealtimeConfig, RealtimeWrites};
 use crate::settings::{FsyncMode, ServeConfig};
 use crate::store::Store;
 use crate::store::catalog::Catalog;
@@ -58,6 +60,15 @@ struct Counters {
     watch: Option<Arc<WatchCounters>>,
 }
 
+/// The real-time side, provided by [`App::load`]: the journal itself (for
+/// status and shutdown), the writes the admin service makes, its figures.
+#[derive(Default)]
+struct RealtimeParts {
+    store: Ready<Arc<Realtime>>,
+    writes: Ready<Arc<dyn RealtimeWrites>>,
+    metrics: Ready<RealtimeMetrics>,
+}
+
 pub struct App {
     settings: ServeConfig,
     admin_token: Option<String>,
@@ -66,6 +77,8 @@ pub struct App {
     line_items: Arc<LineItemRegistry>,
     /// Provided by [`App::load`]: the log is replayed with the data directory.
     freq: Ready<Arc<FreqStore>>,
+    /// Provided by [`App::load`]: the real-time journal, replayed first.
+    realtime: RealtimeParts,
     counters: Counters,
     registry: Arc<Registry>,
     health: HealthReporter,
@@ -87,6 +100,7 @@ impl App {
                 format!("load line items from --data-dir {}", data_dir.display())
             })?);
         let freq = Ready::default();
+        let realtime = RealtimeParts::default();
         let counters = Counters {
             rpc: Arc::default(),
             decisions: Arc::default(),
@@ -94,7 +108,9 @@ impl App {
             overload: Arc::default(),
             watch: settings.watch.watch_dir.as_ref().map(|_| Arc::default()),
         };
-        let registry = Arc::new(registry(&counters, &store, &freq));
+        let mut registry = registry(&counters, &store, &freq);
+        registry.register_collector(Box::new(realtime.metrics.clone()));
+        let registry = Arc::new(registry);
         Ok(App {
             settings,
             admin_token,
@@ -102,6 +118,7 @@ impl App {
             catalog,
             line_items,
             freq,
+            realtime,
             counters,
             registry,
             health: HealthReporter::new(),
@@ -115,13 +132,16 @@ impl App {
     /// `segd.v1.Segments` with health and reflection, behind the metrics
     /// layer and the load shedder.
     pub fn query_router(&self) -> anyhow::Result<Router<QueryLayers>> {
-        let segments = SegmentsServer::new(SegmentsService::new(
-            self.store.clone(),
-            self.freq.clone(),
-            self.line_items.clone(),
-            self.limits(),
-            self.counters.decisions.clone(),
-        ))
+        let segments = SegmentsServer::new(
+            SegmentsService::new(
+                self.store.clone(),
+                self.freq.clone(),
+                self.line_items.clone(),
+                self.limits(),
+                self.counters.decisions.clone(),
+            )
+            .with_shard(self.settings.sharding.shard),
+        )
         .max_decoding_message_size(self.settings.limits.max_request_bytes);
         let (reflection, reflection_v1alpha) = reflection()?;
         Ok(server_builder(&self.settings, Port::Query)?
@@ -142,6 +162,7 @@ impl App {
             counters: self.freq.clone(),
             fsync: self.settings.frequency.fsync,
             retention_days: self.settings.frequency.freq_retention_days,
+            realtime: self.realtime.store.clone(),
         };
         let service = AdminService::new(
             self.catalog.clone(),
@@ -150,7 +171,12 @@ impl App {
             self.settings.limits.max_push_bytes,
             Arc::new(extras),
             self.counters.changes.clone(),
-        );
+        )
+        .with_realtime(
+            self.realtime.writes.clone(),
+            self.settings.realtime.max_updates_per_request,
+        )
+        .with_shard(self.settings.sharding.shard);
         let auth = AdminAuth::new(self.admin_token.as_deref());
         // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
         let admin = InterceptedService::new(
@@ -177,34 +203,27 @@ impl App {
     }
 
     /// Loads the data directory on a blocking thread: the demo pack if asked
-    /// for, every pack, then the frequency store's recovery. Returns the
-    /// generation then served.
+    /// for, the real-time journal, every pack, then the frequency store's
+    /// recovery. Returns the generation then served.
     pub async fn load(&self) -> anyhow::Result<u64> {
-        let demo = self.settings.demo;
-        let catalog = self.catalog.clone();
-        let freq_config = freq_config(&self.settings);
-        let freq = self.freq.clone();
+        let loader = Loader {
+            demo: self.settings.demo,
+            catalog: self.catalog.clone(),
+            freq_config: freq_config(&self.settings),
+            realtime_config: realtime_config(&self.settings),
+        };
         let data_dir = self.settings.data_dir.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
-            if demo && catalog.is_empty()? {
-                crate::demo::write_demo_pack(catalog.packs_dir())?;
-            }
-            let generation = catalog.load_all(crate::unix_now_seconds())?;
-            let freq_dir = freq_config.dir.clone();
-            let (store, report) = FreqStore::open(freq_config)
-                .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
-            info!(
-                checkpoint_events = report.checkpoint_events,
-                replayed_records = report.replayed_records,
-                torn_tail_bytes = report.torn_tail_bytes,
-                "frequency store recovered"
-            );
-            freq.set(store);
-            Ok(generation)
-        })
-        .await
-        .context("data directory loader failed")?
-        .with_context(|| format!("load --data-dir {}", data_dir.display()))
+        let (generation, freq, realtime) = tokio::task::spawn_blocking(move || loader.load())
+            .await
+            .context("data directory loader failed")?
+            .with_context(|| format!("load --data-dir {}", data_dir.display()))?;
+        realtime.set_counters(freq.clone());
+        realtime.start_maintenance();
+        self.freq.set(freq);
+        self.realtime.metrics.set(RealtimeMetrics(realtime.clone()));
+        self.realtime.writes.set(realtime.clone());
+        self.realtime.store.set(realtime);
+        Ok(generation)
     }
 
     /// Health after the load: SERVING.
@@ -235,9 +254,16 @@ impl App {
         tasks
     }
 
-    /// Flushes and fsyncs the frequency log and writes a checkpoint (when the
-    /// store was opened). Call once requests have drained.
+    /// Fsyncs the real-time journal, then flushes and fsyncs the frequency
+    /// log and writes a checkpoint (what was opened). Call once requests have
+    /// drained.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(realtime) = self.realtime.store.get().cloned() {
+            tokio::task::spawn_blocking(move || realtime.shutdown())
+                .await
+                .context("real-time shutdown task")?
+                .context("flush the real-time journal")?;
+        }
         let Some(store) = self.freq.get().cloned() else {
             return Ok(());
         };
@@ -265,6 +291,42 @@ impl App {
                 status,
             )
             .await;
+    }
+}
+
+/// What the start-up load needs, moved to its blocking thread.
+struct Loader {
+    demo: bool,
+    catalog: Arc<Catalog>,
+    freq_config: FreqConfig,
+    realtime_config: RealtimeConfig,
+}
+
+impl Loader {
+    fn load(self) -> anyhow::Result<(u64, Arc<FreqStore>, Arc<Realtime>)> {
+        if self.demo && self.catalog.is_empty()? {
+            crate::demo::write_demo_pack(self.catalog.packs_dir())?;
+        }
+        let realtime_dir = self.realtime_config.dir.clone();
+        // Before the packs (their fold horizons) and the frequency store (its
+        // replay leaves forgotten users out).
+        let (realtime, forgotten) = Realtime::open(
+            self.realtime_config,
+            self.catalog.store().clone(),
+            crate::unix_now_seconds(),
+        )
+        .with_context(|| format!("open the real-time journal in {}", realtime_dir.display()))?;
+        let generation = self.catalog.load_all(crate::unix_now_seconds())?;
+        let freq_dir = self.freq_config.dir.clone();
+        let (freq, report) = FreqStore::open_forgetting(self.freq_config, &forgotten)
+            .with_context(|| format!("open the frequency store in {}", freq_dir.display()))?;
+        info!(
+            checkpoint_events = report.checkpoint_events,
+            replayed_records = report.replayed_records,
+            torn_tail_bytes = report.torn_tail_bytes,
+            "frequency store recovered"
+        );
+        Ok((generation, freq, realtime))
     }
 }
 
@@ -339,5 +401,17 @@ pub fn freq_config(settings: &ServeConfig) -> FreqConfig {
         checkpoint_interval: Duration::from_secs(frequency.checkpoint_interval_seconds.max(1)),
         sweep_interval: Duration::from_secs(60),
         recover_corrupt_log: frequency.recover_corrupt_log,
+    }
+}
+
+/// The real-time journal's settings from the flags.
+pub fn realtime_config(settings: &ServeConfig) -> RealtimeConfig {
+    let freq = freq_config(settings);
+    RealtimeConfig {
+        dir: settings.data_dir.join("realtime"),
+        fsync: freq.fsync,
+        fsync_interval: freq.fsync_interval,
+        max_overlay_entries: settings.realtime.max_overlay_entries,
+        forget_retention_seconds: settings.realtime.forget_retention_seconds(),
     }
 }

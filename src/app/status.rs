@@ -1,17 +1,20 @@
 //! The parts of `Admin/Status` the admin service does not own: the
-//! frequency store's figures and the fsync policy it runs under.
+//! frequency store's figures and the fsync policy it runs under, and the
+//! real-time overlay's.
 
 use std::sync::Arc;
 
 use crate::api::admin::StatusExtras;
 use crate::freq::FreqStore;
 use crate::ready::Ready;
+use crate::realtime::Realtime;
 use crate::settings::FsyncMode;
 
 pub struct ServerStatusExtras {
     pub counters: Ready<Arc<FreqStore>>,
     pub fsync: FsyncMode,
     pub retention_days: u32,
+    pub realtime: Ready<Arc<Realtime>>,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -25,6 +28,19 @@ impl StatusExtras for ServerStatusExtras {
             fsync_policy: format!("{:?}", self.fsync).to_lowercase(),
             retention_days: self.retention_days,
             last_checkpoint_unix_seconds: stats.last_checkpoint_unix_seconds,
+        })
+    }
+
+    fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
+        let realtime = self.realtime.get()?;
+        let figures = realtime.figures();
+        Some(crate::proto::RealtimeStatus {
+            overlay_entries: figures.overlay_entries,
+            max_overlay_entries: figures.max_overlay_entries,
+            forgotten_users: figures.forgotten_users,
+            forgotten_users_in_packs: figures.forgotten_users_in_packs,
+            journal_bytes: figures.journal_bytes,
+            forget_retention_days: realtime.forget_retention_days(),
         })
     }
 }

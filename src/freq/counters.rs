@@ -418,6 +418,14 @@ impl Counters {
         }
     }
 
+    /// Drops every counter of one user (a forget).
+    pub fn remove_user(&self, user_fingerprint: u64) {
+        self.shards
+            .write(user_shard(user_fingerprint))
+            .map
+            .remove(&user_fingerprint);
+    }
+
     /// Impressions of `key` with `after_exclusive < t <= until_inclusive`.
     pub fn count(&self, key: EntryKey, after_exclusive: i64, until_inclusive: i64) -> u32 {
         self.shards

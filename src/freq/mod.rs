@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod counters;
 pub mod error;
+pub mod forget;
 pub mod log;
 pub mod store;
 pub mod telemetry;
@@ -25,6 +26,7 @@ pub mod window;
 
 pub use counters::{CountQuery, EXACT_LIMIT, cap_key_hash, impression_id_hash};
 pub use error::FreqError;
+pub use forget::ForgottenUsers;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use log::InjectedFault;
 pub use log::{DecodedSegment, FsyncPolicy, SegmentDecodeError, decode_log_segment};

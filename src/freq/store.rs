@@ -41,6 +41,7 @@ use super::counters::{
     CountQuery, Counters, EntryKey, IdSet, IdState, cap_key_hash, impression_id_hash,
 };
 use super::error::FreqError;
+use super::forget::ForgottenUsers;
 use super::log::{
     FsyncPolicy, LogImpression, LogRecord, LogWriter, SegmentDecodeError, decode_log_segment,
     encode_impression, fsync_dir, list_segments,
@@ -204,6 +205,15 @@ impl FreqStore {
     /// tail, refusing mid-log corruption unless `recover_corrupt_log`), and
     /// starts the background threads.
     pub fn open(config: FreqConfig) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
+        Self::open_forgetting(config, &ForgottenUsers::default())
+    }
+
+    /// [`FreqStore::open`], dropping the impressions of `forgotten` users
+    /// logged before their forget (see [`FreqStore::forget_users`]).
+    pub fn open_forgetting(
+        config: FreqConfig,
+        forgotten: &ForgottenUsers,
+    ) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
         if config.fsync_interval.is_zero()
             || config.checkpoint_interval.is_zero()
             || config.sweep_interval.is_zero()
@@ -226,9 +236,15 @@ impl FreqStore {
         let now = crate::unix_now_seconds();
         let cutoff = now.saturating_sub(config.retention_seconds);
 
-        let covers_before = load_newest_checkpoint(&config, &counters, &ids, &mut report)?;
-        let next_seq =
-            replay_segments(&config, covers_before, cutoff, &counters, &ids, &mut report)?;
+        let covers_before =
+            load_newest_checkpoint(&config, &counters, &ids, forgotten, &mut report)?;
+        let replay = Replay {
+            cutoff,
+            counters: &counters,
+            ids: &ids,
+            forgotten,
+        };
+        let next_seq = replay_segments(&config, covers_before, &replay, &mut report)?;
         let swept = counters.sweep(cutoff);
         ids.sweep(cutoff);
         report.expired_events = swept.events_dropped;
@@ -341,6 +357,26 @@ impl FreqStore {
         let (after, until) =
             window.count_range(at_unix_seconds, self.inner.config.retention_seconds);
         self.count(user_fingerprint, cap_key, after, until)
+    }
+
+    /// Drops every counter of `user_fingerprints`. `make_durable` is called
+    /// first with the sequence number of the next log record, while no
+    /// `record` is between logging and applying: its caller stores the forget
+    /// with that number so that [`FreqStore::open_forgetting`] drops exactly
+    /// the impressions logged before it. Counters are dropped only when it
+    /// succeeds. Impression ids stay: a retried impression is still a duplicate.
+    pub fn forget_users<E>(
+        &self,
+        user_fingerprints: &[u64],
+        make_durable: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let inner = &self.inner;
+        let _exclusive = inner.apply_gate.write();
+        make_durable(inner.log.next_seq())?;
+        for &user_fingerprint in user_fingerprints {
+            inner.counters.remove_user(user_fingerprint);
+        }
+        Ok(())
     }
 
     /// Writes a checkpoint now and deletes the log segments it covers.
@@ -666,6 +702,7 @@ fn load_newest_checkpoint(
     config: &FreqConfig,
     counters: &Counters,
     ids: &IdSet,
+    forgotten: &ForgottenUsers,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let Some((covered, path)) = list_checkpoints(config)?.pop() else {
@@ -682,6 +719,9 @@ fn load_newest_checkpoint(
         });
     }
     for (key, entry) in data.entries {
+        if forgotten.drops_checkpointed(key.user_fingerprint, covered) {
+            continue;
+        }
         report.checkpoint_events += entry.events();
         counters.restore(key, entry);
     }
@@ -699,17 +739,27 @@ fn load_newest_checkpoint(
     Ok(covered.max(FIRST_SEQ))
 }
 
-fn apply_replayed(
-    record: &LogRecord,
+/// What replaying a record applies to, and what it leaves out.
+struct Replay<'a> {
     cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
-    report: &mut RecoveryReport,
-) {
+    counters: &'a Counters,
+    ids: &'a IdSet,
+    forgotten: &'a ForgottenUsers,
+}
+
+fn apply_replayed(record: &LogRecord, log_seq: u64, replay: &Replay, report: &mut RecoveryReport) {
+    let Replay {
+        cutoff,
+        counters,
+        ids,
+        forgotten,
+    } = *replay;
     report.replayed_records += 1;
     for impression in &record.impressions {
         report.replayed_impressions += 1;
-        if impression.at_unix_seconds <= cutoff {
+        if impression.at_unix_seconds <= cutoff
+            || forgotten.drops(impression.user_fingerprint, log_seq)
+        {
             continue;
         }
         if let Some(id_hash) = impression.impression_id_hash {
@@ -746,9 +796,7 @@ fn truncate_file(path: &std::path::Path, length: u64) -> Result<(), FreqError> {
 fn replay_segments(
     config: &FreqConfig,
     covers_before: u64,
-    cutoff: i64,
-    counters: &Counters,
-    ids: &IdSet,
+    replay: &Replay,
     report: &mut RecoveryReport,
 ) -> Result<u64, FreqError> {
     let mut next_seq = covers_before;
@@ -773,8 +821,8 @@ fn replay_segments(
                         ),
                     });
                 }
-                for record in &segment.records {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in segment.records.iter().enumerate() {
+                    apply_replayed(record, segment.first_seq + index as u64, replay, report);
                 }
                 report.replayed_segments += 1;
                 next_seq = next_seq.max(segment.first_seq + segment.records.len() as u64);
@@ -816,8 +864,8 @@ fn replay_segments(
                     bytes_dropped = bytes.len() as u64 - offset,
                     "corrupt frequency log record; recovering by truncating there"
                 );
-                for record in &records_before {
-                    apply_replayed(record, cutoff, counters, ids, report);
+                for (index, record) in records_before.iter().enumerate() {
+                    apply_replayed(record, named_seq + index as u64, replay, report);
                 }
                 if first_seq.is_some() {
                     truncate_file(&path, offset)?;

@@ -235,6 +235,19 @@ impl PackBuilder {
     /// definition is named `segment-<id>`; a defined segment without members is
     /// kept, empty.
     pub fn finish(self) -> Result<Pack, BuildError> {
+        self.finish_shards(1)
+            .next()
+            .expect("one shard yields one pack")
+    }
+
+    /// Builds one pack per shard among `shard_count`, in shard order, each
+    /// holding the users of its shard ([`crate::shard::shard_of_fingerprint`])
+    /// and every segment of the input (empty where the shard has no member),
+    /// so every shard owns the same segment ids. One sort of the input: shards
+    /// are contiguous fingerprint ranges, so each is a slice of the sorted
+    /// lines. Packs are built lazily, one at a time, so a caller that writes
+    /// each before asking for the next holds one shard's pack at once.
+    pub fn finish_shards(self, shard_count: u32) -> ShardPacks {
         let PackBuilder {
             name,
             version,
@@ -245,21 +258,114 @@ impl PackBuilder {
             ..
         } = self;
         membership_lines.sort_unstable();
+        let mut segments: Vec<SegmentShape> = segments_seen
+            .iter()
+            .map(|seen| {
+                let (name, kind, ttl_seconds) = match definitions.remove(&seen.id) {
+                    Some(definition) => (definition.name, definition.kind, definition.ttl_seconds),
+                    None => (format!("segment-{}", seen.id), String::new(), 0),
+                };
+                SegmentShape {
+                    id: seen.id,
+                    name,
+                    kind,
+                    ttl_seconds,
+                    has_time: seen.has_time,
+                }
+            })
+            .collect();
+        segments.extend(
+            definitions
+                .into_iter()
+                .map(|(id, definition)| SegmentShape {
+                    id,
+                    name: definition.name,
+                    kind: definition.kind,
+                    ttl_seconds: definition.ttl_seconds,
+                    has_time: false,
+                }),
+        );
+        ShardPacks {
+            name,
+            version,
+            built_at_unix_seconds,
+            segments,
+            membership_lines,
+            shard_count: shard_count.max(1),
+            next_shard: 0,
+            next_line: 0,
+        }
+    }
+}
 
+/// A segment as every shard's pack carries it; `has_time` only for segments
+/// seen in memberships (their index in `ShardPacks::segments` is the one the
+/// membership lines hold).
+struct SegmentShape {
+    id: u32,
+    name: String,
+    kind: String,
+    ttl_seconds: u32,
+    has_time: bool,
+}
+
+/// The packs of [`PackBuilder::finish_shards`], one per shard in shard order.
+pub struct ShardPacks {
+    name: String,
+    version: String,
+    built_at_unix_seconds: i64,
+    segments: Vec<SegmentShape>,
+    /// Sorted: by user fingerprint, then segment, most recent first.
+    membership_lines: Vec<MembershipLine>,
+    shard_count: u32,
+    next_shard: u32,
+    next_line: usize,
+}
+
+impl Iterator for ShardPacks {
+    type Item = Result<Pack, BuildError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_shard >= self.shard_count {
+            return None;
+        }
+        let (shard, count) = (self.next_shard, self.shard_count);
+        if shard + 1 == count {
+            // The last shard: its lines are the rest; the sorted lines are
+            // freed with its pack built, not held by the iterator.
+            self.next_shard += 1;
+            let lines = std::mem::take(&mut self.membership_lines);
+            return Some(self.assemble(&lines[self.next_line..]));
+        }
+        let rest = &self.membership_lines[self.next_line..];
+        let in_shard = rest.partition_point(|line| {
+            crate::shard::shard_of_fingerprint(line.user_fingerprint(), count) <= shard
+        });
+        let lines = &rest[..in_shard];
+        self.next_line += in_shard;
+        self.next_shard += 1;
+        Some(self.assemble(lines))
+    }
+}
+
+impl ShardPacks {
+    /// The pack of one shard's sorted membership lines.
+    fn assemble(&self, membership_lines: &[MembershipLine]) -> Result<Pack, BuildError> {
         struct SegmentMembers {
             ordinals: Vec<u32>,
             hours_ago: Option<Vec<u16>>,
         }
-        let mut members: Vec<SegmentMembers> = segments_seen
+        let mut members: Vec<SegmentMembers> = self
+            .segments
             .iter()
-            .map(|seen| SegmentMembers {
+            .map(|shape| SegmentMembers {
                 ordinals: Vec::new(),
-                hours_ago: seen.has_time.then(Vec::new),
+                hours_ago: shape.has_time.then(Vec::new),
             })
             .collect();
         let mut user_fingerprints: Vec<u64> = Vec::new();
         let mut previous: Option<(u64, u16)> = None;
-        for &line in &membership_lines {
+        for &line in membership_lines {
             let user_fingerprint = line.user_fingerprint();
             let segment_index = line.segment_index();
             if previous == Some((user_fingerprint, segment_index)) {
@@ -285,42 +391,25 @@ impl PackBuilder {
                 hours.push(line.hours_ago());
             }
         }
-        drop(membership_lines);
-
-        let mut segments = Vec::with_capacity(segments_seen.len() + definitions.len());
-        for (seen, segment_members) in segments_seen.iter().zip(members) {
-            let definition = definitions.remove(&seen.id);
-            let (segment_name, kind, ttl_seconds) = match definition {
-                Some(definition) => (definition.name, definition.kind, definition.ttl_seconds),
-                None => (format!("segment-{}", seen.id), String::new(), 0),
-            };
-            let members = RoaringBitmap::from_sorted_iter(segment_members.ordinals)
-                .expect("ordinals come out of the sort ascending and deduplicated");
-            segments.push(Segment {
-                id: seen.id,
-                name: segment_name,
-                kind,
-                ttl_seconds,
-                members,
+        let mut segments: Vec<Segment> = self
+            .segments
+            .iter()
+            .zip(members)
+            .map(|(shape, segment_members)| Segment {
+                id: shape.id,
+                name: shape.name.clone(),
+                kind: shape.kind.clone(),
+                ttl_seconds: shape.ttl_seconds,
+                members: RoaringBitmap::from_sorted_iter(segment_members.ordinals)
+                    .expect("ordinals come out of the sort ascending and deduplicated"),
                 last_seen_hours_ago: segment_members.hours_ago,
-            });
-        }
-        for (id, definition) in definitions {
-            segments.push(Segment {
-                id,
-                name: definition.name,
-                kind: definition.kind,
-                ttl_seconds: definition.ttl_seconds,
-                members: RoaringBitmap::new(),
-                last_seen_hours_ago: None,
-            });
-        }
+            })
+            .collect();
         segments.sort_unstable_by_key(|segment| segment.id);
-
         let pack = Pack {
-            name,
-            version,
-            built_at_unix_seconds,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            built_at_unix_seconds: self.built_at_unix_seconds,
             user_fingerprints,
             segments,
         };

@@ -85,4 +85,6 @@ pub fn last_seen_from_hours_ago(built_at_unix_seconds: i64, hours_ago: u16) -> i
 }
 
 #[cfg(test)]
+mod shard_build_tests;
+#[cfg(test)]
 mod tests;

@@ -53,4 +53,12 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub watch: WatchSettings,
+
+    /// Real-time audiences and forgetting.
+    #[command(flatten)]
+    pub realtime: crate::realtime::RealtimeArgs,
+
+    /// Audience sharding: `--shard I/N`.
+    #[command(flatten)]
+    pub sharding: crate::shard::ShardSettings,
 }

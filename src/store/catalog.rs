@@ -21,6 +21,8 @@ use crate::pack::{self, PackError};
 
 /// `NAME.previous.segpack` is the version kept for rollback.
 const PREVIOUS_MARK: &str = ".previous";
+/// More than any pack header takes (name and version are short strings).
+const HEADER_READ_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -133,6 +135,21 @@ impl Catalog {
             .map(|header| header.version)
     }
 
+    /// When the version kept for rollback of a pack was built, if any. Reads
+    /// the file's first bytes only (the header).
+    pub fn previous_built_at(&self, name: &str) -> Option<i64> {
+        use std::io::Read;
+        let mut head = Vec::new();
+        fs::File::open(self.previous_path(name))
+            .ok()?
+            .take(HEADER_READ_BYTES)
+            .read_to_end(&mut head)
+            .ok()?;
+        pack::read_header(&head)
+            .ok()
+            .map(|header| header.built_at_unix_seconds)
+    }
+
     /// Whether any pack file is on disk (the demo fills only an empty directory).
     pub fn is_empty(&self) -> Result<bool, CatalogError> {
         let mut entries = fs::read_dir(&self.packs_dir)
@@ -174,6 +191,12 @@ impl Catalog {
                 previous
             };
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
+            // Both versions on disk were served one after the other: the
+            // real-time updates both carry are folded (see `Store::install_at`).
+            if let Some(previous_built_at) = self.previous_built_at(name) {
+                self.store
+                    .raise_fold_horizon(name, previous_built_at.min(loaded.built_at_unix_seconds));
+            }
             info!(
                 pack = %loaded.name,
                 version = %loaded.version,

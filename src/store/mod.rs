@@ -13,6 +13,7 @@ mod dictionary;
 pub mod freshness;
 mod index;
 mod loaded;
+pub mod overlay;
 mod state;
 pub mod telemetry;
 
@@ -27,6 +28,7 @@ pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
 pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
+pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay};
 pub use state::{
     LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
 };
@@ -41,6 +43,11 @@ pub struct Store {
     retire: mpsc::Sender<Arc<ServingState>>,
     /// Applied on every install: which packs are withheld as stale.
     freshness: FreshnessPolicy,
+    /// Real-time updates and forgotten users, handed to every generation.
+    overlay: Arc<Overlay>,
+    /// Per pack name, the fold horizon (see [`Store::install_at`]); kept
+    /// across a drop so a pack brought back still has it.
+    fold_horizons: parking_lot::Mutex<ahash::AHashMap<String, i64>>,
 }
 
 impl Default for Store {
@@ -67,7 +74,27 @@ impl Store {
             next_generation: AtomicU64::new(1),
             retire,
             freshness,
+            overlay: Arc::default(),
+            fold_horizons: parking_lot::Mutex::default(),
         }
+    }
+
+    /// Raises a pack's fold horizon to at least `horizon` (from the real-time
+    /// journal, or the build times of the versions on disk, at start-up).
+    pub fn raise_fold_horizon(&self, pack: &str, horizon: i64) {
+        let mut horizons = self.fold_horizons.lock();
+        let current = horizons.entry(pack.to_owned()).or_insert(i64::MIN);
+        *current = (*current).max(horizon);
+    }
+
+    /// Every pack's fold horizon.
+    pub fn fold_horizons(&self) -> ahash::AHashMap<String, i64> {
+        self.fold_horizons.lock().clone()
+    }
+
+    /// The real-time overlay every generation answers with.
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.overlay
     }
 
     /// The freshness policy applied on every install.
@@ -104,11 +131,39 @@ impl Store {
             self.freshness
                 .withholds(&pack.name, pack.built_at_unix_seconds, now_unix_seconds)
         })?;
+        let horizons = self.advance_fold_horizons(&state);
+        let state = state
+            .with_overlay(self.overlay.clone())
+            .with_fold_horizons(|pack| horizons.get(&pack.name).copied().unwrap_or(i64::MIN));
         let old = self.current.swap(Arc::new(state));
         // The retirement thread may have stopped only if the store is being
         // dropped; then dropping here is fine.
         let _ = self.retire.send(old);
         Ok(generation)
+    }
+}
+
+impl Store {
+    /// Folding: when a pack's served version changes, overlay updates that
+    /// both the new and the replaced version carry (stamped at or before both
+    /// build times) are folded for good; the replaced one is what `Rollback`
+    /// restores, so an update only one of them carries stays. Deterministic:
+    /// decided here, at the swap, not by a background sweep.
+    fn advance_fold_horizons(&self, next: &ServingState) -> ahash::AHashMap<String, i64> {
+        let current = self.current.load();
+        let mut horizons = self.fold_horizons.lock();
+        for pack in next.packs() {
+            if let Some(replaced) = current.pack(&pack.name)
+                && !Arc::ptr_eq(replaced, pack)
+            {
+                let both_carry = replaced
+                    .built_at_unix_seconds
+                    .min(pack.built_at_unix_seconds);
+                let horizon = horizons.entry(pack.name.clone()).or_insert(i64::MIN);
+                *horizon = (*horizon).max(both_carry);
+            }
+        }
+        horizons.clone()
     }
 }
 

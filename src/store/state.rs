@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ahash::AHashMap;
 
 use super::loaded::{LoadedPack, SegmentMeta};
+use super::overlay::{Overlay, UserOverlay};
 
 /// Where a segment id lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,13 @@ pub struct ServingState {
     /// cannot take them) but answer nothing.
     withheld: Vec<bool>,
     locations: SegmentLocations,
+    /// Real-time updates and forgotten users, shared by every generation;
+    /// consulted after the pack index answered.
+    overlay: Arc<Overlay>,
+    /// Parallel to `packs`: overlay entries stamped at or before this are
+    /// folded for good (every version served since carries them), whatever
+    /// the build time of the version served now. See `Store::install_at`.
+    fold_horizons: Vec<i64>,
 }
 
 /// Segment id → location. Batch jobs number segments densely (1..n or a
@@ -156,7 +164,48 @@ impl ServingState {
             packs,
             withheld,
             locations: SegmentLocations::new(&located),
+            overlay: Arc::default(),
+            fold_horizons: Vec::new(),
         })
+    }
+
+    /// This state with each pack's fold horizon as `horizon_of` says.
+    pub fn with_fold_horizons(mut self, horizon_of: impl Fn(&LoadedPack) -> i64) -> Self {
+        self.fold_horizons = self.packs.iter().map(|pack| horizon_of(pack)).collect();
+        self
+    }
+
+    /// The fold horizon of the named pack (`i64::MIN` when nothing is folded).
+    pub fn fold_horizon(&self, name: &str) -> Option<i64> {
+        let index = self.packs.iter().position(|pack| pack.name == name)?;
+        Some(self.horizon_at(index))
+    }
+
+    /// Overlay entries of the pack at `pack_index` count when stamped after this.
+    #[inline]
+    fn overlay_floor(&self, pack_index: usize) -> i64 {
+        self.packs[pack_index]
+            .built_at_unix_seconds
+            .max(self.horizon_at(pack_index))
+    }
+
+    #[inline]
+    fn horizon_at(&self, pack_index: usize) -> i64 {
+        self.fold_horizons
+            .get(pack_index)
+            .copied()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// This state answering with `overlay` on top of its packs.
+    pub fn with_overlay(mut self, overlay: Arc<Overlay>) -> Self {
+        self.overlay = overlay;
+        self
+    }
+
+    /// The real-time overlay this state consults.
+    pub fn overlay(&self) -> &Arc<Overlay> {
+        &self.overlay
     }
 
     /// Refuses a pack that would take a segment id another pack serves.
@@ -248,6 +297,7 @@ impl ServingState {
         UserView {
             state: self,
             ordinals,
+            overlay: self.overlay.user(fingerprint),
         }
     }
 
@@ -307,6 +357,8 @@ pub struct UserView<'state> {
     /// Parallel to `state.packs`; [`NO_ORDINAL`] where the pack does not
     /// know the user.
     ordinals: Ordinals,
+    /// The user's real-time record; `None` (the common case) costs nothing.
+    overlay: Option<Arc<UserOverlay>>,
 }
 
 impl UserView<'_> {
@@ -334,11 +386,29 @@ impl UserView<'_> {
         if location.withheld {
             return Membership::UnknownSegment;
         }
+        let pack = &self.state.packs[location.pack_index as usize];
+        if let Some(overlay) = &self.overlay
+            && let Some(member) = overlay_membership(
+                overlay,
+                pack,
+                self.state.overlay_floor(location.pack_index as usize),
+                location.slot,
+                segment_id,
+                max_age_seconds,
+                at_unix_seconds,
+            )
+        {
+            return if member {
+                pack.count_match(location.slot);
+                Membership::Member
+            } else {
+                Membership::NotMember
+            };
+        }
         let ordinal = self.ordinals()[location.pack_index as usize];
         if ordinal == NO_ORDINAL {
             return Membership::NotMember;
         }
-        let pack = &self.state.packs[location.pack_index as usize];
         match pack.entry(ordinal, location.slot) {
             Some(entry) if pack.counts(location.slot, entry, max_age_seconds, at_unix_seconds) => {
                 pack.count_match(location.slot);
@@ -350,6 +420,10 @@ impl UserView<'_> {
 
     /// Appends every segment the user is in, recently enough (unsorted across packs).
     pub fn all_segments(&self, max_age_seconds: u32, at_unix_seconds: i64, out: &mut Vec<u32>) {
+        if let Some(overlay) = &self.overlay {
+            self.all_segments_with_overlay(overlay, max_age_seconds, at_unix_seconds, out);
+            return;
+        }
         for (pack, &ordinal) in self.state.packs.iter().zip(self.ordinals()) {
             if ordinal == NO_ORDINAL {
                 continue;
@@ -362,6 +436,86 @@ impl UserView<'_> {
             }
         }
     }
+
+    /// [`UserView::all_segments`] for a user the overlay holds something for:
+    /// pack memberships the overlay overrides are skipped, its adds appended.
+    fn all_segments_with_overlay(
+        &self,
+        overlay: &UserOverlay,
+        max_age_seconds: u32,
+        at_unix_seconds: i64,
+        out: &mut Vec<u32>,
+    ) {
+        if overlay.forgotten.is_some() {
+            return;
+        }
+        for (pack_index, (pack, &ordinal)) in
+            self.state.packs.iter().zip(self.ordinals()).enumerate()
+        {
+            if ordinal == NO_ORDINAL {
+                continue;
+            }
+            let floor = self.state.overlay_floor(pack_index);
+            for entry in pack.entries_of(ordinal) {
+                let segment_id = pack.segments[entry.slot as usize].id;
+                let overridden = overlay
+                    .entry(segment_id)
+                    .is_some_and(|update| update.is_on_top_of(floor));
+                if !overridden && pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds)
+                {
+                    pack.count_match(entry.slot);
+                    out.push(segment_id);
+                }
+            }
+        }
+        for update in &overlay.entries {
+            let Some(location) = self.state.locations.get(update.segment_id) else {
+                continue;
+            };
+            if location.withheld {
+                continue;
+            }
+            let pack = &self.state.packs[location.pack_index as usize];
+            if overlay_membership(
+                overlay,
+                pack,
+                self.state.overlay_floor(location.pack_index as usize),
+                location.slot,
+                update.segment_id,
+                max_age_seconds,
+                at_unix_seconds,
+            ) == Some(true)
+            {
+                pack.count_match(location.slot);
+                out.push(update.segment_id);
+            }
+        }
+    }
+}
+
+/// What the overlay says of (user, segment) in `pack`: `None` when it says
+/// nothing (the pack answers), else whether the user is a member. A forgotten
+/// user is in no segment; an update stamped at or before `floor` (the pack's
+/// build or its fold horizon) is folded.
+#[inline]
+fn overlay_membership(
+    overlay: &UserOverlay,
+    pack: &LoadedPack,
+    floor: i64,
+    slot: u16,
+    segment_id: u32,
+    max_age_seconds: u32,
+    at_unix_seconds: i64,
+) -> Option<bool> {
+    if overlay.forgotten.is_some() {
+        return Some(false);
+    }
+    let update = overlay.entry(segment_id)?;
+    if !update.is_on_top_of(floor) {
+        return None;
+    }
+    let ttl_seconds = pack.segments[slot as usize].ttl_seconds;
+    Some(update.counts(ttl_seconds, max_age_seconds, at_unix_seconds))
 }
 
 #[cfg(test)]

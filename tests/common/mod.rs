@@ -5,6 +5,7 @@
 pub mod damage;
 pub mod model;
 pub mod process;
+pub mod realtime;
 pub mod tmpfs;
 
 use std::path::Path;

@@ -21,15 +21,15 @@ use segd::proto::{
 
 use crate::AdminArgs;
 use crate::candidate_syntax::{SYNTAX_HELP, parse_candidate};
+use crate::routing::{QueryTarget, report_route};
 
 /// Pushed pack files travel in chunks of this size.
 const PUSH_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Args)]
 pub struct LookupArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// Comma-separated segment ids; all segments when omitted.
@@ -45,9 +45,8 @@ pub struct LookupArgs {
 
 #[derive(Args)]
 pub struct DecideArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// A candidate line item, repeatable. Syntax:
@@ -64,9 +63,8 @@ pub struct DecideArgs {
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// Query address of the server.
-    #[arg(long, env = "SEGD_ADDR", default_value = "http://127.0.0.1:7400")]
-    addr: String,
+    #[command(flatten)]
+    target: QueryTarget,
     /// The user id.
     user_id: String,
     /// Comma-separated cap keys the impression counts toward (e.g. li:7,camp:9).
@@ -145,11 +143,11 @@ async fn connect(addr: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connect to {addr}"))
 }
 
-fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
+pub(crate) fn status_error(what: &str) -> impl FnOnce(Status) -> anyhow::Error + '_ {
     move |status| anyhow::anyhow!("{what} failed: {:?}: {}", status.code(), status.message())
 }
 
-async fn admin_client(
+pub(crate) async fn admin_client(
     admin: &AdminArgs,
 ) -> anyhow::Result<
     AdminClient<
@@ -221,7 +219,9 @@ pub async fn push(
 }
 
 pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .lookup(LookupRequest {
             user_id: args.user_id.clone(),
@@ -250,7 +250,9 @@ pub async fn decide(args: DecideArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .decide(DecideRequest {
             user_id: args.user_id,
@@ -332,7 +334,9 @@ pub async fn put_line_items(args: PutLineItemsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn record(args: RecordArgs) -> anyhow::Result<()> {
-    let mut client = SegmentsClient::new(connect(&args.addr).await?);
+    let (addr, shard) = args.target.route(&args.user_id);
+    report_route(&args.user_id, addr, shard);
+    let mut client = SegmentsClient::new(connect(addr).await?);
     let reply = client
         .record_impressions(RecordImpressionsRequest {
             impressions: vec![Impression {
@@ -359,8 +363,12 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error("status"))?
         .into_inner();
+    let shard = reply.shard.map_or_else(
+        || "0/1".to_owned(),
+        |shard| format!("{}/{}", shard.index, shard.count),
+    );
     println!(
-        "segd {}  generation {}  packs {}",
+        "segd {}  shard {shard}  generation {}  packs {}",
         reply.server_version,
         reply.generation,
         reply.packs.len()
@@ -395,6 +403,17 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             frequency.log_bytes,
             frequency.fsync_policy,
             frequency.retention_days
+        );
+    }
+    if let Some(realtime) = reply.realtime {
+        println!(
+            "real-time: {} of {} overlay entries, {} forgotten users ({} still in packs), journal {} bytes, forgets kept {} days",
+            realtime.overlay_entries,
+            realtime.max_overlay_entries,
+            realtime.forgotten_users,
+            realtime.forgotten_users_in_packs,
+            realtime.journal_bytes,
+            realtime.forget_retention_days
         );
     }
     Ok(())
@@ -455,6 +474,21 @@ pub async fn drop_pack(admin: AdminArgs, pack: String) -> anyhow::Result<()> {
         reply.pack, reply.generation
     );
     Ok(())
+}
+
+/// Whether the server at `addr` reports SERVING, printing nothing.
+pub async fn health_serving(addr: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut client = HealthClient::new(connect(addr).await?);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(status_error("health check"))?
+        .into_inner();
+    Ok(reply.status == ServingStatus::Serving as i32)
 }
 
 /// Whether the server's overall health status is SERVING.

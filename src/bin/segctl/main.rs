@@ -2,7 +2,10 @@
 
 mod candidate_syntax;
 mod client;
+mod fleet_status;
 mod pack_commands;
+mod realtime_commands;
+mod routing;
 
 use std::path::PathBuf;
 
@@ -45,6 +48,11 @@ enum Command {
     PutLineItems(client::PutLineItemsArgs),
     /// Record impressions toward frequency caps (Segments/RecordImpressions).
     Record(client::RecordArgs),
+    /// Real-time adds and removes from TSV (user_id<TAB>segment_id<TAB>add|remove[<TAB>last_seen[<TAB>expires_at]]),
+    /// in batches (Admin/UpdateMembers).
+    Update(realtime_commands::UpdateArgs),
+    /// Forget users: out of every segment, frequency counters gone (Admin/ForgetUsers).
+    Forget(realtime_commands::ForgetArgs),
     /// Packs, versions, counts, generation and frequency-store figures (Admin/Status).
     Status {
         #[command(flatten)]
@@ -69,6 +77,9 @@ enum Command {
         /// The pack name.
         pack: String,
     },
+    /// One table of every replica's shard, generation, health, line items and
+    /// pack versions, flagging disagreement within a shard (exit 1 when any).
+    FleetStatus(fleet_status::FleetStatusArgs),
     /// Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise.
     Health {
         /// Server address (query or admin port).
@@ -117,11 +128,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lookup(args) => runtime()?.block_on(client::lookup(args)),
         Command::Decide(args) => runtime()?.block_on(client::decide(args)),
         Command::Record(args) => runtime()?.block_on(client::record(args)),
+        Command::Update(args) => runtime()?.block_on(realtime_commands::update(args)),
+        Command::Forget(args) => runtime()?.block_on(realtime_commands::forget(args)),
         Command::PutLineItems(args) => runtime()?.block_on(client::put_line_items(args)),
         Command::Status { admin } => runtime()?.block_on(client::status(admin)),
         Command::Segments { admin } => runtime()?.block_on(client::list_segments(admin)),
         Command::Rollback { admin, pack } => runtime()?.block_on(client::rollback(admin, pack)),
         Command::Drop { admin, pack } => runtime()?.block_on(client::drop_pack(admin, pack)),
+        Command::FleetStatus(args) => runtime()?.block_on(fleet_status::fleet_status(args)),
         Command::Health {
             addr,
             timeout_seconds,

@@ -1,0 +1,226 @@
+//! `segctl fleet-status`: one table of every replica's shard, generation,
+//! health, line-item version and pack versions (from `Admin/Status` and
+//! grpc.health.v1), flagging replicas that disagree with the others of their
+//! shard or that are unreachable. Exits 1 when anything is flagged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use clap::Args;
+use segd::proto::{StatusRequest, StatusResponse};
+
+use crate::AdminArgs;
+
+#[derive(Args)]
+pub struct FleetStatusArgs {
+    /// Admin addresses of every replica, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        value_name = "ADDR,ADDR,.."
+    )]
+    addrs: Vec<String>,
+    /// Admin bearer token (the same for every replica).
+    #[arg(long, env = "SEGD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Seconds to wait for each replica.
+    #[arg(long, default_value_t = 5)]
+    timeout_seconds: u64,
+}
+
+/// What one replica answered, or why it did not.
+struct Replica {
+    addr: String,
+    answer: Result<ReplicaState, String>,
+}
+
+struct ReplicaState {
+    status: StatusResponse,
+    serving: bool,
+}
+
+impl ReplicaState {
+    fn shard(&self) -> (u32, u32) {
+        self.status
+            .shard
+            .as_ref()
+            .map_or((0, 1), |shard| (shard.index, shard.count))
+    }
+
+    fn versions(&self) -> BTreeMap<&str, &str> {
+        self.status
+            .packs
+            .iter()
+            .map(|pack| (pack.name.as_str(), pack.version.as_str()))
+            .collect()
+    }
+}
+
+pub async fn fleet_status(args: FleetStatusArgs) -> anyhow::Result<()> {
+    let mut replicas = Vec::with_capacity(args.addrs.len());
+    for addr in &args.addrs {
+        let answer = ask(addr, args.token.clone(), args.timeout_seconds).await;
+        replicas.push(Replica {
+            addr: addr.clone(),
+            answer: answer.map_err(|error| format!("{error:#}")),
+        });
+    }
+    let flags = disagreements(&replicas);
+    print_table(&replicas, &flags);
+    if flags.values().any(|flag| !flag.is_empty()) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn ask(
+    addr: &str,
+    token: Option<String>,
+    timeout_seconds: u64,
+) -> anyhow::Result<ReplicaState> {
+    let admin = AdminArgs {
+        admin_addr: addr.to_owned(),
+        token,
+    };
+    let work = async {
+        let mut client = crate::client::admin_client(&admin).await?;
+        let status = client
+            .status(StatusRequest {})
+            .await
+            .map_err(|status| anyhow::anyhow!("status: {:?}: {}", status.code(), status.message()))?
+            .into_inner();
+        let serving = crate::client::health_serving(addr).await?;
+        anyhow::Ok(ReplicaState { status, serving })
+    };
+    tokio::time::timeout(Duration::from_secs(timeout_seconds), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {timeout_seconds} s"))?
+}
+
+/// Per replica address, what is wrong with it ("" when nothing): unreachable,
+/// not serving, packs (names and versions) or line items different from the
+/// majority of its shard, or a whole shard serving other pack versions than
+/// the majority of the fleet (each shard's pack of one build carries the
+/// same version).
+fn disagreements(replicas: &[Replica]) -> BTreeMap<String, String> {
+    let mut by_shard: BTreeMap<(u32, u32), Vec<&ReplicaState>> = BTreeMap::new();
+    for replica in replicas {
+        if let Ok(state) = &replica.answer {
+            by_shard.entry(state.shard()).or_default().push(state);
+        }
+    }
+    let fleet_packs = majority(
+        replicas
+            .iter()
+            .filter_map(|replica| replica.answer.as_ref().ok())
+            .map(ReplicaState::versions),
+    );
+    let counts: BTreeSet<u32> = by_shard.keys().map(|(_, count)| *count).collect();
+    let mut flags = BTreeMap::new();
+    for replica in replicas {
+        let flag = match &replica.answer {
+            Err(error) => format!("UNREACHABLE: {error}"),
+            Ok(state) => {
+                let mut problems = Vec::new();
+                if !state.serving {
+                    problems.push("not serving".to_owned());
+                }
+                if counts.len() > 1 {
+                    problems.push(format!("shard counts differ in the fleet: {counts:?}"));
+                }
+                let peers = &by_shard[&state.shard()];
+                let versions = state.versions();
+                let shard_packs = majority(peers.iter().map(|peer| peer.versions()));
+                if versions == shard_packs && versions != fleet_packs {
+                    problems.push(format!(
+                        "its shard serves other versions than the fleet's majority {fleet_packs:?}"
+                    ));
+                }
+                if versions != shard_packs {
+                    problems.push(format!(
+                        "packs differ from its shard's majority {shard_packs:?}"
+                    ));
+                }
+                let line_items = majority(
+                    peers
+                        .iter()
+                        .map(|peer| peer.status.line_items_version.as_str()),
+                );
+                if state.status.line_items_version != line_items {
+                    problems.push(format!(
+                        "line items {:?}, its shard has {line_items:?}",
+                        state.status.line_items_version
+                    ));
+                }
+                problems.join("; ")
+            }
+        };
+        flags.insert(replica.addr.clone(), flag);
+    }
+    flags
+}
+
+/// The most common value (the first seen among equals; the default when none).
+fn majority<T: PartialEq + Default>(values: impl Iterator<Item = T>) -> T {
+    let mut counts: Vec<(T, usize)> = Vec::new();
+    for value in values {
+        match counts.iter_mut().find(|(seen, _)| *seen == value) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((value, 1)),
+        }
+    }
+    let best = counts.iter().map(|(_, count)| *count).max().unwrap_or(0);
+    counts
+        .into_iter()
+        .find(|(_, count)| *count == best)
+        .map(|(value, _)| value)
+        .unwrap_or_default()
+}
+
+fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) {
+    println!(
+        "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} FLAGS",
+        "REPLICA", "SHARD", "GENERATION", "HEALTH", "LINE_ITEMS", "PACKS"
+    );
+    for replica in replicas {
+        let flag = flags.get(&replica.addr).map_or("", String::as_str);
+        let flag = if flag.is_empty() { "ok" } else { flag };
+        match &replica.answer {
+            Err(_) => println!(
+                "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} {flag}",
+                replica.addr, "-", "-", "-", "-", "-"
+            ),
+            Ok(state) => {
+                let (index, count) = state.shard();
+                let packs = state
+                    .versions()
+                    .iter()
+                    .map(|(name, version)| format!("{name}={version}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                println!(
+                    "{:<28} {:<7} {:>10} {:<8} {:<16} {:<40} {flag}",
+                    replica.addr,
+                    format!("{index}/{count}"),
+                    state.status.generation,
+                    if state.serving {
+                        "SERVING"
+                    } else {
+                        "NOT_SERVING"
+                    },
+                    if state.status.line_items_version.is_empty() {
+                        "-"
+                    } else {
+                        &state.status.line_items_version
+                    },
+                    if packs.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        packs
+                    },
+                );
+            }
+        }
+    }
+}
