@@ -486,7 +486,7 @@ fn build_report(
     Report {
         workload,
         addr: match args.target {
-            Target::Grpc => grpc_addrs(&args).join(","),
+            Target::Grpc => grpc_addrs(args).join(","),
             Target::Redis => args.redis_url.clone(),
         },
         target,
