@@ -1,0 +1,9 @@
+//! The write-ahead log of the frequency store: [`format`] is the segment
+//! format on disk (encoder, checked decoder, file names), [`writer`] the
+//! group-commit writer that appends to it.
+
+pub mod format;
+pub mod writer;
+
+pub use format::*;
+pub use writer::*;
