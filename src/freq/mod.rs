@@ -21,6 +21,7 @@ pub mod counters;
 pub mod error;
 pub mod forget;
 pub mod log;
+mod recovery;
 pub mod store;
 pub mod telemetry;
 pub mod window;

@@ -6,4 +6,6 @@ pub mod format;
 pub mod writer;
 
 pub use format::*;
-pub use writer::*;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use writer::InjectedFault;
+pub(crate) use writer::LogWriter;
