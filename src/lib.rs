@@ -38,6 +38,8 @@
 //! - [`settings`]: the `segd serve` flags, one flattened group per concern.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
+//! - [`fleet`]: `--fleet-nats`: frequency caps shared by every replica
+//!   through a NATS JetStream stream; the only module that knows NATS.
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
@@ -48,6 +50,7 @@ pub mod api;
 pub mod app;
 pub mod decide;
 pub mod demo;
+pub mod fleet;
 pub mod freq;
 pub mod freshness;
 pub mod le;

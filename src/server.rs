@@ -107,7 +107,11 @@ pub async fn serve_app(
 
     app.report_loading().await;
     let ports = Ports::start(&app, listeners, &stop)?;
-    let generation = match app.load().await {
+    let loaded = match app.load().await {
+        Ok(generation) => app.join_fleet(&stop).await.map(|()| generation),
+        Err(error) => Err(error),
+    };
+    let generation = match loaded {
         Ok(generation) => generation,
         Err(error) => {
             // Stop the listeners already serving health before reporting.

@@ -213,9 +213,9 @@ impl DirPoller {
                     .watch_unchanged_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     "watched pack already served"
                 );
                 Applied::Unchanged(outcome)
@@ -225,9 +225,9 @@ impl DirPoller {
                     .watch_loaded_total
                     .fetch_add(1, Ordering::Relaxed);
                 info!(
-                    file = %path.display(),
-                    pack = %outcome.pack,
-                    version = %outcome.version,
+                    file = ?path,
+                    pack = ?outcome.pack,
+                    version = ?outcome.version,
                     generation = outcome.generation,
                     "watched pack loaded"
                 );
@@ -238,8 +238,8 @@ impl DirPoller {
                     .watch_rejected_total
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    file = %path.display(),
-                    error = %error,
+                    file = ?path,
+                    error = ?error,
                     "watched pack refused; the served data is unchanged"
                 );
                 Applied::Rejected(error)

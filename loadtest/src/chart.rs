@@ -526,6 +526,8 @@ mod tests {
             requests: 3_000,
             achieved_rps: 1_000.0,
             user_lookups_per_second: 1_000.0,
+            impressions_per_second: 0.0,
+            fleet_lag: None,
             errors: 1,
             errors_by_code: Default::default(),
             first_error: None,

@@ -214,6 +214,14 @@ pub struct RunArgs {
     /// Seconds after a swap completes during which requests still count as overlapping it.
     #[arg(long, default_value_t = 1.0)]
     pub swap_window: f64,
+    /// Another replica of the same segd fleet (its query port): during the
+    /// run, probe impressions recorded on --addr are timed until Decide on
+    /// this replica sees them (cross-replica visibility lag).
+    #[arg(long)]
+    pub observe_addr: Option<String>,
+    /// Milliseconds between lag probes with --observe-addr.
+    #[arg(long, default_value_t = 20)]
+    pub observe_interval_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]

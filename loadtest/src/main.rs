@@ -23,6 +23,7 @@
 mod chart;
 mod cli;
 mod executor;
+mod fleet_lag;
 mod r#gen;
 mod grpc_target;
 mod outcome;

@@ -139,6 +139,10 @@ pub struct Report {
     pub requests: u64,
     pub achieved_rps: f64,
     pub user_lookups_per_second: f64,
+    /// Impressions acknowledged per second (record workload).
+    pub impressions_per_second: f64,
+    /// Cross-replica visibility lag (`--observe-addr`).
+    pub fleet_lag: Option<crate::fleet_lag::FleetLag>,
     pub errors: u64,
     /// gRPC status code names (or `redis:...`) to counts.
     pub errors_by_code: BTreeMap<String, u64>,
@@ -225,6 +229,9 @@ impl Report {
         if self.user_lookups_per_second > 0.0 {
             let _ = write!(text, ", {:.0} user lookups/s", self.user_lookups_per_second);
         }
+        if self.impressions_per_second > 0.0 {
+            let _ = write!(text, ", {:.0} impressions/s", self.impressions_per_second);
+        }
         text.push('\n');
         if let Some(offered) = self.offered_rps
             && self.achieved_rps < offered as f64 * 0.95
@@ -247,6 +254,14 @@ impl Report {
         text.push_str(&percentile_row(latency_label, &self.latency));
         if self.offered_rps.is_some() {
             text.push_str(&percentile_row("service time", &self.service_time));
+        }
+        if let Some(fleet_lag) = &self.fleet_lag {
+            text.push_str(&percentile_row("seen on other", &fleet_lag.lag));
+            let _ = writeln!(
+                text,
+                "  (cross-replica lag: recorded on {}, seen by Decide on {}; {} probes lost)",
+                self.addr, fleet_lag.observe_addr, fleet_lag.lost
+            );
         }
         if let Some(split) = &self.swap_split {
             text.push_str(&percentile_row("during swaps", &split.during_swaps));

@@ -256,6 +256,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(async move { plan.run(&windows, run_start, run_end).await })
     });
 
+    let lag_task = args.observe_addr.clone().map(|observe_addr| {
+        let record_addr = args.addr.clone();
+        let interval = Duration::from_millis(args.observe_interval_ms.max(1));
+        let measure_from = run_start + Duration::from_secs(args.warmup);
+        let until = run_start + Duration::from_secs(total_seconds);
+        tokio::spawn(async move {
+            crate::fleet_lag::probe(
+                &record_addr,
+                &observe_addr,
+                interval,
+                measure_from,
+                until,
+                run_nonce,
+            )
+            .await
+        })
+    });
     let timeline = progress(&connection_stats, &schedule, args.warmup, total_seconds).await;
 
     let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
@@ -290,6 +307,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         redis_used_memory_bytes,
     );
     report.generator_cpu_cores = generator_cpu_cores;
+    if let Some(lag_task) = lag_task {
+        report.fleet_lag = Some(lag_task.await.context("lag probe panicked")??);
+    }
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)?;
@@ -499,6 +519,15 @@ fn build_report(
         requests: completed,
         achieved_rps: completed as f64 / duration_seconds,
         user_lookups_per_second: user_lookups as f64 / duration_seconds,
+        impressions_per_second: match args.workload {
+            Workload::Record => {
+                let failed: u64 = errors_by_code.values().sum();
+                completed.saturating_sub(failed) as f64 * args.record_batch as f64
+                    / duration_seconds
+            }
+            _ => 0.0,
+        },
+        fleet_lag: None,
         errors: errors_by_code.values().sum(),
         errors_by_code,
         first_error,

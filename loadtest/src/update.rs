@@ -17,12 +17,16 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::UpdateArgs;
 
-/// Adds `authorization: Bearer TOKEN` to every call, when a token is given.
-type BearerInterceptor =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+/// Adds the bearer token, when one is given, to every admin call.
+type AuthInterceptor =
+    dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send;
 
-type Admin =
-    AdminClient<tonic::service::interceptor::InterceptedService<Channel, BearerInterceptor>>;
+type Admin = AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
 
 async fn connect(args: &UpdateArgs) -> Result<Admin> {
     let channel = Endpoint::from_shared(args.admin_addr.clone())
@@ -35,7 +39,7 @@ async fn connect(args: &UpdateArgs) -> Result<Admin> {
         Some(token) => Some(format!("Bearer {token}").parse()?),
         None => None,
     };
-    let interceptor: BearerInterceptor = Box::new(move |mut request: tonic::Request<()>| {
+    let interceptor: Box<AuthInterceptor> = Box::new(move |mut request: tonic::Request<()>| {
         if let Some(header) = &header {
             request
                 .metadata_mut()

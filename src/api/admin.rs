@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
 use crate::api::outcomes::{PackChange, PackChanges, Refusal};
+use crate::api::push::{self, PushGate};
 use crate::line_items::LineItemRegistry;
 use crate::proto::admin_server::Admin;
 use crate::proto::{
@@ -29,6 +29,8 @@ pub struct AdminService {
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     max_push_bytes: u64,
+    /// One push at a time (see `push`).
+    push_gate: PushGate,
     started_at_unix_seconds: i64,
     status_extras: Arc<dyn StatusExtras>,
     /// Push, rollback and drop outcomes are counted here.
@@ -48,6 +50,11 @@ pub trait StatusExtras: Send + Sync + 'static {
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
         None
     }
+
+    /// The fleet block; `None` on a single node.
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        None
+    }
 }
 
 impl AdminService {
@@ -64,6 +71,7 @@ impl AdminService {
             line_items,
             limits,
             max_push_bytes,
+            push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
             changes,
@@ -112,39 +120,35 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<PushSnapshotResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut pack_bytes: Vec<u8> = Vec::new();
-        let mut allow_older_version = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.inspect_err(|_| {
-                self.changes
-                    .record_refused(PackChange::Push, Refusal::StreamError)
+        let refused = |refusal: Refusal| self.changes.record_refused(PackChange::Push, refusal);
+        let _one_at_a_time = self
+            .push_gate
+            .try_enter()
+            .inspect_err(|_| refused(Refusal::Busy))?;
+        let catalog = self.catalog.clone();
+        let staged = blocking(move || catalog.stage_upload().map_err(Status::from))
+            .await
+            .inspect_err(|_| refused(Refusal::Storage))?;
+        let mut chunks = request.into_inner();
+        let upload = push::receive(&mut chunks, staged, self.max_push_bytes)
+            .await
+            .map_err(|refusal| {
+                tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");
+                refused(refusal.refusal);
+                refusal.status
             })?;
-            allow_older_version |= chunk.allow_older_version;
-            if pack_bytes.len() as u64 + chunk.data.len() as u64 > self.max_push_bytes {
-                self.changes
-                    .record_refused(PackChange::Push, Refusal::TooLarge);
-                return Err(Status::invalid_argument(format!(
-                    "snapshot: larger than the limit of {} bytes (--max-push-bytes)",
-                    self.max_push_bytes
-                )));
-            }
-            pack_bytes.extend_from_slice(&chunk.data);
-        }
-        if pack_bytes.is_empty() {
-            self.changes
-                .record_refused(PackChange::Push, Refusal::EmptyStream);
-            return Err(Status::invalid_argument(
-                "snapshot: empty stream, no pack file sent",
-            ));
-        }
         let catalog = self.catalog.clone();
         let changes = self.changes.clone();
         let outcome = blocking(move || {
             catalog
-                .push(pack_bytes, allow_older_version, crate::unix_now_seconds())
+                .push_staged(
+                    upload.staged,
+                    upload.allow_older_version,
+                    crate::unix_now_seconds(),
+                )
                 .map_err(|error| {
-                    tracing::warn!(error = %error, "pack refused");
+                    // Debug formatting: the error may quote client bytes.
+                    tracing::warn!(error = ?error.to_string(), "pack refused");
                     changes.record_refused(PackChange::Push, Refusal::from(&error));
                     Status::from(error)
                 })
@@ -208,6 +212,7 @@ impl Admin for AdminService {
             packs,
             generation: state.generation,
             frequency,
+            fleet: self.status_extras.fleet(),
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at_unix_seconds: self.started_at_unix_seconds,
             line_items_version: line_items.version.clone(),

@@ -7,7 +7,9 @@ pub mod admin;
 pub mod auth;
 pub mod limits;
 pub mod outcomes;
+pub mod push;
 pub mod realtime;
+pub mod record_sink;
 pub mod segments;
 pub mod status;
 

@@ -92,10 +92,12 @@ pub enum Refusal {
     TooLarge,
     EmptyStream,
     StreamError,
+    /// Another push was being received or verified (one at a time).
+    Busy,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 12] = [
+    const ALL: [Refusal; 13] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -108,6 +110,7 @@ impl Refusal {
         Refusal::TooLarge,
         Refusal::EmptyStream,
         Refusal::StreamError,
+        Refusal::Busy,
     ];
 
     /// The `reason` label: short and stable, dashboards select on it.
@@ -125,6 +128,7 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
             Refusal::StreamError => "stream_error",
+            Refusal::Busy => "busy",
         }
     }
 }

@@ -2,13 +2,14 @@
 //! state once, calls the domain function and maps the answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
 use crate::api::outcomes::DecideCounters;
 use crate::decide::{self, CandidateRef};
-use crate::freq::{FreqStore, NewImpression};
+use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
 use crate::proto::segments_server::Segments;
 use crate::proto::{
@@ -27,6 +28,11 @@ pub struct SegmentsService {
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
     decisions: Arc<DecideCounters>,
+    /// Where RecordImpressions sends a batch (the local log or the fleet's
+    /// stream); set once the frequency store is open.
+    impression_sink: Ready<Arc<dyn ImpressionSink>>,
+    /// A recording call's deadline when the client sets none.
+    record_timeout: Duration,
     /// This replica's audience shard: users of other shards are refused.
     shard: Shard,
 }
@@ -45,6 +51,8 @@ impl SegmentsService {
             line_items,
             limits,
             decisions,
+            impression_sink: Ready::default(),
+            record_timeout: Duration::from_secs(5),
             shard: Shard::UNSHARDED,
         }
     }
@@ -65,6 +73,18 @@ impl SegmentsService {
             "{field}: {}",
             crate::shard::misrouted_message(user_id, self.shard)
         )))
+    }
+
+    /// Records through `sink` (set when the frequency store is open), with
+    /// `record_timeout` as the deadline unless the client's is sooner.
+    pub fn with_impression_sink(
+        mut self,
+        sink: Ready<Arc<dyn ImpressionSink>>,
+        record_timeout: Duration,
+    ) -> Self {
+        self.impression_sink = sink;
+        self.record_timeout = record_timeout;
+        self
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
@@ -200,6 +220,7 @@ impl Segments for SegmentsService {
         &self,
         request: Request<RecordImpressionsRequest>,
     ) -> Result<Response<RecordImpressionsResponse>, Status> {
+        let deadline = super::record_sink::call_deadline(request.metadata(), self.record_timeout);
         let request = request.into_inner();
         self.limits.check_record(&request)?;
         for (index, impression) in request.impressions.iter().enumerate() {
@@ -208,7 +229,10 @@ impl Segments for SegmentsService {
                 &impression.user_id,
             )?;
         }
-        let counters = self.counters()?.clone();
+        let sink = self
+            .impression_sink
+            .or_unavailable("replaying the frequency log")?
+            .clone();
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request
             .impressions
@@ -224,12 +248,9 @@ impl Segments for SegmentsService {
                 impression_id: impression.impression_id,
             })
             .collect();
-        // `record` blocks until the batch is durable per the fsync policy.
-        let outcome = tokio::task::spawn_blocking(move || counters.record(&impressions))
-            .await
-            .map_err(|join_error| {
-                Status::internal(format!("record task failed: {join_error}"))
-            })??;
+        // Durable per the fsync policy (or acknowledged by JetStream and
+        // applied here, in a fleet) before it resolves.
+        let outcome = sink.record(impressions, deadline).await?;
         Ok(Response::new(RecordImpressionsResponse {
             recorded: outcome.recorded,
             duplicates: outcome.duplicates,

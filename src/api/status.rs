@@ -37,6 +37,7 @@ impl From<crate::freq::FreqError> for Status {
             FreqError::CorruptLog { .. } => Code::DataLoss,
             FreqError::CorruptCheckpoint { .. } => Code::DataLoss,
             FreqError::InvalidConfig(_) => Code::Internal,
+            FreqError::Unavailable(_) => Code::Unavailable,
             FreqError::ShutDown => Code::Unavailable,
         };
         Status::new(code, error.to_string())

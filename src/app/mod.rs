@@ -28,8 +28,9 @@ use tracing::info;
 use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
 use crate::api::{AdminService, RequestLimits, SegmentsService};
+use crate::fleet::{Fleet, FleetMetrics, FleetStart};
 use crate::freq::telemetry::FreqMetrics;
-use crate::freq::{FreqConfig, FreqStore, FsyncPolicy};
+use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters};
 use crate::proto::admin_server::AdminServer;
@@ -79,6 +80,12 @@ pub struct App {
     freq: Ready<Arc<FreqStore>>,
     /// Provided by [`App::load`]: the real-time journal, replayed first.
     realtime: RealtimeParts,
+    /// Where `RecordImpressions` sends a batch, set by [`App::load`]: the
+    /// local log, or (fleet mode) the fleet's stream.
+    sink: Ready<Arc<dyn ImpressionSink>>,
+    /// Fleet mode only: its figures from the start, the membership once joined.
+    fleet_metrics: Option<Arc<FleetMetrics>>,
+    fleet: tokio::sync::Mutex<Option<Fleet>>,
     counters: Counters,
     registry: Arc<Registry>,
     health: HealthReporter,
@@ -108,8 +115,17 @@ impl App {
             overload: Arc::default(),
             watch: settings.watch.watch_dir.as_ref().map(|_| Arc::default()),
         };
+        let fleet_metrics = settings.fleet.enabled().then(|| {
+            Arc::new(FleetMetrics::new(
+                settings.fleet.resolved_replica_id(),
+                settings.fleet.fleet_stream.clone(),
+            ))
+        });
         let mut registry = registry(&counters, &store, &freq);
         registry.register_collector(Box::new(realtime.metrics.clone()));
+        if let Some(fleet_metrics) = &fleet_metrics {
+            registry.register_collector(Box::new(fleet_metrics.clone()));
+        }
         let registry = Arc::new(registry);
         Ok(App {
             settings,
@@ -119,6 +135,9 @@ impl App {
             line_items,
             freq,
             realtime,
+            sink: Ready::default(),
+            fleet_metrics,
+            fleet: tokio::sync::Mutex::new(None),
             counters,
             registry,
             health: HealthReporter::new(),
@@ -140,7 +159,11 @@ impl App {
                 self.limits(),
                 self.counters.decisions.clone(),
             )
-            .with_shard(self.settings.sharding.shard),
+            .with_shard(self.settings.sharding.shard)
+            .with_impression_sink(
+                self.sink.clone(),
+                Duration::from_millis(self.settings.limits.request_timeout_ms.max(1)),
+            ),
         )
         .max_decoding_message_size(self.settings.limits.max_request_bytes);
         let (reflection, reflection_v1alpha) = reflection()?;
@@ -163,6 +186,7 @@ impl App {
             fsync: self.settings.frequency.fsync,
             retention_days: self.settings.frequency.freq_retention_days,
             realtime: self.realtime.store.clone(),
+            fleet: self.fleet_metrics.clone(),
         };
         let service = AdminService::new(
             self.catalog.clone(),
@@ -219,6 +243,12 @@ impl App {
             .with_context(|| format!("load --data-dir {}", data_dir.display()))?;
         realtime.set_counters(freq.clone());
         realtime.start_maintenance();
+        if !self.settings.fleet.enabled() {
+            self.sink
+                .set(Arc::new(crate::api::record_sink::LocalLogSink(
+                    freq.clone(),
+                )));
+        }
         self.freq.set(freq);
         self.realtime.metrics.set(RealtimeMetrics(realtime.clone()));
         self.realtime.writes.set(realtime.clone());
@@ -254,10 +284,39 @@ impl App {
         tasks
     }
 
-    /// Fsyncs the real-time journal, then flushes and fsyncs the frequency
-    /// log and writes a checkpoint (what was opened). Call once requests have
-    /// drained.
+    /// In fleet mode, joins the fleet once the data directory is loaded
+    /// (connect, check the stream, catch up with it, until `stop`) and
+    /// records through it from then on; nothing on a single node.
+    pub async fn join_fleet(&self, stop: &CancellationToken) -> anyhow::Result<()> {
+        let (Some(metrics), Some(store)) = (self.fleet_metrics.clone(), self.freq.get()) else {
+            return Ok(());
+        };
+        let settings = &self.settings;
+        let start = FleetStart {
+            settings: &settings.fleet,
+            shard: settings.sharding.shard.index,
+            retention: Duration::from_secs(settings.frequency.retention_seconds() as u64),
+            store: store.clone(),
+            metrics,
+        };
+        let fleet = Fleet::start(start, stop.clone()).await.with_context(|| {
+            format!(
+                "join the fleet through --fleet-nats {}",
+                settings.fleet.fleet_nats.join(",")
+            )
+        })?;
+        self.sink.set(fleet.sink.clone());
+        *self.fleet.lock().await = Some(fleet);
+        Ok(())
+    }
+
+    /// Stops applying the fleet's stream (fleet mode), fsyncs the real-time
+    /// journal, then flushes and fsyncs the frequency log and writes a
+    /// checkpoint (what was opened). Call once requests have drained.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(fleet) = self.fleet.lock().await.as_mut() {
+            fleet.stop().await;
+        }
         if let Some(realtime) = self.realtime.store.get().cloned() {
             tokio::task::spawn_blocking(move || realtime.shutdown())
                 .await
@@ -401,6 +460,7 @@ pub fn freq_config(settings: &ServeConfig) -> FreqConfig {
         checkpoint_interval: Duration::from_secs(frequency.checkpoint_interval_seconds.max(1)),
         sweep_interval: Duration::from_secs(60),
         recover_corrupt_log: frequency.recover_corrupt_log,
+        replicated: settings.fleet.enabled(),
     }
 }
 

@@ -15,6 +15,7 @@ pub struct ServerStatusExtras {
     pub fsync: FsyncMode,
     pub retention_days: u32,
     pub realtime: Ready<Arc<Realtime>>,
+    pub fleet: Option<Arc<crate::fleet::FleetMetrics>>,
 }
 
 impl StatusExtras for ServerStatusExtras {
@@ -29,6 +30,10 @@ impl StatusExtras for ServerStatusExtras {
             retention_days: self.retention_days,
             last_checkpoint_unix_seconds: stats.last_checkpoint_unix_seconds,
         })
+    }
+
+    fn fleet(&self) -> Option<crate::proto::FleetStatus> {
+        self.fleet.as_deref().map(crate::fleet::status_of)
     }
 
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {

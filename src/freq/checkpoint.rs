@@ -1,7 +1,7 @@
 //! Checkpoints: a snapshot of the counters and idempotency ids that covers every
 //! log record before a sequence number, so older segments can be deleted.
 //!
-//! # Format (version 1, little-endian)
+//! # Format (version 2, little-endian)
 //!
 //! File `checkpoint-{covers_before_seq:020}.ckpt`, written to a `.tmp` name,
 //! fsynced, renamed into place, then the directory fsynced:
@@ -9,12 +9,17 @@
 //! ```text
 //! magic "SEGDFCKP" | u32 version | u32 reserved (0)
 //! u64 covers_before_seq | i64 created_unix_seconds
+//! u64 applied_stream_seq (version 2 only; version 1 files read as 0)
 //! u64 entry_count, per entry:
 //!   u64 user_fingerprint | u64 cap_key_hash
 //!   | u32 time_count | time_count x i64 | u32 bucket_count | bucket_count x (i64 start, u32 count)
 //! u64 id_count, per id: u64 impression_id_hash | i64 at_unix_seconds
 //! u64 xxh3-64 of every byte before it
 //! ```
+//!
+//! `applied_stream_seq` is the last fleet stream sequence applied to the
+//! counters (0 on a single node): a replica restarts its stream consumer after
+//! it. Version 1 files (written before fleets existed) still load.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -30,7 +35,7 @@ use crate::le::LeReader;
 /// Magic bytes opening every checkpoint.
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"SEGDFCKP";
 /// Current checkpoint format version.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// What a checkpoint holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub struct CheckpointData {
     pub covers_before_seq: u64,
     /// When it was taken.
     pub created_unix_seconds: i64,
+    /// The last replicated stream sequence the counters include (0 = none).
+    pub applied_stream_seq: u64,
     /// Every non-empty counter.
     pub entries: Vec<(EntryKey, Entry)>,
     /// Every remembered impression id with its impression time.
@@ -80,6 +87,7 @@ fn write_body<W: Write>(data: &CheckpointData, out: &mut W) -> std::io::Result<(
     out.write_all(&0u32.to_le_bytes())?;
     out.write_all(&data.covers_before_seq.to_le_bytes())?;
     out.write_all(&data.created_unix_seconds.to_le_bytes())?;
+    out.write_all(&data.applied_stream_seq.to_le_bytes())?;
     out.write_all(&(data.entries.len() as u64).to_le_bytes())?;
     for (key, entry) in &data.entries {
         out.write_all(&key.user_fingerprint.to_le_bytes())?;
@@ -162,12 +170,13 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
         return Err("bad magic".to_owned());
     }
     let version = reader.u32()?;
-    if version != CHECKPOINT_VERSION {
+    if version != 1 && version != CHECKPOINT_VERSION {
         return Err(format!("unsupported version {version}"));
     }
     let _reserved = reader.u32()?;
     let covers_before_seq = reader.u64()?;
     let created_unix_seconds = reader.i64()?;
+    let applied_stream_seq = if version >= 2 { reader.u64()? } else { 0 };
     let entry_count = count(&mut reader, 16 + 4 + 4)?;
     let mut entries = Vec::with_capacity(entry_count);
     for index in 0..entry_count {
@@ -217,6 +226,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointData, String> {
     Ok(CheckpointData {
         covers_before_seq,
         created_unix_seconds,
+        applied_stream_seq,
         entries,
         ids,
     })
@@ -246,6 +256,7 @@ mod tests {
         let data = CheckpointData {
             covers_before_seq: 17,
             created_unix_seconds: 1_700_000_000,
+            applied_stream_seq: 41,
             entries: vec![(
                 EntryKey {
                     user_fingerprint: 3,
@@ -272,5 +283,24 @@ mod tests {
         for length in 0..bytes.len() {
             assert!(decode_checkpoint(&bytes[..length]).is_err());
         }
+    }
+
+    #[test]
+    fn version_1_checkpoints_load_with_no_stream_sequence() {
+        let data = CheckpointData {
+            covers_before_seq: 5,
+            created_unix_seconds: 1_700_000_000,
+            applied_stream_seq: 0,
+            entries: Vec::new(),
+            ids: vec![(9, 1_700_000_000)],
+        };
+        let mut body = Vec::new();
+        write_body(&data, &mut body).expect("encode");
+        // Version 1: no applied_stream_seq after created_unix_seconds.
+        body[8..12].copy_from_slice(&1u32.to_le_bytes());
+        body.drain(32..40);
+        let checksum = xxh3_64(&body);
+        body.extend_from_slice(&checksum.to_le_bytes());
+        assert_eq!(decode_checkpoint(&body).expect("version 1 decodes"), data);
     }
 }

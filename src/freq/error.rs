@@ -36,6 +36,10 @@ pub enum FreqError {
     /// The configuration cannot work (e.g. a zero interval).
     #[error("invalid frequency config: {0}")]
     InvalidConfig(String),
+    /// The replicated log (a fleet's stream) did not take the batch in time:
+    /// unreachable, or no acknowledgement before the deadline.
+    #[error("impression log unavailable: {0}")]
+    Unavailable(String),
     /// `shutdown` was called; the store takes no more writes.
     #[error("frequency store is shut down")]
     ShutDown,

@@ -12,7 +12,10 @@
 //! - [`log`]: the write-ahead log: `log::format` (segments on disk, encoder,
 //!   checked decoder) and `log::writer` (group commit).
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
-//! - [`store`]: [`FreqStore`], what the gRPC layer calls.
+//! - [`store`]: [`FreqStore`], what the gRPC layer calls; it also applies
+//!   batches of a replicated log (a fleet's stream) in stream order.
+//! - [`sink`]: [`ImpressionSink`], where `RecordImpressions` sends a batch:
+//!   the local log, or a fleet's stream (`crate::fleet`).
 //! - [`error`]: the error type, [`FreqError`].
 //! - [`telemetry`]: its figures for `GET /metrics`.
 
@@ -22,6 +25,7 @@ pub mod error;
 pub mod forget;
 pub mod log;
 mod recovery;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 pub mod window;
@@ -31,6 +35,10 @@ pub use error::FreqError;
 pub use forget::ForgottenUsers;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use log::InjectedFault;
-pub use log::{DecodedSegment, FsyncPolicy, SegmentDecodeError, decode_log_segment};
+pub use log::{
+    DecodedSegment, FsyncPolicy, LogImpression, SegmentDecodeError, decode_log_segment,
+    decode_record_payload, encode_record_payload,
+};
+pub use sink::{ImpressionSink, RecordFuture};
 pub use store::{FreqConfig, FreqStats, FreqStore, NewImpression, RecordOutcome, RecoveryReport};
 pub use window::{Calendar, CapWindow};

@@ -66,6 +66,7 @@ pub(super) fn load_newest_checkpoint(
         return Ok(FIRST_SEQ);
     };
     let data = read_checkpoint(&path)?;
+    report.applied_stream_seq = data.applied_stream_seq;
     if data.covers_before_seq != covered {
         return Err(FreqError::CorruptCheckpoint {
             path,

@@ -25,6 +25,10 @@
 //! - Impressions at or before `now - retention_seconds` (server clock) are
 //!   accepted and reported as recorded but neither logged nor stored: a sweep
 //!   would drop them anyway.
+//! - With [`FreqConfig::replicated`] the log is elsewhere (a fleet's stream):
+//!   `record` is refused, batches arrive through
+//!   [`FreqStore::apply_replicated`] in stream order, and checkpoints carry the
+//!   last applied stream sequence instead of covering local log records.
 
 use std::fs;
 use std::path::PathBuf;
@@ -45,6 +49,8 @@ use super::recovery::{Replay, delete_covered_files, load_newest_checkpoint, repl
 use super::window::CapWindow;
 use crate::periodic::Periodic;
 
+mod replicated;
+
 /// How the frequency store keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreqConfig {
@@ -62,6 +68,9 @@ pub struct FreqConfig {
     pub sweep_interval: Duration,
     /// Open despite a corrupt record mid-log: truncate there and continue.
     pub recover_corrupt_log: bool,
+    /// The impression log is a replicated stream, not the local log: `record`
+    /// is refused and [`FreqStore::apply_replicated`] applies batches.
+    pub replicated: bool,
 }
 
 impl FreqConfig {
@@ -76,6 +85,7 @@ impl FreqConfig {
             checkpoint_interval: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
             recover_corrupt_log: false,
+            replicated: false,
         }
     }
 }
@@ -125,6 +135,8 @@ pub struct RecoveryReport {
     pub corrupt_bytes_dropped: u64,
     /// Impressions dropped at open because they left retention.
     pub expired_events: u64,
+    /// The last replicated stream sequence the loaded checkpoint includes.
+    pub applied_stream_seq: u64,
 }
 
 /// Figures for `Status` and metrics.
@@ -186,6 +198,11 @@ struct Inner {
     log: LogWriter,
     /// One checkpoint at a time; remembers the sequence number it covered.
     checkpoint_lock: Mutex<u64>,
+    /// The last replicated stream sequence applied (replicated mode); written
+    /// under the shared apply gate, read by checkpoints under the exclusive one.
+    applied_stream_seq: AtomicU64,
+    /// The stream sequence the last checkpoint holds; guarded by `checkpoint_lock`.
+    checkpointed_stream_seq: AtomicU64,
     last_checkpoint_unix_seconds: AtomicI64,
     last_checkpoint_pause_micros: AtomicU64,
     last_checkpoint_micros: AtomicU64,
@@ -252,6 +269,8 @@ impl FreqStore {
             apply_gate: RwLock::new(()),
             log,
             checkpoint_lock: Mutex::new(covers_before),
+            applied_stream_seq: AtomicU64::new(report.applied_stream_seq),
+            checkpointed_stream_seq: AtomicU64::new(report.applied_stream_seq),
             last_checkpoint_unix_seconds: AtomicI64::new(0),
             last_checkpoint_pause_micros: AtomicU64::new(0),
             last_checkpoint_micros: AtomicU64::new(0),
@@ -504,6 +523,11 @@ struct RecordPlan {
 
 impl Inner {
     fn record(&self, impressions: &[NewImpression]) -> Result<RecordOutcome, FreqError> {
+        if self.config.replicated {
+            return Err(FreqError::InvalidConfig(
+                "replicated store: impressions are recorded through the stream".to_owned(),
+            ));
+        }
         let cutoff = crate::unix_now_seconds().saturating_sub(self.config.retention_seconds);
         let gate = self.apply_gate.read();
         let (seq, plan) = self.log.append(|seq, payload| {
@@ -605,14 +629,25 @@ impl Inner {
         let started = Instant::now();
         let (mut data, ticket, pause) = {
             let _exclusive = self.apply_gate.write();
-            if self.log.next_seq() == *last_covered {
-                // Nothing logged since the last checkpoint: it still holds.
+            let applied_stream_seq = self.applied_stream_seq.load(Ordering::Relaxed);
+            if self.log.next_seq() == *last_covered
+                && applied_stream_seq == self.checkpointed_stream_seq.load(Ordering::Relaxed)
+            {
+                // Nothing logged or applied since the last checkpoint: it still holds.
                 return Ok(());
             }
-            let (covers_before_seq, ticket) = self.log.request_rotation()?;
+            // A replicated store appends nothing to its log: no rotation, and
+            // the checkpoint replaces the previous one under the same name.
+            let (covers_before_seq, ticket) = if self.config.replicated {
+                (self.log.next_seq(), None)
+            } else {
+                let (covers_before_seq, ticket) = self.log.request_rotation()?;
+                (covers_before_seq, Some(ticket))
+            };
             let data = CheckpointData {
                 covers_before_seq,
                 created_unix_seconds: crate::unix_now_seconds(),
+                applied_stream_seq,
                 entries: Vec::new(),
                 ids: Vec::new(),
             };
@@ -625,7 +660,9 @@ impl Inner {
         data.entries = self.counters.finish_snapshot();
         data.ids = self.ids.finish_snapshot();
         // The old segment is fsynced and closed once the rotation is processed.
-        self.log.wait_rotation(ticket)?;
+        if let Some(ticket) = ticket {
+            self.log.wait_rotation(ticket)?;
+        }
         if self.log.failure_count() != failures_before {
             return Err(FreqError::storage(
                 "checkpoint abandoned",
@@ -634,6 +671,8 @@ impl Inner {
         }
         let path = write_checkpoint(&self.config.dir, &data)?;
         *last_covered = data.covers_before_seq;
+        self.checkpointed_stream_seq
+            .store(data.applied_stream_seq, Ordering::Relaxed);
         self.last_checkpoint_unix_seconds
             .store(data.created_unix_seconds, Ordering::Relaxed);
         delete_covered_files(&self.config, data.covers_before_seq);

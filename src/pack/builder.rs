@@ -504,6 +504,8 @@ fn text_field(what: &str, field: &[u8]) -> Result<String, String> {
             text.len()
         ));
     }
+    // The one label rule a push applies too, named with the file and line.
+    super::names::check_label(what, text).map_err(|error| error.to_string())?;
     Ok(text.to_string())
 }
 

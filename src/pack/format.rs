@@ -23,7 +23,7 @@
 //! | 24, 4 | `segment_count` `u32` | at most 65,535 |
 //! | 28, 8 | `membership_count` `u64` | sum of the segments' member counts |
 //! | 36, 1 + n | pack name | 1..=255 bytes of `[A-Za-z0-9._-]`, not starting with `.` |
-//! | .., 1 + n | pack version | 1..=255 bytes UTF-8 |
+//! | .., 1 + n | pack version | 1..=255 bytes UTF-8, no control characters |
 //! | .., 8 | header checksum | over bytes 0 up to here (preamble and header) |
 //! | **user dictionary** | | |
 //! | .., 8 × `user_count` | fingerprints `u64` | strictly ascending; ordinal = index |
@@ -34,8 +34,8 @@
 //! | +8, 4 | `member_count` `u32` | the bitmap's cardinality |
 //! | +12, 4 | `bitmap_bytes` `u32` | byte length of the serialized bitmap |
 //! | +16, 1 | flags `u8` | bit 0: recency column present; other bits 0 |
-//! | +17, 1 + n | segment name | 0..=255 bytes UTF-8 |
-//! | .., 1 + n | segment kind | 0..=255 bytes UTF-8; empty = none |
+//! | +17, 1 + n | segment name | 0..=255 bytes UTF-8, no control characters |
+//! | .., 1 + n | segment kind | 0..=255 bytes UTF-8, no control characters; empty = none |
 //! | .., 8 | segment table checksum | over all entries |
 //! | **segment data** | | per segment, in table order |
 //! | .., `bitmap_bytes` | members | roaring *portable* serialization of user ordinals, each `< user_count` |
@@ -104,24 +104,9 @@ pub struct PackHeader {
 }
 
 /// A pack name names a file in the data directory, so it is restricted to
-/// characters that are safe there.
+/// characters that are safe there: the one rule of [`super::names`].
 pub fn check_pack_name(name: &str) -> Result<(), PackError> {
-    if name.is_empty() {
-        return Err(PackError::malformed("pack name is empty"));
-    }
-    check_string_length("pack name", name)?;
-    if name.starts_with('.') {
-        return Err(PackError::malformed(format!(
-            "pack name {name:?} starts with '.'"
-        )));
-    }
-    let allowed = |byte: u8| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-');
-    if !name.bytes().all(allowed) {
-        return Err(PackError::malformed(format!(
-            "pack name {name:?} has characters other than A-Z a-z 0-9 . _ -"
-        )));
-    }
-    Ok(())
+    super::names::check_pack_name(name)
 }
 
 /// Strings carry a `u8` byte length.
@@ -144,6 +129,7 @@ pub fn validate_pack(pack: &Pack) -> Result<(), PackError> {
         return Err(PackError::malformed("pack version is empty"));
     }
     check_string_length("pack version", &pack.version)?;
+    super::names::check_label("pack version", &pack.version)?;
     let user_count = pack.user_fingerprints.len() as u64;
     if user_count > MAX_USERS {
         return Err(PackError::TooLarge {
@@ -187,6 +173,8 @@ pub fn validate_pack(pack: &Pack) -> Result<(), PackError> {
 fn validate_segment(segment: &Segment, user_count: u64) -> Result<(), PackError> {
     check_string_length("segment name", &segment.name)?;
     check_string_length("segment kind", &segment.kind)?;
+    super::names::check_label(&format!("segment {} name", segment.id), &segment.name)?;
+    super::names::check_label(&format!("segment {} kind", segment.id), &segment.kind)?;
     let max_ordinal = segment.members.max();
     if max_ordinal.is_some_and(|max_ordinal| u64::from(max_ordinal) >= user_count) {
         return Err(PackError::malformed(format!(

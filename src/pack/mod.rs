@@ -11,7 +11,9 @@ use roaring::RoaringBitmap;
 pub mod builder;
 pub mod error;
 pub mod format;
+pub mod names;
 pub mod reader;
+pub mod stream_check;
 pub mod writer;
 
 pub use builder::PackBuilder;

@@ -349,9 +349,13 @@ fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<
     Ok(())
 }
 
+/// A string of the file: UTF-8 and, being shown in logs and labels, free of
+/// control characters (the rule of `names`).
 fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))?;
+    super::names::check_label(what, &text)?;
+    Ok(text)
 }
 
 /// A position in the pack bytes: the shared [`LeReader`], with each

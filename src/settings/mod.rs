@@ -61,4 +61,8 @@ pub struct ServeConfig {
     /// Audience sharding: `--shard I/N`.
     #[command(flatten)]
     pub sharding: crate::shard::ShardSettings,
+
+    /// Fleet mode: the `--fleet-*` and `--replica-id` flags.
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetSettings,
 }

@@ -3,25 +3,29 @@
 //!
 //! Layout: `DATA_DIR/packs/NAME.segpack` is what is served for pack `NAME`,
 //! `DATA_DIR/packs/NAME.previous.segpack` the version before it, kept for
-//! `Rollback`. A pushed pack is verified whole, written atomically (temp,
-//! fsync, rename, fsync dir) and only then swapped in, so a restart serves
-//! what was last acknowledged. Changes are serialised by one mutex; each runs
-//! on a blocking thread (the caller's job), never on the async runtime.
+//! `Rollback`. A pushed pack arrives as a staged file in the packs directory
+//! ([`pack_files`](super::pack_files) owns the files and their renames); it
+//! is verified from that file, fsynced, rotated in with renames only and then
+//! swapped in, so a restart serves what was last acknowledged and a crash or a
+//! full disk at any point keeps both the served and the previous version.
+//! Changes are serialised by one mutex; each runs on a blocking thread (the
+//! caller's job), never on the async runtime.
 
 use std::cmp::Ordering;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
+pub use super::pack_files::StagedFile;
+use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackError};
 
-/// `NAME.previous.segpack` is the version kept for rollback.
-const PREVIOUS_MARK: &str = ".previous";
-/// More than any pack header takes (name and version are short strings).
+/// `Status` reads at most this much of a previous file: its header.
 const HEADER_READ_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +44,7 @@ pub enum CatalogError {
         pushed: String,
         served: String,
     },
-    #[error(
-        "invalid pack name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ - not starting with a dot"
-    )]
+    #[error("invalid pack name {0:?}: {rule}", rule = pack::names::PACK_NAME_RULE)]
     InvalidPackName(String),
     #[error("no pack named {0:?} is served")]
     NoSuchPack(String),
@@ -93,6 +95,7 @@ pub struct RollbackOutcome {
 
 pub struct Catalog {
     packs_dir: PathBuf,
+    files: PackFiles,
     store: Arc<Store>,
     /// Serialises changes; a std mutex held only on blocking threads.
     change_lock: Mutex<()>,
@@ -105,6 +108,7 @@ impl Catalog {
         fs::create_dir_all(&packs_dir)
             .map_err(io_error(format!("create {}", packs_dir.display())))?;
         Ok(Self {
+            files: PackFiles::new(packs_dir.clone()),
             packs_dir,
             store,
             change_lock: Mutex::new(()),
@@ -120,15 +124,15 @@ impl Catalog {
     }
 
     fn current_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}{}", pack::FILE_SUFFIX))
+        self.files.current(name)
     }
 
     fn previous_path(&self, name: &str) -> PathBuf {
-        self.packs_dir
-            .join(format!("{name}{PREVIOUS_MARK}{}", pack::FILE_SUFFIX))
+        self.files.previous(name)
     }
 
-    /// The version kept for rollback of a pack, if any (reads its header only).
+    /// The version kept for rollback of a pack, if any (reads its header only,
+    /// never the whole file).
     pub fn previous_version(&self, name: &str) -> Option<String> {
         pack::read_header_file(self.previous_path(name))
             .ok()
@@ -138,7 +142,6 @@ impl Catalog {
     /// When the version kept for rollback of a pack was built, if any. Reads
     /// the file's first bytes only (the header).
     pub fn previous_built_at(&self, name: &str) -> Option<i64> {
-        use std::io::Read;
         let mut head = Vec::new();
         fs::File::open(self.previous_path(name))
             .ok()?
@@ -162,6 +165,9 @@ impl Catalog {
     /// renames of a push) is served from its previous file.
     pub fn load_all(&self, loaded_at_unix_seconds: i64) -> Result<u64, CatalogError> {
         let _change = self.change_lock.lock();
+        self.files
+            .recover()
+            .map_err(io_error(format!("recover {}", self.packs_dir.display())))?;
         let mut names: Vec<String> = Vec::new();
         let entries = fs::read_dir(&self.packs_dir)
             .map_err(io_error(format!("read {}", self.packs_dir.display())))?;
@@ -198,8 +204,8 @@ impl Catalog {
                     .raise_fold_horizon(name, previous_built_at.min(loaded.built_at_unix_seconds));
             }
             info!(
-                pack = %loaded.name,
-                version = %loaded.version,
+                pack = ?loaded.name,
+                version = ?loaded.version,
                 users = loaded.users(),
                 memberships = loaded.memberships(),
                 "pack loaded"
@@ -234,31 +240,62 @@ impl Catalog {
     }
 
     fn dropped_marker_path(&self, name: &str) -> PathBuf {
-        self.packs_dir.join(format!("{name}.dropped"))
+        self.files.dropped_marker(name)
+    }
+
+    /// A new upload file in the packs directory for a push to stream into.
+    pub fn stage_upload(&self) -> Result<StagedFile, CatalogError> {
+        self.files.stage().map_err(io_error(format!(
+            "create an upload in {}",
+            self.packs_dir.display()
+        )))
     }
 
     fn is_dropped_marker(&self, name: &str) -> bool {
         self.dropped_marker_path(name).exists()
     }
 
-    /// Verifies a pack file whole and, when it is new, serves it.
+    /// Verifies pack bytes whole and, when they are new, serves them: staged
+    /// into a file first, like an upload ([`Catalog::push_staged`]).
     pub fn push(
         &self,
         pack_bytes: Vec<u8>,
         allow_older_version: bool,
         loaded_at_unix_seconds: i64,
     ) -> Result<PushOutcome, CatalogError> {
-        let pack = pack::read_pack(&pack_bytes)?;
-        if !valid_pack_name(&pack.name) {
-            return Err(CatalogError::InvalidPackName(pack.name));
+        let mut staged = self.stage_upload()?;
+        let mut file = staged.take_file().expect("a new upload has its file");
+        file.write_all(&pack_bytes)
+            .map_err(io_error(format!("write {}", staged.path().display())))?;
+        drop((file, pack_bytes));
+        self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
+    }
+
+    /// Verifies the staged upload whole, from its file, and, when it is new,
+    /// rotates it in and serves it. A refused or failed push changes nothing:
+    /// the served and previous files stay, and the upload is removed.
+    pub fn push_staged(
+        &self,
+        staged: StagedFile,
+        allow_older_version: bool,
+        loaded_at_unix_seconds: i64,
+    ) -> Result<PushOutcome, CatalogError> {
+        // Pushes happen while serving: one core builds, the rest keep answering.
+        let loaded = Arc::new(verify_pack_file(
+            staged.path(),
+            loaded_at_unix_seconds,
+            BuildThreads::One,
+        )?);
+        if !valid_pack_name(&loaded.name) {
+            return Err(CatalogError::InvalidPackName(loaded.name.clone()));
         }
         let _change = self.change_lock.lock();
         let state = self.store.load_full();
-        if let Some(served) = state.pack(&pack.name) {
-            if served.version == pack.version {
+        if let Some(served) = state.pack(&loaded.name) {
+            if served.version == loaded.version {
                 return Ok(PushOutcome {
-                    pack: pack.name.clone(),
-                    version: pack.version.clone(),
+                    pack: loaded.name.clone(),
+                    version: loaded.version.clone(),
                     segments: served.segments.len() as u32,
                     users: served.users(),
                     memberships: served.memberships(),
@@ -266,41 +303,29 @@ impl Catalog {
                     unchanged: true,
                 });
             }
-            if compare_versions(&pack.version, &served.version) == Ordering::Less
+            if compare_versions(&loaded.version, &served.version) == Ordering::Less
                 && !allow_older_version
             {
                 return Err(CatalogError::OlderVersion {
-                    pack: pack.name.clone(),
-                    pushed: pack.version.clone(),
+                    pack: loaded.name.clone(),
+                    pushed: loaded.version.clone(),
                     served: served.version.clone(),
                 });
             }
         }
-        // Pushes happen while serving: one core builds, the rest keep answering.
-        let loaded = Arc::new(LoadedPack::from_pack_on(
-            pack,
-            pack_bytes.len() as u64,
-            loaded_at_unix_seconds,
-            BuildThreads::One,
-        )?);
         // Check ownership before touching the disk: a refused pack changes nothing.
         state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
 
         let name = loaded.name.clone();
-        let current = self.current_path(&name);
-        if current.exists() && state.pack(&name).is_some() {
-            fs::rename(&current, self.previous_path(&name))
-                .map_err(io_error(format!("keep previous version of {name}")))?;
-        }
-        pack::write_pack_file_atomic(&pack_bytes, &current)
-            .map_err(io_error(format!("write {}", current.display())))?;
-        let _ = fs::remove_file(self.dropped_marker_path(&name));
+        self.files
+            .commit_push(staged, &name, state.pack(&name).is_some())
+            .map_err(io_error(format!("serve the push of {name}")))?;
         if let Some(served) = state.pack(&name) {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        info!(pack = %name, version = %loaded.version, generation, "pack pushed");
+        info!(pack = ?name, version = ?loaded.version, generation, "pack pushed");
         Ok(PushOutcome {
             pack: name,
             version: loaded.version.clone(),
@@ -336,22 +361,14 @@ impl Catalog {
         state.check_ownership(&loaded)?;
         let packs = state.packs_with(loaded.clone());
 
-        let current = self.current_path(name);
-        let swap_path = self.packs_dir.join(format!("{name}.rollback.tmp"));
-        if current.exists() {
-            fs::rename(&current, &swap_path).map_err(io_error(format!("rollback {name}")))?;
-        }
-        fs::rename(&previous, &current).map_err(io_error(format!("rollback {name}")))?;
-        if swap_path.exists() {
-            fs::rename(&swap_path, &previous).map_err(io_error(format!("rollback {name}")))?;
-        }
-        sync_dir(&self.packs_dir)?;
-        let _ = fs::remove_file(self.dropped_marker_path(name));
+        self.files
+            .swap_for_rollback(name)
+            .map_err(io_error(format!("rollback {name}")))?;
         if let Some(served) = state.pack(name) {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        warn!(pack = %name, version = %loaded.version, generation, "pack rolled back");
+        warn!(pack = %name, version = ?loaded.version, generation, "pack rolled back");
         Ok(RollbackOutcome {
             pack: name.to_owned(),
             version: loaded.version.clone(),
@@ -370,20 +387,33 @@ impl Catalog {
         if state.pack(name).is_none() {
             return Err(CatalogError::NoSuchPack(name.to_owned()));
         }
-        let current = self.current_path(name);
-        if current.exists() {
-            fs::rename(&current, self.previous_path(name))
-                .map_err(io_error(format!("drop {name}")))?;
-        }
-        fs::write(self.dropped_marker_path(name), b"").map_err(io_error(format!("drop {name}")))?;
-        sync_dir(&self.packs_dir)?;
+        self.files
+            .mark_dropped(name)
+            .map_err(io_error(format!("drop {name}")))?;
         let generation = self.store.install(state.packs_without(name))?;
-        warn!(pack = %name, generation, "pack dropped");
+        warn!(pack = ?name, generation, "pack dropped");
         Ok(generation)
     }
 }
 
+/// Start-up load: a damaged served file is a storage problem naming the file.
 fn load_pack_file(
+    path: &Path,
+    loaded_at_unix_seconds: i64,
+    threads: BuildThreads,
+) -> Result<LoadedPack, CatalogError> {
+    verify_pack_file(path, loaded_at_unix_seconds, threads).map_err(|error| match error {
+        CatalogError::Pack(error) => CatalogError::Io {
+            context: format!("load {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        },
+        other => other,
+    })
+}
+
+/// Reads and verifies a pack file whole (checksums, structure) and builds
+/// its serving tables: the one verify step of pushes and loads.
+fn verify_pack_file(
     path: &Path,
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
@@ -403,22 +433,9 @@ fn load_pack_file(
     )?)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
-    fs::File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error(format!("fsync {}", dir.display())))
-}
-
-/// Pack names become file names: keep them plain.
+/// Pack names become file names: the one rule of [`pack::names`].
 pub fn valid_pack_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
-        && !name.ends_with(".previous")
-        && !name.ends_with(".rollback")
+    pack::names::check_pack_name(name).is_ok()
 }
 
 /// Orders versions naturally: runs of digits compare as numbers, the rest as
@@ -515,5 +532,7 @@ mod tests {
         assert!(!valid_pack_name(".hidden"));
         assert!(!valid_pack_name("a/b"));
         assert!(!valid_pack_name("x.previous"));
+        assert!(!valid_pack_name("x.rollback"));
+        assert!(!valid_pack_name(&"x".repeat(65)));
     }
 }

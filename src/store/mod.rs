@@ -14,6 +14,7 @@ pub mod freshness;
 mod index;
 mod loaded;
 pub mod overlay;
+mod pack_files;
 mod state;
 pub mod telemetry;
 

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod forge;
 pub mod model;
+pub mod nats;
 pub mod process;
 pub mod realtime;
 pub mod tmpfs;

@@ -19,6 +19,21 @@ impl SegdProcess {
     /// Starts `segd serve` on ephemeral ports over `data_dir` with `extra`
     /// flags and waits until health reports SERVING.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> SegdProcess {
+        Self::start_with_stderr(data_dir, extra, Stdio::inherit()).await
+    }
+
+    /// Like [`SegdProcess::start`], with stderr (the log, at `warn`) appended
+    /// to `log_path`.
+    pub async fn start_logging_to(data_dir: &Path, extra: &[&str], log_path: &Path) -> SegdProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open the log file");
+        Self::start_with_stderr(data_dir, extra, Stdio::from(log)).await
+    }
+
+    async fn start_with_stderr(data_dir: &Path, extra: &[&str], stderr: Stdio) -> SegdProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_segd"))
             .args([
                 "serve",
@@ -34,7 +49,7 @@ impl SegdProcess {
             .args(extra)
             .env("SEGD_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn segd");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -93,6 +108,11 @@ impl SegdProcess {
             .await
             .unwrap();
         SegmentsClient::new(channel)
+    }
+
+    /// The process id (for `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no flush, no checkpoint, no goodbye.

@@ -416,6 +416,23 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             realtime.forget_retention_days
         );
     }
+    if let Some(fleet) = reply.fleet {
+        println!(
+            "fleet: replica {}, stream {}, applied sequence {} of {}, {} behind, last lag {:.1} ms, {}{}",
+            fleet.replica_id,
+            fleet.stream,
+            fleet.applied_sequence,
+            fleet.stream_sequence,
+            fleet.messages_behind,
+            fleet.last_apply_lag_seconds * 1e3,
+            if fleet.connected {
+                "connected"
+            } else {
+                "NATS not connected"
+            },
+            if fleet.caught_up { "" } else { ", catching up" }
+        );
+    }
     Ok(())
 }
 

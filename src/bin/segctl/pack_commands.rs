@@ -36,6 +36,10 @@ const PROGRESS_FROM_LINES: u64 = 1_000_000;
 
 pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Refused before reading any input, by the rule a push applies.
+    segd::pack::names::check_pack_name(&args.pack).context("--pack")?;
+    anyhow::ensure!(!args.version.is_empty(), "--version: must not be empty");
+    segd::pack::names::check_label("pack version", &args.version).context("--version")?;
     let built_at = args.built_at.unwrap_or_else(segd::unix_now_seconds);
     let mut builder = PackBuilder::new(&args.pack, &args.version, built_at);
     if let Some(segments) = &args.segments {

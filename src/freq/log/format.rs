@@ -89,6 +89,14 @@ pub fn encode_impression(impression: &LogImpression, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends the payload of a record holding `impressions` to `out`.
+pub fn encode_record_payload(impressions: &[LogImpression], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(impressions.len() as u32).to_le_bytes());
+    for impression in impressions {
+        encode_impression(impression, out);
+    }
+}
+
 /// The full frame (length, checksum, payload) of a record.
 pub fn encode_record(record: &LogRecord) -> Vec<u8> {
     let mut payload = Vec::new();
@@ -243,6 +251,13 @@ fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
     }
     let record = decode_payload(payload)?;
     Ok((record, RECORD_HEADER_BYTES + payload_len))
+}
+
+/// Decodes a record payload (the part after length and checksum), trusting
+/// no count further than the bytes present. Also the body of a fleet stream
+/// message, which has its own framing.
+pub fn decode_record_payload(payload: &[u8]) -> Result<LogRecord, String> {
+    decode_payload(payload)
 }
 
 fn decode_payload(payload: &[u8]) -> Result<LogRecord, String> {

@@ -1,0 +1,169 @@
+//! Receiving a `PushSnapshot` stream without holding it in memory.
+//!
+//! One push at a time: a second one while a push is received or verified is
+//! refused with `RESOURCE_EXHAUSTED` at once (batch jobs retry), so pushes
+//! never stack up in memory or on disk. Chunks are written to a staged file
+//! in the packs directory as they arrive; the header is verified as soon as
+//! it is complete (a stream that is no pack is refused after its first bytes)
+//! and the footer checksum as the bytes pass, so a valid header followed by a
+//! gigabyte of zeros is refused at its end without ever being read back. Per
+//! push, memory holds one chunk and the header bytes, whatever the size. The
+//! catalog then verifies the staged file whole (`Catalog::push_staged`).
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use crate::api::outcomes::Refusal;
+use crate::pack::stream_check::FooterCheck;
+use crate::pack::{self, PackError};
+use crate::proto::SnapshotChunk;
+use crate::store::catalog::{CatalogError, StagedFile};
+
+/// A header that is still incomplete after this many bytes is refused.
+const MAX_HEADER_PREFIX_BYTES: usize = 64 << 10;
+
+/// Admits one push at a time.
+pub struct PushGate {
+    running: Semaphore,
+}
+
+impl Default for PushGate {
+    fn default() -> Self {
+        Self {
+            running: Semaphore::new(1),
+        }
+    }
+}
+
+impl PushGate {
+    /// The right to push until the permit is dropped, or `RESOURCE_EXHAUSTED`.
+    pub fn try_enter(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.running.try_acquire().map_err(|_| {
+            Status::resource_exhausted(
+                "snapshot: another push is being received or verified; one push at a time, retry when it finishes",
+            )
+        })
+    }
+}
+
+/// A refused upload: what the metrics count and the answer.
+pub struct UploadRefused {
+    pub refusal: Refusal,
+    pub status: Status,
+}
+
+impl UploadRefused {
+    fn new(refusal: Refusal, status: Status) -> Self {
+        Self { refusal, status }
+    }
+
+    fn invalid_pack(error: PackError) -> Self {
+        Self::new(
+            Refusal::InvalidPack,
+            Status::from(CatalogError::Pack(error)),
+        )
+    }
+
+    fn storage(staged: &StagedFile, error: std::io::Error) -> Self {
+        let error = CatalogError::Io {
+            context: format!("write upload {}", staged.path().display()),
+            source: error,
+        };
+        Self::new(Refusal::Storage, Status::from(error))
+    }
+}
+
+/// What a complete upload brought.
+pub struct Upload {
+    pub staged: StagedFile,
+    pub allow_older_version: bool,
+}
+
+/// Streams `chunks` into `staged`, refusing early what cannot be a pack, and
+/// anything over `max_push_bytes`. On a refusal the staged file is removed.
+pub async fn receive(
+    chunks: &mut Streaming<SnapshotChunk>,
+    mut staged: StagedFile,
+    max_push_bytes: u64,
+) -> Result<Upload, UploadRefused> {
+    let file = staged.take_file().expect("a new upload has its file");
+    let mut file = tokio::fs::File::from_std(file);
+    let mut header = HeaderCheck::default();
+    let mut footer = FooterCheck::new();
+    let mut allow_older_version = false;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|status| UploadRefused::new(Refusal::StreamError, status))?;
+        allow_older_version |= chunk.allow_older_version;
+        if footer.total_bytes() + chunk.data.len() as u64 > max_push_bytes {
+            return Err(UploadRefused::new(
+                Refusal::TooLarge,
+                Status::invalid_argument(format!(
+                    "snapshot: larger than the limit of {max_push_bytes} bytes (--max-push-bytes)"
+                )),
+            ));
+        }
+        header
+            .update(&chunk.data)
+            .map_err(UploadRefused::invalid_pack)?;
+        footer.update(&chunk.data);
+        file.write_all(&chunk.data)
+            .await
+            .map_err(|error| UploadRefused::storage(&staged, error))?;
+    }
+    if footer.total_bytes() == 0 {
+        return Err(UploadRefused::new(
+            Refusal::EmptyStream,
+            Status::invalid_argument("snapshot: empty stream, no pack file sent"),
+        ));
+    }
+    header.finish().map_err(UploadRefused::invalid_pack)?;
+    footer.finish().map_err(UploadRefused::invalid_pack)?;
+    file.flush()
+        .await
+        .map_err(|error| UploadRefused::storage(&staged, error))?;
+    drop(file.into_std().await);
+    Ok(Upload {
+        staged,
+        allow_older_version,
+    })
+}
+
+/// Collects the first bytes until the header can be judged.
+#[derive(Default)]
+struct HeaderCheck {
+    prefix: Vec<u8>,
+    verified: bool,
+}
+
+impl HeaderCheck {
+    fn update(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        if self.verified {
+            return Ok(());
+        }
+        let room = MAX_HEADER_PREFIX_BYTES - self.prefix.len();
+        self.prefix
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        match pack::read_header(&self.prefix) {
+            Ok(header) => {
+                crate::pack::names::check_header_labels(&header)?;
+                self.verified = true;
+                self.prefix = Vec::new();
+                Ok(())
+            }
+            Err(PackError::Truncated { .. }) if self.prefix.len() < MAX_HEADER_PREFIX_BYTES => {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// At the end of the stream: a header still incomplete is a truncated pack.
+    fn finish(&self) -> Result<(), PackError> {
+        if self.verified {
+            return Ok(());
+        }
+        pack::read_header(&self.prefix).map(|_| ())
+    }
+}

@@ -1,0 +1,257 @@
+//! The files of the packs directory and every rename between them, ordered so
+//! that a crash at any point leaves the served version *and* the previous one
+//! intact, plus the start-up recovery that finishes or undoes what a crash
+//! interrupted.
+//!
+//! Files of pack `NAME` in `DATA_DIR/packs`:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `NAME.segpack` | the served version |
+//! | `NAME.previous.segpack` | the version before it, for `Rollback` |
+//! | `NAME.segpack.next` | a verified, fsynced push about to be served |
+//! | `NAME.rollback.tmp` | the served file during the renames of a rollback |
+//! | `NAME.dropped` | marker: the pack was dropped (only a previous file is left) |
+//! | `.push-PID-N.segpack.tmp` | an upload being received (never served) |
+//!
+//! A push writes and fsyncs the whole upload first, verifies it, renames it to
+//! `NAME.segpack.next`, then renames served → previous (the commit point:
+//! with a next file and no served one, a restart finishes the push) and
+//! next → served, fsyncing the directory after each step; before the commit
+//! point a restart removes the next file. This module does no verification and knows nothing of gRPC;
+//! [`super::catalog`] decides what to push.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::warn;
+
+use crate::pack::FILE_SUFFIX;
+
+/// `NAME.previous.segpack` is the version kept for rollback.
+pub(super) const PREVIOUS_MARK: &str = ".previous";
+const NEXT_SUFFIX: &str = ".segpack.next";
+const ROLLBACK_SUFFIX: &str = ".rollback.tmp";
+/// Uploads and the old writer's temporary files start with a dot and carry
+/// `.tmp`; no pack file does (a pack name never starts with a dot).
+const TEMPORARY_MARK: &str = ".tmp";
+
+static STAGED_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+pub(super) struct PackFiles {
+    dir: PathBuf,
+}
+
+/// An upload being received into the packs directory. Dropped without being
+/// committed, its file is removed.
+pub struct StagedFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl StagedFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file to write the upload to (taken once).
+    pub fn take_file(&mut self) -> Option<File> {
+        self.file.take()
+    }
+
+    /// Bytes on disk so far.
+    pub fn len_bytes(&self) -> io::Result<u64> {
+        fs::metadata(&self.path).map(|metadata| metadata.len())
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        if let Err(error) = fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            warn!(file = %self.path.display(), error = %error, "cannot remove a refused upload; start-up removes it");
+        }
+    }
+}
+
+impl PackFiles {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub(super) fn current(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{FILE_SUFFIX}"))
+    }
+
+    pub(super) fn previous(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{PREVIOUS_MARK}{FILE_SUFFIX}"))
+    }
+
+    fn next(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{NEXT_SUFFIX}"))
+    }
+
+    fn rollback_swap(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{ROLLBACK_SUFFIX}"))
+    }
+
+    pub(super) fn dropped_marker(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.dropped"))
+    }
+
+    /// A new, empty upload file in the packs directory (same file system as
+    /// the served files, so committing it is a rename).
+    pub(super) fn stage(&self) -> io::Result<StagedFile> {
+        let sequence = STAGED_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!(
+            ".push-{}-{sequence}{FILE_SUFFIX}{TEMPORARY_MARK}",
+            std::process::id()
+        ));
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        Ok(StagedFile {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// Serves the verified upload `staged` as `name`: fsync it, rename it to
+    /// `NAME.segpack.next`, then the served file (when `keep_served`) to
+    /// previous (commit point) and next to served. On an error before the
+    /// commit point nothing changed; after it, the served file is put back.
+    pub(super) fn commit_push(
+        &self,
+        mut staged: StagedFile,
+        name: &str,
+        keep_served: bool,
+    ) -> io::Result<()> {
+        File::open(&staged.path)?.sync_all()?;
+        let next = self.next(name);
+        fs::rename(&staged.path, &next)?;
+        staged.path = PathBuf::new();
+        if let Err(error) = sync_dir(&self.dir) {
+            let _ = fs::remove_file(&next);
+            return Err(error);
+        }
+        let current = self.current(name);
+        let previous = self.previous(name);
+        let served_kept = keep_served && current.exists();
+        if served_kept
+            && let Err(error) = fs::rename(&current, &previous).and_then(|()| sync_dir(&self.dir))
+        {
+            let _ = fs::remove_file(&next);
+            return Err(error);
+        }
+        if let Err(error) = fs::rename(&next, &current) {
+            if served_kept {
+                let _ = fs::rename(&previous, &current);
+            }
+            let _ = fs::remove_file(&next);
+            return Err(error);
+        }
+        remove_if_present(&self.dropped_marker(name))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Swaps the served and previous files of `name` (the served one may be
+    /// missing: a dropped pack). Recovery finishes a swap a crash interrupted.
+    pub(super) fn swap_for_rollback(&self, name: &str) -> io::Result<()> {
+        let current = self.current(name);
+        let previous = self.previous(name);
+        let swap = self.rollback_swap(name);
+        let had_current = current.exists();
+        if had_current {
+            fs::rename(&current, &swap)?;
+        }
+        fs::rename(&previous, &current)?;
+        if had_current {
+            fs::rename(&swap, &previous)?;
+        }
+        remove_if_present(&self.dropped_marker(name))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Stops serving `name`, keeping its file as the previous version.
+    pub(super) fn mark_dropped(&self, name: &str) -> io::Result<()> {
+        let current = self.current(name);
+        if current.exists() {
+            fs::rename(&current, self.previous(name))?;
+        }
+        fs::write(self.dropped_marker(name), b"")?;
+        sync_dir(&self.dir)
+    }
+
+    /// Start-up: removes uploads and temporary files of crashed pushes,
+    /// finishes a push that reached its commit point, drops one that did not,
+    /// and finishes an interrupted rollback. Every action is logged.
+    pub(super) fn recover(&self) -> io::Result<()> {
+        let mut changed = false;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if file_name.starts_with('.') && file_name.contains(TEMPORARY_MARK) {
+                let bytes = entry.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+                fs::remove_file(&path)?;
+                warn!(file = ?file_name, bytes, "removed a temporary file left by an interrupted push");
+                changed = true;
+            } else if let Some(name) = file_name.strip_suffix(NEXT_SUFFIX) {
+                changed |= self.recover_push(name)?;
+            } else if let Some(name) = file_name.strip_suffix(ROLLBACK_SUFFIX) {
+                changed |= self.recover_rollback(name)?;
+            }
+        }
+        if changed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn recover_push(&self, name: &str) -> io::Result<bool> {
+        let next = self.next(name);
+        if self.current(name).exists() {
+            fs::remove_file(&next)?;
+            warn!(pack = ?name, "removed a push interrupted before it was served");
+        } else {
+            fs::rename(&next, self.current(name))?;
+            remove_if_present(&self.dropped_marker(name))?;
+            warn!(pack = ?name, "finished a push interrupted while its files were renamed");
+        }
+        Ok(true)
+    }
+
+    fn recover_rollback(&self, name: &str) -> io::Result<bool> {
+        let swap = self.rollback_swap(name);
+        let current = self.current(name);
+        let previous = self.previous(name);
+        match (current.exists(), previous.exists()) {
+            (false, true) => {
+                fs::rename(&previous, &current)?;
+                fs::rename(&swap, &previous)?;
+            }
+            (true, false) => fs::rename(&swap, &previous)?,
+            _ => {
+                warn!(pack = ?name, file = %swap.display(), "a rollback swap file next to both versions; left alone");
+                return Ok(false);
+            }
+        }
+        warn!(pack = ?name, "finished a rollback interrupted while its files were renamed");
+        Ok(true)
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
