@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::store::catalog::Catalog;
@@ -19,19 +20,18 @@ use crate::store::catalog::Catalog;
 /// How often staleness is re-judged.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Watches until `shutdown` completes. Returns at once when no pack has a bound.
-pub async fn watch(catalog: Arc<Catalog>, shutdown: impl std::future::Future<Output = ()>) {
+/// Watches until `shutdown` is cancelled. Returns at once when no pack has a bound.
+pub async fn watch(catalog: Arc<Catalog>, shutdown: CancellationToken) {
     if !catalog.store().freshness().has_bounds() {
         return;
     }
-    tokio::pin!(shutdown);
     let mut ticks = tokio::time::interval(CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // (pack, version) already reported stale.
     let mut reported: HashSet<(String, String)> = HashSet::new();
     loop {
         tokio::select! {
-            _ = &mut shutdown => return,
+            () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
         let now = crate::unix_now_seconds();

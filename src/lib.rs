@@ -17,6 +17,7 @@
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
 //!   interval fsyncs).
+//! - [`ready`]: a value the start-up load provides, shared before it exists.
 //! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
 //!   writes to the overlay the store consults, folding into newer packs.
 //!   Knows nothing of gRPC or tokio.
@@ -30,11 +31,13 @@
 //! - [`overload`]: load shedding (a server-wide limit on requests in flight).
 //! - [`connections`]: the accept loop of both gRPC ports: a bound on open
 //!   connections, idle timeout, back-off when out of file descriptors.
+//! - [`app`]: the composition root: opens everything from the settings and
+//!   hands out the routers, the metrics route and the background tasks.
 //! - [`shard`]: the shard function (a user's shard among `N`) and
 //!   `--shard I/N`. Pure arithmetic.
-//! - [`server`]: wires listeners, services, health and reflection; `serve` is what
-//!   the binary and the tests call.
-//! - [`config`]: the `segd serve` flags.
+//! - [`server`]: the life of a running server (`serve`: open, serve, load,
+//!   SERVING, wait, drain); what the binary and the tests call.
+//! - [`settings`]: the `segd serve` flags, one flattened group per concern.
 //! - [`watch`]: `--watch-dir`: polls a directory a sidecar syncs packs into and
 //!   pushes each new, stable file through the catalog.
 //! - [`fleet`]: `--fleet-nats`: frequency caps shared by every replica
@@ -46,7 +49,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod config;
+pub mod app;
 pub mod connections;
 pub mod decide;
 pub mod demo;
@@ -59,8 +62,10 @@ pub mod memory;
 pub mod overload;
 pub mod pack;
 pub mod periodic;
+pub mod ready;
 pub mod realtime;
 pub mod server;
+pub mod settings;
 pub mod shard;
 pub mod store;
 pub mod telemetry;

@@ -95,7 +95,7 @@ impl FromStr for Shard {
 }
 
 /// The `segd serve` flag of audience sharding, flattened into
-/// [`crate::config::ServeConfig`].
+/// [`crate::settings::ServeConfig`].
 #[derive(Debug, Clone, Args)]
 pub struct ShardSettings {
     /// This replica's audience shard, INDEX/COUNT (e.g. 0/2): it serves only

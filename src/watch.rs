@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::store::catalog::{Catalog, PushOutcome};
@@ -272,14 +272,14 @@ pub fn check_watch_dir(watch_dir: &Path, data_dir: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Polls `dir` every `poll_interval` until `stop` turns true. The directory is
+/// Polls `dir` every `poll_interval` until `stop` is cancelled. The directory is
 /// created if missing. Each poll runs on a blocking thread.
 pub fn spawn(
     dir: PathBuf,
     poll_interval: Duration,
     catalog: Arc<Catalog>,
     counters: Arc<WatchCounters>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let create_dir = dir.clone();
@@ -296,7 +296,7 @@ pub fn spawn(
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => break,
+                () = stop.cancelled() => break,
                 _ = ticks.tick() => {}
             }
             let Some(mut current) = poller.take() else {

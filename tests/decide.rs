@@ -374,7 +374,7 @@ async fn a_three_per_day_cap_blocks_the_fourth_impression() {
 async fn invalid_requests_name_the_field_and_record_nothing() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.max_candidates = 3;
+    settings.limits.max_candidates = 3;
     let server = TestServer::start(settings).await;
     let mut client = server.segments().await;
     let good = |id: &str| Impression {

@@ -10,8 +10,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{SimpleSegment, TestServer, config, push, simple_pack};
-use segd::config::{PackMaxAge, StalePacks};
 use segd::proto::{Candidate, DecideRequest, LookupRequest, PackStatus, SegmentRef, StatusRequest};
+use segd::settings::{PackMaxAge, StalePacks};
 use segd::store::catalog::Catalog;
 use segd::store::{FreshnessPolicy, Membership, Store};
 
@@ -45,7 +45,7 @@ fn fresh_pack(built_at: i64) -> Vec<u8> {
     )
 }
 
-async fn start_with_two_packs(config: segd::config::ServeConfig) -> TestServer {
+async fn start_with_two_packs(config: segd::settings::ServeConfig) -> TestServer {
     let server = TestServer::start(config).await;
     let now = segd::unix_now_seconds();
     let mut admin = server.admin().await;
@@ -84,8 +84,8 @@ async fn lookup_alice(server: &TestServer, segment_ids: Vec<u32>) -> (Vec<u32>, 
 async fn a_stale_pack_is_reported_and_still_served_by_default() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = config(data_dir.path());
-    config.max_pack_age_seconds = 86_400;
-    assert_eq!(config.stale_packs, StalePacks::Serve);
+    config.freshness.max_pack_age_seconds = 86_400;
+    assert_eq!(config.freshness.stale_packs, StalePacks::Serve);
     let server = start_with_two_packs(config).await;
 
     let old = pack_status(&server, "old").await;
@@ -119,8 +119,8 @@ async fn a_stale_pack_is_reported_and_still_served_by_default() {
 async fn with_drop_a_stale_pack_answers_nothing_until_a_fresh_version_arrives() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = config(data_dir.path());
-    config.max_pack_age_seconds = 86_400;
-    config.stale_packs = StalePacks::Drop;
+    config.freshness.max_pack_age_seconds = 86_400;
+    config.freshness.stale_packs = StalePacks::Drop;
     let server = start_with_two_packs(config).await;
 
     assert!(
@@ -207,11 +207,11 @@ async fn per_pack_bounds_replace_the_default() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = config(data_dir.path());
     // No default bound; only `old` has one. `fresh=0` is explicit "no bound".
-    config.max_pack_age = vec![
+    config.freshness.max_pack_age = vec![
         "old=3600".parse::<PackMaxAge>().unwrap(),
         "fresh=0".parse::<PackMaxAge>().unwrap(),
     ];
-    config.stale_packs = StalePacks::Drop;
+    config.freshness.stale_packs = StalePacks::Drop;
     assert!("no-equals".parse::<PackMaxAge>().is_err());
     assert!("old=soon".parse::<PackMaxAge>().is_err());
     let server = start_with_two_packs(config).await;
@@ -226,9 +226,9 @@ async fn per_pack_bounds_replace_the_default() {
     // A per-pack 0 lifts the default bound for that pack.
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = common::config(data_dir.path());
-    config.max_pack_age_seconds = 60;
-    config.max_pack_age = vec!["old=0".parse().unwrap()];
-    config.stale_packs = StalePacks::Drop;
+    config.freshness.max_pack_age_seconds = 60;
+    config.freshness.max_pack_age = vec!["old=0".parse().unwrap()];
+    config.freshness.stale_packs = StalePacks::Drop;
     let server = start_with_two_packs(config).await;
     assert!(!pack_status(&server, "old").await.stale);
     assert_eq!(

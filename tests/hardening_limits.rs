@@ -97,7 +97,7 @@ async fn extreme_utc_offsets_are_refused_in_decide_and_put_line_items() {
 async fn an_admin_message_over_the_flag_is_resource_exhausted() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.admin_max_message_bytes = 64 << 10;
+    settings.limits.admin_max_message_bytes = 64 << 10;
     let server = TestServer::start(settings).await;
     let mut admin = server.admin().await;
     let line_items: Vec<Candidate> = (0..4_000)

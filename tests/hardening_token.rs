@@ -93,7 +93,7 @@ fn a_whitespace_only_token_is_refused_on_the_command_line_in_the_env_and_in_a_fi
 async fn a_command_line_token_is_trimmed_like_a_file_token() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.admin_token = Some("  s3cret \n".into());
+    settings.network.admin_token = Some("  s3cret \n".into());
     let server = TestServer::start(settings).await;
     let mut right = server.admin_with_token(Some("s3cret")).await;
     right

@@ -107,8 +107,8 @@ async fn lookups_equal_the_reference_model() {
 async fn bad_requests_are_refused_and_the_server_keeps_serving() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.max_segment_ids = 5;
-    settings.max_batch_lookups = 3;
+    settings.limits.max_segment_ids = 5;
+    settings.limits.max_batch_lookups = 3;
     let server = TestServer::start(settings).await;
     let model = two_pack_model();
     let mut admin = server.admin().await;

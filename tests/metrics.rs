@@ -7,11 +7,11 @@
 mod common;
 
 use common::{SimpleSegment, TestServer, config, http_get, metric_value, push, simple_pack};
-use segd::config::MetricsListen;
 use segd::proto::{
     BatchLookupRequest, Candidate, DecideRequest, FrequencyCap, Impression, LookupRequest,
     RecordImpressionsRequest, RollbackRequest, SegmentRef, StatusRequest,
 };
+use segd::settings::MetricsListen;
 use tonic::Code;
 
 fn shop_pack(version: &str, built_at: i64) -> Vec<u8> {
@@ -396,7 +396,7 @@ async fn only_get_metrics_is_served_and_metrics_can_be_off() {
     // A call refused by the admin token check is counted too.
     let data_dir = tempfile::tempdir().unwrap();
     let mut guarded = config(data_dir.path());
-    guarded.admin_token = Some("s3cret".into());
+    guarded.network.admin_token = Some("s3cret".into());
     let server = TestServer::start(guarded).await;
     let mut stranger = server.admin_with_token(None).await;
     let refused = stranger.status(StatusRequest {}).await.unwrap_err();
@@ -414,8 +414,8 @@ async fn only_get_metrics_is_served_and_metrics_can_be_off() {
 
     let data_dir = tempfile::tempdir().unwrap();
     let mut off = config(data_dir.path());
-    off.metrics_listen = "off".parse::<MetricsListen>().unwrap();
-    assert_eq!(off.metrics_listen, MetricsListen(None));
+    off.network.metrics_listen = "off".parse::<MetricsListen>().unwrap();
+    assert_eq!(off.network.metrics_listen, MetricsListen(None));
     let server = TestServer::start(off).await;
     assert!(server.metrics_addr.is_none());
     server.stop().await;

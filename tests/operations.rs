@@ -55,9 +55,9 @@ async fn tls_on_both_ports_with_client_certificates_on_admin() {
         path
     };
     let mut settings = config(&data_dir.path().join("data"));
-    settings.tls_cert = Some(write("server.pem", &pki.server_cert_pem));
-    settings.tls_key = Some(write("server.key", &pki.server_key_pem));
-    settings.admin_client_ca = Some(write("ca.pem", &pki.ca_pem));
+    settings.network.tls_cert = Some(write("server.pem", &pki.server_cert_pem));
+    settings.network.tls_key = Some(write("server.key", &pki.server_key_pem));
+    settings.network.admin_client_ca = Some(write("ca.pem", &pki.ca_pem));
     let trust = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
         .domain_name("localhost");
@@ -129,7 +129,7 @@ async fn admin_token_from_a_file() {
     let token_path = data_dir.path().join("token");
     std::fs::write(&token_path, "file-token-123\n").unwrap();
     let mut settings = config(&data_dir.path().join("data"));
-    settings.admin_token_file = Some(token_path);
+    settings.network.admin_token_file = Some(token_path);
     let server = TestServer::start(settings).await;
     let mut right = server.admin().await;
     right.status(StatusRequest {}).await.unwrap();
@@ -150,8 +150,8 @@ async fn admin_token_from_a_file() {
 async fn oversize_and_over_limit_requests_are_refused_while_others_are_served() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.max_request_bytes = 2048;
-    settings.max_segment_ids = 10;
+    settings.limits.max_request_bytes = 2048;
+    settings.limits.max_segment_ids = 10;
     let server = TestServer::start(settings).await;
     let pack = ModelPack::random(1, "crm", "v1", BUILT_AT, 50, 1..=3);
     push(&mut server.admin().await, &pack.bytes(), false)
@@ -209,7 +209,7 @@ async fn oversize_and_over_limit_requests_are_refused_while_others_are_served() 
 async fn a_burst_beyond_the_in_flight_limit_is_shed_and_the_server_recovers() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.max_in_flight = 2;
+    settings.limits.max_in_flight = 2;
     let server = TestServer::start(settings).await;
     let pack = ModelPack::random(1, "crm", "v1", BUILT_AT, 1000, 1..=30);
     push(&mut server.admin().await, &pack.bytes(), false)

@@ -12,12 +12,12 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::{SimpleSegment, TestServer, config, push, simple_pack};
-use segd::config::PackMaxAge;
 use segd::proto::{
     BatchLookupRequest, Candidate, DecideRequest, DropPackRequest, Impression, ListSegmentsRequest,
     LookupRequest, PutLineItemsRequest, RecordImpressionsRequest, RollbackRequest, SegmentRef,
     StatusRequest,
 };
+use segd::settings::PackMaxAge;
 
 fn pack(name: &str, version: &str, id: u32, built_at: i64) -> Vec<u8> {
     simple_pack(
@@ -169,8 +169,8 @@ async fn promtool_finds_nothing_to_lint_after_every_rpc() {
     let data_dir = tempfile::tempdir().unwrap();
     let watch_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.watch_dir = Some(watch_dir.path().to_path_buf());
-    settings.max_pack_age = vec!["old=60".parse::<PackMaxAge>().unwrap()];
+    settings.watch.watch_dir = Some(watch_dir.path().to_path_buf());
+    settings.freshness.max_pack_age = vec!["old=60".parse::<PackMaxAge>().unwrap()];
     let server = TestServer::start(settings).await;
     serve_every_rpc(&server).await;
     let text = server.scrape_metrics().await;

@@ -227,7 +227,7 @@ async fn restart_rollback_and_drop() {
 async fn admin_calls_need_the_token_and_live_only_on_the_admin_port() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.admin_token = Some("s3cret-token".into());
+    settings.network.admin_token = Some("s3cret-token".into());
     let server = TestServer::start(settings).await;
 
     let mut anonymous = server.admin_with_token(None).await;
@@ -290,11 +290,11 @@ async fn admin_calls_need_the_token_and_live_only_on_the_admin_port() {
 async fn a_public_admin_address_without_a_token_refuses_to_start() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = config(data_dir.path());
-    settings.admin_listen = "0.0.0.0:0".parse().unwrap();
-    let error = segd::server::check_config(&settings).unwrap_err();
+    settings.network.admin_listen = "0.0.0.0:0".parse().unwrap();
+    let error = segd::app::check_settings(&settings).unwrap_err();
     assert!(error.to_string().contains("--admin-token"), "{error}");
-    settings.admin_token = Some("t".into());
-    segd::server::check_config(&settings).unwrap();
+    settings.network.admin_token = Some("t".into());
+    segd::app::check_settings(&settings).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

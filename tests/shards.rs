@@ -234,8 +234,8 @@ async fn a_pack_of_another_shard_in_the_data_or_watch_dir_is_skipped_never_serve
     let mut serve_config = common::config(data_dir.path());
     serve_config.sharding.shard = segd::shard::Shard { index: 1, count: 2 };
     let watch_dir = tempfile::tempdir().unwrap();
-    serve_config.watch_dir = Some(watch_dir.path().to_path_buf());
-    serve_config.watch_poll_ms = 20;
+    serve_config.watch.watch_dir = Some(watch_dir.path().to_path_buf());
+    serve_config.watch.watch_poll_ms = 20;
     let server = common::TestServer::start(serve_config).await;
     let mut admin = server.admin().await;
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();

@@ -258,8 +258,8 @@ async fn a_wrong_shard_pack_in_the_data_dir_or_watch_dir_is_skipped_never_served
     let watch_dir = tempfile::tempdir().unwrap();
     let mut serve_config = config(data_dir.path());
     serve_config.sharding.shard = Shard { index: 0, count: 2 };
-    serve_config.watch_dir = Some(watch_dir.path().to_path_buf());
-    serve_config.watch_poll_ms = 20;
+    serve_config.watch.watch_dir = Some(watch_dir.path().to_path_buf());
+    serve_config.watch.watch_poll_ms = 20;
     let server = TestServer::start(serve_config).await;
     let mut admin = server.admin().await;
     let status = admin.status(StatusRequest {}).await.unwrap().into_inner();

@@ -73,8 +73,8 @@ async fn dropped_packs_are_served_and_damaged_ones_skipped() {
     let data_dir = tempfile::tempdir().unwrap();
     let watch_dir = tempfile::tempdir().unwrap();
     let mut serve_config = config(data_dir.path());
-    serve_config.watch_dir = Some(watch_dir.path().to_path_buf());
-    serve_config.watch_poll_ms = 50;
+    serve_config.watch.watch_dir = Some(watch_dir.path().to_path_buf());
+    serve_config.watch.watch_poll_ms = 50;
     let server = TestServer::start(serve_config).await;
     let mut client = server.segments().await;
 

@@ -21,6 +21,7 @@ use crate::proto::{
     ForgetUsersRequest, ForgetUsersResponse, UpdateMembersRequest, UpdateMembersResponse,
 };
 use crate::proto::{PutLineItemsRequest, PutLineItemsResponse};
+use crate::ready::Ready;
 use crate::realtime::RealtimeWrites;
 use crate::store::catalog::Catalog;
 
@@ -41,16 +42,14 @@ pub struct AdminService {
     /// once joined); `None` on a single node.
     fleet_changes: Option<Arc<OnceLock<Arc<PackSync>>>>,
     /// Set once the real-time journal is replayed; unset = not offered.
-    realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+    realtime: Ready<Arc<dyn RealtimeWrites>>,
     max_updates_per_request: usize,
 }
 
-/// Parts of `Status` owned by other components (frequency store, freshness).
+/// Parts of `Status` owned by other components (the frequency store).
+/// Called on a blocking thread.
 pub trait StatusExtras: Send + Sync + 'static {
     fn frequency(&self) -> Option<crate::proto::FrequencyStatus>;
-    /// Whether `pack` (built at `built_at_unix_seconds`) is older than its
-    /// freshness bound at `now_unix_seconds`.
-    fn is_stale(&self, pack: &str, built_at_unix_seconds: i64, now_unix_seconds: i64) -> bool;
     /// The real-time overlay and forgotten users.
     fn realtime(&self) -> Option<crate::proto::RealtimeStatus> {
         None
@@ -82,7 +81,7 @@ impl AdminService {
             changes,
             shard: crate::shard::Shard::UNSHARDED,
             fleet_changes: None,
-            realtime: Arc::new(OnceLock::new()),
+            realtime: Ready::default(),
             max_updates_per_request: 0,
         }
     }
@@ -115,7 +114,7 @@ impl AdminService {
     /// Serves UpdateMembers and ForgetUsers through `realtime` once it is set.
     pub fn with_realtime(
         mut self,
-        realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
+        realtime: Ready<Arc<dyn RealtimeWrites>>,
         max_updates_per_request: usize,
     ) -> Self {
         self.realtime = realtime;
@@ -125,9 +124,8 @@ impl AdminService {
 
     fn realtime(&self) -> Result<Arc<dyn RealtimeWrites>, Status> {
         self.realtime
-            .get()
+            .or_unavailable("loading the data directory")
             .cloned()
-            .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
     }
 }
 
@@ -260,12 +258,12 @@ impl Admin for AdminService {
         let names: Vec<String> = state.packs().iter().map(|pack| pack.name.clone()).collect();
         // Both touch the disk (pack headers, the log directory) and the
         // frequency store locks every shard: off the async workers.
-        let (previous_versions, frequency) = blocking(move || {
+        let (previous_versions, frequency, realtime) = blocking(move || {
             let previous_versions: Vec<Option<String>> = names
                 .iter()
                 .map(|name| catalog.previous_version(name))
                 .collect();
-            Ok((previous_versions, extras.frequency()))
+            Ok((previous_versions, extras.frequency(), extras.realtime()))
         })
         .await?;
         let packs = state
@@ -281,9 +279,11 @@ impl Admin for AdminService {
                 users: pack.users(),
                 memberships: pack.memberships(),
                 bytes: pack.file_bytes,
-                stale: self
-                    .status_extras
-                    .is_stale(&pack.name, pack.built_at_unix_seconds, now),
+                stale: self.catalog.store().freshness().is_stale(
+                    &pack.name,
+                    pack.built_at_unix_seconds,
+                    now,
+                ),
                 age_seconds: now - pack.built_at_unix_seconds,
                 previous_version: previous_version.unwrap_or_default(),
             })
@@ -301,7 +301,7 @@ impl Admin for AdminService {
                 index: self.shard.index,
                 count: self.shard.count,
             }),
-            realtime: self.status_extras.realtime(),
+            realtime,
             fleet_packs: self.fleet_intents(),
             fleet_line_items_version: self
                 .fleet_changes

@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use crate::config::ServeConfig;
+use crate::settings::ServeConfig;
 
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
@@ -20,18 +20,19 @@ pub struct RequestLimits {
 }
 
 impl RequestLimits {
-    pub fn from_config(config: &ServeConfig) -> Self {
+    pub fn from_settings(settings: &ServeConfig) -> Self {
+        let limits = &settings.limits;
         Self {
-            max_segment_ids: config.max_segment_ids,
-            max_batch_lookups: config.max_batch_lookups,
-            max_candidates: config.max_candidates,
-            max_refs_per_candidate: config.max_refs_per_candidate,
-            max_caps_per_candidate: config.max_caps_per_candidate,
-            max_impressions: config.max_impressions,
-            max_cap_keys: config.max_cap_keys,
-            max_cap_key_bytes: config.max_cap_key_bytes,
-            max_user_id_bytes: config.max_user_id_bytes,
-            freq_retention_seconds: config.freq_retention_seconds(),
+            max_segment_ids: limits.max_segment_ids,
+            max_batch_lookups: limits.max_batch_lookups,
+            max_candidates: limits.max_candidates,
+            max_refs_per_candidate: limits.max_refs_per_candidate,
+            max_caps_per_candidate: limits.max_caps_per_candidate,
+            max_impressions: limits.max_impressions,
+            max_cap_keys: limits.max_cap_keys,
+            max_cap_key_bytes: limits.max_cap_key_bytes,
+            max_user_id_bytes: limits.max_user_id_bytes,
+            freq_retention_seconds: settings.frequency.retention_seconds(),
         }
     }
 

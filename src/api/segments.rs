@@ -1,7 +1,7 @@
 //! `segd.v1.Segments`: the hot path. Each handler validates, loads the serving
 //! state once, calls the domain function and maps the answer.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -16,20 +16,21 @@ use crate::proto::{
     BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
     LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
 };
+use crate::ready::Ready;
 use crate::shard::Shard;
 use crate::store::{ServingState, Store};
 
 pub struct SegmentsService {
     store: Arc<Store>,
     /// Set once the frequency store has replayed its log at start-up.
-    counters: Arc<OnceLock<Arc<FreqStore>>>,
+    counters: Ready<Arc<FreqStore>>,
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
     /// Decide outcomes are counted here; RPC counts come from the metrics layer.
     decisions: Arc<DecideCounters>,
     /// Where RecordImpressions sends a batch (the local log or the fleet's
     /// stream); set once the frequency store is open.
-    impression_sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+    impression_sink: Ready<Arc<dyn ImpressionSink>>,
     /// A recording call's deadline when the client sets none.
     record_timeout: Duration,
     /// This replica's audience shard: users of other shards are refused.
@@ -39,7 +40,7 @@ pub struct SegmentsService {
 impl SegmentsService {
     pub fn new(
         store: Arc<Store>,
-        counters: Arc<OnceLock<Arc<FreqStore>>>,
+        counters: Ready<Arc<FreqStore>>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
         decisions: Arc<DecideCounters>,
@@ -50,7 +51,7 @@ impl SegmentsService {
             line_items,
             limits,
             decisions,
-            impression_sink: Arc::new(OnceLock::new()),
+            impression_sink: Ready::default(),
             record_timeout: Duration::from_secs(5),
             shard: Shard::UNSHARDED,
         }
@@ -78,7 +79,7 @@ impl SegmentsService {
     /// `record_timeout` as the deadline unless the client's is sooner.
     pub fn with_impression_sink(
         mut self,
-        sink: Arc<OnceLock<Arc<dyn ImpressionSink>>>,
+        sink: Ready<Arc<dyn ImpressionSink>>,
         record_timeout: Duration,
     ) -> Self {
         self.impression_sink = sink;
@@ -87,9 +88,7 @@ impl SegmentsService {
     }
 
     fn counters(&self) -> Result<&Arc<FreqStore>, Status> {
-        self.counters
-            .get()
-            .ok_or_else(|| Status::unavailable("replaying the frequency log, not serving yet"))
+        self.counters.or_unavailable("replaying the frequency log")
     }
 
     fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
@@ -230,10 +229,10 @@ impl Segments for SegmentsService {
                 &impression.user_id,
             )?;
         }
-        let sink =
-            self.impression_sink.get().cloned().ok_or_else(|| {
-                Status::unavailable("replaying the frequency log, not serving yet")
-            })?;
+        let sink = self
+            .impression_sink
+            .or_unavailable("replaying the frequency log")?
+            .clone();
         let now = crate::unix_now_seconds();
         let impressions: Vec<NewImpression> = request
             .impressions

@@ -3,8 +3,9 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use segd::config::ServeConfig;
+use segd::app::App;
 use segd::server::{self, Listeners};
+use segd::settings::ServeConfig;
 
 /// Bid-time audience server: segment membership with recency, and frequency
 /// caps, over gRPC.
@@ -40,8 +41,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
-    server::check_config(&config)?;
-    let listeners = Listeners::bind(&config).await?;
+    let app = App::open(config)?;
+    let config = app.settings();
+    let listeners = Listeners::bind(config).await?;
     let query_addr = listeners.query_addr();
     let metrics_addr = listeners
         .metrics_addr()
@@ -62,7 +64,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.demo {
         println!("{}", segd::demo::demo_queries(&query_addr.to_string()));
     }
-    server::serve(listeners, config, shutdown_signal()).await
+    server::serve_app(app, listeners, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, stream};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::message::{decode_batch, unix_now_nanos};
@@ -186,22 +187,22 @@ pub fn run_applier(
 const CONSUMER_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The consumer task: feeds `sender` with every message of `subject` after
-/// `after_seq`, in order, until `stop` turns true.
+/// `after_seq`, in order, until `stop` is cancelled.
 pub async fn run_consumer(
     stream: stream::Stream,
     subject: String,
     after_seq: u64,
     sender: mpsc::Sender<Delivery>,
     metrics: Arc<FleetMetrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     static FAILURES: LogLimiter = LogLimiter::new();
     let mut last_handed_over = after_seq;
-    while !*stop.borrow() {
+    while !stop.is_cancelled() {
         let run = consume_once(&stream, &subject, &mut last_handed_over, &sender, &metrics);
         let result = tokio::select! {
             result = run => result,
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         };
         match result {
             Ok(()) => return, // the applier is gone
@@ -213,7 +214,7 @@ pub async fn run_consumer(
         }
         tokio::select! {
             () = tokio::time::sleep(CONSUMER_RETRY_PAUSE) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+            () = stop.cancelled() => return,
         }
     }
 }

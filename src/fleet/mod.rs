@@ -37,6 +37,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::freq::FreqStore;
@@ -69,10 +70,7 @@ impl Fleet {
     /// returns once caught up to the stream's last message of this shard at
     /// start-up. Errors: a stream that cannot serve, a checkpoint from another
     /// stream, `stop` before caught up.
-    pub async fn start(
-        start: FleetStart<'_>,
-        stop: watch::Receiver<bool>,
-    ) -> anyhow::Result<Fleet> {
+    pub async fn start(start: FleetStart<'_>, stop: CancellationToken) -> anyhow::Result<Fleet> {
         let FleetStart {
             settings,
             shard,
@@ -137,13 +135,12 @@ impl Fleet {
             applier: Some(applier),
         };
         info!(stream = %spec.name, applied, target, "catching up with the fleet stream");
-        let mut stop_wait = stop.clone();
         // Plain results out of the select: a watch guard must not live across `.await`.
         let failure = tokio::select! {
             caught_up = applied_receiver.wait_for(|&applied| applied >= target) => {
                 caught_up.is_err().then_some("the fleet applier stopped")
             }
-            _ = stop_wait.wait_for(|stop| *stop) => Some("stopped"),
+            () = stop.cancelled() => Some("stopped"),
         };
         if let Some(failure) = failure {
             fleet.stop().await;
@@ -233,7 +230,7 @@ async fn connect(
 async fn ensure_stream_retrying(
     context: &async_nats::jetstream::Context,
     spec: &stream::StreamSpec,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> anyhow::Result<async_nats::jetstream::stream::Stream> {
     let limiter = applier::LogLimiter::new();
     loop {
@@ -248,7 +245,7 @@ async fn ensure_stream_retrying(
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = stop.wait_for(|stop| *stop) => bail!("stopped before JetStream answered"),
+            () = stop.cancelled() => bail!("stopped before JetStream answered"),
         }
     }
 }

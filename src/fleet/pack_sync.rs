@@ -28,8 +28,8 @@ use async_nats::jetstream::{self, kv, object_store};
 use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::io::AsyncReadExt as _;
-use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::line_items::LineItemRegistry;
@@ -137,7 +137,7 @@ pub async fn join(
     catalog: Arc<Catalog>,
     line_items: Arc<LineItemRegistry>,
     joined: &std::sync::OnceLock<Arc<PackSync>>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let context = fleet.jetstream();
     let sync = PackSync::open(PackSyncStart {
@@ -316,7 +316,7 @@ impl PackSync {
 
     /// Watches this shard's intents and the line items until `stop`,
     /// reconciling after every change and every second.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut ticker = tokio::time::interval(RECONCILE_EVERY);
         let shard_keys = format!("pack.*.{}-of-{}", self.shard.index, self.shard.count);
         loop {
@@ -330,7 +330,7 @@ impl PackSync {
                     warn!(error = %error, "cannot watch the fleet's intents yet; retrying");
                     tokio::select! {
                         _ = ticker.tick() => continue,
-                        () = stopped(&mut stop) => return,
+                        () = stop.cancelled() => return,
                     }
                 }
             };
@@ -348,7 +348,7 @@ impl PackSync {
                         None => break,
                     },
                     _ = ticker.tick() => self.reconcile().await,
-                    () = stopped(&mut stop) => return,
+                    () = stop.cancelled() => return,
                 }
             }
         }
@@ -450,12 +450,6 @@ pub fn refusal_of(error: &FleetChangeError) -> crate::api::outcomes::Refusal {
         FleetChangeError::Unavailable(_) => Refusal::Storage,
         FleetChangeError::Precondition(_) => Refusal::NoPreviousVersion,
     }
-}
-
-/// Resolves once `stop` is true; the watch guard never outlives it (it is
-/// not `Send`, and the watcher runs on the runtime).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 fn unavailable(what: &str, error: impl std::fmt::Display) -> FleetChangeError {

@@ -1,5 +1,5 @@
 //! The `segd serve` flags of fleet mode, flattened into
-//! [`crate::config::ServeConfig`]. Without `--fleet-nats` segd is one node
+//! [`crate::settings::ServeConfig`]. Without `--fleet-nats` segd is one node
 //! with its own write-ahead log.
 
 use std::time::Duration;

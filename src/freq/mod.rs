@@ -9,7 +9,8 @@
 //!
 //! - [`window`]: cap windows and civil-date math.
 //! - [`counters`]: the sharded in-memory maps of impression times and ids.
-//! - [`log`]: the log segment format, its decoder, the group-commit writer.
+//! - [`log`]: the write-ahead log: `log::format` (segments on disk, encoder,
+//!   checked decoder) and `log::writer` (group commit).
 //! - [`checkpoint`]: snapshot files that let old segments be deleted.
 //! - [`store`]: [`FreqStore`], what the gRPC layer calls; it also applies
 //!   batches of a replicated log (a fleet's stream) in stream order.
@@ -23,6 +24,7 @@ pub mod counters;
 pub mod error;
 pub mod forget;
 pub mod log;
+mod recovery;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use super::{FreqStats, FreqStore};
+use crate::ready::Ready;
 use crate::telemetry::{Collector, DescriptorEncoder, counter, gauge};
 
-/// The frequency store's collector.
-pub struct FreqMetrics(pub Arc<FreqStore>);
+/// The frequency store's collector: nothing until the store is open.
+pub struct FreqMetrics(pub Ready<Arc<FreqStore>>);
 
 impl std::fmt::Debug for FreqMetrics {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,7 +102,10 @@ const COUNTERS: [Figure<u64>; 6] = [
 
 impl Collector for FreqMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self.0.stats();
+        let Some(store) = self.0.get() else {
+            return Ok(());
+        };
+        let stats = store.stats();
         for (name, help, value) in GAUGES {
             gauge(&mut encoder, name, help, value(&stats))?;
         }

@@ -1,5 +1,5 @@
 //! The `segd serve` flags of real-time audiences and forgetting, flattened
-//! into [`crate::config::ServeConfig`].
+//! into [`crate::settings::ServeConfig`].
 
 use clap::Args;
 

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::freq::FsyncPolicy;
+use crate::le::LeReader;
 use crate::store::{Forget, MemberOp, OverlayEntry};
 
 pub const JOURNAL_MAGIC: &[u8; 8] = b"SEGDRTJL";
@@ -186,17 +187,18 @@ pub fn decode_journal(bytes: &[u8]) -> Result<DecodedJournal, JournalCorrupt> {
 }
 
 fn decode_frame(bytes: &[u8]) -> Result<(JournalRecord, usize), String> {
-    if bytes.len() < FRAME_HEADER_BYTES {
+    let mut reader = LeReader::new(bytes);
+    if reader.ensure(FRAME_HEADER_BYTES).is_err() {
         return Err("incomplete record header".to_owned());
     }
-    let payload_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    let payload_len = reader.u32()? as usize;
+    let stored_checksum = reader.u64()?;
     if payload_len > MAX_PAYLOAD_BYTES {
         return Err(format!("record length {payload_len} exceeds the maximum"));
     }
-    let Some(payload) = bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len) else {
+    let Ok(payload) = reader.take(payload_len) else {
         return Err("incomplete record payload".to_owned());
     };
-    let stored_checksum = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
     if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
         return Err("record checksum mismatch".to_owned());
     }
@@ -204,87 +206,74 @@ fn decode_frame(bytes: &[u8]) -> Result<(JournalRecord, usize), String> {
 }
 
 fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {
-    let (&kind, rest) = payload.split_first().ok_or("empty record payload")?;
-    let count_bytes: [u8; 4] = rest
-        .get(..4)
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or("record payload truncated")?;
-    let count = u32::from_le_bytes(count_bytes) as usize;
-    let items = &rest[4..];
+    let mut reader = LeReader::new(payload);
+    let kind = reader.u8().map_err(|_| "empty record payload")?;
+    let count = reader.u32().map_err(|_| "record payload truncated")? as usize;
     if kind == KIND_HORIZONS {
-        return decode_horizons(count, items);
+        return decode_horizons(count, reader);
     }
     let item_bytes = match kind {
         KIND_UPDATES => UPDATE_ITEM_BYTES,
         KIND_FORGETS => FORGET_ITEM_BYTES,
         other => return Err(format!("unknown record kind {other}")),
     };
-    if items.len() != count.saturating_mul(item_bytes) {
+    if reader.remaining() != count.saturating_mul(item_bytes) {
         return Err(format!(
             "{count} items do not fill {} payload bytes",
-            items.len()
+            reader.remaining()
         ));
     }
-    let u64_at =
-        |item: &[u8], at: usize| u64::from_le_bytes(item[at..at + 8].try_into().expect("8 bytes"));
-    let i64_at = |item: &[u8], at: usize| u64_at(item, at) as i64;
-    let mut chunks = items.chunks_exact(item_bytes);
     if kind == KIND_FORGETS {
-        let forgets = chunks
-            .by_ref()
-            .map(|item| {
-                let forget = Forget {
-                    at_unix_seconds: i64_at(item, 8),
-                    freq_boundary_seq: u64_at(item, 16),
-                };
-                (u64_at(item, 0), forget)
-            })
-            .collect();
+        let mut forgets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let user_fingerprint = reader.u64()?;
+            let forget = Forget {
+                at_unix_seconds: reader.i64()?,
+                freq_boundary_seq: reader.u64()?,
+            };
+            forgets.push((user_fingerprint, forget));
+        }
         return Ok(JournalRecord::Forgets(forgets));
     }
     let mut updates = Vec::with_capacity(count);
-    for item in chunks {
-        let op = match item[12] {
+    for _ in 0..count {
+        let user_fingerprint = reader.u64()?;
+        let segment_id = reader.u32()?;
+        let op = match reader.u8()? {
             0 => MemberOp::Add,
             1 => MemberOp::Remove,
             other => return Err(format!("unknown update op {other}")),
         };
+        // Fields read in layout order: last seen, expiry, stamp.
         let entry = OverlayEntry {
-            segment_id: u32::from_le_bytes(item[8..12].try_into().expect("4 bytes")),
+            segment_id,
             op,
-            last_seen_unix_seconds: i64_at(item, 13),
-            expires_at_unix_seconds: i64_at(item, 21),
-            stamped_at_unix_millis: i64_at(item, 29),
+            last_seen_unix_seconds: reader.i64()?,
+            expires_at_unix_seconds: reader.i64()?,
+            stamped_at_unix_millis: reader.i64()?,
         };
-        updates.push((u64_at(item, 0), entry));
+        updates.push((user_fingerprint, entry));
     }
     Ok(JournalRecord::Updates(updates))
 }
 
-fn decode_horizons(count: usize, mut items: &[u8]) -> Result<JournalRecord, String> {
+fn decode_horizons(count: usize, mut reader: LeReader<'_>) -> Result<JournalRecord, String> {
     // Each item takes at least 9 bytes: never trust the count further.
-    if count > items.len() / 9 {
+    if count > reader.remaining() / 9 {
         return Err(format!("horizon count {count} exceeds the payload"));
     }
     let mut horizons = Vec::with_capacity(count);
     for _ in 0..count {
-        let (&name_len, rest) = items.split_first().ok_or("record payload truncated")?;
-        let name_len = usize::from(name_len);
-        let (name, rest) = rest
-            .split_at_checked(name_len)
-            .ok_or("record payload truncated")?;
-        let (horizon, rest) = rest.split_at_checked(8).ok_or("record payload truncated")?;
+        let name_len = reader.u8()?;
+        let name = reader.take(usize::from(name_len))?;
+        let horizon = reader.i64()?;
         let name = String::from_utf8(name.to_vec()).map_err(|_| "pack name is not UTF-8")?;
-        horizons.push((
-            name,
-            i64::from_le_bytes(horizon.try_into().expect("8 bytes")),
-        ));
-        items = rest;
+        horizons.push((name, horizon));
     }
-    if !items.is_empty() {
+    if reader.remaining() != 0 {
         return Err(format!(
             "{} unexpected bytes after the horizons",
-            items.len()
+            reader.remaining()
         ));
     }
     Ok(JournalRecord::Horizons(horizons))

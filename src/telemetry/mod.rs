@@ -16,7 +16,7 @@
 pub mod rpc;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
@@ -80,50 +80,6 @@ pub async fn serve(
         .await
 }
 
-/// A collector whose owner exists only later (the frequency store, once its
-/// log is replayed): registered up front, it encodes nothing until [`set`].
-///
-/// [`set`]: Deferred::set
-pub struct Deferred<C>(Arc<OnceLock<C>>);
-
-impl<C> Clone for Deferred<C> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<C> Default for Deferred<C> {
-    fn default() -> Self {
-        Self(Arc::new(OnceLock::new()))
-    }
-}
-
-impl<C> Deferred<C> {
-    /// Installs the collector; a second call is ignored.
-    pub fn set(&self, collector: C) {
-        let _ = self.0.set(collector);
-    }
-}
-
-impl<C> std::fmt::Debug for Deferred<C> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(if self.0.get().is_some() {
-            "Deferred(set)"
-        } else {
-            "Deferred(unset)"
-        })
-    }
-}
-
-impl<C: Collector> Collector for Deferred<C> {
-    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        match self.0.get() {
-            Some(collector) => collector.encode(encoder),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Encodes one unlabelled gauge.
 pub fn gauge(
     encoder: &mut DescriptorEncoder,
@@ -164,12 +120,10 @@ mod tests {
     }
 
     #[test]
-    fn deferred_collectors_encode_once_set() {
-        let deferred = Deferred::default();
+    fn collectors_encode_in_the_text_format() {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(deferred.clone()));
         assert_eq!(encode(&registry), "");
-        deferred.set(Answer);
+        registry.register_collector(Box::new(Answer));
         assert_eq!(
             encode(&registry),
             "# HELP segd_answers_total Answers given.\n\

@@ -20,11 +20,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use segd::config::ServeConfig;
 use segd::proto::admin_client::AdminClient;
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{PushSnapshotResponse, SnapshotChunk};
 use segd::server::{self, Listeners};
+use segd::settings::ServeConfig;
 
 pub struct TestServer {
     pub query_addr: std::net::SocketAddr,
@@ -48,12 +48,12 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         config: ServeConfig,
     }
     let mut config = Wrapper::parse_from(["segd"]).config;
-    config.listen = "127.0.0.1:0".parse().expect("loopback address");
-    config.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
-    config.metrics_listen =
-        segd::config::MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
+    config.network.listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.network.admin_listen = "127.0.0.1:0".parse().expect("loopback address");
+    config.network.metrics_listen =
+        segd::settings::MetricsListen(Some("127.0.0.1:0".parse().expect("loopback address")));
     config.data_dir = data_dir.to_path_buf();
-    config.admin_token = None;
+    config.network.admin_token = None;
     config
 }
 
@@ -85,7 +85,7 @@ impl TestServer {
         let query_addr = listeners.query_addr();
         let admin_addr = listeners.admin_addr();
         let metrics_addr = listeners.metrics_addr();
-        let token = config.resolve_admin_token()?;
+        let token = config.network.resolve_admin_token()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let mut handle = tokio::spawn(server::serve(listeners, config, async move {
             let _ = stopped.await;
