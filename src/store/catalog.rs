@@ -396,16 +396,17 @@ impl Catalog {
     }
 }
 
-/// Start-up load: a damaged served file is a storage problem naming the file.
+/// Loading a file of our own (start-up, rollback): one that no longer
+/// verifies is `Damaged` (DATA_LOSS), naming the file.
 fn load_pack_file(
     path: &Path,
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
     verify_pack_file(path, loaded_at_unix_seconds, threads).map_err(|error| match error {
-        CatalogError::Pack(error) => CatalogError::Io {
-            context: format!("load {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        CatalogError::Pack(source) => CatalogError::Damaged {
+            path: path.to_path_buf(),
+            source,
         },
         other => other,
     })
@@ -420,10 +421,9 @@ fn verify_pack_file(
 ) -> Result<LoadedPack, CatalogError> {
     let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
     let file_bytes = bytes.len() as u64;
-    let pack = pack::read_pack(&bytes).map_err(|source| CatalogError::Damaged {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // A pushed file that does not verify is bad input (`Pack`); a file of
+    // our own is damage, which `load_pack_file` says.
+    let pack = pack::read_pack(&bytes)?;
     drop(bytes);
     Ok(LoadedPack::from_pack_on(
         pack,
