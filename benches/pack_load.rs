@@ -1,10 +1,14 @@
-//! Pack load time (target: <= 2 ms per 1M memberships in release, checked).
+//! Pack load time (target: <= 1 ms per 1M memberships in release, checked).
 //! Throughput is reported per membership. Rows:
 //!
-//! - `read_pack`: the checked reader alone (checksums, structure, bitmaps);
+//! - `load_v2`: the checked load of a format-v2 pack, what a push or start-up
+//!   pays now: bytes (already in memory, as after `MAP_POPULATE`) to a
+//!   served `LoadedPack` (one checksum pass, structural checks, no decoding);
+//! - `checksum_v2`: the whole-file xxh3 pass alone, the floor of `load_v2`;
+//! - `read_pack`: the v1 checked reader alone (checksums, structure, bitmaps);
 //! - `index`: `LoadedPack::from_pack`, the user-major index build alone;
-//! - `load`: the whole path a push or start-up pays, bytes to `LoadedPack`:
-//!   read and verify, then index.
+//! - `load`: the whole v1 path, bytes to `LoadedPack`: read and verify, then
+//!   index (before v2, what every push and start-up paid).
 //!
 //! Packs: `realistic_pack` (50 segments, ~5 memberships per user) and the
 //! lookup bench's `synthetic_pack` (1,000 segments, 20 per user).
@@ -19,7 +23,10 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use roaring::RoaringBitmap;
-use segd::pack::{Pack, Segment, read_pack, write_pack};
+use std::sync::Arc;
+
+use segd::pack::{Pack, PackBytes, Segment, read_pack, write_pack_v1, write_pack_v2};
+use segd::store::BuildThreads;
 use segd::store::LoadedPack;
 
 mod common;
@@ -78,15 +85,41 @@ fn bench_load(criterion: &mut Criterion) {
         ),
     ];
     for (shape, pack) in packs {
-        let bytes = write_pack(&pack).expect("writes");
+        let bytes = write_pack_v1(&pack).expect("writes");
+        let v2_bytes = Arc::new(PackBytes::copy_from(&write_pack_v2(&pack).expect("writes")));
         let memberships = pack.memberships();
         eprintln!(
-            "pack_load/{shape}: {} users, {memberships} memberships, {} bytes",
+            "pack_load/{shape}: {} users, {memberships} memberships, v1 {} bytes ({:.2} a membership), v2 {} bytes ({:.2} a membership)",
             pack.user_fingerprints.len(),
-            bytes.len()
+            bytes.len(),
+            bytes.len() as f64 / memberships as f64,
+            v2_bytes.len(),
+            v2_bytes.len() as f64 / memberships as f64,
         );
         let size = format!("{shape}/{memberships}");
         group.throughput(Throughput::Elements(memberships));
+        group.bench_with_input(
+            BenchmarkId::new("load_v2", &size),
+            &v2_bytes,
+            |bencher, bytes| {
+                bencher.iter_batched(
+                    || Arc::clone(bytes),
+                    |bytes| {
+                        black_box(
+                            LoadedPack::from_bytes(bytes, 0, BuildThreads::One).expect("loads"),
+                        )
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("checksum_v2", &size),
+            &v2_bytes,
+            |bencher, bytes| {
+                bencher.iter(|| black_box(xxhash_rust::xxh3::xxh3_64(bytes.as_bytes())))
+            },
+        );
         group.bench_with_input(
             BenchmarkId::new("read_pack", &size),
             &bytes,

@@ -120,13 +120,15 @@ fn lookups(criterion: &mut Criterion) {
 
     for all in [false, true] {
         let mut nanos = [Vec::with_capacity(200_000), Vec::with_capacity(200_000)];
+        // Alternating blocks of 1,000 distinct users: neither state gets a
+        // user the other just pulled into the cache.
         for sample in 0..400_000usize {
-            let which = sample % 2;
-            let user = queries[(sample / 2) % queries.len()];
+            let which = (sample / 1000) % 2;
+            let user = queries[sample % queries.len()];
             let segment_ids: &[u32] = if all {
                 &[]
             } else {
-                &listed[(sample / 2) % listed.len()]
+                &listed[sample % listed.len()]
             };
             let started = Instant::now();
             black_box(states[which].1.lookup(user, segment_ids, 7 * 86_400, at));

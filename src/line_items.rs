@@ -109,6 +109,12 @@ impl LineItemRegistry {
         self.current.load_full()
     }
 
+    /// The checks of [`LineItemRegistry::put`] without registering: a fleet
+    /// shares only a set every replica will take.
+    pub fn check(request: &PutLineItemsRequest) -> Result<(), LineItemError> {
+        index(request.clone()).map(|_| ())
+    }
+
     /// Validates (the caller checks each candidate against the request limits),
     /// persists atomically, then swaps in. Blocking: call off the runtime.
     pub fn put(&self, request: PutLineItemsRequest) -> Result<PutOutcome, LineItemError> {

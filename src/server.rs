@@ -171,7 +171,8 @@ pub async fn serve(
     registry.register_collector(Box::new(freq_metrics.clone()));
     let catalog = Arc::new(
         Catalog::open(&config.data_dir, store.clone())
-            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?,
+            .with_context(|| format!("open --data-dir {}", config.data_dir.display()))?
+            .with_shard(config.sharding.shard),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -216,6 +217,9 @@ pub async fn serve(
     if let Some(fleet_metrics) = &fleet_metrics {
         registry.register_collector(Box::new(fleet_metrics.clone()));
     }
+    // Fleet mode: set once joined; admin changes then reach every replica.
+    let fleet_changes: Arc<OnceLock<Arc<crate::fleet::pack_sync::PackSync>>> =
+        Arc::new(OnceLock::new());
     let line_items = Arc::new(LineItemRegistry::open(&config.data_dir).with_context(|| {
         format!(
             "load line items from --data-dir {}",
@@ -264,30 +268,31 @@ pub async fn serve(
 
     let auth = AdminAuth::new(admin_token.as_deref());
     // Chunks of a pushed pack are small; the whole pack is capped by --max-push-bytes.
+    let mut admin_service = AdminService::new(
+        catalog.clone(),
+        line_items.clone(),
+        limits,
+        config.max_push_bytes,
+        Arc::new(ServerStatusExtras {
+            counters: counters.clone(),
+            fsync: config.fsync,
+            retention_days: config.freq_retention_days,
+            freshness: config.freshness_policy(),
+            realtime: realtime.clone(),
+            fleet: fleet_metrics.clone(),
+        }),
+        changes,
+    )
+    .with_realtime(
+        realtime_writes.clone(),
+        config.realtime.max_updates_per_request,
+    )
+    .with_shard(config.sharding.shard);
+    if config.fleet.enabled() {
+        admin_service = admin_service.with_fleet_changes(fleet_changes.clone());
+    }
     let admin = InterceptedService::new(
-        AdminServer::new(
-            AdminService::new(
-                catalog.clone(),
-                line_items,
-                limits,
-                config.max_push_bytes,
-                Arc::new(ServerStatusExtras {
-                    counters: counters.clone(),
-                    fsync: config.fsync,
-                    retention_days: config.freq_retention_days,
-                    freshness: config.freshness_policy(),
-                    realtime: realtime.clone(),
-                    fleet: fleet_metrics.clone(),
-                }),
-                changes,
-            )
-            .with_realtime(
-                realtime_writes.clone(),
-                config.realtime.max_updates_per_request,
-            )
-            .with_shard(config.sharding.shard),
-        )
-        .max_decoding_message_size(config.admin_max_message_bytes),
+        AdminServer::new(admin_service).max_decoding_message_size(config.admin_max_message_bytes),
         move |request| auth.check(request),
     );
     let admin_server = server_builder(&config, true)?
@@ -396,6 +401,22 @@ pub async fn serve(
             return Err(error);
         }
     };
+    let pack_sync_task = match &fleet {
+        Some(joined) => Some(
+            crate::fleet::pack_sync::join(
+                joined,
+                &config.fleet,
+                config.sharding.shard,
+                catalog.clone(),
+                line_items.clone(),
+                &fleet_changes,
+                stop_receiver.clone(),
+            )
+            .await
+            .context("share packs and line items with the fleet")?,
+        ),
+        None => None,
+    };
     if let (Some(realtime), Some(counters)) = (realtime.get(), counters.get()) {
         realtime.set_counters(counters.clone());
         realtime.start_maintenance();
@@ -466,6 +487,9 @@ pub async fn serve(
     }
     // In-flight requests have drained: stop applying the fleet's stream, then
     // flush the logs and checkpoint even if a listener failed, then report.
+    if let Some(pack_sync_task) = pack_sync_task {
+        let _ = pack_sync_task.await;
+    }
     if let Some(fleet) = fleet.as_mut() {
         fleet.stop().await;
     }

@@ -3,7 +3,7 @@
 //! format changes: `cargo test --test fuzz_seeds -- --ignored`.
 //!
 //! Each seed starts with the targets' mode byte (see `fuzz/README.md`): 0 feeds
-//! the rest as is, 1 recomputes its checksums first.
+//! the rest as is, 1 recomputes its checksums first (2: the v2 pack checksums).
 
 mod common;
 
@@ -24,7 +24,13 @@ fn corpus_dir(target: &str) -> PathBuf {
 fn write_seed(target: &str, name: &str, body: &[u8]) {
     let dir = corpus_dir(target);
     std::fs::create_dir_all(&dir).expect("corpus directory");
-    for mode in [0u8, 1] {
+    // Mode 2 (v2 pack checksums) means something only to the pack reader.
+    let modes: &[u8] = if target == "pack_reader" {
+        &[0, 1, 2]
+    } else {
+        &[0, 1]
+    };
+    for &mode in modes {
         let mut seed = vec![mode];
         seed.extend_from_slice(body);
         std::fs::write(dir.join(format!("seed-{name}-mode{mode}")), seed).expect("seed written");
@@ -49,6 +55,11 @@ fn write_fuzz_seeds() {
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.segpack"))
             .expect("fixture");
     write_seed("pack_reader", "fixture-small", &fixture);
+    let fixture_v2 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.v2.segpack"),
+    )
+    .expect("v2 fixture");
+    write_seed("pack_reader", "fixture-small-v2", &fixture_v2);
     let empty = Pack {
         name: "empty".to_owned(),
         version: "v1".to_owned(),

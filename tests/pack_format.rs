@@ -1,5 +1,7 @@
-//! The pack file format: a committed fixture pins the bytes, and every kind of
-//! damage is refused with the error that names it.
+//! Pack file format v1: a committed fixture pins the bytes, and every kind of
+//! damage is refused with the error that names it. v1 is no longer written by
+//! default but must keep reading (packs on disk from before v2); v2 has its
+//! own file, `pack_format_v2.rs`.
 //!
 //! The layout walker below is a second, independent reading of the layout
 //! table in `segd::pack::format`, so the documentation is checked too.
@@ -7,10 +9,10 @@
 use std::path::PathBuf;
 
 use roaring::RoaringBitmap;
-use segd::pack::{FORMAT_VERSION, Pack};
+use segd::pack::{FORMAT_VERSION_V1 as FORMAT_VERSION, Pack};
 use segd::pack::{
-    PackError, PackSection, Segment, read_header, read_pack, read_pack_file, write_pack,
-    write_pack_file_atomic,
+    PackError, PackSection, Segment, read_header, read_pack, read_pack_file,
+    write_pack_file_atomic, write_pack_v1 as write_pack,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -347,23 +349,23 @@ fn a_future_format_version_is_refused_by_the_version_check() {
     let bytes = fixture_bytes();
     let layout = layout(&bytes);
     let mut future = bytes.clone();
-    future[8..12].copy_from_slice(&2u32.to_le_bytes());
+    future[8..12].copy_from_slice(&3u32.to_le_bytes());
     recompute_header_and_file_checksums(&mut future, layout.header_end);
-    let error = read_pack(&future).expect_err("version 2 is refused");
+    let error = read_pack(&future).expect_err("version 3 is refused");
     assert!(matches!(
         error,
         PackError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     ));
     assert_eq!(
         error.to_string(),
-        "unsupported pack format version 2 (this build reads version 1)"
+        "unsupported pack format version 3 (this build reads versions 1 to 2)"
     );
     assert!(matches!(
         read_header(&future),
-        Err(PackError::UnsupportedVersion { found: 2, .. })
+        Err(PackError::UnsupportedVersion { found: 3, .. })
     ));
 }
 

@@ -181,3 +181,86 @@ async fn segctl_shard_addrs_routes_each_user_to_its_shard() {
         );
     }
 }
+
+/// A small unsharded (0 of 1) pack.
+fn unsharded_pack(version: &str) -> Vec<u8> {
+    common::simple_pack(
+        "crm",
+        version,
+        1_790_000_000,
+        &[common::SimpleSegment {
+            id: 1,
+            kind: "",
+            members: &["alice", "bob", "carol"],
+        }],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_of_another_shard_count_is_refused_when_pushed_naming_both() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = SegdProcess::start(data_dir.path(), &["--shard", "0/2"]).await;
+    let mut admin = common::admin_client(&format!("http://{}", server.admin_addr), None).await;
+    let refused = common::push(&mut admin, &unsharded_pack("v1"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let message = refused.message();
+    assert!(message.contains("is of shard 0/1"), "{message}");
+    assert!(message.contains("serves shard 0/2"), "{message}");
+    // Nothing changed, in memory or on disk.
+    let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.packs.is_empty());
+    let on_disk: Vec<_> = std::fs::read_dir(data_dir.path().join("packs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".segpack"))
+        .collect();
+    assert!(on_disk.is_empty(), "{on_disk:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_of_another_shard_in_the_data_or_watch_dir_is_skipped_never_served() {
+    // Served unsharded first, so the data directory holds a real 0-of-1 pack.
+    let data_dir = tempfile::tempdir().unwrap();
+    let unsharded = SegdProcess::start(data_dir.path(), &[]).await;
+    let mut admin = common::admin_client(&format!("http://{}", unsharded.admin_addr), None).await;
+    common::push(&mut admin, &unsharded_pack("v1"), false)
+        .await
+        .unwrap();
+    drop(admin);
+    assert!(unsharded.terminate().success());
+
+    let mut serve_config = common::config(data_dir.path());
+    serve_config.sharding.shard = segd::shard::Shard { index: 1, count: 2 };
+    let watch_dir = tempfile::tempdir().unwrap();
+    serve_config.watch_dir = Some(watch_dir.path().to_path_buf());
+    serve_config.watch_poll_ms = 20;
+    let server = common::TestServer::start(serve_config).await;
+    let mut admin = server.admin().await;
+    let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert!(
+        status.packs.is_empty(),
+        "served a pack of another shard: {:?}",
+        status.packs
+    );
+    // The file stays on disk: restarted with its shard, the replica serves it again.
+    assert!(data_dir.path().join("packs/crm.segpack").exists());
+
+    std::fs::write(watch_dir.path().join("crm.segpack"), unsharded_pack("v2")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = server.scrape_metrics().await;
+        if common::metric_value(&metrics, "segd_watch_rejected_total", "").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watched file never refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.packs.is_empty(), "{:?}", status.packs);
+    server.stop().await;
+}

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::RequestLimits;
 use crate::api::outcomes::{PackChange, PackChanges, Refusal};
 use crate::api::push::{self, PushGate};
+use crate::fleet::pack_sync::PackSync;
 use crate::line_items::LineItemRegistry;
 use crate::proto::admin_server::Admin;
 use crate::proto::{
@@ -36,6 +37,9 @@ pub struct AdminService {
     changes: Arc<PackChanges>,
     /// This replica's audience shard, reported in `Status`.
     shard: crate::shard::Shard,
+    /// Fleet mode: pack and line-item changes go through the fleet (set
+    /// once joined); `None` on a single node.
+    fleet_changes: Option<Arc<OnceLock<Arc<PackSync>>>>,
     /// Set once the real-time journal is replayed; unset = not offered.
     realtime: Arc<OnceLock<Arc<dyn RealtimeWrites>>>,
     max_updates_per_request: usize,
@@ -77,8 +81,28 @@ impl AdminService {
             status_extras,
             changes,
             shard: crate::shard::Shard::UNSHARDED,
+            fleet_changes: None,
             realtime: Arc::new(OnceLock::new()),
             max_updates_per_request: 0,
+        }
+    }
+
+    /// Fleet mode: pushes, rollbacks, drops and line items reach every
+    /// replica through `fleet_changes` once it is set.
+    pub fn with_fleet_changes(mut self, fleet_changes: Arc<OnceLock<Arc<PackSync>>>) -> Self {
+        self.fleet_changes = Some(fleet_changes);
+        self
+    }
+
+    /// The fleet to change through; `None` on a single node.
+    fn fleet(&self) -> Result<Option<Arc<PackSync>>, Status> {
+        match &self.fleet_changes {
+            None => Ok(None),
+            Some(joined) => joined
+                .get()
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| Status::unavailable("joining the fleet, changes not taken yet")),
         }
     }
 
@@ -104,6 +128,36 @@ impl AdminService {
             .get()
             .cloned()
             .ok_or_else(|| Status::unavailable("loading the data directory, not serving yet"))
+    }
+}
+
+impl AdminService {
+    /// What the fleet intends this replica's shard to serve, per pack.
+    fn fleet_intents(&self) -> Vec<crate::proto::FleetPackIntent> {
+        let Some(fleet) = self.fleet_changes.as_ref().and_then(|joined| joined.get()) else {
+            return Vec::new();
+        };
+        fleet
+            .intended()
+            .into_iter()
+            .map(|(pack, intent)| crate::proto::FleetPackIntent {
+                pack,
+                version: intent.version,
+                dropped: intent.dropped,
+            })
+            .collect()
+    }
+}
+
+fn push_reply(outcome: crate::store::catalog::PushOutcome) -> PushSnapshotResponse {
+    PushSnapshotResponse {
+        pack: outcome.pack,
+        version: outcome.version,
+        segments: outcome.segments,
+        users: outcome.users,
+        memberships: outcome.memberships,
+        generation: outcome.generation,
+        unchanged: outcome.unchanged,
     }
 }
 
@@ -139,6 +193,17 @@ impl Admin for AdminService {
                 refused(refusal.refusal);
                 refusal.status
             })?;
+        if let Some(fleet) = self.fleet()? {
+            let outcome = fleet
+                .push(upload.staged, upload.allow_older_version)
+                .await
+                .inspect_err(|error| {
+                    tracing::warn!(error = ?error.to_string(), "pack refused");
+                    refused(crate::fleet::pack_sync::refusal_of(error));
+                })?;
+            self.changes.record_ok(PackChange::Push, outcome.unchanged);
+            return Ok(Response::new(push_reply(outcome)));
+        }
         let catalog = self.catalog.clone();
         let changes = self.changes.clone();
         let outcome = blocking(move || {
@@ -157,15 +222,7 @@ impl Admin for AdminService {
         })
         .await?;
         self.changes.record_ok(PackChange::Push, outcome.unchanged);
-        Ok(Response::new(PushSnapshotResponse {
-            pack: outcome.pack,
-            version: outcome.version,
-            segments: outcome.segments,
-            users: outcome.users,
-            memberships: outcome.memberships,
-            generation: outcome.generation,
-            unchanged: outcome.unchanged,
-        }))
+        Ok(Response::new(push_reply(outcome)))
     }
 
     async fn status(
@@ -222,6 +279,13 @@ impl Admin for AdminService {
                 count: self.shard.count,
             }),
             realtime: self.status_extras.realtime(),
+            fleet_packs: self.fleet_intents(),
+            fleet_line_items_version: self
+                .fleet_changes
+                .as_ref()
+                .and_then(|joined| joined.get())
+                .and_then(|fleet| fleet.intended_line_items_version())
+                .unwrap_or_default(),
         }))
     }
 
@@ -258,6 +322,20 @@ impl Admin for AdminService {
         request: Request<RollbackRequest>,
     ) -> Result<Response<RollbackResponse>, Status> {
         let pack = request.into_inner().pack;
+        if let Some(fleet) = self.fleet()? {
+            let outcome = fleet.rollback(pack).await.inspect_err(|error| {
+                self.changes.record_refused(
+                    PackChange::Rollback,
+                    crate::fleet::pack_sync::refusal_of(error),
+                )
+            })?;
+            self.changes.record_ok(PackChange::Rollback, false);
+            return Ok(Response::new(RollbackResponse {
+                pack: outcome.pack,
+                version: outcome.version,
+                generation: outcome.generation,
+            }));
+        }
         let catalog = self.catalog.clone();
         let changes = self.changes.clone();
         let outcome = blocking(move || {
@@ -286,8 +364,13 @@ impl Admin for AdminService {
             self.limits
                 .check_candidate(&format!("line_items[{index}]"), line_item)?;
         }
-        let registry = self.line_items.clone();
-        let outcome = blocking(move || registry.put(request).map_err(Status::from)).await?;
+        let outcome = match self.fleet()? {
+            Some(fleet) => fleet.put_line_items(request).await?,
+            None => {
+                let registry = self.line_items.clone();
+                blocking(move || registry.put(request).map_err(Status::from)).await?
+            }
+        };
         Ok(Response::new(PutLineItemsResponse {
             version: outcome.version,
             line_items: outcome.line_items,
@@ -333,6 +416,14 @@ impl Admin for AdminService {
         request: Request<DropPackRequest>,
     ) -> Result<Response<DropPackResponse>, Status> {
         let pack = request.into_inner().pack;
+        if let Some(fleet) = self.fleet()? {
+            let generation = fleet.drop_pack(pack.clone()).await.inspect_err(|error| {
+                self.changes
+                    .record_refused(PackChange::Drop, crate::fleet::pack_sync::refusal_of(error))
+            })?;
+            self.changes.record_ok(PackChange::Drop, false);
+            return Ok(Response::new(DropPackResponse { pack, generation }));
+        }
         let catalog = self.catalog.clone();
         let pack_name = pack.clone();
         let changes = self.changes.clone();

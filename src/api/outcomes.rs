@@ -94,10 +94,12 @@ pub enum Refusal {
     StreamError,
     /// Another push was being received or verified (one at a time).
     Busy,
+    /// A pack of another shard or shard count than `--shard`.
+    WrongShard,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 13] = [
+    const ALL: [Refusal; 14] = [
         Refusal::InvalidPack,
         Refusal::InvalidIndex,
         Refusal::Ownership,
@@ -111,6 +113,7 @@ impl Refusal {
         Refusal::EmptyStream,
         Refusal::StreamError,
         Refusal::Busy,
+        Refusal::WrongShard,
     ];
 
     /// The `reason` label: short and stable, dashboards select on it.
@@ -128,6 +131,7 @@ impl Refusal {
             Refusal::TooLarge => "too_large",
             Refusal::EmptyStream => "empty_stream",
             Refusal::StreamError => "stream_error",
+            Refusal::WrongShard => "wrong_shard",
             Refusal::Busy => "busy",
         }
     }
@@ -141,6 +145,7 @@ impl From<&CatalogError> for Refusal {
             CatalogError::Ownership(_) => Refusal::Ownership,
             CatalogError::OlderVersion { .. } => Refusal::OlderVersion,
             CatalogError::InvalidPackName(_) => Refusal::InvalidPackName,
+            CatalogError::WrongShard { .. } => Refusal::WrongShard,
             CatalogError::NoSuchPack(_) => Refusal::NoSuchPack,
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
             CatalogError::Damaged { .. } => Refusal::DamagedPack,

@@ -14,6 +14,7 @@ impl From<CatalogError> for Status {
             CatalogError::Ownership(_) => Code::FailedPrecondition,
             CatalogError::OlderVersion { .. } => Code::FailedPrecondition,
             CatalogError::InvalidPackName(_) => Code::InvalidArgument,
+            CatalogError::WrongShard { .. } => Code::FailedPrecondition,
             CatalogError::NoSuchPack(_) => Code::NotFound,
             CatalogError::NoPreviousVersion(_) => Code::FailedPrecondition,
             CatalogError::Damaged { .. } => Code::DataLoss,
@@ -68,5 +69,17 @@ impl From<crate::realtime::RealtimeError> for Status {
             RealtimeError::Storage(_) => Code::Unavailable,
         };
         Status::new(code, error.to_string())
+    }
+}
+
+impl From<crate::fleet::pack_sync::FleetChangeError> for Status {
+    fn from(error: crate::fleet::pack_sync::FleetChangeError) -> Self {
+        use crate::fleet::pack_sync::FleetChangeError;
+        match error {
+            FleetChangeError::Catalog(error) => Status::from(error),
+            FleetChangeError::LineItems(error) => Status::from(error),
+            FleetChangeError::Unavailable(message) => Status::unavailable(message),
+            FleetChangeError::Precondition(message) => Status::failed_precondition(message),
+        }
     }
 }

@@ -132,9 +132,9 @@ pub fn run_applier(
             // everywhere so that answer stays true.
             Ok(batch) if stored_unix_nanos > batch.valid_until_unix_nanos => {
                 metrics.late_batches_skipped.fetch_add(1, Ordering::Relaxed);
-                store
-                    .apply_replicated(stream_seq, 0, &[])
-                    .map(|_| Applied::Skipped("stored after its request's deadline"))
+                store.apply_replicated(stream_seq, 0, &[]).map(|applied| {
+                    applied.map(|_| Applied::Skipped("stored after its request's deadline"))
+                })
             }
             Ok(batch) => {
                 let origin_unix_seconds = batch.origin_unix_nanos.div_euclid(1_000_000_000);
@@ -143,7 +143,7 @@ pub fn run_applier(
                 if let Ok(Some(_)) = result {
                     metrics.observe_lag_nanos(unix_now_nanos() - batch.origin_unix_nanos);
                 }
-                result.map(|outcome| Applied::Recorded(outcome.unwrap_or_default()))
+                result.map(|outcome| outcome.map(Applied::Recorded))
             }
             Err(reason) => {
                 metrics.undecodable_messages.fetch_add(1, Ordering::Relaxed);
@@ -152,11 +152,14 @@ pub fn run_applier(
                 }
                 store
                     .apply_replicated(stream_seq, 0, &[])
-                    .map(|_| Applied::Skipped("undecodable"))
+                    .map(|applied| applied.map(|_| Applied::Skipped("undecodable")))
             }
         };
         let applied_outcome = match outcome {
-            Ok(applied_outcome) => applied_outcome,
+            Ok(Some(applied_outcome)) => applied_outcome,
+            // Already in the counters (a redelivery): nothing to count or wake;
+            // a waiter for it learns nothing it could trust and times out.
+            Ok(None) => continue,
             Err(FreqError::ShutDown) => return,
             Err(error) => {
                 warn!(stream_seq, error = %error, "fleet message not applied");

@@ -14,6 +14,8 @@
 //! - [`stream`]: the stream, created when missing, refused when it cannot serve.
 //! - [`message`]: the bytes of a message, subjects and message ids.
 //! - [`metrics`]: lag, sequences, failures, connection state.
+//! - [`pack_sync`]: one push that reaches every replica: packs in an
+//!   object store, intended versions and line items in a key-value bucket.
 //! - [`settings`]: the `--fleet-*` flags.
 //!
 //! It must never apply a batch outside stream order, nor answer a recording
@@ -22,6 +24,7 @@
 pub mod applier;
 pub mod message;
 pub mod metrics;
+pub mod pack_sync;
 pub mod publisher;
 pub mod settings;
 pub mod stream;
@@ -161,9 +164,9 @@ impl Fleet {
         }
     }
 
-    /// The `Status` block.
-    pub fn status(&self) -> crate::proto::FleetStatus {
-        status_of(&self.metrics)
+    /// The JetStream context of this replica's connection.
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        self.sink.context.clone()
     }
 }
 

@@ -38,6 +38,16 @@ pub struct FleetSettings {
     /// How long JetStream deduplicates a republished batch by its message id.
     #[arg(long, env = "SEGD_FLEET_DUPLICATE_WINDOW_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub fleet_duplicate_window_seconds: u64,
+
+    /// JetStream object-store bucket holding pushed pack files: a push on
+    /// any replica is stored here and served by every replica of its shard.
+    #[arg(long, env = "SEGD_FLEET_PACKS_BUCKET", default_value = "segd-packs")]
+    pub fleet_packs_bucket: String,
+
+    /// JetStream key-value bucket holding what the fleet serves: the pack
+    /// version per pack and shard, and the registered line items.
+    #[arg(long, env = "SEGD_FLEET_KV_BUCKET", default_value = "segd-fleet")]
+    pub fleet_kv_bucket: String,
 }
 
 impl FleetSettings {

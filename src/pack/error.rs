@@ -15,6 +15,16 @@ pub enum PackSection {
     Header,
     /// The sorted user fingerprints.
     UserDictionary,
+    /// Format v2: where each section lies.
+    SectionTable,
+    /// Format v2: the radix directory over the fingerprints.
+    RadixDirectory,
+    /// Format v2: where each user's index entries start.
+    IndexStarts,
+    /// Format v2: the user-major index entries.
+    IndexEntries,
+    /// Format v2: all segments' bitmaps.
+    Bitmaps,
     /// One entry per segment: id, name, kind, TTL, sizes.
     SegmentTable,
     /// A segment's roaring bitmap.
@@ -31,6 +41,11 @@ impl fmt::Display for PackSection {
             PackSection::Preamble => formatter.write_str("preamble"),
             PackSection::Header => formatter.write_str("header"),
             PackSection::UserDictionary => formatter.write_str("user dictionary"),
+            PackSection::SectionTable => formatter.write_str("section table"),
+            PackSection::RadixDirectory => formatter.write_str("radix directory"),
+            PackSection::IndexStarts => formatter.write_str("index starts"),
+            PackSection::IndexEntries => formatter.write_str("index entries"),
+            PackSection::Bitmaps => formatter.write_str("bitmaps"),
             PackSection::SegmentTable => formatter.write_str("segment table"),
             PackSection::Bitmap { segment_id } => write!(formatter, "segment {segment_id} bitmap"),
             PackSection::Recency { segment_id } => {
@@ -58,7 +73,7 @@ pub enum PackError {
     #[error("not a pack file: bad magic bytes")]
     BadMagic,
     /// A pack file of a format this build does not read.
-    #[error("unsupported pack format version {found} (this build reads version {supported})")]
+    #[error("unsupported pack format version {found} (this build reads versions 1 to {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
     /// A stored checksum does not match the bytes it covers.
     #[error("checksum mismatch in {section} at offset {offset}")]

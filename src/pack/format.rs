@@ -16,7 +16,7 @@
 //! | --- | --- | --- |
 //! | **preamble** | | |
 //! | 0, 8 | magic | `SEGDPACK` |
-//! | 8, 4 | format version `u32` | 1; a reader refuses any other before reading on |
+//! | 8, 4 | format version `u32` | 1 (2 is `format_v2`); a reader refuses any other before reading on |
 //! | **header** | | |
 //! | 12, 8 | `built_at_unix_seconds` `i64` | |
 //! | 20, 4 | `user_count` `u32` | users in the dictionary |
@@ -61,8 +61,14 @@ use super::{Pack, Segment};
 pub const MAGIC: [u8; 8] = *b"SEGDPACK";
 /// Magic bytes inside the footer, just before the file checksum.
 pub const END_MAGIC: [u8; 8] = *b"KCAPDGES";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version `write_pack` writes (see `format_v2`); the reader
+/// reads it and [`FORMAT_VERSION_V1`].
+pub const FORMAT_VERSION: u32 = super::format_v2::FORMAT_VERSION_V2;
+/// The format version of this layout, still read (packs on disk from before
+/// v2) and written by `write_pack_v1`.
+pub const FORMAT_VERSION_V1: u32 = 1;
+/// File name extension of pack files.
+pub const FILE_EXTENSION: &str = "segpack";
 /// How every pack file name ends; the catalog, the watcher and the demo all
 /// use this one constant.
 pub const FILE_SUFFIX: &str = ".segpack";
@@ -101,6 +107,10 @@ pub struct PackHeader {
     pub user_count: u32,
     pub segment_count: u32,
     pub membership_count: u64,
+    /// This pack's shard among `shard_count` (format v2; v1 packs are 0 of 1).
+    pub shard_index: u32,
+    /// 1 = unsharded.
+    pub shard_count: u32,
 }
 
 /// A pack name names a file in the data directory, so it is restricted to

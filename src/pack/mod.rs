@@ -3,24 +3,41 @@
 //! A pack holds a name, a version, a build time, a user dictionary (sorted
 //! fingerprints; ordinal = rank) and segments (roaring bitmaps of ordinals with
 //! optional per-member last-seen times). This module owns the in-memory value,
-//! the file format (see `format`), the writer, the checked reader and the
-//! builder from TSV. It knows nothing of gRPC, tokio or the serving state.
+//! the file formats (`format` for v1, `format_v2` for v2, which stores the
+//! serving tables `index_build` derives), the writers, the checked readers
+//! (`reader`, and `view` over shared, usually memory-mapped bytes from
+//! `mapped`) and the builder from TSV. It knows nothing of gRPC, tokio or the
+//! serving state.
 
 use roaring::RoaringBitmap;
 
 pub mod builder;
 pub mod error;
 pub mod format;
+pub mod format_v2;
+pub mod index_build;
+pub mod mapped;
 pub mod names;
 pub mod reader;
 pub mod stream_check;
+pub mod view;
 pub mod writer;
+pub mod writer_v2;
 
 pub use builder::PackBuilder;
 pub use error::{BuildError, PackError, PackSection};
-pub use format::{FILE_SUFFIX, FORMAT_VERSION, PackHeader};
-pub use reader::{read_header, read_header_file, read_pack, read_pack_file};
-pub use writer::{write_pack, write_pack_file_atomic};
+pub use format::{FILE_EXTENSION, FILE_SUFFIX, FORMAT_VERSION, FORMAT_VERSION_V1, PackHeader};
+pub use format_v2::FORMAT_VERSION_V2;
+pub use mapped::{IndexEntry, PackBytes};
+pub use reader::{format_version_of, read_header, read_header_file, read_pack, read_pack_file};
+pub use view::PackView;
+pub use writer::{write_pack_file_atomic, write_pack_v1};
+pub use writer_v2::{ShardSpec, write_pack_v2, write_pack_v2_shard};
+
+/// Encodes a pack in the default format, v2 (see `format_v2`).
+pub fn write_pack(pack: &Pack) -> Result<Vec<u8>, PackError> {
+    write_pack_v2(pack)
+}
 
 /// Seconds in one stored recency step. Stored times are rounded toward older by
 /// at most one step.

@@ -1,4 +1,5 @@
-//! The checked reader of format-v1 pack bytes (see `format`).
+//! The checked reader of pack bytes: format v1 (see `format`) here, format
+//! v2 (see `format_v2`) through `view`, dispatched on the version.
 //!
 //! It trusts nothing in the file: every length is checked against the bytes
 //! that remain before it is used, every allocation is sized by bytes already
@@ -12,25 +13,62 @@ use roaring::RoaringBitmap;
 
 use super::error::{PackError, PackSection};
 use super::format::{
-    CHECKSUM_BYTES, END_MAGIC, FORMAT_VERSION, HEADER_FIXED_BYTES, MAGIC, MAX_SEGMENTS,
-    PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY, check_pack_name,
-    checksum,
+    CHECKSUM_BYTES, END_MAGIC, FORMAT_VERSION, FORMAT_VERSION_V1, HEADER_FIXED_BYTES, MAGIC,
+    MAX_SEGMENTS, PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY,
+    check_pack_name, checksum,
 };
 use super::{Pack, Segment};
 use crate::le::{LeReader, Truncated};
 
-/// The most bytes the preamble and header can take: `read_header` never looks
-/// further.
-pub const MAX_HEADER_BYTES: usize = PREAMBLE_BYTES + HEADER_FIXED_BYTES + 2 * 256 + CHECKSUM_BYTES;
+/// The most bytes the preamble and header can take, in either format:
+/// `read_header` never looks further.
+pub const MAX_HEADER_BYTES: usize = super::format_v2::MAX_HEADER_BYTES + CHECKSUM_BYTES;
+const _: () =
+    assert!(PREAMBLE_BYTES + HEADER_FIXED_BYTES + 2 * 256 + CHECKSUM_BYTES <= MAX_HEADER_BYTES);
 
-/// Reads and fully verifies a pack: checksums, structure and every invariant
-/// of `Pack`.
+/// The format version in the preamble, after checking the magic.
+pub fn format_version_of(bytes: &[u8]) -> Result<u32, PackError> {
+    let available = bytes.len().min(MAGIC.len());
+    if bytes[..available] != MAGIC[..available] {
+        return Err(PackError::BadMagic);
+    }
+    let Some(version) = bytes.get(MAGIC.len()..PREAMBLE_BYTES) else {
+        return Err(PackError::Truncated {
+            what: PackSection::Preamble,
+            offset: 0,
+            needed_bytes: PREAMBLE_BYTES as u64,
+            available_bytes: bytes.len() as u64,
+        });
+    };
+    let version = u32::from_le_bytes(version.try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION_V1 && version != FORMAT_VERSION {
+        return Err(PackError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+/// Reads and fully verifies a pack of either format: checksums, structure
+/// and every invariant of `Pack` (for v2, also that bitmaps and index agree).
+pub fn read_pack(bytes: &[u8]) -> Result<Pack, PackError> {
+    if format_version_of(bytes)? == FORMAT_VERSION_V1 {
+        return read_pack_v1(bytes);
+    }
+    let view = super::view::PackView::open(std::sync::Arc::new(
+        super::mapped::PackBytes::copy_from(bytes),
+    ))?;
+    view.to_pack()
+}
+
+/// Reads and fully verifies a format-v1 pack.
 ///
 /// The whole-file checksum is checked first, in one pass. When it matches,
 /// every section checksum is covered by it and not hashed again; when it does
 /// not, the sections are checked one by one so the error names the damaged
 /// section (or the truncation point).
-pub fn read_pack(bytes: &[u8]) -> Result<Pack, PackError> {
+fn read_pack_v1(bytes: &[u8]) -> Result<Pack, PackError> {
     let mut cursor = Cursor::new(bytes);
     let header = read_header_from(&mut cursor)?;
     let file_checksum_matches = whole_file_checksum_matches(bytes);
@@ -83,7 +121,10 @@ pub fn read_header_file(path: impl AsRef<Path>) -> Result<PackHeader, PackError>
 /// start), verifying the header checksum but nothing after it: cheap enough
 /// for `inspect` and status pages, not a substitute for `read_pack`.
 pub fn read_header(bytes: &[u8]) -> Result<PackHeader, PackError> {
-    read_header_from(&mut Cursor::new(bytes))
+    if format_version_of(bytes)? == FORMAT_VERSION_V1 {
+        return read_header_from(&mut Cursor::new(bytes));
+    }
+    super::view::read_header_v2(bytes).map(|(header, _, _)| header)
 }
 
 fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
@@ -93,12 +134,7 @@ fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
     }
     cursor.take(MAGIC.len(), PackSection::Preamble)?;
     let format_version = cursor.take_u32(PackSection::Preamble)?;
-    if format_version != FORMAT_VERSION {
-        return Err(PackError::UnsupportedVersion {
-            found: format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
+    debug_assert_eq!(format_version, FORMAT_VERSION_V1);
     let section = PackSection::Header;
     let built_at_unix_seconds = cursor.take_u64(section)? as i64;
     let user_count = cursor.take_u32(section)?;
@@ -129,6 +165,8 @@ fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
         user_count,
         segment_count,
         membership_count,
+        shard_index: 0,
+        shard_count: 1,
     })
 }
 

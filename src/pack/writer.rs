@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::PackError;
 use super::format::{
-    CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, FORMAT_VERSION, MAGIC, SEGMENT_FLAG_RECENCY, checksum,
-    validate_pack,
+    CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, FORMAT_VERSION_V1, MAGIC, SEGMENT_FLAG_RECENCY,
+    checksum, validate_pack,
 };
 use super::{Pack, Segment};
 
-/// Encodes a pack. Fails only when the pack breaks an invariant or limit of the
+/// Encodes a pack in format v1 (`write_pack` writes v2). Fails only when the pack breaks an invariant or limit of the
 /// format.
-pub fn write_pack(pack: &Pack) -> Result<Vec<u8>, PackError> {
+pub fn write_pack_v1(pack: &Pack) -> Result<Vec<u8>, PackError> {
     validate_pack(pack)?;
     let bitmap_sizes: Vec<usize> = pack
         .segments
@@ -56,7 +56,7 @@ pub fn write_pack(pack: &Pack) -> Result<Vec<u8>, PackError> {
 
     // Preamble and header; the header checksum covers both.
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&FORMAT_VERSION_V1.to_le_bytes());
     out.extend_from_slice(&pack.built_at_unix_seconds.to_le_bytes());
     out.extend_from_slice(&(pack.user_fingerprints.len() as u32).to_le_bytes());
     out.extend_from_slice(&(pack.segments.len() as u32).to_le_bytes());

@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod journal;
+mod maintenance;
 pub mod metrics;
 
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashSet;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
@@ -39,6 +40,10 @@ use crate::periodic::Periodic;
 use crate::store::{Forget, MemberOp, OverlayEntry, ServingState, Store};
 pub use config::RealtimeArgs;
 use journal::{Journal, JournalError, JournalRecord};
+use maintenance::{
+    MaintenanceState, count_in_served_packs, fold, forgotten_in_packs, recount_packs,
+    snapshot_records,
+};
 
 /// The journal is rewritten once it holds this many more items than twice
 /// what the overlay keeps.
@@ -125,19 +130,6 @@ pub trait RealtimeWrites: Send + Sync + 'static {
     fn update_members(&self, updates: &[NewUpdate]) -> Result<UpdateOutcome, RealtimeError>;
     /// Forgets the users (distinct count returned), durable before `Ok`.
     fn forget_users(&self, user_fingerprints: &[u64]) -> Result<u32, RealtimeError>;
-}
-
-/// What maintenance remembers between runs; guarded by the writer mutex.
-#[derive(Default)]
-struct MaintenanceState {
-    folded_generation: u64,
-    /// The fold horizons last written to the journal.
-    journaled_horizons: AHashMap<String, i64>,
-    /// (pack, version, loaded_at) → forgotten users it contains.
-    forgotten_in_packs: AHashMap<(String, String, i64), u64>,
-    last_forget_expiry: Option<Instant>,
-    folded_entries_total: u64,
-    expired_forgets_total: u64,
 }
 
 struct Writer {
@@ -277,14 +269,12 @@ impl Realtime {
         check_segments(&state, updates)?;
         let mut writer = self.writer.lock();
         let overlay = self.store.overlay();
-        let mut new_keys: AHashSet<(u64, u32)> = AHashSet::new();
-        for update in updates {
-            if !overlay.has_entry(update.user_fingerprint, update.segment_id) {
-                new_keys.insert((update.user_fingerprint, update.segment_id));
-            }
-        }
+        let keys: Vec<(u64, u32)> = updates
+            .iter()
+            .map(|update| (update.user_fingerprint, update.segment_id))
+            .collect();
+        let adding = overlay.count_new(&keys);
         let entries = overlay.figures().entries;
-        let adding = new_keys.len() as u64;
         if entries + adding > self.config.max_overlay_entries {
             return Err(RealtimeError::OverlayFull {
                 entries,
@@ -499,11 +489,7 @@ fn check_segments(state: &ServingState, updates: &[NewUpdate]) -> Result<(), Rea
 fn apply_record(store: &Store, record: &JournalRecord) {
     let overlay = store.overlay();
     match record {
-        JournalRecord::Updates(updates) => {
-            for (user_fingerprint, entry) in updates {
-                overlay.upsert(*user_fingerprint, *entry);
-            }
-        }
+        JournalRecord::Updates(updates) => overlay.upsert_many(updates),
         JournalRecord::Forgets(forgets) => {
             for (user_fingerprint, forget) in forgets {
                 overlay.forget(*user_fingerprint, *forget);
@@ -515,146 +501,6 @@ fn apply_record(store: &Store, record: &JournalRecord) {
             }
         }
     }
-}
-
-/// Drops the entries at or before their pack's fold horizon from memory
-/// (lookups already ignore them).
-fn fold(
-    state: &ServingState,
-    overlay: &crate::store::Overlay,
-    horizons: &AHashMap<String, i64>,
-) -> u64 {
-    overlay.retain_entries(|_, entry| {
-        // An entry of a segment no pack serves is kept: a rollback of a
-        // dropped pack brings the segment back.
-        state
-            .segment(entry.segment_id)
-            .and_then(|(pack, _)| horizons.get(&pack.name))
-            .is_none_or(|&horizon| entry.is_on_top_of(horizon))
-    })
-}
-
-fn forgotten_in_packs(
-    maintenance: &MaintenanceState,
-    state: &ServingState,
-) -> Vec<ForgottenInPack> {
-    state
-        .packs()
-        .iter()
-        .map(|pack| ForgottenInPack {
-            pack: pack.name.clone(),
-            version: pack.version.clone(),
-            users: maintenance
-                .forgotten_in_packs
-                .get(&pack_key(pack))
-                .copied()
-                .unwrap_or(0),
-        })
-        .collect()
-}
-
-fn pack_key(pack: &crate::store::LoadedPack) -> (String, String, i64) {
-    (
-        pack.name.clone(),
-        pack.version.clone(),
-        pack.loaded_at_unix_seconds,
-    )
-}
-
-/// Counts the forgotten users of every served pack not counted yet, logging
-/// each pack version that still contains some once.
-fn recount_packs(
-    maintenance: &mut MaintenanceState,
-    state: &ServingState,
-    overlay: &crate::store::Overlay,
-) {
-    let served: AHashSet<(String, String, i64)> =
-        state.packs().iter().map(|pack| pack_key(pack)).collect();
-    maintenance
-        .forgotten_in_packs
-        .retain(|key, _| served.contains(key));
-    let uncounted: Vec<&Arc<crate::store::LoadedPack>> = state
-        .packs()
-        .iter()
-        .filter(|pack| !maintenance.forgotten_in_packs.contains_key(&pack_key(pack)))
-        .collect();
-    if uncounted.is_empty() {
-        return;
-    }
-    let forgotten: Vec<u64> = overlay
-        .snapshot()
-        .into_iter()
-        .filter(|(_, record)| record.forgotten.is_some())
-        .map(|(fingerprint, _)| fingerprint)
-        .collect();
-    for pack in uncounted {
-        let users = forgotten
-            .iter()
-            .filter(|&&fingerprint| pack.ordinal(fingerprint).is_some())
-            .count() as u64;
-        if users > 0 {
-            warn!(
-                pack = %pack.name,
-                version = %pack.version,
-                forgotten_users = users,
-                "pack still contains forgotten users; serving it without them"
-            );
-        }
-        maintenance.forgotten_in_packs.insert(pack_key(pack), users);
-    }
-}
-
-/// Adds users forgotten just now to the counts of the packs containing them.
-fn count_in_served_packs(
-    maintenance: &mut MaintenanceState,
-    state: &ServingState,
-    newly_forgotten: &[u64],
-) {
-    for pack in state.packs() {
-        let Some(count) = maintenance.forgotten_in_packs.get_mut(&pack_key(pack)) else {
-            // Not counted yet: the next maintenance run counts it whole.
-            continue;
-        };
-        *count += newly_forgotten
-            .iter()
-            .filter(|&&fingerprint| pack.ordinal(fingerprint).is_some())
-            .count() as u64;
-    }
-}
-
-/// The journal records that rebuild the overlay and the fold horizons:
-/// forgets before updates (an entry kept for a forgotten user was applied
-/// after the forget).
-fn snapshot_records(
-    overlay: &crate::store::Overlay,
-    horizons: &AHashMap<String, i64>,
-) -> Vec<JournalRecord> {
-    let snapshot = overlay.snapshot();
-    let forgets: Vec<(u64, Forget)> = snapshot
-        .iter()
-        .filter_map(|(fingerprint, record)| record.forgotten.map(|forget| (*fingerprint, forget)))
-        .collect();
-    let updates: Vec<(u64, OverlayEntry)> = snapshot
-        .iter()
-        .flat_map(|(fingerprint, record)| record.entries.iter().map(|entry| (*fingerprint, *entry)))
-        .collect();
-    let mut records = vec![JournalRecord::Horizons(
-        horizons
-            .iter()
-            .map(|(pack, horizon)| (pack.clone(), *horizon))
-            .collect(),
-    )];
-    records.extend(
-        forgets
-            .chunks(ITEMS_PER_SNAPSHOT_RECORD)
-            .map(|chunk| JournalRecord::Forgets(chunk.to_vec())),
-    );
-    records.extend(
-        updates
-            .chunks(ITEMS_PER_SNAPSHOT_RECORD)
-            .map(|chunk| JournalRecord::Updates(chunk.to_vec())),
-    );
-    records
 }
 
 fn spawn_logged(

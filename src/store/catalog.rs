@@ -23,7 +23,8 @@ use tracing::{info, warn};
 pub use super::pack_files::StagedFile;
 use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
-use crate::pack::{self, PackError};
+use crate::pack::{self, PackBytes, PackError};
+use crate::shard::Shard;
 
 /// `Status` reads at most this much of a previous file: its header.
 const HEADER_READ_BYTES: u64 = 64 << 10;
@@ -46,6 +47,14 @@ pub enum CatalogError {
     },
     #[error("invalid pack name {0:?}: {rule}", rule = pack::names::PACK_NAME_RULE)]
     InvalidPackName(String),
+    #[error(
+        "pack {pack:?} is of shard {pack_shard}, this replica serves shard {replica_shard} (--shard): push it to a replica of shard {pack_shard}"
+    )]
+    WrongShard {
+        pack: String,
+        pack_shard: Shard,
+        replica_shard: Shard,
+    },
     #[error("no pack named {0:?} is served")]
     NoSuchPack(String),
     #[error("no previous version of pack {0:?} is kept")]
@@ -99,6 +108,8 @@ pub struct Catalog {
     store: Arc<Store>,
     /// Serialises changes; a std mutex held only on blocking threads.
     change_lock: Mutex<()>,
+    /// `--shard`: only packs of this shard are served.
+    shard: Shard,
 }
 
 impl Catalog {
@@ -112,7 +123,72 @@ impl Catalog {
             packs_dir,
             store,
             change_lock: Mutex::new(()),
+            shard: Shard::UNSHARDED,
         })
+    }
+
+    /// Serves only packs of `shard` (`--shard I/N`): a pushed, watched or
+    /// rolled-back pack of another shard or shard count is refused, one in the
+    /// data directory at start-up is skipped.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Everything a push would check before serving, without serving or
+    /// building an index: the whole file verifies, the name is valid, the
+    /// shard is this replica's, and the version is not older than the served
+    /// one (unless allowed). For a fleet, which stores the file for the
+    /// other replicas only once this replica would take it. Returns the header.
+    pub fn check_push(
+        &self,
+        pack_bytes: &[u8],
+        allow_older_version: bool,
+    ) -> Result<pack::PackHeader, CatalogError> {
+        let header = pack::read_header(pack_bytes)?;
+        if !valid_pack_name(&header.name) {
+            return Err(CatalogError::InvalidPackName(header.name));
+        }
+        let pack_shard = shard_of_header(&header);
+        if pack_shard != self.shard {
+            return Err(CatalogError::WrongShard {
+                pack: header.name,
+                pack_shard,
+                replica_shard: self.shard,
+            });
+        }
+        pack::read_pack(pack_bytes)?;
+        let state = self.store.load_full();
+        if let Some(served) = state.pack(&header.name)
+            && compare_versions(&header.version, &served.version) == Ordering::Less
+            && !allow_older_version
+        {
+            return Err(CatalogError::OlderVersion {
+                pack: header.name.clone(),
+                pushed: header.version.clone(),
+                served: served.version.clone(),
+            });
+        }
+        Ok(header)
+    }
+
+    /// Refuses the pack file at `path` unless its header names this
+    /// replica's shard. Reads the header only.
+    fn check_shard(&self, path: &Path) -> Result<(), CatalogError> {
+        let header = pack::read_header_file(path)?;
+        let pack_shard = shard_of_header(&header);
+        if pack_shard != self.shard {
+            return Err(CatalogError::WrongShard {
+                pack: header.name,
+                pack_shard,
+                replica_shard: self.shard,
+            });
+        }
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -196,6 +272,12 @@ impl Catalog {
                 }
                 previous
             };
+            // A file of another shard (a replica restarted with another
+            // --shard, a file copied in by hand) is never served.
+            if let Err(error @ CatalogError::WrongShard { .. }) = self.check_shard(&path) {
+                warn!(file = %path.display(), error = %error, "pack of another shard in the data directory skipped");
+                continue;
+            }
             let loaded = load_pack_file(&path, loaded_at_unix_seconds, BuildThreads::AllCores)?;
             // Both versions on disk were served one after the other: the
             // real-time updates both carry are folded (see `Store::install_at`).
@@ -280,6 +362,8 @@ impl Catalog {
         allow_older_version: bool,
         loaded_at_unix_seconds: i64,
     ) -> Result<PushOutcome, CatalogError> {
+        // The header alone says the shard: refuse before the whole file is read.
+        self.check_shard(staged.path())?;
         // Pushes happen while serving: one core builds, the rest keep answering.
         let loaded = Arc::new(verify_pack_file(
             staged.path(),
@@ -352,6 +436,7 @@ impl Catalog {
         if !previous.exists() {
             return Err(CatalogError::NoPreviousVersion(name.to_owned()));
         }
+        self.check_shard(&previous)?;
         let loaded = Arc::new(load_pack_file(
             &previous,
             loaded_at_unix_seconds,
@@ -396,6 +481,14 @@ impl Catalog {
     }
 }
 
+/// The shard a pack header names (format v1 packs read as 0 of 1).
+fn shard_of_header(header: &pack::PackHeader) -> Shard {
+    Shard {
+        index: header.shard_index,
+        count: header.shard_count,
+    }
+}
+
 /// Loading a file of our own (start-up, rollback): one that no longer
 /// verifies is `Damaged` (DATA_LOSS), naming the file.
 fn load_pack_file(
@@ -419,15 +512,12 @@ fn verify_pack_file(
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
-    let bytes = fs::read(path).map_err(io_error(format!("read {}", path.display())))?;
-    let file_bytes = bytes.len() as u64;
+    // Format v2 is served in place from the mapping; v1 is decoded and indexed.
     // A pushed file that does not verify is bad input (`Pack`); a file of
     // our own is damage, which `load_pack_file` says.
-    let pack = pack::read_pack(&bytes)?;
-    drop(bytes);
-    Ok(LoadedPack::from_pack_on(
-        pack,
-        file_bytes,
+    let bytes = PackBytes::map_file(path).map_err(io_error(format!("read {}", path.display())))?;
+    Ok(LoadedPack::from_bytes(
+        Arc::new(bytes),
         loaded_at_unix_seconds,
         threads,
     )?)

@@ -2,60 +2,55 @@
 //!
 //! Fingerprints are sorted ascending and a user's ordinal is its rank. A radix
 //! directory over the top bits narrows the binary search to a handful of
-//! entries, so a lookup costs about two cache misses instead of ~24.
+//! entries, so a lookup costs about two cache misses instead of ~24 (see
+//! `pack::index_build` for how the directory is sized). Both arrays are
+//! served in place from a format-v2 pack file, or built at load for v1.
 
-/// Most bits of the fingerprint the radix directory indexes (1 GiB of
-/// directory, for a billion users).
-const MAX_RADIX_BITS: u32 = 28;
-/// The directory has about one bucket per this many users: 4 users are 32
-/// bytes of fingerprints, so a bucket is one cache line (rarely two), and the
-/// directory costs about a byte per user. With a fixed 16-bit directory a
-/// 10M-user pack had ~150 users a bucket: a binary search over 1.2 KB, four
-/// or five cache misses instead of two.
-const USERS_PER_BUCKET: usize = 4;
+use crate::pack::index_build::{bucket_of, radix_bits_for, radix_directory};
+use crate::pack::mapped::Column;
 
 #[derive(Debug)]
 pub struct UserDictionary {
     /// Sorted strictly ascending; ordinal = index.
-    fingerprints: Vec<u64>,
+    fingerprints: Column<u64>,
     /// `bucket_starts[b]` is the first index whose fingerprint's top bits are
     /// `>= b`; it has `2^radix_bits + 1` entries, the last one = `len`.
-    bucket_starts: Vec<u32>,
-    /// `64 - radix_bits`: shifting a fingerprint by this gives its bucket.
-    bucket_shift: u32,
+    bucket_starts: Column<u32>,
+    radix_bits: u32,
 }
 
 impl UserDictionary {
     /// Builds the directory over fingerprints already sorted strictly ascending
     /// (the pack reader checks that).
     pub fn new(fingerprints: Vec<u64>) -> Self {
-        debug_assert!(fingerprints.windows(2).all(|pair| pair[0] < pair[1]));
-        let radix_bits = (usize::BITS - (fingerprints.len() / USERS_PER_BUCKET).leading_zeros())
-            .min(MAX_RADIX_BITS);
-        let bucket_shift = 64 - radix_bits;
-        let bucket_of = |fingerprint: u64| fingerprint.checked_shr(bucket_shift).unwrap_or(0);
-        let bucket_count = 1usize << radix_bits;
-        let mut bucket_starts = Vec::with_capacity(bucket_count + 1);
-        let mut index = 0usize;
-        for bucket in 0..bucket_count as u64 {
-            while index < fingerprints.len() && bucket_of(fingerprints[index]) < bucket {
-                index += 1;
-            }
-            bucket_starts.push(index as u32);
-        }
-        bucket_starts.push(fingerprints.len() as u32);
+        let radix_bits = radix_bits_for(fingerprints.len());
+        let bucket_starts = radix_directory(&fingerprints, radix_bits);
+        Self::from_columns(
+            Column::from_vec(fingerprints),
+            Column::from_vec(bucket_starts),
+            radix_bits,
+        )
+    }
+
+    /// A dictionary over columns the pack reader checked: fingerprints
+    /// strictly ascending, the directory exactly `radix_directory` of them.
+    pub(crate) fn from_columns(
+        fingerprints: Column<u64>,
+        bucket_starts: Column<u32>,
+        radix_bits: u32,
+    ) -> Self {
+        debug_assert_eq!(bucket_starts.len(), (1usize << radix_bits) + 1);
         Self {
             fingerprints,
             bucket_starts,
-            bucket_shift,
+            radix_bits,
         }
     }
 
     /// The ordinal of a user, or `None` when the pack does not know them.
     #[inline]
     pub fn ordinal(&self, fingerprint: u64) -> Option<u32> {
-        // checked_shr: a shift of 64 (an empty dictionary) means one bucket.
-        let bucket = fingerprint.checked_shr(self.bucket_shift).unwrap_or(0) as usize;
+        let bucket = bucket_of(fingerprint, self.radix_bits);
         let start = self.bucket_starts[bucket] as usize;
         let end = self.bucket_starts[bucket + 1] as usize;
         self.fingerprints[start..end]
@@ -72,9 +67,10 @@ impl UserDictionary {
         self.fingerprints.is_empty()
     }
 
-    /// Heap bytes held, for status and memory accounting.
+    /// Heap bytes held, for status and memory accounting (0 when served from
+    /// a mapped pack file).
     pub fn heap_bytes(&self) -> usize {
-        self.fingerprints.capacity() * 8 + self.bucket_starts.capacity() * 4
+        self.fingerprints.heap_bytes() + self.bucket_starts.heap_bytes()
     }
 }
 

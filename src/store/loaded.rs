@@ -1,12 +1,14 @@
 //! One pack as the server holds it: metadata, the user dictionary and the
-//! user-major index. The bitmaps are not kept: the index answers every query
-//! and holding both would double the memory.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! user-major index. The bitmaps are not used: the index answers every query.
+//! A format-v2 pack is served in place from its (mapped) file; a v1 pack has
+//! its tables built at load and its bitmaps freed.
 
 use super::dictionary::UserDictionary;
 use super::index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
-use crate::pack::{self, Pack};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pack::{self, Pack, PackBytes, PackError, PackView};
 
 /// What the server keeps of a segment besides its memberships.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +85,65 @@ impl LoadedPack {
             index,
             match_counts,
         })
+    }
+
+    /// Loads pack bytes of either format with a checked load: v2 is served
+    /// in place from `bytes` (see [`LoadedPack::from_view`]); v1 is read
+    /// whole and indexed on `threads`, after which `bytes` may be dropped.
+    pub fn from_bytes(
+        bytes: Arc<PackBytes>,
+        loaded_at_unix_seconds: i64,
+        threads: BuildThreads,
+    ) -> Result<Self, PackError> {
+        if pack::format_version_of(bytes.as_bytes())? == pack::FORMAT_VERSION_V1 {
+            let pack = pack::read_pack(bytes.as_bytes())?;
+            let file_bytes = bytes.len() as u64;
+            drop(bytes);
+            return Ok(Self::from_pack_on(
+                pack,
+                file_bytes,
+                loaded_at_unix_seconds,
+                threads,
+            )?);
+        }
+        let view = PackView::open(bytes)?;
+        Ok(Self::from_view(view, loaded_at_unix_seconds))
+    }
+
+    /// Serves a checked v2 pack in place: the dictionary and index are
+    /// columns of its bytes, nothing is decoded or copied but the segment
+    /// table. The pages lookups never read (bitmaps) are released.
+    pub fn from_view(view: PackView, loaded_at_unix_seconds: i64) -> Self {
+        let segments: Vec<SegmentMeta> = view
+            .segments()
+            .iter()
+            .map(|segment| SegmentMeta {
+                id: segment.id,
+                name: segment.name.clone(),
+                kind: segment.kind.clone(),
+                ttl_seconds: segment.ttl_seconds,
+                members: u64::from(segment.member_count),
+            })
+            .collect();
+        let match_counts = segments.iter().map(|_| AtomicU64::new(0)).collect();
+        let dictionary = UserDictionary::from_columns(
+            view.fingerprints(),
+            view.radix_directory(),
+            view.radix_bits(),
+        );
+        let index = UserMajorIndex::from_columns(view.index_starts(), view.index_entries());
+        view.release_unserved();
+        Self {
+            name: view.header.name.clone(),
+            version: view.header.version.clone(),
+            built_at_unix_seconds: view.header.built_at_unix_seconds,
+            loaded_at_unix_seconds,
+            file_bytes: view.file_bytes() as u64,
+            segments,
+            dictionary,
+            index,
+            match_counts,
+        }
     }
 
     /// Counts one positive membership answer for the segment in `slot`.

@@ -29,7 +29,7 @@ pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
 pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
-pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay};
+pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay, UserOverlayRef};
 pub use state::{
     LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
 };

@@ -5,10 +5,12 @@
 //! Why a sharded map and not a swapped immutable value: updates arrive at
 //! 100k/s while the overlay holds a million entries; rebuilding an immutable
 //! value per batch would copy the million. Each shard is a `parking_lot`
-//! RwLock held for one map operation; a user's record is an `Arc`, so a
-//! reader clones a pointer under the read lock and evaluates without it, and
-//! a writer replaces the record copy-on-write. A global count of users lets
-//! the lookup skip the probe entirely while the overlay is empty.
+//! RwLock; a lookup reads the user's record under the read lock for the
+//! length of one request (cloning the `Arc` instead cost two more atomic
+//! read-modify-writes per lookup, measurable at p99), and a writer replaces
+//! a record copy-on-write under the write lock, one lock per shard per batch.
+//! A global count of users lets the lookup skip the probe entirely while the
+//! overlay is empty.
 //!
 //! This module owns memory only: it never touches disk (`crate::realtime`
 //! logs every change before applying it here) and never judges requests.
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ahash::AHashMap;
-use parking_lot::RwLock;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 /// Shards of the map; a power of two (the top bits of the fingerprint pick one).
 const SHARD_BITS: u32 = 6;
@@ -107,6 +109,38 @@ impl UserOverlay {
 
 type Shard = RwLock<AHashMap<u64, Arc<UserOverlay>>>;
 
+/// A user's record, read under its shard's read lock.
+pub type UserOverlayRef<'overlay> = MappedRwLockReadGuard<'overlay, Arc<UserOverlay>>;
+
+#[inline]
+fn shard_index(user_fingerprint: u64) -> usize {
+    (user_fingerprint >> (64 - SHARD_BITS)) as usize
+}
+
+/// Inserts or replaces by segment id, keeping `entries` sorted.
+fn insert_entry(entries: &mut Vec<OverlayEntry>, entry: OverlayEntry) {
+    match entries.binary_search_by_key(&entry.segment_id, |existing| existing.segment_id) {
+        Ok(index) => entries[index] = entry,
+        Err(index) => entries.insert(index, entry),
+    }
+}
+
+/// Indices of `items` grouped by shard, each group sorted by user, stably
+/// (items of one user keep their order).
+fn shard_runs<T>(items: &[T], user_of: impl Fn(&T) -> u64) -> Vec<(usize, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&index| {
+        let user_fingerprint = user_of(&items[index]);
+        (shard_index(user_fingerprint), user_fingerprint)
+    });
+    order
+        .chunk_by(|&left, &right| {
+            shard_index(user_of(&items[left])) == shard_index(user_of(&items[right]))
+        })
+        .map(|run| (shard_index(user_of(&items[run[0]])), run.to_vec()))
+        .collect()
+}
+
 /// Figures for `Status` and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OverlayFigures {
@@ -152,41 +186,67 @@ impl Overlay {
 
     #[inline]
     fn shard(&self, user_fingerprint: u64) -> &Shard {
-        &self.shards[(user_fingerprint >> (64 - SHARD_BITS)) as usize]
+        &self.shards[shard_index(user_fingerprint)]
     }
 
     /// The user's record, `None` when the overlay holds nothing for them.
     /// One atomic load when the overlay is empty, else one read-locked probe.
+    /// The record is read under the shard's read lock, held by the returned
+    /// guard (no reference count touched): keep it for one request only,
+    /// never across an `.await`, and never take a second one meanwhile (a
+    /// waiting writer would block it).
     #[inline]
-    pub fn user(&self, user_fingerprint: u64) -> Option<Arc<UserOverlay>> {
+    pub fn user(&self, user_fingerprint: u64) -> Option<UserOverlayRef<'_>> {
         if self.users.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.shard(user_fingerprint)
-            .read()
-            .get(&user_fingerprint)
-            .cloned()
-    }
-
-    /// Whether (user, segment) has an entry (to count new ones against the bound).
-    pub fn has_entry(&self, user_fingerprint: u64, segment_id: u32) -> bool {
-        self.shard(user_fingerprint)
-            .read()
-            .get(&user_fingerprint)
-            .is_some_and(|user| user.entry(segment_id).is_some())
+        RwLockReadGuard::try_map(self.shard(user_fingerprint).read(), |map| {
+            map.get(&user_fingerprint)
+        })
+        .ok()
     }
 
     /// Sets the (user, segment) entry, replacing any.
     pub fn upsert(&self, user_fingerprint: u64, entry: OverlayEntry) {
-        self.change_user(user_fingerprint, |user| {
-            match user
-                .entries
-                .binary_search_by_key(&entry.segment_id, |existing| existing.segment_id)
-            {
-                Ok(index) => user.entries[index] = entry,
-                Err(index) => user.entries.insert(index, entry),
+        self.upsert_many(&[(user_fingerprint, entry)]);
+    }
+
+    /// [`Overlay::upsert`] of each update in order (a later one for the same
+    /// (user, segment) wins), taking each shard's lock once and replacing
+    /// each user's record once: a batch of 10,000 is 64 locks, not 10,000.
+    pub fn upsert_many(&self, updates: &[(u64, OverlayEntry)]) {
+        for (shard, run) in shard_runs(updates, |(user_fingerprint, _)| *user_fingerprint) {
+            let mut map = self.shards[shard].write();
+            // Runs are sorted by user (stably): one record change per user.
+            for user_run in run.chunk_by(|left, right| updates[*left].0 == updates[*right].0) {
+                let user_fingerprint = updates[user_run[0]].0;
+                self.change_user_locked(&mut map, user_fingerprint, |user| {
+                    for &index in user_run {
+                        insert_entry(&mut user.entries, updates[index].1);
+                    }
+                });
             }
-        });
+        }
+    }
+
+    /// How many of `keys` (user, segment) have no entry yet, duplicates
+    /// counted once: what a batch would add against the bound.
+    pub fn count_new(&self, keys: &[(u64, u32)]) -> u64 {
+        let mut new = 0;
+        for (shard, run) in shard_runs(keys, |(user_fingerprint, _)| *user_fingerprint) {
+            let map = self.shards[shard].read();
+            let mut distinct: Vec<(u64, u32)> = run.iter().map(|&index| keys[index]).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            new += distinct
+                .iter()
+                .filter(|(user_fingerprint, segment_id)| {
+                    map.get(user_fingerprint)
+                        .is_none_or(|user| user.entry(*segment_id).is_none())
+                })
+                .count() as u64;
+        }
+        new
     }
 
     /// Marks the user forgotten and drops their entries.
@@ -267,6 +327,15 @@ impl Overlay {
     /// figures right.
     fn change_user(&self, user_fingerprint: u64, change: impl FnOnce(&mut UserOverlay)) {
         let mut map = self.shard(user_fingerprint).write();
+        self.change_user_locked(&mut map, user_fingerprint, change);
+    }
+
+    fn change_user_locked(
+        &self,
+        map: &mut AHashMap<u64, Arc<UserOverlay>>,
+        user_fingerprint: u64,
+        change: impl FnOnce(&mut UserOverlay),
+    ) {
         let (before, mut changed) = match map.get(&user_fingerprint) {
             Some(record) => (Some(record.clone()), UserOverlay::clone(record)),
             None => (None, UserOverlay::default()),
@@ -353,9 +422,11 @@ mod tests {
                 ..add(3, 200)
             },
         );
-        let user = overlay.user(7).expect("record");
-        assert_eq!(user.entries.len(), 2);
-        assert_eq!(user.entry(3).map(|entry| entry.op), Some(MemberOp::Remove));
+        {
+            let user = overlay.user(7).expect("record");
+            assert_eq!(user.entries.len(), 2);
+            assert_eq!(user.entry(3).map(|entry| entry.op), Some(MemberOp::Remove));
+        }
         assert_eq!(overlay.figures().entries, 2);
         overlay.forget(
             7,
@@ -374,6 +445,35 @@ mod tests {
         assert_eq!(overlay.expire_forgets(300), 1);
         assert!(overlay.user(7).is_none());
         assert_eq!(overlay.figures(), OverlayFigures::default());
+    }
+
+    #[test]
+    fn batches_apply_in_order_and_count_new_keys_once() {
+        let overlay = Overlay::new();
+        overlay.upsert(u64::MAX, add(1, 100));
+        let remove_later = OverlayEntry {
+            op: MemberOp::Remove,
+            ..add(2, 300)
+        };
+        let batch = [
+            (5, add(2, 200)),
+            (u64::MAX, add(9, 200)),
+            (5, remove_later),
+            (6, add(1, 200)),
+        ];
+        assert_eq!(
+            overlay.count_new(&[(5, 2), (u64::MAX, 9), (5, 2), (6, 1), (u64::MAX, 1)]),
+            3
+        );
+        overlay.upsert_many(&batch);
+        assert_eq!(
+            overlay.user(5).expect("record").entries,
+            vec![remove_later],
+            "the later update of (5, 2) wins"
+        );
+        assert_eq!(overlay.user(u64::MAX).expect("record").entries.len(), 2);
+        assert_eq!(overlay.figures().entries, 4);
+        assert_eq!(overlay.count_new(&[(5, 2), (6, 1)]), 0);
     }
 
     #[test]

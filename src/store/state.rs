@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ahash::AHashMap;
 
 use super::loaded::{LoadedPack, SegmentMeta};
-use super::overlay::{Overlay, UserOverlay};
+use super::overlay::{Overlay, UserOverlay, UserOverlayRef};
 
 /// Where a segment id lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,7 +358,7 @@ pub struct UserView<'state> {
     /// know the user.
     ordinals: Ordinals,
     /// The user's real-time record; `None` (the common case) costs nothing.
-    overlay: Option<Arc<UserOverlay>>,
+    overlay: Option<UserOverlayRef<'state>>,
 }
 
 impl UserView<'_> {

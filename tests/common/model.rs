@@ -119,6 +119,12 @@ impl ModelPack {
     pub fn bytes(&self) -> Vec<u8> {
         pack::write_pack(&self.to_pack()).expect("model pack writes")
     }
+
+    /// The pack in format v1, as round 1 wrote it.
+    #[allow(dead_code)]
+    pub fn bytes_v1(&self) -> Vec<u8> {
+        pack::write_pack_v1(&self.to_pack()).expect("model pack writes")
+    }
 }
 
 /// The reference answer over several packs.

@@ -29,6 +29,16 @@ pub struct BuildArgs {
     /// Where to write the pack file (conventionally NAME.segpack).
     #[arg(long)]
     output: PathBuf,
+    /// Split the users into N shards by `floor(xxh3_64(user_id) × N / 2^64)`:
+    /// writes NAME.shard-I-of-N.segpack for I in 0..N (NAME = --pack) in the
+    /// directory of --output instead of --output itself, each with its shard
+    /// in the header, in one pass over the input. Format 2 only.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=segd::shard::MAX_SHARD_COUNT as i64))]
+    shards: Option<u32>,
+    /// Pack file format: 2 (served in place, memory-mapped) or 1 (round-1
+    /// servers read only this).
+    #[arg(long, default_value_t = segd::pack::FORMAT_VERSION, value_parser = clap::value_parser!(u32).range(1..=2))]
+    format: u32,
 }
 
 /// Input larger than this many lines gets a progress line on stderr.
@@ -73,15 +83,23 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     if lines >= PROGRESS_FROM_LINES {
         eprintln!();
     }
+    if let Some(shard_count) = args.shards {
+        return write_shards(builder, &args, shard_count, lines, started);
+    }
     let pack = builder.finish()?;
-    let bytes = segd::pack::write_pack(&pack)?;
+    let bytes = if args.format == segd::pack::FORMAT_VERSION_V1 {
+        segd::pack::write_pack_v1(&pack)?
+    } else {
+        segd::pack::write_pack_v2(&pack)?
+    };
     segd::pack::write_pack_file_atomic(&bytes, &args.output)
         .with_context(|| format!("write {}", args.output.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "built pack {} version {}: {} input lines, {} users, {} segments, {} memberships, {} bytes -> {} in {:.2} s ({:.1} M lines/s)",
+        "built pack {} version {} (format {}): {} input lines, {} users, {} segments, {} memberships, {} bytes -> {} in {:.2} s ({:.1} M lines/s)",
         pack.name,
         pack.version,
+        args.format,
         lines,
         pack.user_fingerprints.len(),
         pack.segments.len(),
@@ -94,14 +112,73 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--shards N`: one pack per shard from the one pass already made over the
+/// input, each written (with its shard in the header) before the next is built.
+fn write_shards(
+    builder: PackBuilder,
+    args: &BuildArgs,
+    shard_count: u32,
+    lines: u64,
+    started: Instant,
+) -> anyhow::Result<()> {
+    if args.format == segd::pack::FORMAT_VERSION_V1 {
+        anyhow::bail!("--shards needs --format 2: format 1 has no shard in its header");
+    }
+    let dir = match args.output.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    for (index, pack) in builder.finish_shards(shard_count).enumerate() {
+        let pack = pack?;
+        let shard = segd::pack::ShardSpec {
+            index: index as u32,
+            count: shard_count,
+        };
+        let bytes = segd::pack::write_pack_v2_shard(&pack, shard)?;
+        let path = dir.join(format!(
+            "{}.shard-{index}-of-{shard_count}{}",
+            args.pack,
+            segd::pack::FILE_SUFFIX
+        ));
+        segd::pack::write_pack_file_atomic(&bytes, &path)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!(
+            "shard {index} of {shard_count}: {} users, {} memberships, {} bytes -> {}",
+            pack.user_fingerprints.len(),
+            pack.memberships(),
+            bytes.len(),
+            path.display()
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "built pack {} version {} in {shard_count} shards: {lines} input lines in {seconds:.2} s ({:.1} M lines/s)",
+        args.pack,
+        args.version,
+        lines as f64 / seconds.max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
 pub fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+    let header = segd::pack::read_header(&bytes).with_context(|| format!("{}", file.display()))?;
     let pack = segd::pack::read_pack(&bytes).with_context(|| format!("{}", file.display()))?;
     out!(
         "file:        {} ({} bytes, checksums ok)",
         file.display(),
         bytes.len()
     );
+    out!("format:      {}", header.format_version);
+    if header.shard_count > 1 {
+        out!(
+            "shard:       {} of {}",
+            header.shard_index,
+            header.shard_count
+        );
+    } else {
+        out!("shard:       unsharded (0 of 1)");
+    }
     out!("pack:        {}", pack.name);
     out!("version:     {}", pack.version);
     out!("built at:    {} (unix seconds)", pack.built_at_unix_seconds);

@@ -1,0 +1,500 @@
+//! One push that reaches every replica: packs and line items shared by the
+//! fleet through JetStream.
+//!
+//! - Pack files live in an object-store bucket (`--fleet-packs-bucket`,
+//!   default `segd-packs`), one object per pack, shard and version
+//!   (`NAME/shard-I-of-N/VERSION`).
+//! - What the fleet should serve lives in a key-value bucket
+//!   (`--fleet-kv-bucket`, default `segd-fleet`): key `pack.NAME.I-of-N`
+//!   holds an [`Intent`] (serve VERSION, or dropped); key `line-items` the
+//!   registered line items (an encoded `PutLineItemsRequest`).
+//! - A change on any replica (push, rollback, drop, put line items) is
+//!   verified, published, then applied locally; the reply comes once this
+//!   replica serves it. Every replica watches the keys of its own shard
+//!   (with history: a replica started later gets the latest of each) and
+//!   reconciles: fetch, verify and serve the intended version through the
+//!   catalog, which refuses what it would refuse from a push. A reconcile
+//!   that fails (object missing, NATS down) is retried every second.
+//!
+//! Must never serve a pack the catalog did not verify, nor let a replica
+//! answer a change before its own catalog applied it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store};
+use parking_lot::Mutex;
+use prost::Message as _;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tracing::{info, warn};
+
+use crate::line_items::LineItemRegistry;
+use crate::proto::PutLineItemsRequest;
+use crate::shard::Shard;
+use crate::store::catalog::StagedFile;
+use crate::store::catalog::{Catalog, CatalogError, PushOutcome, RollbackOutcome};
+
+/// Key of the registered line items in the key-value bucket.
+pub const LINE_ITEMS_KEY: &str = "line-items";
+/// How often intents are reconciled besides on every change.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the fleet should serve for one pack of one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub version: String,
+    /// Dropped fleet-wide; `version` is the one dropped.
+    pub dropped: bool,
+}
+
+impl Intent {
+    /// `serve VERSION` or `drop VERSION`, one line.
+    fn encode(&self) -> String {
+        let verb = if self.dropped { "drop" } else { "serve" };
+        format!("{verb} {}", self.version)
+    }
+
+    fn decode(value: &[u8]) -> Option<Intent> {
+        let text = std::str::from_utf8(value).ok()?;
+        let (verb, version) = text.split_once(' ')?;
+        let dropped = match verb {
+            "serve" => false,
+            "drop" => true,
+            _ => return None,
+        };
+        Some(Intent {
+            version: version.to_owned(),
+            dropped,
+        })
+    }
+}
+
+/// `pack.NAME.I-of-N`: pack names are `[A-Za-z0-9._-]`, all valid in keys.
+pub fn intent_key(pack: &str, shard: Shard) -> String {
+    format!("pack.{pack}.{}-of-{}", shard.index, shard.count)
+}
+
+fn pack_of_key(key: &str, shard: Shard) -> Option<&str> {
+    key.strip_prefix("pack.")?
+        .strip_suffix(&format!(".{}-of-{}", shard.index, shard.count))
+}
+
+pub fn object_name(pack: &str, shard: Shard, version: &str) -> String {
+    format!("{pack}/shard-{}-of-{}/{version}", shard.index, shard.count)
+}
+
+/// Why a fleet-wide change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetChangeError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    LineItems(#[from] crate::line_items::LineItemError),
+    /// NATS or JetStream did not take the change: nothing was changed.
+    #[error("the fleet did not take the change, nothing changed: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Precondition(String),
+}
+
+/// The buckets, this replica's shard and the parts a change goes through.
+pub struct PackSync {
+    objects: object_store::ObjectStore,
+    intents: kv::Store,
+    shard: Shard,
+    catalog: Arc<Catalog>,
+    line_items: Arc<LineItemRegistry>,
+    /// Pack name → what the fleet intends for this shard (for Status).
+    intended: Mutex<BTreeMap<String, Intent>>,
+    intended_line_items: Mutex<Option<PutLineItemsRequest>>,
+    /// One change at a time on this replica: publish and local apply, or a
+    /// reconcile, never interleaved.
+    change_lock: tokio::sync::Mutex<()>,
+}
+
+/// How the buckets are named and replicated.
+pub struct PackSyncStart<'a> {
+    pub context: &'a jetstream::Context,
+    pub packs_bucket: &'a str,
+    pub kv_bucket: &'a str,
+    pub replicas: usize,
+    pub shard: Shard,
+    pub catalog: Arc<Catalog>,
+    pub line_items: Arc<LineItemRegistry>,
+}
+
+/// Opens the buckets over a joined fleet's connection, sets `joined` (from
+/// then on admin changes go through the fleet) and starts watching until
+/// `stop`. Returns the watcher task.
+pub async fn join(
+    fleet: &super::Fleet,
+    settings: &super::FleetSettings,
+    shard: Shard,
+    catalog: Arc<Catalog>,
+    line_items: Arc<LineItemRegistry>,
+    joined: &std::sync::OnceLock<Arc<PackSync>>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let context = fleet.jetstream();
+    let sync = PackSync::open(PackSyncStart {
+        context: &context,
+        packs_bucket: &settings.fleet_packs_bucket,
+        kv_bucket: &settings.fleet_kv_bucket,
+        replicas: usize::from(settings.fleet_replicas),
+        shard,
+        catalog,
+        line_items,
+    })
+    .await?;
+    let _ = joined.set(sync.clone());
+    info!(packs_bucket = %settings.fleet_packs_bucket, kv_bucket = %settings.fleet_kv_bucket, shard = %shard, "sharing packs and line items with the fleet");
+    Ok(tokio::spawn(sync.run(stop)))
+}
+
+impl PackSync {
+    /// Opens (creating when missing) both buckets.
+    pub async fn open(start: PackSyncStart<'_>) -> anyhow::Result<Arc<PackSync>> {
+        let context = start.context;
+        let objects = match context.get_object_store(start.packs_bucket).await {
+            Ok(objects) => objects,
+            Err(_) => context
+                .create_object_store(object_store::Config {
+                    bucket: start.packs_bucket.to_owned(),
+                    description: Some("segd pack files, NAME/shard-I-of-N/VERSION".to_owned()),
+                    num_replicas: start.replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("create object store {}", start.packs_bucket))?,
+        };
+        let intents = match context.get_key_value(start.kv_bucket).await {
+            Ok(intents) => intents,
+            Err(_) => context
+                .create_key_value(kv::Config {
+                    bucket: start.kv_bucket.to_owned(),
+                    description: "segd fleet intents: pack versions and line items".to_owned(),
+                    history: 5,
+                    num_replicas: start.replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("create key-value bucket {}", start.kv_bucket))?,
+        };
+        Ok(Arc::new(PackSync {
+            objects,
+            intents,
+            shard: start.shard,
+            catalog: start.catalog,
+            line_items: start.line_items,
+            intended: Mutex::new(BTreeMap::new()),
+            intended_line_items: Mutex::new(None),
+            change_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// What the fleet intends for this shard, per pack name.
+    pub fn intended(&self) -> BTreeMap<String, Intent> {
+        self.intended.lock().clone()
+    }
+
+    pub fn intended_line_items_version(&self) -> Option<String> {
+        self.intended_line_items
+            .lock()
+            .as_ref()
+            .map(|request| request.version.clone())
+    }
+
+    /// Verifies the staged upload (whole, and of this replica's shard),
+    /// stores the file and the intent, then serves it here from the upload.
+    pub async fn push(
+        &self,
+        staged: StagedFile,
+        allow_older_version: bool,
+    ) -> Result<PushOutcome, FleetChangeError> {
+        let _change = self.change_lock.lock().await;
+        let (staged, pack_bytes, header) = {
+            let catalog = self.catalog.clone();
+            blocking(move || {
+                let pack_bytes =
+                    std::fs::read(staged.path()).map_err(|source| CatalogError::Io {
+                        context: format!("read {}", staged.path().display()),
+                        source,
+                    })?;
+                let header = catalog.check_push(&pack_bytes, allow_older_version)?;
+                Ok((staged, pack_bytes, header))
+            })
+            .await?
+        };
+        let object = object_name(&header.name, self.shard, &header.version);
+        self.objects
+            .put(object.as_str(), &mut pack_bytes.as_slice())
+            .await
+            .map_err(|error| unavailable(&format!("store {object}"), error))?;
+        drop(pack_bytes);
+        let intent = Intent {
+            version: header.version.clone(),
+            dropped: false,
+        };
+        self.publish_intent(&header.name, &intent).await?;
+        let catalog = self.catalog.clone();
+        let outcome = blocking(move || {
+            Ok(catalog.push_staged(staged, allow_older_version, crate::unix_now_seconds())?)
+        })
+        .await?;
+        info!(pack = ?outcome.pack, version = ?outcome.version, shard = %self.shard, "pack pushed to the fleet");
+        Ok(outcome)
+    }
+
+    /// Serves the previous version of `pack` on every replica of this shard.
+    pub async fn rollback(&self, pack: String) -> Result<RollbackOutcome, FleetChangeError> {
+        let _change = self.change_lock.lock().await;
+        let previous = self
+            .catalog
+            .previous_version(&pack)
+            .ok_or_else(|| CatalogError::NoPreviousVersion(pack.clone()))?;
+        let object = object_name(&pack, self.shard, &previous);
+        if self.objects.info(&object).await.is_err() {
+            return Err(FleetChangeError::Precondition(format!(
+                "version {previous:?} of pack {pack:?} is not in the fleet's pack bucket (pushed before fleet mode?): push it again"
+            )));
+        }
+        let intent = Intent {
+            version: previous,
+            dropped: false,
+        };
+        self.publish_intent(&pack, &intent).await?;
+        let catalog = self.catalog.clone();
+        blocking(move || Ok(catalog.rollback(&pack, crate::unix_now_seconds())?)).await
+    }
+
+    /// Stops serving `pack` on every replica of this shard.
+    pub async fn drop_pack(&self, pack: String) -> Result<u64, FleetChangeError> {
+        let _change = self.change_lock.lock().await;
+        let served = self.catalog.store().load_full();
+        let version = served
+            .pack(&pack)
+            .map(|loaded| loaded.version.clone())
+            .ok_or_else(|| CatalogError::NoSuchPack(pack.clone()))?;
+        let intent = Intent {
+            version,
+            dropped: true,
+        };
+        self.publish_intent(&pack, &intent).await?;
+        let catalog = self.catalog.clone();
+        blocking(move || Ok(catalog.drop_pack(&pack)?)).await
+    }
+
+    /// Registers line items on every replica (of every shard).
+    pub async fn put_line_items(
+        &self,
+        request: PutLineItemsRequest,
+    ) -> Result<crate::line_items::PutOutcome, FleetChangeError> {
+        let _change = self.change_lock.lock().await;
+        crate::line_items::LineItemRegistry::check(&request)?;
+        self.intents
+            .put(LINE_ITEMS_KEY, request.encode_to_vec().into())
+            .await
+            .map_err(|error| unavailable("store the line items", error))?;
+        *self.intended_line_items.lock() = Some(request.clone());
+        let registry = self.line_items.clone();
+        blocking(move || Ok(registry.put(request)?)).await
+    }
+
+    async fn publish_intent(&self, pack: &str, intent: &Intent) -> Result<(), FleetChangeError> {
+        let key = intent_key(pack, self.shard);
+        self.intents
+            .put(&key, intent.encode().into())
+            .await
+            .map_err(|error| unavailable(&format!("store intent {key}"), error))?;
+        self.intended.lock().insert(pack.to_owned(), intent.clone());
+        Ok(())
+    }
+
+    /// Watches this shard's intents and the line items until `stop`,
+    /// reconciling after every change and every second.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(RECONCILE_EVERY);
+        let shard_keys = format!("pack.*.{}-of-{}", self.shard.index, self.shard.count);
+        loop {
+            let watched = self
+                .intents
+                .watch_many_with_history([shard_keys.as_str(), LINE_ITEMS_KEY])
+                .await;
+            let mut entries = match watched {
+                Ok(entries) => entries,
+                Err(error) => {
+                    warn!(error = %error, "cannot watch the fleet's intents yet; retrying");
+                    tokio::select! {
+                        _ = ticker.tick() => continue,
+                        () = stopped(&mut stop) => return,
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    entry = entries.next() => match entry {
+                        Some(Ok(entry)) => {
+                            self.note(&entry);
+                            self.reconcile().await;
+                        }
+                        Some(Err(error)) => {
+                            warn!(error = %error, "fleet intent watch failed; watching again");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = ticker.tick() => self.reconcile().await,
+                    () = stopped(&mut stop) => return,
+                }
+            }
+        }
+    }
+
+    /// Records a watched entry as the intended state.
+    fn note(&self, entry: &kv::Entry) {
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        if entry.key == LINE_ITEMS_KEY {
+            match PutLineItemsRequest::decode(entry.value.as_ref()) {
+                Ok(request) => *self.intended_line_items.lock() = Some(request),
+                Err(error) => {
+                    warn!(error = %error, "undecodable line items in the fleet bucket, ignored")
+                }
+            }
+            return;
+        }
+        let Some(pack) = pack_of_key(&entry.key, self.shard) else {
+            return;
+        };
+        match Intent::decode(&entry.value) {
+            Some(intent) => {
+                self.intended.lock().insert(pack.to_owned(), intent);
+            }
+            None => warn!(key = %entry.key, "undecodable fleet intent, ignored"),
+        }
+    }
+
+    /// Brings this replica to the intended state; failures are logged and
+    /// retried on the next tick.
+    async fn reconcile(&self) {
+        let _change = self.change_lock.lock().await;
+        let intended = self.intended();
+        for (pack, intent) in intended {
+            if let Err(error) = self.reconcile_pack(&pack, &intent).await {
+                warn!(pack = %pack, version = %intent.version, error = %error, "cannot serve the fleet's version yet; retrying");
+            }
+        }
+        let line_items = self.intended_line_items.lock().clone();
+        if let Some(request) = line_items
+            && request.version != self.line_items.load().version
+        {
+            let registry = self.line_items.clone();
+            let version = request.version.clone();
+            match blocking(move || Ok(registry.put(request)?)).await {
+                Ok(_) => info!(version = %version, "line items of the fleet registered"),
+                Err(error) => {
+                    warn!(version = %version, error = %error, "cannot register the fleet's line items")
+                }
+            }
+        }
+    }
+
+    async fn reconcile_pack(&self, pack: &str, intent: &Intent) -> Result<(), FleetChangeError> {
+        let served = self
+            .catalog
+            .store()
+            .load_full()
+            .pack(pack)
+            .map(|loaded| loaded.version.clone());
+        if intent.dropped {
+            if served.as_deref() == Some(intent.version.as_str()) {
+                let (catalog, name) = (self.catalog.clone(), pack.to_owned());
+                blocking(move || Ok(catalog.drop_pack(&name)?)).await?;
+                info!(pack = %pack, "pack dropped by the fleet");
+            }
+            return Ok(());
+        }
+        if served.as_deref() == Some(intent.version.as_str()) {
+            return Ok(());
+        }
+        let object = object_name(pack, self.shard, &intent.version);
+        let mut bytes = Vec::new();
+        let mut reader = self
+            .objects
+            .get(&object)
+            .await
+            .map_err(|error| unavailable(&format!("fetch {object}"), error))?;
+        reader
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|error| unavailable(&format!("read {object}"), error))?;
+        let catalog = self.catalog.clone();
+        let outcome =
+            blocking(move || Ok(catalog.push(bytes, true, crate::unix_now_seconds())?)).await?;
+        info!(pack = %outcome.pack, version = %outcome.version, generation = outcome.generation, "pack of the fleet served");
+        Ok(())
+    }
+}
+
+/// The refusal reason a failed fleet change is counted under.
+pub fn refusal_of(error: &FleetChangeError) -> crate::api::outcomes::Refusal {
+    use crate::api::outcomes::Refusal;
+    match error {
+        FleetChangeError::Catalog(error) => Refusal::from(error),
+        FleetChangeError::LineItems(_) => Refusal::InvalidPack,
+        FleetChangeError::Unavailable(_) => Refusal::Storage,
+        FleetChangeError::Precondition(_) => Refusal::NoPreviousVersion,
+    }
+}
+
+/// Resolves once `stop` is true; the watch guard never outlives it (it is
+/// not `Send`, and the watcher runs on the runtime).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> FleetChangeError {
+    FleetChangeError::Unavailable(format!("{what}: {error}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FleetChangeError> + Send + 'static,
+) -> Result<T, FleetChangeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| FleetChangeError::Unavailable(format!("fleet task failed: {error}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents_and_keys_round_trip() {
+        for intent in [
+            Intent {
+                version: "v10".into(),
+                dropped: false,
+            },
+            Intent {
+                version: "2026-12-01 a".into(),
+                dropped: true,
+            },
+        ] {
+            assert_eq!(Intent::decode(intent.encode().as_bytes()), Some(intent));
+        }
+        assert_eq!(Intent::decode(b"serve"), None);
+        assert_eq!(Intent::decode(b"keep v1"), None);
+        let shard = Shard { index: 1, count: 2 };
+        let key = intent_key("crm.eu", shard);
+        assert_eq!(key, "pack.crm.eu.1-of-2");
+        assert_eq!(pack_of_key(&key, shard), Some("crm.eu"));
+        assert_eq!(pack_of_key(&key, Shard { index: 0, count: 2 }), None);
+        assert_eq!(object_name("crm", shard, "v3"), "crm/shard-1-of-2/v3");
+    }
+}

@@ -1,0 +1,141 @@
+//! Pack file format, version 2: the layout the server queries, stored as is,
+//! so a pack is memory-mapped and served in place (see `mapped`); the
+//! invariants the writer produces and the checked reader (`view`) enforces.
+//!
+//! Version 1 (`format`) stores only the exchange data (dictionary, bitmaps,
+//! recency columns) and the server derives its lookup tables at load: 7–8 ms
+//! of CPU and a heap copy per 1M memberships. Version 2 stores those tables:
+//! the radix directory over the user dictionary and the user-major index,
+//! each aligned for direct use. The roaring *portable* bitmaps stay in the
+//! file (the exchange format other tools read) but lookups never touch them;
+//! recency lives only in the index (one copy, as in memory).
+//!
+//! This module only describes; it never does I/O.
+//!
+//! # Layout
+//!
+//! All integers are little-endian; strings are UTF-8 prefixed by a `u8`
+//! length; every checksum is xxh3-64, seed 0. Every section starts at a
+//! multiple of 8 from the start of the file (so at an aligned address in a
+//! mapping); the gap before it is zero bytes (at most 7). The whole-file
+//! checksum in the footer is checked on every load in one pass; each section
+//! also carries its own checksum in the section table, checked only when the
+//! whole-file checksum fails, to name the damaged section.
+//!
+//! | offset / size | field | notes |
+//! | --- | --- | --- |
+//! | **preamble** | | |
+//! | 0, 8 | magic | `SEGDPACK` |
+//! | 8, 4 | format version `u32` | 2 |
+//! | **header** | | |
+//! | 12, 4 | `header_bytes` `u32` | bytes 0 up to the header checksum; a multiple of 8 |
+//! | 16, 8 | `built_at_unix_seconds` `i64` | |
+//! | 24, 4 | `user_count` `u32` | |
+//! | 28, 4 | `segment_count` `u32` | at most 65,535 |
+//! | 32, 8 | `membership_count` `u64` | at most `u32::MAX` (index starts are `u32`) |
+//! | 40, 4 | `shard_index` `u32` | below `shard_count`; 0 when unsharded |
+//! | 44, 4 | `shard_count` `u32` | at least 1; 1 = unsharded (reserved for sharding) |
+//! | 48, 1 | `radix_bits` `u8` | bits of the radix directory; must equal `radix_bits_for(user_count)` |
+//! | 49, 7 | reserved | zero |
+//! | 56, 1 + n | pack name | as in v1 |
+//! | .., 1 + n | pack version | as in v1 |
+//! | .. | padding | zero bytes up to `header_bytes` |
+//! | `header_bytes`, 8 | header checksum | over bytes 0 up to here |
+//! | **section table** | | 6 entries in this order, 24 bytes each |
+//! | +0, 8 | `offset` `u64` | where the section starts; a multiple of 8 |
+//! | +8, 8 | `bytes` `u64` | its length |
+//! | +16, 8 | `checksum` `u64` | of its bytes |
+//! | .., 8 | section table checksum | over the 6 entries |
+//! | **sections** | | each at the first multiple of 8 at or after the end of the one before |
+//! | 0: fingerprints | 8 × `user_count` | `u64`, strictly ascending; ordinal = index |
+//! | 1: radix directory | 4 × (2^`radix_bits` + 1) | `u32`; entry `b` = first ordinal whose fingerprint's top `radix_bits` bits are `>= b`; the last = `user_count` |
+//! | 2: index starts | 4 × (`user_count` + 1) | `u32`; user `u`'s entries are `starts[u]..starts[u+1]`; first 0, non-decreasing, last `membership_count` |
+//! | 3: index entries | 4 × `membership_count` | per entry `slot` `u16` (index into the segment table) then `hours_ago` `u16` (hours before `built_at` the member was last seen, rounded toward older); within a user, slots strictly ascending and below `segment_count`; `hours_ago` is 0 unless the segment has recency |
+//! | 4: segment table | variable | `segment_count` entries exactly as in v1 (id, TTL, member count, bitmap bytes, flags, name, kind); ids strictly ascending; flag bit 0 = recency; member counts equal the entries per slot and sum to `membership_count` |
+//! | 5: bitmaps | Σ bitmap bytes | per segment in table order, its members (user ordinals) in the roaring portable serialization; must agree with the index |
+//! | **footer** | 24 bytes | at the first multiple of 8 after the bitmaps; the last bytes in the file |
+//! | .., 8 | total length `u64` | of the whole file |
+//! | .., 8 | end magic | `KCAPDGES` |
+//! | .., 8 | file checksum | over every byte before it |
+//!
+//! # What a checked load verifies, and what only a full read does
+//!
+//! The server's load (`view::PackView::open`) checks the file checksum (one
+//! pass at memory speed), then every structural rule that makes later
+//! accesses in bounds and answers consistent: each offset, length and
+//! alignment above, the header fields, fingerprints ascending, the directory
+//! exactly as derived from them, index starts monotone and ending at the
+//! membership count, each entry's slot in range and ascending within its
+//! user, the per-slot entry counts against the segment table, and recency
+//! only where flagged. It does not decode the bitmaps: agreement between
+//! bitmaps and index is the writer's promise, covered by the checksum
+//! against damage. `read_pack` (tools, `segctl inspect`) decodes the
+//! bitmaps and refuses a file whose bitmaps and index disagree.
+//!
+//! # Size: why the index is 4 bytes an entry
+//!
+//! Measured on `benches/pack_load.rs`' realistic pack (1M users, 50
+//! segments, 5.0M memberships, 80% with recency): per user the file holds
+//! 8 bytes of fingerprint, ~1 of directory and 4 of index start (13 bytes,
+//! 2.6 per membership at 5 a user); per membership 4 bytes of index entry and
+//! ~0.9 of bitmap: ~7.5 bytes a membership, of which ~6.6 are what lookups
+//! touch. A split layout (slots and hours in separate columns, hours
+//! omitted for packs without recency) saves 2 bytes a membership only for
+//! packs with no recency at all, and costs a second cache miss per user
+//! when there is; `u8` slots (packs of at most 256 segments) would need
+//! unaligned 3-byte entries. Slot and hours side by side, 4 bytes, is what
+//! a lookup reads in one cache line.
+
+/// The format version of this layout.
+pub const FORMAT_VERSION_V2: u32 = 2;
+
+/// Header bytes before the two strings.
+pub(crate) const HEADER_FIXED_BYTES: usize = 56;
+/// The most `header_bytes` can be: two 255-byte strings, padded.
+pub(crate) const MAX_HEADER_BYTES: usize = (HEADER_FIXED_BYTES + 2 * 256).next_multiple_of(8);
+
+/// Sections in file order; their index in the section table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Section {
+    Fingerprints = 0,
+    RadixDirectory = 1,
+    IndexStarts = 2,
+    IndexEntries = 3,
+    SegmentTable = 4,
+    Bitmaps = 5,
+}
+
+pub(crate) const SECTIONS: [Section; 6] = [
+    Section::Fingerprints,
+    Section::RadixDirectory,
+    Section::IndexStarts,
+    Section::IndexEntries,
+    Section::SegmentTable,
+    Section::Bitmaps,
+];
+pub(crate) const SECTION_ENTRY_BYTES: usize = 24;
+pub(crate) const SECTION_TABLE_BYTES: usize = SECTIONS.len() * SECTION_ENTRY_BYTES;
+
+impl Section {
+    pub(crate) fn pack_section(self) -> super::PackSection {
+        use super::PackSection;
+        match self {
+            Section::Fingerprints => PackSection::UserDictionary,
+            Section::RadixDirectory => PackSection::RadixDirectory,
+            Section::IndexStarts => PackSection::IndexStarts,
+            Section::IndexEntries => PackSection::IndexEntries,
+            Section::SegmentTable => PackSection::SegmentTable,
+            Section::Bitmaps => PackSection::Bitmaps,
+        }
+    }
+}
+
+/// Where the section table starts for a given `header_bytes`.
+pub(crate) fn section_table_start(header_bytes: usize) -> usize {
+    header_bytes + super::format::CHECKSUM_BYTES
+}
+
+/// Where the first section starts.
+pub(crate) fn first_section_start(header_bytes: usize) -> usize {
+    section_table_start(header_bytes) + SECTION_TABLE_BYTES + super::format::CHECKSUM_BYTES
+}
