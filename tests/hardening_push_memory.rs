@@ -203,3 +203,30 @@ async fn pushes_run_one_at_a_time() {
     assert_eq!(second.version, "v2");
     segd.terminate();
 }
+
+/// A pushed file is verified from its staged copy; one whose checksums hold
+/// but whose content does not is bad input (`INVALID_ARGUMENT`), not damage
+/// of the server's own files (`DATA_LOSS`), and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_pack_that_does_not_verify_is_invalid_argument() {
+    let data = tempfile::tempdir().unwrap();
+    let segd = SegdProcess::start(data.path(), &[]).await;
+    let mut admin = admin_client(&format!("http://{}", segd.admin_addr), None).await;
+    common::push(&mut admin, &small_pack("v1"), false)
+        .await
+        .unwrap();
+    let lying = forge::with_membership_count(&small_pack("v2"), 7);
+    let refused = common::push(&mut admin, &lying, false)
+        .await
+        .expect_err("the segment table does not add up");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("malformed"), "{refused:?}");
+    let status = admin
+        .status(segd::proto::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.packs[0].version, "v1");
+    assert!(uploads_in(data.path()).is_empty());
+    segd.terminate();
+}

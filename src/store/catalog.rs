@@ -514,16 +514,17 @@ fn shard_of_header(header: &pack::PackHeader) -> Shard {
     }
 }
 
-/// Start-up load: a damaged served file is a storage problem naming the file.
+/// Loading a file of our own (start-up, rollback): one that no longer
+/// verifies is `Damaged` (DATA_LOSS), naming the file.
 fn load_pack_file(
     path: &Path,
     loaded_at_unix_seconds: i64,
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
     verify_pack_file(path, loaded_at_unix_seconds, threads).map_err(|error| match error {
-        CatalogError::Pack(error) => CatalogError::Io {
-            context: format!("load {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()),
+        CatalogError::Pack(source) => CatalogError::Damaged {
+            path: path.to_path_buf(),
+            source,
         },
         other => other,
     })
@@ -541,13 +542,14 @@ fn verify_pack_file(
     threads: BuildThreads,
 ) -> Result<LoadedPack, CatalogError> {
     // Format v2 is served in place from the mapping; v1 is decoded and indexed.
+    // A pushed file that does not verify is bad input (`Pack`); a file of
+    // our own is damage, which `load_pack_file` says.
     let bytes = PackBytes::map_file(path).map_err(io_error(format!("read {}", path.display())))?;
-    LoadedPack::from_bytes(Arc::new(bytes), loaded_at_unix_seconds, threads).map_err(|source| {
-        CatalogError::Damaged {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
+    Ok(LoadedPack::from_bytes(
+        Arc::new(bytes),
+        loaded_at_unix_seconds,
+        threads,
+    )?)
 }
 
 /// Pack names become file names: the one rule of [`pack::names`].

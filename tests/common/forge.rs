@@ -45,3 +45,24 @@ pub fn with_header_string(pack: &[u8], placeholder: &str, forged: &str) -> Vec<u
     bytes[file_checksum_at..].copy_from_slice(&file_checksum.to_le_bytes());
     bytes
 }
+
+/// `pack` with the header's membership count set to `membership_count` and
+/// the header and whole-file checksums recomputed: every checksum holds, the
+/// content does not.
+pub fn with_membership_count(pack: &[u8], membership_count: u64) -> Vec<u8> {
+    let format_version = u32::from_le_bytes(pack[8..12].try_into().unwrap());
+    let at = match format_version {
+        1 => 28,
+        2 => 32,
+        other => panic!("unknown pack format {other}"),
+    };
+    let mut bytes = pack.to_vec();
+    bytes[at..at + 8].copy_from_slice(&membership_count.to_le_bytes());
+    let header_end = header_bytes(&bytes);
+    let header_checksum = xxh3_64(&bytes[..header_end]);
+    bytes[header_end..header_end + 8].copy_from_slice(&header_checksum.to_le_bytes());
+    let file_checksum_at = bytes.len() - 8;
+    let file_checksum = xxh3_64(&bytes[..file_checksum_at]);
+    bytes[file_checksum_at..].copy_from_slice(&file_checksum.to_le_bytes());
+    bytes
+}
