@@ -529,3 +529,25 @@ async fn replicas_of_a_shard_share_its_caps_and_only_its_impressions() {
     assert_eq!(eventually_equal(&[&shard_0a, &shard_0b], 2).await[0].0, 2);
     assert_eq!(figures(&shard_1).await.0, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_nats_serves_once_nats_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = nats::single_not_started(&dir.path().join("nats"));
+    let url = node.url();
+    let data_dir = dir.path().join("a");
+    // SegdProcess::start returns once health says SERVING.
+    let starting = tokio::spawn(async move { replica(&data_dir, &url, "a", &[]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!starting.is_finished(), "SERVING before NATS was reachable");
+    node.restart();
+    let a = tokio::time::timeout(Duration::from_secs(20), starting)
+        .await
+        .expect("SERVING once NATS is up")
+        .expect("start task");
+    let mut on_a = a.segments().await;
+    let recorded = record(&mut on_a, impressions("user-1", "li:1", &ids("late", 0..2)))
+        .await
+        .expect("recorded");
+    assert_eq!(recorded.recorded, 2);
+}

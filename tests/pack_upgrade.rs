@@ -102,3 +102,42 @@ async fn a_round_one_data_directory_keeps_serving_after_the_upgrade() {
         vec![("crm".into(), "v1".into(), 400), site_events]
     );
 }
+
+/// A re-push of the served version is answered from its header: the body is
+/// never read, so even a damaged body after a valid header is "unchanged".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_push_of_the_served_version_stops_at_the_header() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::start(common::config(data_dir.path())).await;
+    let mut admin = server.admin().await;
+    let crm = ModelPack::random(9, "crm", "v5", BUILT_AT, 3000, 1..=40);
+    let bytes = crm.bytes();
+    assert!(
+        bytes.len() > 2 * (64 << 10),
+        "several chunks: {}",
+        bytes.len()
+    );
+    let first = common::push(&mut admin, &bytes, false).await.unwrap();
+    assert!(!first.unchanged);
+    let served = std::fs::read(data_dir.path().join("packs/crm.segpack")).unwrap();
+
+    let mut damaged_body = bytes.clone();
+    let middle = damaged_body.len() / 2;
+    damaged_body[middle] ^= 0xff;
+    let again = common::push(&mut admin, &damaged_body, false)
+        .await
+        .unwrap();
+    assert!(again.unchanged);
+    assert_eq!(again.generation, first.generation);
+    assert_eq!(
+        std::fs::read(data_dir.path().join("packs/crm.segpack")).unwrap(),
+        served
+    );
+    // A new version with the same damage is refused: the body is checked then.
+    let mut next = ModelPack::random(9, "crm", "v6", BUILT_AT, 3000, 1..=40).bytes();
+    let middle = next.len() / 2;
+    next[middle] ^= 0xff;
+    assert!(common::push(&mut admin, &next, false).await.is_err());
+    let mut client = server.segments().await;
+    assert_answers(&mut client, &Model::new(vec![crm])).await;
+}

@@ -186,13 +186,36 @@ impl Admin for AdminService {
             .await
             .inspect_err(|_| refused(Refusal::Storage))?;
         let mut chunks = request.into_inner();
-        let upload = push::receive(&mut chunks, staged, self.max_push_bytes)
+        let served_catalog = self.catalog.clone();
+        let is_served = |header: &crate::pack::PackHeader| {
+            served_catalog
+                .unchanged_push(&header.name, &header.version)
+                .is_some()
+        };
+        let received = push::receive(&mut chunks, staged, self.max_push_bytes, is_served)
             .await
             .map_err(|refusal| {
                 tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");
                 refused(refusal.refusal);
                 refusal.status
             })?;
+        let upload = match received {
+            push::Received::Upload(upload) => upload,
+            push::Received::Unchanged(header) => {
+                // Still served (a change since is a race with another push:
+                // the caller retries).
+                let outcome = self
+                    .catalog
+                    .unchanged_push(&header.name, &header.version)
+                    .ok_or_else(|| {
+                        Status::aborted(
+                            "snapshot: the served version changed during the push; retry",
+                        )
+                    })?;
+                self.changes.record_ok(PackChange::Push, true);
+                return Ok(Response::new(push_reply(outcome)));
+            }
+        };
         if let Some(fleet) = self.fleet()? {
             let outcome = fleet
                 .push(upload.staged, upload.allow_older_version)

@@ -81,13 +81,26 @@ pub struct Upload {
     pub allow_older_version: bool,
 }
 
+/// How a push stream ended.
+pub enum Received {
+    /// The whole pack is in the staged file, for the catalog to verify.
+    Upload(Upload),
+    /// The header names the version already served: the rest of the stream
+    /// was not read (nor written, nor verified) and the staged file removed.
+    Unchanged(pack::PackHeader),
+}
+
 /// Streams `chunks` into `staged`, refusing early what cannot be a pack, and
 /// anything over `max_push_bytes`. On a refusal the staged file is removed.
+/// As soon as the header is complete, `is_served` is asked whether its pack
+/// and version are the ones served: a no-op re-push then stops there, so it
+/// costs the readers nothing but its first chunk.
 pub async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     mut staged: StagedFile,
     max_push_bytes: u64,
-) -> Result<Upload, UploadRefused> {
+    is_served: impl Fn(&pack::PackHeader) -> bool,
+) -> Result<Received, UploadRefused> {
     let file = staged.take_file().expect("a new upload has its file");
     let mut file = tokio::fs::File::from_std(file);
     let mut header = HeaderCheck::default();
@@ -104,9 +117,13 @@ pub async fn receive(
                 )),
             ));
         }
-        header
+        if let Some(verified) = header
             .update(&chunk.data)
-            .map_err(UploadRefused::invalid_pack)?;
+            .map_err(UploadRefused::invalid_pack)?
+            && is_served(&verified)
+        {
+            return Ok(Received::Unchanged(verified));
+        }
         footer.update(&chunk.data);
         file.write_all(&chunk.data)
             .await
@@ -124,10 +141,10 @@ pub async fn receive(
         .await
         .map_err(|error| UploadRefused::storage(&staged, error))?;
     drop(file.into_std().await);
-    Ok(Upload {
+    Ok(Received::Upload(Upload {
         staged,
         allow_older_version,
-    })
+    }))
 }
 
 /// Collects the first bytes until the header can be judged.
@@ -138,9 +155,10 @@ struct HeaderCheck {
 }
 
 impl HeaderCheck {
-    fn update(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+    /// The header, the first time it is complete and verified.
+    fn update(&mut self, bytes: &[u8]) -> Result<Option<pack::PackHeader>, PackError> {
         if self.verified {
-            return Ok(());
+            return Ok(None);
         }
         let room = MAX_HEADER_PREFIX_BYTES - self.prefix.len();
         self.prefix
@@ -150,10 +168,10 @@ impl HeaderCheck {
                 crate::pack::names::check_header_labels(&header)?;
                 self.verified = true;
                 self.prefix = Vec::new();
-                Ok(())
+                Ok(Some(header))
             }
             Err(PackError::Truncated { .. }) if self.prefix.len() < MAX_HEADER_PREFIX_BYTES => {
-                Ok(())
+                Ok(None)
             }
             Err(error) => Err(error),
         }

@@ -353,6 +353,23 @@ impl Catalog {
         self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
     }
 
+    /// The answer to a push of `version` of pack `name` when that version is
+    /// the one served: success, nothing changed (batch jobs retry). `None`
+    /// when it is not served.
+    pub fn unchanged_push(&self, name: &str, version: &str) -> Option<PushOutcome> {
+        let state = self.store.load_full();
+        let served = state.pack(name)?;
+        (served.version == version).then(|| PushOutcome {
+            pack: served.name.clone(),
+            version: served.version.clone(),
+            segments: served.segments.len() as u32,
+            users: served.users(),
+            memberships: served.memberships(),
+            generation: state.generation,
+            unchanged: true,
+        })
+    }
+
     /// Verifies the staged upload whole, from its file, and, when it is new,
     /// rotates it in and serves it. A refused or failed push changes nothing:
     /// the served and previous files stay, and the upload is removed.
@@ -364,7 +381,15 @@ impl Catalog {
     ) -> Result<PushOutcome, CatalogError> {
         // The header alone says the shard: refuse before the whole file is read.
         self.check_shard(staged.path())?;
-        // Pushes happen while serving: one core builds, the rest keep answering.
+        // The header alone (its own checksum) names the pack and version: a
+        // re-push of the served version is answered before the body is read.
+        let header = pack::read_header_file(staged.path())?;
+        if let Some(outcome) = self.unchanged_push(&header.name, &header.version) {
+            return Ok(outcome);
+        }
+        // Pushes happen while serving: a v1 index is built on one core, the
+        // rest keep answering; a v2 pack is checked in one pass and served
+        // from the mapped file.
         let loaded = Arc::new(verify_pack_file(
             staged.path(),
             loaded_at_unix_seconds,
@@ -504,8 +529,12 @@ fn load_pack_file(
     })
 }
 
-/// Reads and verifies a pack file whole (checksums, structure) and builds
-/// its serving tables: the one verify step of pushes and loads.
+/// Verifies a pack file with a checked load and makes it servable: the one
+/// verify step of pushes and loads. The file is memory-mapped: a v2 pack is
+/// then served from the mapping (one checksum pass plus structural checks,
+/// nothing decoded); a v1 pack is decoded and indexed and the mapping dropped.
+/// Sound because files in the packs directory are only ever replaced by
+/// rename, never written in place (see `pack::mapped`).
 fn verify_pack_file(
     path: &Path,
     loaded_at_unix_seconds: i64,

@@ -143,16 +143,21 @@ fn base_args(store: &Path, client_port: u16, monitor_port: u16) -> Vec<String> {
 
 /// A single JetStream node storing under `store`.
 pub fn single(store: &Path) -> NatsNode {
+    let mut node = single_not_started(store);
+    node.restart();
+    node.wait_healthy(Duration::from_secs(10));
+    node
+}
+
+/// A single node with its ports chosen but not started yet (`restart` starts it).
+pub fn single_not_started(store: &Path) -> NatsNode {
     let (client_port, monitor_port) = (free_port(), free_port());
-    let mut node = NatsNode {
+    NatsNode {
         client_port,
         monitor_port,
         args: base_args(store, client_port, monitor_port),
         child: None,
-    };
-    node.spawn();
-    node.wait_healthy(Duration::from_secs(10));
-    node
+    }
 }
 
 /// A three-node JetStream cluster storing under `store`/n{0,1,2}, healthy
