@@ -128,6 +128,7 @@ fn write_shards(
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     for (index, pack) in builder.finish_shards(shard_count).enumerate() {
         let pack = pack?;
         let shard = segd::pack::ShardSpec {
