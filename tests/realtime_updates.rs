@@ -416,3 +416,47 @@ async fn a_refused_batch_applies_nothing() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_forgets_for_users_of_another_shard_are_refused() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = config(data_dir.path());
+    settings.sharding.shard = segd::shard::Shard::new(1, 3).unwrap();
+    let server = TestServer::start(settings).await;
+    let mut admin = server.admin().await;
+    let user_of = |wanted: u32| {
+        (0..)
+            .map(|number| format!("user-{number}"))
+            .find(|id| segd::shard::shard_of_user(id, 3) == wanted)
+            .unwrap()
+    };
+    let (mine, theirs) = (user_of(1), user_of(0));
+    let error = update(&mut admin, vec![add(&mine, 1, 0, 0), add(&theirs, 1, 0, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::FailedPrecondition,
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().starts_with("updates[1].user_id: "),
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().contains("belongs to shard 0/3"),
+        "{}",
+        error.message()
+    );
+    let error = forget(&mut admin, &[&theirs]).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert!(
+        error.message().starts_with("user_ids[0]: "),
+        "{}",
+        error.message()
+    );
+    assert_eq!(realtime_status(&mut admin).await.forgotten_users, 0);
+    server.stop().await;
+}

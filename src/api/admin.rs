@@ -408,6 +408,7 @@ impl Admin for AdminService {
         let updates = crate::api::realtime::updates_from_wire(
             &self.limits,
             self.max_updates_per_request,
+            self.shard,
             &request.into_inner().updates,
         )?;
         let realtime = self.realtime()?;
@@ -426,6 +427,7 @@ impl Admin for AdminService {
         let fingerprints = crate::api::realtime::forgets_from_wire(
             &self.limits,
             self.max_updates_per_request,
+            self.shard,
             &request.into_inner().user_ids,
         )?;
         let realtime = self.realtime()?;
