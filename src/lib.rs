@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //!
-//! - [`pack`]: the pack file format: builder from TSV, writer, checked reader.
+//! - [`pack`]: the pack file formats (v1, and v2 served in place from a
+//!   memory-mapped file), builder from TSV, writers, checked readers.
 //!   Knows nothing of gRPC or tokio.
 //! - [`store`]: the serving state: user dictionaries, the user-major index,
 //!   lookups, and the `ArcSwap` that hot-swaps generations.
@@ -45,7 +46,8 @@
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
-// `deny`, not `forbid`: `memory` holds the one allowed FFI call.
+// `deny`, not `forbid`: `memory` holds the one allowed FFI call and
+// `pack::mapped` the memory mapping of pack files, each with `// SAFETY:`.
 #![deny(unsafe_code)]
 
 pub mod api;

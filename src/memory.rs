@@ -5,7 +5,8 @@
 //! glibc keeps such freed chunks in its arenas, so without a trim the
 //! process's resident memory stays ~40 % above what the served data needs
 //! (measured: 1.66x the pack file's size at 10M users instead of ~1.2x).
-//! This is the crate's only `unsafe`: one FFI call.
+//! One FFI call, one of the crate's two `unsafe` modules (the other is
+//! `pack::mapped`, the mapping of pack files).
 
 /// Returns free heap pages of every malloc arena to the OS. Runs in the
 /// caller's thread and can take tens of milliseconds: call it off the request

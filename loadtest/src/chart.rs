@@ -546,6 +546,8 @@ mod tests {
             generations_seen: Some((2, 3)),
             redis_used_memory_bytes: None,
             generator_cpu_cores: None,
+            server_cpu_seconds: None,
+            server_cpu_us_per_request: None,
             timeline: (1..=4)
                 .map(|second| TimelinePoint {
                     second,

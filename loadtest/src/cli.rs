@@ -222,6 +222,11 @@ pub struct RunArgs {
     /// Milliseconds between lag probes with --observe-addr.
     #[arg(long, default_value_t = 20)]
     pub observe_interval_ms: u64,
+    /// Process id of the server under load when it runs on this machine:
+    /// its CPU seconds (user + system, from /proc/PID/stat) over the measured
+    /// window are reported per request.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -160,6 +160,10 @@ pub struct Report {
     /// CPU the load generator itself used, in cores (user + system over wall
     /// time, whole run): on a 2-core box it competes with the server.
     pub generator_cpu_cores: Option<f64>,
+    /// CPU seconds the server process (`--server-pid`) used in the measured
+    /// window, and that per request.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_us_per_request: Option<f64>,
     pub timeline: Vec<TimelinePoint>,
     pub percentile_curve: Vec<CurvePoint>,
 }
@@ -167,7 +171,16 @@ pub struct Report {
 /// User + system CPU seconds of this process, from `/proc/self/stat` (Linux;
 /// `None` elsewhere). Fields 14 and 15 are in USER_HZ ticks, 100 a second.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_from("/proc/self/stat")
+}
+
+/// [`process_cpu_seconds`] of another process on this machine.
+pub fn process_cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds_from(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_from(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may contain spaces; fields resume after ')'.
     let after_name = &stat[stat.rfind(')')? + 2..];
     let mut fields = after_name.split_whitespace().skip(11);
@@ -306,6 +319,14 @@ impl Report {
         }
         if let Some(cores) = self.generator_cpu_cores {
             let _ = writeln!(text, "load generator used {cores:.2} cores");
+        }
+        if let (Some(seconds), Some(per_request)) =
+            (self.server_cpu_seconds, self.server_cpu_us_per_request)
+        {
+            let _ = writeln!(
+                text,
+                "server CPU {per_request:.1} µs per request ({seconds:.2} CPU seconds over the measured window)"
+            );
         }
         if let Some(bytes) = self.redis_used_memory_bytes {
             let _ = writeln!(

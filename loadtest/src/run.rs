@@ -273,7 +273,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .await
         })
     });
+    // The server's CPU over the measured window only (not the warm-up).
+    let server_cpu_at_measure_start = args.server_pid.map(|pid| {
+        let measure_from = run_start + Duration::from_secs(args.warmup);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            report::process_cpu_seconds_of(pid)
+        })
+    });
     let timeline = progress(&connection_stats, &schedule, args.warmup, total_seconds).await;
+    let server_cpu_at_measure_end = args.server_pid.and_then(report::process_cpu_seconds_of);
+    let server_cpu_at_measure_start = match server_cpu_at_measure_start {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
 
     let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
         while workers.join_next().await.is_some() {}
@@ -307,6 +320,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         redis_used_memory_bytes,
     );
     report.generator_cpu_cores = generator_cpu_cores;
+    if let (Some(start), Some(end)) = (server_cpu_at_measure_start, server_cpu_at_measure_end) {
+        report.server_cpu_seconds = Some(end - start);
+        report.server_cpu_us_per_request =
+            Some((end - start) * 1e6 / report.requests.max(1) as f64);
+    }
     if let Some(lag_task) = lag_task {
         report.fleet_lag = Some(lag_task.await.context("lag probe panicked")??);
     }
@@ -546,6 +564,8 @@ fn build_report(
         generations_seen,
         redis_used_memory_bytes,
         generator_cpu_cores: None,
+        server_cpu_seconds: None,
+        server_cpu_us_per_request: None,
         timeline,
         percentile_curve: report::percentile_curve(&latency),
     }
