@@ -185,11 +185,8 @@ impl Admin for AdminService {
             .inspect_err(|_| refused(Refusal::Storage))?;
         let mut chunks = request.into_inner();
         let served_catalog = self.catalog.clone();
-        let is_served = |header: &crate::pack::PackHeader| {
-            served_catalog
-                .unchanged_push(&header.name, &header.version)
-                .is_some()
-        };
+        let is_served =
+            |header: &crate::pack::PackHeader| served_catalog.unchanged_header(header).is_some();
         let received = push::receive(&mut chunks, staged, self.max_push_bytes, is_served)
             .await
             .map_err(|refusal| {

@@ -353,6 +353,16 @@ impl Catalog {
         self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
     }
 
+    /// A re-push of the served version judged from its header alone: same
+    /// name and version, and of this replica's shard (a pack of another shard
+    /// goes on to be refused, never answered "unchanged").
+    pub fn unchanged_header(&self, header: &pack::PackHeader) -> Option<PushOutcome> {
+        if shard_of_header(header) != self.shard {
+            return None;
+        }
+        self.unchanged_push(&header.name, &header.version)
+    }
+
     /// The answer to a push of `version` of pack `name` when that version is
     /// the one served: success, nothing changed (batch jobs retry). `None`
     /// when it is not served.
