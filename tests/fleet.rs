@@ -418,7 +418,7 @@ async fn with_nats_down_decide_answers_recording_is_unavailable_then_resumes() {
     );
 
     node.restart();
-    node.wait_healthy(Duration::from_secs(10));
+    node.wait_healthy(Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
     let resumed = loop {
         match record(

@@ -87,17 +87,30 @@ impl NatsNode {
         self.spawn();
     }
 
-    /// Polls the monitoring endpoint until JetStream reports healthy.
-    pub fn wait_healthy(&self, within: Duration) {
+    /// Polls the monitoring endpoint until JetStream reports healthy. A node
+    /// that exited meanwhile (seen once in CI: a restart on the same ports
+    /// while the box was loaded) is started again, and its exit status is
+    /// named if it never comes up.
+    pub fn wait_healthy(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
+        let mut last_exit = None;
         while Instant::now() < deadline {
             if http_get_ok(self.monitor_port, "/healthz") {
                 return;
             }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                last_exit = Some(status);
+                self.child = None;
+                self.spawn();
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!(
-            "nats-server on port {} not healthy within {within:?}",
+            "nats-server on port {} not healthy within {within:?} (last exit: {last_exit:?})",
             self.client_port
         );
     }
@@ -145,7 +158,7 @@ fn base_args(store: &Path, client_port: u16, monitor_port: u16) -> Vec<String> {
 pub fn single(store: &Path) -> NatsNode {
     let mut node = single_not_started(store);
     node.restart();
-    node.wait_healthy(Duration::from_secs(10));
+    node.wait_healthy(Duration::from_secs(30));
     node
 }
 
@@ -194,8 +207,8 @@ pub fn cluster(store: &Path) -> Vec<NatsNode> {
     for node in &mut nodes {
         node.spawn();
     }
-    for node in &nodes {
-        node.wait_healthy(Duration::from_secs(20));
+    for node in &mut nodes {
+        node.wait_healthy(Duration::from_secs(30));
     }
     nodes
 }
