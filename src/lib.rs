@@ -11,6 +11,8 @@
 //!   Knows nothing of gRPC or tokio.
 //! - [`store`]: the serving state: user dictionaries, the user-major index,
 //!   lookups, and the `ArcSwap` that hot-swaps generations.
+//! - [`frame`]: the checksummed record frame of the frequency log and the
+//!   real-time journal.
 //! - [`freq`]: frequency counters: sharded in-memory map, write-ahead log with
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
@@ -56,6 +58,7 @@ pub mod connections;
 pub mod decide;
 pub mod demo;
 pub mod fleet;
+pub mod frame;
 pub mod freq;
 pub mod freshness;
 pub mod le;

@@ -28,8 +28,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
 use crate::freq::FsyncPolicy;
 use crate::le::LeReader;
 use crate::store::{Forget, MemberOp, OverlayEntry};
@@ -37,7 +35,6 @@ use crate::store::{Forget, MemberOp, OverlayEntry};
 pub const JOURNAL_MAGIC: &[u8; 8] = b"SEGDRTJL";
 pub const JOURNAL_VERSION: u32 = 1;
 pub const JOURNAL_HEADER_BYTES: usize = 16;
-const FRAME_HEADER_BYTES: usize = 12;
 /// Longest payload a record may have; a longer length is damage.
 const MAX_PAYLOAD_BYTES: usize = 256 << 20;
 const UPDATE_ITEM_BYTES: usize = 37;
@@ -111,10 +108,7 @@ impl JournalRecord {
                 }
             }
         }
-        let payload_len = payload.len() as u32;
-        out.extend_from_slice(&payload_len.to_le_bytes());
-        out.extend_from_slice(&xxh3_64_with_seed(&payload, u64::from(payload_len)).to_le_bytes());
-        out.extend_from_slice(&payload);
+        crate::frame::write_frame(&payload, out);
     }
 }
 
@@ -187,22 +181,8 @@ pub fn decode_journal(bytes: &[u8]) -> Result<DecodedJournal, JournalCorrupt> {
 }
 
 fn decode_frame(bytes: &[u8]) -> Result<(JournalRecord, usize), String> {
-    let mut reader = LeReader::new(bytes);
-    if reader.ensure(FRAME_HEADER_BYTES).is_err() {
-        return Err("incomplete record header".to_owned());
-    }
-    let payload_len = reader.u32()? as usize;
-    let stored_checksum = reader.u64()?;
-    if payload_len > MAX_PAYLOAD_BYTES {
-        return Err(format!("record length {payload_len} exceeds the maximum"));
-    }
-    let Ok(payload) = reader.take(payload_len) else {
-        return Err("incomplete record payload".to_owned());
-    };
-    if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
-        return Err("record checksum mismatch".to_owned());
-    }
-    Ok((decode_payload(payload)?, FRAME_HEADER_BYTES + payload_len))
+    let (payload, frame_len) = crate::frame::read_frame(bytes, MAX_PAYLOAD_BYTES)?;
+    Ok((decode_payload(payload)?, frame_len))
 }
 
 fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {

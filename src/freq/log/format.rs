@@ -24,7 +24,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::freq::error::FreqError;
 use crate::le::LeReader;
@@ -36,7 +36,7 @@ pub const SEGMENT_VERSION: u32 = 1;
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// Bytes before each record's payload (length and checksum).
-pub const RECORD_HEADER_BYTES: usize = 12;
+pub const RECORD_HEADER_BYTES: usize = crate::frame::FRAME_HEADER_BYTES;
 /// Largest payload a record may have; longer lengths are damage.
 pub const MAX_RECORD_PAYLOAD_BYTES: usize = 256 << 20;
 
@@ -110,10 +110,7 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
 }
 
 pub(super) fn frame_payload(payload: &[u8], out: &mut Vec<u8>) {
-    let payload_len = payload.len() as u32;
-    out.extend_from_slice(&payload_len.to_le_bytes());
-    out.extend_from_slice(&xxh3_64_with_seed(payload, u64::from(payload_len)).to_le_bytes());
-    out.extend_from_slice(payload);
+    crate::frame::write_frame(payload, out);
 }
 
 /// The 32-byte header of a segment whose first record has `first_seq`.
@@ -234,23 +231,8 @@ fn decode_segment_header(header: &[u8]) -> Result<u64, String> {
 
 /// Decodes one frame at the start of `bytes`: the record and the frame's length.
 fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
-    let mut reader = LeReader::new(bytes);
-    if reader.ensure(RECORD_HEADER_BYTES).is_err() {
-        return Err("incomplete record header".to_owned());
-    }
-    let payload_len = reader.u32()? as usize;
-    let stored_checksum = reader.u64()?;
-    if payload_len > MAX_RECORD_PAYLOAD_BYTES {
-        return Err(format!("record length {payload_len} exceeds the maximum"));
-    }
-    let Ok(payload) = reader.take(payload_len) else {
-        return Err("incomplete record payload".to_owned());
-    };
-    if xxh3_64_with_seed(payload, payload_len as u64) != stored_checksum {
-        return Err("record checksum mismatch".to_owned());
-    }
-    let record = decode_payload(payload)?;
-    Ok((record, RECORD_HEADER_BYTES + payload_len))
+    let (payload, frame_len) = crate::frame::read_frame(bytes, MAX_RECORD_PAYLOAD_BYTES)?;
+    Ok((decode_payload(payload)?, frame_len))
 }
 
 /// Decodes a record payload (the part after length and checksum), trusting
