@@ -272,3 +272,62 @@ async fn updates_and_forgets_reach_every_replica_and_survive_kill_9() {
         assert_eq!(segments_of(replica, "bob").await, vec![1]);
     }
 }
+
+/// The first user id `prefix-N` of `shard` among 2.
+fn user_of_shard(prefix: &str, shard: u32) -> String {
+    (0..)
+        .map(|index| format!("{prefix}-{index}"))
+        .find(|user| segd::shard::shard_of_user(user, 2) == shard)
+        .expect("some user of every shard")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_travel_on_their_shards_subject_and_misrouted_ones_are_refused() {
+    let nats_store = tempfile::tempdir().unwrap();
+    let node = nats::single(nats_store.path());
+    let url = node.url();
+    let dir = tempfile::tempdir().unwrap();
+    let process = SegdProcess::start(
+        dir.path(),
+        &["--fleet-nats", &url, "--replica-id", "s1", "--shard", "1/2"],
+    )
+    .await;
+    let (mine, theirs) = (user_of_shard("u", 1), user_of_shard("u", 0));
+    let mut admin = admin(&process).await;
+    let refused = forget(&mut admin, &[mine.as_str(), theirs.as_str()])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("user_ids[1]"), "{refused:?}");
+    let refused = update(&mut admin, vec![add(&theirs, 1, 0, 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(forget(&mut admin, &[mine.as_str()]).await.unwrap(), 1);
+
+    // The forget is the last message of shard 1's members subject, in the
+    // impression stream whose configuration segd did not change.
+    let client = async_nats::connect(&url).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream("SEGD_IMPRESSIONS")
+        .await
+        .unwrap();
+    assert_eq!(stream.cached_info().config.subjects, ["segd.impressions.>"]);
+    let message = stream
+        .get_last_raw_message_by_subject("segd.impressions.1.members")
+        .await
+        .unwrap();
+    let (_, record) = segd::fleet::members::decode_change(&message.payload).unwrap();
+    let segd::realtime::journal::JournalRecord::Forgets(forgets) = record else {
+        panic!("a forget travels as forgets: {record:?}");
+    };
+    assert_eq!(forgets.len(), 1);
+    assert_eq!(forgets[0].0, segd::user_fingerprint(&mine));
+    assert!(
+        stream
+            .get_last_raw_message_by_subject("segd.impressions.0.members")
+            .await
+            .is_err(),
+        "nothing for shard 0"
+    );
+}
