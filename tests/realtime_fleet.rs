@@ -304,6 +304,17 @@ async fn changes_travel_on_their_shards_subject_and_misrouted_ones_are_refused()
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_eq!(forget(&mut admin, &[mine.as_str()]).await.unwrap(), 1);
+    // 50,000 forgets (24 bytes each) do not fit one 1 MiB NATS message:
+    // refused, naming the limit, and nothing is published.
+    let many: Vec<String> = (0..)
+        .map(|index| format!("many-{index}"))
+        .filter(|user| segd::shard::shard_of_user(user, 2) == 1)
+        .take(50_000)
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let refused = forget(&mut admin, &many).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("max_payload"), "{refused:?}");
 
     // The forget is the last message of shard 1's members subject, in the
     // impression stream whose configuration segd did not change.
@@ -321,7 +332,7 @@ async fn changes_travel_on_their_shards_subject_and_misrouted_ones_are_refused()
     let segd::realtime::journal::JournalRecord::Forgets(forgets) = record else {
         panic!("a forget travels as forgets: {record:?}");
     };
-    assert_eq!(forgets.len(), 1);
+    assert_eq!(forgets.len(), 1, "the refused forget was not published");
     assert_eq!(forgets[0].0, segd::user_fingerprint(&mine));
     assert!(
         stream

@@ -124,7 +124,8 @@ impl FleetRealtime {
             .saturating_add(self.timeout.as_nanos().min(i64::MAX as u128) as i64);
         let payload = encode_change(record, valid_until);
         let max_payload = self.client.server_info().max_payload;
-        if payload.len() > max_payload {
+        // 0: the server never said (not connected yet); the publish then fails alone.
+        if max_payload > 0 && payload.len() > max_payload {
             let per_item = (payload.len() / record.len().max(1)).max(1);
             return Err(RealtimeError::TooLarge(format!(
                 "{} items make a {}-byte fleet message, more than the NATS server's max_payload of {max_payload} bytes: send at most {} per request (segctl --batch) or raise max_payload",
