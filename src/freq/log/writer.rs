@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -306,7 +306,9 @@ impl LogWriter {
     /// Makes the writer's I/O fail (test hook).
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn inject_fault(&self, fault: InjectedFault) {
-        self.shared.fault.store(fault as u8, Ordering::SeqCst);
+        self.shared
+            .fault
+            .store(fault as u8, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Flushes everything queued, fsyncs the segment and stops the threads.
