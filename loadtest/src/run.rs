@@ -29,7 +29,8 @@ use crate::cli::{RunArgs, Target, Workload, flag_name};
 use crate::executor::{self, Executor};
 use crate::redis_target;
 use crate::report::{
-    self, Histogram, Percentiles, Report, SwapSplit, TimelinePoint, new_histogram, record_micros,
+    self, FleetLag, Histogram, Percentiles, Report, SwapSplit, TimelinePoint, new_histogram,
+    record_micros,
 };
 use crate::swap::{SwapPlan, SwapWindows};
 use crate::workload::{Dataset, Generator, GeneratorConfig};
@@ -96,6 +97,20 @@ struct Schedule {
 }
 
 impl Schedule {
+    fn new(args: &RunArgs) -> Schedule {
+        let total_seconds = args.warmup + args.duration;
+        // A short lead so every worker is spawned before slot 0 is due.
+        let run_start = Instant::now() + Duration::from_millis(50);
+        Schedule {
+            run_start,
+            warmup_ns: args.warmup * 1_000_000_000,
+            end_ns: total_seconds * 1_000_000_000,
+            interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
+            next_slot: AtomicU64::new(0),
+            hard_stop: run_start + Duration::from_secs(total_seconds) + DRAIN_LIMIT,
+        }
+    }
+
     fn elapsed_ns(&self) -> u64 {
         self.run_start.elapsed().as_nanos() as u64
     }
@@ -181,16 +196,7 @@ fn grpc_addrs(args: &RunArgs) -> Vec<String> {
 pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args)?;
     let dataset = Arc::new(Dataset::load(&args)?);
-    let ttl_by_segment = Arc::new(dataset.ttl_by_segment.clone());
-    let mut executors = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        executors.push(match args.target {
-            Target::Grpc => executor::connect_grpc(&grpc_addrs(&args)).await?,
-            Target::Redis => {
-                executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
-            }
-        });
-    }
+    let executors = connect_executors(&args, &dataset).await?;
     let swap_plan = SwapPlan::prepare(&args).await?;
     let swap_window_after_push = swap_plan.as_ref().map(SwapPlan::window_after_push_seconds);
     let swap_windows = Arc::new(SwapWindows::new());
@@ -198,81 +204,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let total_seconds = args.warmup + args.duration;
     let cpu_at_start = report::process_cpu_seconds();
     let wall_at_start = Instant::now();
-    // A short lead so every worker is spawned before slot 0 is due.
-    let run_start = Instant::now() + Duration::from_millis(50);
-    let schedule = Arc::new(Schedule {
-        run_start,
-        warmup_ns: args.warmup * 1_000_000_000,
-        end_ns: total_seconds * 1_000_000_000,
-        interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
-        next_slot: AtomicU64::new(0),
-        hard_stop: run_start + Duration::from_secs(total_seconds) + DRAIN_LIMIT,
-    });
-    let generator_config = GeneratorConfig {
-        workload: args.workload,
-        lookup_segments: args.lookup_segments,
-        batch_size: args.batch_size,
-        candidates: args.candidates,
-        record_batch: args.record_batch,
-        max_age_seconds: args.max_age_seconds,
-        line_items: args.line_items,
-        registered_line_items: args.registered_line_items && args.target == Target::Grpc,
-    };
+    let schedule = Arc::new(Schedule::new(&args));
+    let run_start = schedule.run_start;
+    let generator_config = generator_config(&args);
     if generator_config.registered_line_items {
         register_line_items(&args, &dataset).await?;
     }
-    let run_nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.as_nanos() as u64)
-        .unwrap_or(0);
+    let run_nonce = run_nonce();
 
-    let mut connection_stats = Vec::with_capacity(args.connections);
-    let mut workers = tokio::task::JoinSet::new();
-    for (connection_index, executor) in executors.into_iter().enumerate() {
-        let stats = Arc::new(Mutex::new(ConnectionStats::new()));
-        connection_stats.push(stats.clone());
-        for worker_in_connection in 0..args.concurrency {
-            let worker_index = connection_index * args.concurrency + worker_in_connection;
-            let generator = Generator::new(
-                dataset.clone(),
-                generator_config.clone(),
-                args.seed,
-                worker_index,
-                run_nonce,
-            );
-            let track_swaps = swap_plan.is_some().then(|| swap_windows.clone());
-            workers.spawn(worker(
-                executor.clone(),
-                generator,
-                stats.clone(),
-                schedule.clone(),
-                track_swaps,
-            ));
-        }
-    }
+    let track_swaps = swap_plan.is_some().then(|| swap_windows.clone());
+    let (connection_stats, mut workers) = spawn_workers(
+        &args,
+        executors,
+        &dataset,
+        &generator_config,
+        run_nonce,
+        &schedule,
+        track_swaps,
+    );
     let swap_task = swap_plan.map(|plan| {
         let windows = swap_windows.clone();
         let run_end = run_start + Duration::from_secs(total_seconds);
         tokio::spawn(async move { plan.run(&windows, run_start, run_end).await })
     });
-
-    let lag_task = args.observe_addr.clone().map(|observe_addr| {
-        let record_addr = args.addr.clone();
-        let interval = Duration::from_millis(args.observe_interval_ms.max(1));
-        let measure_from = run_start + Duration::from_secs(args.warmup);
-        let until = run_start + Duration::from_secs(total_seconds);
-        tokio::spawn(async move {
-            crate::fleet_lag::probe(
-                &record_addr,
-                &observe_addr,
-                interval,
-                measure_from,
-                until,
-                run_nonce,
-            )
-            .await
-        })
-    });
+    let lag_task = spawn_lag_probe(&args, run_start, run_nonce);
     // The server's CPU over the measured window only (not the warm-up).
     let server_cpu_at_measure_start = args.server_pid.map(|pid| {
         let measure_from = run_start + Duration::from_secs(args.warmup);
@@ -288,14 +243,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
 
-    let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!("warning: requests still in flight {DRAIN_LIMIT:?} after the end; cut");
-        workers.abort_all();
-    }
+    drain(&mut workers, &schedule).await;
     let swaps = match swap_task {
         Some(task) => task.await.context("swap task panicked")?,
         None => Vec::new(),
@@ -328,13 +276,127 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(lag_task) = lag_task {
         report.fleet_lag = Some(lag_task.await.context("lag probe panicked")??);
     }
+    write_outputs(&args, &report)
+}
+
+/// One executor per `--connections`.
+async fn connect_executors(args: &RunArgs, dataset: &Dataset) -> Result<Vec<Executor>> {
+    let ttl_by_segment = Arc::new(dataset.ttl_by_segment.clone());
+    let mut executors = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        executors.push(match args.target {
+            Target::Grpc => executor::connect_grpc(&grpc_addrs(args)).await?,
+            Target::Redis => {
+                executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
+            }
+        });
+    }
+    Ok(executors)
+}
+
+fn generator_config(args: &RunArgs) -> GeneratorConfig {
+    GeneratorConfig {
+        workload: args.workload,
+        lookup_segments: args.lookup_segments,
+        batch_size: args.batch_size,
+        candidates: args.candidates,
+        record_batch: args.record_batch,
+        max_age_seconds: args.max_age_seconds,
+        line_items: args.line_items,
+        registered_line_items: args.registered_line_items && args.target == Target::Grpc,
+    }
+}
+
+/// Keeps generated users and impression ids unique across runs against the
+/// same server.
+fn run_nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `--concurrency` workers per connection, sharing that connection's stats.
+fn spawn_workers(
+    args: &RunArgs,
+    executors: Vec<Executor>,
+    dataset: &Arc<Dataset>,
+    generator_config: &GeneratorConfig,
+    run_nonce: u64,
+    schedule: &Arc<Schedule>,
+    track_swaps: Option<Arc<SwapWindows>>,
+) -> (Vec<Arc<Mutex<ConnectionStats>>>, tokio::task::JoinSet<()>) {
+    let mut connection_stats = Vec::with_capacity(args.connections);
+    let mut workers = tokio::task::JoinSet::new();
+    for (connection_index, executor) in executors.into_iter().enumerate() {
+        let stats = Arc::new(Mutex::new(ConnectionStats::new()));
+        connection_stats.push(stats.clone());
+        for worker_in_connection in 0..args.concurrency {
+            let worker_index = connection_index * args.concurrency + worker_in_connection;
+            let generator = Generator::new(
+                dataset.clone(),
+                generator_config.clone(),
+                args.seed,
+                worker_index,
+                run_nonce,
+            );
+            workers.spawn(worker(
+                executor.clone(),
+                generator,
+                stats.clone(),
+                schedule.clone(),
+                track_swaps.clone(),
+            ));
+        }
+    }
+    (connection_stats, workers)
+}
+
+/// `--observe-addr`: the cross-replica lag probe over the measured window.
+fn spawn_lag_probe(
+    args: &RunArgs,
+    run_start: Instant,
+    run_nonce: u64,
+) -> Option<tokio::task::JoinHandle<Result<FleetLag>>> {
+    let observe_addr = args.observe_addr.clone()?;
+    let record_addr = args.addr.clone();
+    let interval = Duration::from_millis(args.observe_interval_ms.max(1));
+    let measure_from = run_start + Duration::from_secs(args.warmup);
+    let until = run_start + Duration::from_secs(args.warmup + args.duration);
+    Some(tokio::spawn(async move {
+        crate::fleet_lag::probe(
+            &record_addr,
+            &observe_addr,
+            interval,
+            measure_from,
+            until,
+            run_nonce,
+        )
+        .await
+    }))
+}
+
+/// Waits for the workers until the hard stop; then cuts what is still in flight.
+async fn drain(workers: &mut tokio::task::JoinSet<()>, schedule: &Schedule) {
+    let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("warning: requests still in flight {DRAIN_LIMIT:?} after the end; cut");
+        workers.abort_all();
+    }
+}
+
+/// The text summary on stdout, then `--json` and `--chart` if asked for.
+fn write_outputs(args: &RunArgs, report: &Report) -> Result<()> {
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)?;
+        let json = serde_json::to_vec_pretty(report)?;
         std::fs::write(path, json).with_context(|| format!("writing --json {}", path.display()))?;
     }
     if let Some(path) = &args.chart {
-        std::fs::write(path, chart::render(&report))
+        std::fs::write(path, chart::render(report))
             .with_context(|| format!("writing --chart {}", path.display()))?;
     }
     Ok(())
