@@ -78,9 +78,9 @@ pub struct FleetStart<'a> {
 
 impl Fleet {
     /// Connects (retrying until NATS answers or `stop`), makes sure the stream
-    /// can serve, starts consuming after the store's applied sequence, and
+    /// can serve, starts consuming after what this replica holds, and
     /// returns once caught up to the stream's last message of this shard at
-    /// start-up. Errors: a stream that cannot serve, a checkpoint from another
+    /// start-up (impressions and real-time changes). Errors: a stream that cannot serve, a checkpoint from another
     /// stream, `stop` before caught up.
     pub async fn start(start: FleetStart<'_>, stop: CancellationToken) -> anyhow::Result<Fleet> {
         let FleetStart {
@@ -105,44 +105,31 @@ impl Fleet {
         let stream = ensure_stream_retrying(&context, &spec, stop.clone()).await?;
         let subject = message::shard_subject(shard);
         let members_subject = members::members_subject(shard);
-        let target = last_sequence_of(&stream, &subject, &spec.name)
-            .await?
-            .max(last_sequence_of(&stream, &members_subject, &spec.name).await?);
-        let stream_last = stream.cached_info().state.last_sequence;
-        if store.applied_stream_seq() > stream_last || realtime.stream_position() > stream_last {
-            warn!(stream = %spec.name, stream_last, applied = store.applied_stream_seq(), realtime_position = realtime.stream_position(), "the frequency checkpoint or the real-time journal is beyond the stream's end: it lost its tail or was recreated; counting on from its end");
-            metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
-            store.rewind_applied_stream_seq(stream_last);
-            realtime.rewind_stream_position(stream_last);
-        }
-        // Each side skips what it already holds by sequence.
-        let applied = store.applied_stream_seq().min(realtime.stream_position());
-        metrics.applied_sequence.store(applied, Ordering::Relaxed);
-        metrics.saw_stream_sequence(target);
+        let (applied, target) = resume_point(
+            &stream,
+            [&subject, &members_subject],
+            &spec.name,
+            &store,
+            &realtime,
+            &metrics,
+        )
+        .await?;
 
         let waiters = Arc::new(applier::Waiters::default());
         let (applied_sender, mut applied_receiver) = watch::channel(applied);
         let (message_sender, message_receiver) = mpsc::channel(1_024);
-        let applier = {
-            let targets = applier::ApplyTargets {
-                store: store.clone(),
-                realtime: realtime.clone(),
-                members_subject: members_subject.clone(),
-            };
-            let (waiters, metrics) = (waiters.clone(), metrics.clone());
-            std::thread::Builder::new()
-                .name("fleet-applier".to_owned())
-                .spawn(move || {
-                    applier::run_applier(
-                        message_receiver,
-                        targets,
-                        waiters,
-                        metrics,
-                        applied_sender,
-                    )
-                })
-                .context("spawn the fleet applier thread")?
+        let targets = applier::ApplyTargets {
+            store: store.clone(),
+            realtime: realtime.clone(),
+            members_subject: members_subject.clone(),
         };
+        let applier = spawn_applier(
+            message_receiver,
+            targets,
+            waiters.clone(),
+            metrics.clone(),
+            applied_sender,
+        )?;
         let consumer = tokio::spawn(applier::run_consumer(
             stream,
             vec![subject.clone(), members_subject.clone()],
@@ -289,6 +276,50 @@ async fn ensure_stream_retrying(
             () = stop.cancelled() => bail!("stopped before JetStream answered"),
         }
     }
+}
+
+/// The applier thread (see [`applier::run_applier`]).
+fn spawn_applier(
+    messages: mpsc::Receiver<applier::Delivery>,
+    targets: applier::ApplyTargets,
+    waiters: Arc<applier::Waiters>,
+    metrics: Arc<FleetMetrics>,
+    applied: watch::Sender<u64>,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fleet-applier".to_owned())
+        .spawn(move || applier::run_applier(messages, targets, waiters, metrics, applied))
+        .context("spawn the fleet applier thread")
+}
+
+/// Where this replica resumes the stream (the lower of the counters' and the
+/// real-time journal's positions: each side skips what it already holds) and
+/// the sequence to catch up to (the last message of `subjects`). A position
+/// beyond the stream's end (it lost its tail or was recreated) is moved back
+/// to that end.
+async fn resume_point(
+    stream: &async_nats::jetstream::stream::Stream,
+    subjects: [&str; 2],
+    name: &str,
+    store: &FreqStore,
+    realtime: &Realtime,
+    metrics: &FleetMetrics,
+) -> anyhow::Result<(u64, u64)> {
+    let mut target = 0;
+    for subject in subjects {
+        target = target.max(last_sequence_of(stream, subject, name).await?);
+    }
+    let stream_last = stream.cached_info().state.last_sequence;
+    if store.applied_stream_seq() > stream_last || realtime.stream_position() > stream_last {
+        warn!(stream = %name, stream_last, applied = store.applied_stream_seq(), realtime_position = realtime.stream_position(), "the frequency checkpoint or the real-time journal is beyond the stream's end: it lost its tail or was recreated; counting on from its end");
+        metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
+        store.rewind_applied_stream_seq(stream_last);
+        realtime.rewind_stream_position(stream_last);
+    }
+    let applied = store.applied_stream_seq().min(realtime.stream_position());
+    metrics.applied_sequence.store(applied, Ordering::Relaxed);
+    metrics.saw_stream_sequence(target);
+    Ok((applied, target))
 }
 
 /// The stream sequence of the last message on `subject` (0 when none).
