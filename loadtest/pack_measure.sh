@@ -11,14 +11,15 @@
 #             format-1 pack
 #   redis     Redis used_memory holding the same memberships (loadtest redis-load, ~3 min)
 #   swap      3 swap-under-load runs (Lookup open loop 5k req/s, a push every 8 s)
-#   big       10M-user data set, 200M memberships, as one format-2 pack ($W/ds10m)
+#   big       10M-user data set, 200M memberships, as format-2 packs b1, b2 ($W/ds10m)
+#   swap10m   3 swap-under-load runs on it (5k req/s, 60 s, a push every 20 s)
 #   push      VmHWM rise while pushing the big pack into a serving segd
 #   restart   restart to SERVING with the big pack: 3 warm, 3 cold (drop_caches)
 #   clean     deletes $W
 #
 # Needs release binaries (`cargo build --release --bins -p segd -p loadtest`) and
 # redis-server. Work files go to $W (default /tmp/pack-measure): ~0.5 GB for the
-# 1M set, ~7 GB at the peak of `big` (the TSV is deleted once the pack is built).
+# 1M set, ~8.5 GB at the peak of `big` (the TSV is deleted once the pack is built).
 # Ports 7780-7782 (segd) and 6391 (Redis), loopback only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -110,13 +111,32 @@ step_swap() {
   stop_segd
 }
 
+step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
+  local d="$W/swap10m"
+  fresh_dir "$d"; start_segd "$d"
+  "$B/segctl" push --admin-addr "http://$ADMIN" "$W/ds10m/big.segpack"
+  for run in 1 2 3; do
+    uptime
+    "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \
+      --concurrency 32 --queries "$W/ds10m/queries.txt" --segments-file "$W/ds10m/segments.tsv" \
+      --addr "http://$LISTEN" --swap-every 20 --pack "$W/ds10m/big-b2.segpack" \
+      --pack "$W/ds10m/big.segpack" --admin-addr "http://$ADMIN" --server-pid $SEGD_PID \
+      --json "$W/swap10m-$run.json" --chart "$W/swap10m-$run.svg"
+  done
+  stop_segd
+  rm -rf "$d"
+}
+
 step_big() {
   "$B/loadtest" gen --users 10000000 --segments 1000 --avg-segments-per-user 20 --out "$W/ds10m" --seed 42
   local at
   at=$(python3 -c "import json; print(json.load(open('$W/ds10m/dataset.json'))['built_at_unix_seconds'])")
-  /usr/bin/time -v "$B/segctl" build --pack big --version b1 --built-at "$at" \
-    --input "$W/ds10m/memberships.tsv" --segments "$W/ds10m/segments.tsv" \
-    --output "$W/ds10m/big.segpack" 2>&1 | grep -E 'Elapsed|Maximum resident' || true
+  for v in b1 b2; do # two versions, for swap10m
+    /usr/bin/time -v "$B/segctl" build --pack big --version $v --built-at "$at" \
+      --input "$W/ds10m/memberships.tsv" --segments "$W/ds10m/segments.tsv" \
+      --output "$W/ds10m/big-$v.segpack" 2>&1 | grep -E 'Elapsed|Maximum resident' || true
+  done
+  mv "$W/ds10m/big-b1.segpack" "$W/ds10m/big.segpack"
   rm -f "$W/ds10m/memberships.tsv"
   "$B/segctl" inspect "$W/ds10m/big.segpack" | head -20
   ls -l "$W/ds10m/big.segpack"
@@ -164,6 +184,6 @@ PY
 
 case "${1:-}" in
   data) step_data ;; memory) step_memory ;; redis) step_redis ;; swap) step_swap ;; big) step_big ;;
-  push) step_push ;; restart) step_restart ;; clean) rm -rf "$W" ;;
-  *) sed -n '2,23p' "$0"; exit 2 ;;
+  swap10m) step_swap10m ;; push) step_push ;; restart) step_restart ;; clean) rm -rf "$W" ;;
+  *) sed -n '2,24p' "$0"; exit 2 ;;
 esac
