@@ -124,6 +124,16 @@ pub struct SwapSplit {
     pub outside_swaps_curve: Vec<CurvePoint>,
 }
 
+/// What the `--observe-addr` probes found (see `fleet_lag`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetLag {
+    pub observe_addr: String,
+    /// Probes seen on the observer; lag from the recording acknowledgement.
+    pub lag: Percentiles,
+    /// Probes not seen within 5 s (or whose recording failed).
+    pub lost: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub workload: String,
@@ -142,7 +152,7 @@ pub struct Report {
     /// Impressions acknowledged per second (record workload).
     pub impressions_per_second: f64,
     /// Cross-replica visibility lag (`--observe-addr`).
-    pub fleet_lag: Option<crate::fleet_lag::FleetLag>,
+    pub fleet_lag: Option<FleetLag>,
     pub errors: u64,
     /// gRPC status code names (or `redis:...`) to counts.
     pub errors_by_code: BTreeMap<String, u64>,
