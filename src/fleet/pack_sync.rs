@@ -20,6 +20,7 @@
 //! answer a change before its own catalog applied it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
 use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -176,25 +177,16 @@ impl PackSync {
         allow_older_version: bool,
     ) -> Result<PushOutcome, FleetChangeError> {
         let _change = self.change_lock.lock().await;
-        let (staged, pack_bytes, header) = {
+        let (staged, header) = {
             let catalog = self.catalog.clone();
             blocking(move || {
-                let pack_bytes =
-                    std::fs::read(staged.path()).map_err(|source| CatalogError::Io {
-                        context: format!("read {}", staged.path().display()),
-                        source,
-                    })?;
-                let header = catalog.check_push(&pack_bytes, allow_older_version)?;
-                Ok((staged, pack_bytes, header))
+                let header = check_file(&catalog, staged.path(), allow_older_version)?;
+                Ok((staged, header))
             })
             .await?
         };
         let object = object_name(&header.name, self.shard, &header.version);
-        self.objects
-            .put(object.as_str(), &mut pack_bytes.as_slice())
-            .await
-            .map_err(|error| unavailable(&format!("store {object}"), error))?;
-        drop(pack_bytes);
+        self.put_file(&object, staged.path()).await?;
         self.publish_intent(&header.name, &Intent::serve(header.version.clone()))
             .await?;
         let catalog = self.catalog.clone();
@@ -251,27 +243,16 @@ impl PackSync {
         if self.objects.info(&object).await.is_ok() {
             return Ok(());
         }
-        let (catalog, name) = (self.catalog.clone(), pack.to_owned());
-        let (bytes, header) = blocking(move || {
-            let path = catalog.previous_path(&name);
-            let bytes = std::fs::read(&path).map_err(|source| CatalogError::Io {
-                context: format!("read {}", path.display()),
-                source,
-            })?;
-            let header = catalog.check_push(&bytes, true)?;
-            Ok((bytes, header))
-        })
-        .await?;
+        let path = self.catalog.previous_path(pack);
+        let (catalog, checked) = (self.catalog.clone(), path.clone());
+        let header = blocking(move || Ok(check_file(&catalog, &checked, true)?)).await?;
         if header.version != version {
             return Err(FleetChangeError::Precondition(format!(
                 "the previous version of pack {pack:?} changed during the rollback ({version:?}, now {:?}): try again",
                 header.version
             )));
         }
-        self.objects
-            .put(object.as_str(), &mut bytes.as_slice())
-            .await
-            .map_err(|error| unavailable(&format!("store {object}"), error))?;
+        self.put_file(&object, &path).await?;
         info!(pack = %pack, version = %version, "kept version stored in the fleet's bucket for a rollback");
         Ok(())
     }
@@ -474,19 +455,52 @@ impl PackSync {
         version: &str,
     ) -> Result<PushOutcome, FleetChangeError> {
         let object = object_name(pack, self.shard, version);
-        let mut bytes = Vec::new();
         let mut reader = self
             .objects
             .get(&object)
             .await
             .map_err(|error| unavailable(&format!("fetch {object}"), error))?;
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|error| unavailable(&format!("read {object}"), error))?;
         let catalog = self.catalog.clone();
-        blocking(move || Ok(catalog.push(bytes, true, crate::unix_now_seconds())?)).await
+        let mut staged = blocking(move || Ok(catalog.stage_upload()?)).await?;
+        let file = staged.take_file().expect("a new upload has its file");
+        // Streamed to the staged file: a shard of tens of GB never sits in memory.
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|error| unavailable(&format!("fetch {object} into an upload"), error))?;
+        file.flush()
+            .await
+            .map_err(|error| unavailable(&format!("write {}", staged.path().display()), error))?;
+        drop(file.into_std().await);
+        let catalog = self.catalog.clone();
+        blocking(move || Ok(catalog.push_staged(staged, true, crate::unix_now_seconds())?)).await
     }
+
+    /// Stores the pack file at `path` as `object`, streamed from the file.
+    async fn put_file(&self, object: &str, path: &Path) -> Result<(), FleetChangeError> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|error| unavailable(&format!("open {}", path.display()), error))?;
+        self.objects
+            .put(object, &mut file)
+            .await
+            .map_err(|error| unavailable(&format!("store {object}"), error))?;
+        Ok(())
+    }
+}
+
+/// Everything a push would check of the pack file at `path`, from its
+/// mapping (never a copy in memory). Returns the header.
+fn check_file(
+    catalog: &Catalog,
+    path: &Path,
+    allow_older_version: bool,
+) -> Result<crate::pack::PackHeader, CatalogError> {
+    let bytes = crate::pack::PackBytes::map_file(path).map_err(|source| CatalogError::Io {
+        context: format!("map {}", path.display()),
+        source,
+    })?;
+    catalog.check_push(bytes.as_bytes(), allow_older_version)
 }
 
 fn check_name(pack: &str) -> Result<(), FleetChangeError> {
