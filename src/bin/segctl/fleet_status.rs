@@ -337,3 +337,71 @@ fn print_table(replicas: &[Replica], flags: &BTreeMap<String, String>) -> std::i
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use segd::proto::{FleetPackIntent, FleetStatus, PackStatus};
+
+    fn fleet_replica(messages_behind: u64, last_lag_seconds: f64) -> StatusResponse {
+        StatusResponse {
+            fleet: Some(FleetStatus {
+                messages_behind,
+                last_apply_lag_seconds: last_lag_seconds,
+                connected: true,
+                caught_up: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_replica_over_either_lag_limit_is_flagged() {
+        let limits = LagLimits {
+            messages: 10,
+            seconds: 0.5,
+        };
+        assert!(lag_problems(&fleet_replica(10, 0.5), &limits).is_empty());
+        let behind = lag_problems(&fleet_replica(11, 0.0), &limits);
+        assert_eq!(behind.len(), 1, "{behind:?}");
+        assert!(behind[0].contains("11 impression messages behind"));
+        let slow = lag_problems(&fleet_replica(0, 0.75), &limits);
+        assert!(slow[0].contains("750 ms"), "{slow:?}");
+        assert!(lag_problems(&StatusResponse::default(), &limits).is_empty());
+        assert_eq!(lag_cell(&fleet_replica(3, 0.0012)), "3/1.2ms");
+        assert_eq!(lag_cell(&StatusResponse::default()), "-");
+    }
+
+    #[test]
+    fn packs_other_than_the_fleet_intends_are_flagged() {
+        let pack = |name: &str, version: &str| PackStatus {
+            name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        };
+        let intent = |pack: &str, version: &str, dropped: bool| FleetPackIntent {
+            pack: pack.into(),
+            version: version.into(),
+            dropped,
+        };
+        let status = StatusResponse {
+            packs: vec![pack("crm", "v1"), pack("old", "v3"), pack("ok", "v2")],
+            fleet_packs: vec![
+                intent("crm", "v2", false),
+                intent("old", "v3", true),
+                intent("ok", "v2", false),
+                intent("new", "v1", false),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            intent_problems(&status),
+            [
+                "serves crm=v1, the fleet intends v2",
+                "serves old=v3, dropped by the fleet",
+                "does not serve new, the fleet intends v1",
+            ]
+        );
+    }
+}
