@@ -229,6 +229,15 @@ fn percentile_row(label: &str, percentiles: &Percentiles) -> String {
 impl Report {
     pub fn to_text(&self) -> String {
         let mut text = String::new();
+        self.write_rates(&mut text);
+        self.write_latencies(&mut text);
+        self.write_errors_and_swaps(&mut text);
+        self.write_resources(&mut text);
+        text
+    }
+
+    /// The run line and the achieved rates, with a warning when an open loop fell behind.
+    fn write_rates(&self, text: &mut String) {
         let offered = match self.offered_rps {
             Some(rps) => format!("{rps} req/s offered (open loop)"),
             None => "closed loop".to_owned(),
@@ -264,6 +273,10 @@ impl Report {
                 "WARNING: achieved rate is below 95 % of offered: the target (or the generator) is saturated"
             );
         }
+    }
+
+    /// The percentile table: latency, service time, cross-replica lag, swap split.
+    fn write_latencies(&self, text: &mut String) {
         let _ = writeln!(
             text,
             "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -297,6 +310,10 @@ impl Report {
                 split.window_after_push_seconds
             );
         }
+    }
+
+    /// Errors by code and every swap the run made.
+    fn write_errors_and_swaps(&self, text: &mut String) {
         let _ = writeln!(text, "errors {}", self.errors);
         for (code, count) in &self.errors_by_code {
             let _ = writeln!(text, "  {code}: {count}");
@@ -324,6 +341,10 @@ impl Report {
                     .unwrap_or_default(),
             );
         }
+    }
+
+    /// Generations seen and what the generator, server and Redis used.
+    fn write_resources(&self, text: &mut String) {
         if let Some((lowest, highest)) = self.generations_seen {
             let _ = writeln!(text, "generations seen {lowest} .. {highest}");
         }
@@ -345,6 +366,5 @@ impl Report {
                 bytes as f64 / (1 << 20) as f64
             );
         }
-        text
     }
 }
