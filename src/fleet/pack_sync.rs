@@ -180,7 +180,7 @@ impl PackSync {
         let (staged, header) = {
             let catalog = self.catalog.clone();
             blocking(move || {
-                let header = check_file(&catalog, staged.path(), allow_older_version)?;
+                let header = catalog.check_push_file(staged.path(), allow_older_version)?;
                 Ok((staged, header))
             })
             .await?
@@ -245,7 +245,7 @@ impl PackSync {
         }
         let path = self.catalog.previous_path(pack);
         let (catalog, checked) = (self.catalog.clone(), path.clone());
-        let header = blocking(move || Ok(check_file(&catalog, &checked, true)?)).await?;
+        let header = blocking(move || Ok(catalog.check_push_file(&checked, true)?)).await?;
         if header.version != version {
             return Err(FleetChangeError::Precondition(format!(
                 "the previous version of pack {pack:?} changed during the rollback ({version:?}, now {:?}): try again",
@@ -487,20 +487,6 @@ impl PackSync {
             .map_err(|error| unavailable(&format!("store {object}"), error))?;
         Ok(())
     }
-}
-
-/// Everything a push would check of the pack file at `path`, from its
-/// mapping (never a copy in memory). Returns the header.
-fn check_file(
-    catalog: &Catalog,
-    path: &Path,
-    allow_older_version: bool,
-) -> Result<crate::pack::PackHeader, CatalogError> {
-    let bytes = crate::pack::PackBytes::map_file(path).map_err(|source| CatalogError::Io {
-        context: format!("map {}", path.display()),
-        source,
-    })?;
-    catalog.check_push(bytes.as_bytes(), allow_older_version)
 }
 
 fn check_name(pack: &str) -> Result<(), FleetChangeError> {
