@@ -53,7 +53,6 @@ use super::log::{LogWriter, list_segments};
 use super::recovery::{Replay, load_newest_checkpoint, replay_segments};
 use super::window::CapWindow;
 use crate::periodic::Periodic;
-use maintenance::spawn_periodic;
 pub use types::{FreqConfig, FreqStats, NewImpression, RecordOutcome, RecoveryReport};
 
 /// Frequency counters with a write-ahead log and checkpoints.
@@ -103,19 +102,7 @@ impl FreqStore {
         config: FreqConfig,
         forgotten: &ForgottenUsers,
     ) -> Result<(Arc<FreqStore>, RecoveryReport), FreqError> {
-        if config.fsync_interval.is_zero()
-            || config.checkpoint_interval.is_zero()
-            || config.sweep_interval.is_zero()
-        {
-            return Err(FreqError::InvalidConfig(
-                "fsync, checkpoint and sweep intervals must be positive".to_owned(),
-            ));
-        }
-        if config.retention_seconds <= 0 {
-            return Err(FreqError::InvalidConfig(
-                "retention_seconds must be positive".to_owned(),
-            ));
-        }
+        config.validate()?;
         let dir = config.dir.clone();
         fs::create_dir_all(&dir)
             .map_err(|error| FreqError::storage(format!("create {}", dir.display()), error))?;
@@ -154,21 +141,7 @@ impl FreqStore {
             duplicate_impressions: AtomicU64::new(0),
             config,
         });
-        let threads = vec![
-            spawn_periodic(
-                &inner,
-                "freq-checkpoint",
-                inner.config.checkpoint_interval,
-                |inner| {
-                    if let Err(error) = inner.checkpoint() {
-                        tracing::warn!(error = %error, "periodic frequency checkpoint failed");
-                    }
-                },
-            )?,
-            spawn_periodic(&inner, "freq-sweep", inner.config.sweep_interval, |inner| {
-                inner.sweep(crate::unix_now_seconds())
-            })?,
-        ];
+        let threads = maintenance::spawn_upkeep(&inner)?;
         tracing::info!(
             dir = %dir.display(),
             checkpoint_events = report.checkpoint_events,

@@ -13,7 +13,26 @@ use crate::freq::checkpoint::{CheckpointData, write_checkpoint};
 use crate::freq::recovery::delete_covered_files;
 use crate::periodic::Periodic;
 
-pub(super) fn spawn_periodic(
+/// The store's two upkeep threads: periodic checkpoints and sweeps.
+pub(super) fn spawn_upkeep(inner: &Arc<Inner>) -> Result<Vec<Periodic>, FreqError> {
+    Ok(vec![
+        spawn_periodic(
+            inner,
+            "freq-checkpoint",
+            inner.config.checkpoint_interval,
+            |inner| {
+                if let Err(error) = inner.checkpoint() {
+                    tracing::warn!(error = %error, "periodic frequency checkpoint failed");
+                }
+            },
+        )?,
+        spawn_periodic(inner, "freq-sweep", inner.config.sweep_interval, |inner| {
+            inner.sweep(crate::unix_now_seconds())
+        })?,
+    ])
+}
+
+fn spawn_periodic(
     inner: &Arc<Inner>,
     name: &str,
     interval: Duration,

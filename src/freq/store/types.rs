@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::freq::error::FreqError;
 use crate::freq::log::FsyncPolicy;
 
 /// How the frequency store keeps its data.
@@ -43,6 +44,24 @@ impl FreqConfig {
             recover_corrupt_log: false,
             replicated: false,
         }
+    }
+
+    /// Refuses intervals of zero and a retention that is not positive.
+    pub(super) fn validate(&self) -> Result<(), FreqError> {
+        if self.fsync_interval.is_zero()
+            || self.checkpoint_interval.is_zero()
+            || self.sweep_interval.is_zero()
+        {
+            return Err(FreqError::InvalidConfig(
+                "fsync, checkpoint and sweep intervals must be positive".to_owned(),
+            ));
+        }
+        if self.retention_seconds <= 0 {
+            return Err(FreqError::InvalidConfig(
+                "retention_seconds must be positive".to_owned(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -134,4 +153,41 @@ pub struct FreqStats {
     pub recorded_impressions: u64,
     /// Impressions reported duplicate since open.
     pub duplicate_impressions: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::freq::FreqStore;
+
+    #[test]
+    fn a_zero_interval_or_retention_is_refused_before_anything_is_created() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("freq");
+        for broken in [
+            FreqConfig {
+                fsync_interval: Duration::ZERO,
+                ..FreqConfig::new(&dir)
+            },
+            FreqConfig {
+                checkpoint_interval: Duration::ZERO,
+                ..FreqConfig::new(&dir)
+            },
+            FreqConfig {
+                sweep_interval: Duration::ZERO,
+                ..FreqConfig::new(&dir)
+            },
+            FreqConfig {
+                retention_seconds: 0,
+                ..FreqConfig::new(&dir)
+            },
+        ] {
+            assert!(matches!(
+                FreqStore::open(broken),
+                Err(FreqError::InvalidConfig(_))
+            ));
+            assert!(!dir.exists(), "a refused config created {}", dir.display());
+        }
+        assert!(FreqConfig::new(&dir).validate().is_ok());
+    }
 }
