@@ -55,6 +55,7 @@
 
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod connections;
 pub mod decide;
 pub mod demo;

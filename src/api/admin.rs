@@ -168,6 +168,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|join_error| Status::internal(format!("admin task failed: {join_error}")))?
 }
 
+/// Runs heavy catalog work on a thread of its own below the query path's
+/// priority.
+async fn deprioritised<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    crate::background::run_deprioritised("segd-push", work)
+        .await
+        .map_err(|error| Status::internal(format!("admin task failed: {error}")))?
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn push_snapshot(
@@ -224,7 +234,9 @@ impl Admin for AdminService {
         }
         let catalog = self.catalog.clone();
         let changes = self.changes.clone();
-        let outcome = blocking(move || {
+        // Verifying and mapping a big pack is seconds of CPU: it yields to the
+        // query path (crate::background).
+        let outcome = deprioritised(move || {
             catalog
                 .push_staged(
                     upload.staged,

@@ -245,7 +245,7 @@ impl PackSync {
         }
         let path = self.catalog.previous_path(pack);
         let (catalog, checked) = (self.catalog.clone(), path.clone());
-        let header = blocking(move || Ok(catalog.check_push_file(&checked, true)?)).await?;
+        let header = deprioritised(move || Ok(catalog.check_push_file(&checked, true)?)).await?;
         if header.version != version {
             return Err(FleetChangeError::Precondition(format!(
                 "the previous version of pack {pack:?} changed during the rollback ({version:?}, now {:?}): try again",
@@ -473,7 +473,8 @@ impl PackSync {
             .map_err(|error| unavailable(&format!("write {}", staged.path().display()), error))?;
         drop(file.into_std().await);
         let catalog = self.catalog.clone();
-        blocking(move || Ok(catalog.push_staged(staged, true, crate::unix_now_seconds())?)).await
+        deprioritised(move || Ok(catalog.push_staged(staged, true, crate::unix_now_seconds())?))
+            .await
     }
 
     /// Stores the pack file at `path` as `object`, streamed from the file.
@@ -505,6 +506,16 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, FleetChangeError> + Send + 'static,
 ) -> Result<T, FleetChangeError> {
     tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| FleetChangeError::Unavailable(format!("fleet task failed: {error}")))?
+}
+
+/// Verifying and mapping a pack is seconds of CPU for a big one: it yields
+/// to the query path (`crate::background`).
+async fn deprioritised<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FleetChangeError> + Send + 'static,
+) -> Result<T, FleetChangeError> {
+    crate::background::run_deprioritised("segd-fleet-pack", work)
         .await
         .map_err(|error| FleetChangeError::Unavailable(format!("fleet task failed: {error}")))?
 }

@@ -1,0 +1,69 @@
+//! Deferrable heavy work — verifying, mapping and installing a pushed pack —
+//! on a thread of its own at a lower CPU priority (nice +[`NICE`]).
+//!
+//! Why: on a busy box a push competes with the query path for the same
+//! cores; a checked load of a 200M-membership pack is over a second of CPU.
+//! The readers are the latency-sensitive side, so the push yields: at nice
+//! +10 the Linux scheduler gives the thread about a tenth of the weight of a
+//! query thread, so the push takes longer under load and the readers do not
+//! wait for it. It still progresses (no `SCHED_IDLE`: a saturated box must
+//! not starve a push forever).
+//!
+//! A fresh thread per job, never a pooled one: the lowered priority cannot be
+//! raised again without privileges, so it must die with the job. Must never
+//! run request-path work.
+
+use tokio::sync::oneshot;
+
+/// How much nicer than the query path the work runs.
+pub const NICE: i32 = 10;
+
+/// Runs `work` on a new thread named `name` at nice +[`NICE`] and returns its
+/// result. Errors only when the thread cannot be started or `work` panicked.
+pub async fn run_deprioritised<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let (reply, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            lower_this_threads_priority();
+            let _ = reply.send(work());
+        })?;
+    result
+        .await
+        .map_err(|_| std::io::Error::other("background work panicked"))
+}
+
+/// On Linux the nice value is per thread, and `PRIO_PROCESS` with no id is
+/// the calling thread. A failure only costs the readers some latency.
+fn lower_this_threads_priority() {
+    let current = rustix::process::getpriority_process(None).unwrap_or(0);
+    if let Err(error) = rustix::process::setpriority_process(None, current.max(NICE)) {
+        tracing::debug!(%error, "could not lower the priority of background work");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_runs_at_the_lower_priority_and_the_caller_keeps_its_own() {
+        let caller = rustix::process::getpriority_process(None).unwrap();
+        let in_work = run_deprioritised("segd-test", || {
+            rustix::process::getpriority_process(None).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(in_work, caller.max(NICE));
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_work_is_an_error_not_a_hang() {
+        let outcome = run_deprioritised("segd-test", || -> u32 { panic!("boom") }).await;
+        assert!(outcome.is_err());
+    }
+}
