@@ -133,9 +133,9 @@ fn a_valid_decide_is_checked_without_allocating() {
 fn a_valid_line_item_and_impression_batch_are_checked_without_allocating() {
     let limits = limits();
     let request = decide_request();
-    let (allocations, outcome) = allocations_of(|| {
-        limits.check_candidate(format_args!("line_items[{}]", 7), &request.candidates[7])
-    });
+    let field = String::from("line_items[7]");
+    let (allocations, outcome) =
+        allocations_of(|| limits.check_candidate(&field, &request.candidates[7]));
     assert!(outcome.is_ok(), "{outcome:?}");
     assert_eq!(allocations, 0, "allocations while checking a valid line item");
 
