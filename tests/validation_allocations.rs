@@ -137,12 +137,18 @@ fn a_valid_line_item_and_impression_batch_are_checked_without_allocating() {
     let (allocations, outcome) =
         allocations_of(|| limits.check_candidate(&field, &request.candidates[7]));
     assert!(outcome.is_ok(), "{outcome:?}");
-    assert_eq!(allocations, 0, "allocations while checking a valid line item");
+    assert_eq!(
+        allocations, 0,
+        "allocations while checking a valid line item"
+    );
 
     let request = record_request();
     let (allocations, outcome) = allocations_of(|| limits.check_record(&request));
     assert!(outcome.is_ok(), "{outcome:?}");
-    assert_eq!(allocations, 0, "allocations while checking valid impressions");
+    assert_eq!(
+        allocations, 0,
+        "allocations while checking valid impressions"
+    );
 }
 
 /// The message of the first problem `limits` finds in `request`.
