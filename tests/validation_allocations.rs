@@ -151,6 +151,9 @@ fn a_valid_line_item_and_impression_batch_are_checked_without_allocating() {
     );
 }
 
+/// A change that makes a valid request invalid.
+type Mutation = Box<dyn FnOnce(&mut DecideRequest)>;
+
 /// The message of the first problem `limits` finds in `request`.
 fn decide_error(mutate: impl FnOnce(&mut DecideRequest)) -> String {
     let mut request = decide_request();
@@ -162,7 +165,7 @@ fn decide_error(mutate: impl FnOnce(&mut DecideRequest)) -> String {
 
 #[test]
 fn decide_errors_name_the_field_as_before() {
-    let cases: [(&str, Box<dyn FnOnce(&mut DecideRequest)>); 9] = [
+    let cases: [(&str, Mutation); 9] = [
         (
             "user_id: must not be empty",
             Box::new(|request| request.user_id.clear()),
