@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::periodic::Ticker;
 use crate::store::catalog::Catalog;
 
 /// How often staleness is re-judged.
@@ -25,15 +25,10 @@ pub async fn watch(catalog: Arc<Catalog>, shutdown: CancellationToken) {
     if !catalog.store().freshness().has_bounds() {
         return;
     }
-    let mut ticks = tokio::time::interval(CHECK_INTERVAL);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(CHECK_INTERVAL, shutdown);
     // (pack, version) already reported stale.
     let mut reported: HashSet<(String, String)> = HashSet::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    while ticker.tick().await {
         let now = crate::unix_now_seconds();
         let refresh_catalog = catalog.clone();
         // Installing builds a state (a map over every segment): off the runtime.

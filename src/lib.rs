@@ -18,8 +18,9 @@
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
-//! - [`periodic`]: the one periodic background thread (checkpoints, sweeps,
-//!   interval fsyncs).
+//! - [`periodic`]: the one periodic-task helper: a background thread
+//!   (checkpoints, sweeps, interval fsyncs) and its async form, a ticker that
+//!   stops at the shutdown token (freshness checks, `--watch-dir` polls).
 //! - [`ready`]: a value the start-up load provides, shared before it exists.
 //! - [`realtime`]: `UpdateMembers` and `ForgetUsers`: the durable journal, the
 //!   writes to the overlay the store consults, folding into newer packs.

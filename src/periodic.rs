@@ -1,15 +1,25 @@
-//! The one periodic background thread: runs a job every interval until
-//! stopped. Used by the frequency store (checkpoints, sweeps) and its log
-//! (interval fsyncs), which run on std threads, not the async runtime.
+//! The one periodic-task helper, in its two forms:
 //!
-//! Stopping wakes the thread at once (no waiting out the interval) and joins
-//! it; a job already running finishes first.
+//! - [`Periodic`]: a background thread running a job every interval until
+//!   stopped. Used by the frequency store (checkpoints, sweeps) and its log
+//!   (interval fsyncs), which run on std threads, not the async runtime.
+//!   Stopping wakes the thread at once (no waiting out the interval) and
+//!   joins it; a job already running finishes first.
+//! - [`Ticker`]: the same cadence for a task on the async runtime (the
+//!   freshness check, the `--watch-dir` poll): each tick is awaited against
+//!   the shutdown token, so a task stops at the token without waiting out
+//!   its interval, and a late tick delays the next instead of bursting.
+//!
+//! It owns only timing and stopping: never the jobs' work, and never a job's
+//! blocking I/O on the runtime (the tasks move that to blocking threads).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct StopFlag {
@@ -72,6 +82,31 @@ impl Drop for Periodic {
     }
 }
 
+/// Ticks of an async periodic task: the first at once, then one every
+/// `period` (a late tick delays the next), until `shutdown` is cancelled.
+pub struct Ticker {
+    ticks: Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticker {
+    /// Must be called within a tokio runtime.
+    pub fn new(period: Duration, shutdown: CancellationToken) -> Ticker {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ticker { ticks, shutdown }
+    }
+
+    /// Waits for the next tick: true when it came, false once `shutdown` is
+    /// cancelled (at once, without waiting out the period).
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            _ = self.ticks.tick() => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +132,17 @@ mod tests {
         let mut slow = Periodic::spawn("test-slow", Duration::from_secs(3600), || {}).unwrap();
         let started = Instant::now();
         slow.stop();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_ticker_ticks_at_once_and_stops_at_the_token() {
+        let shutdown = CancellationToken::new();
+        let mut ticker = Ticker::new(Duration::from_secs(3600), shutdown.clone());
+        let started = Instant::now();
+        assert!(ticker.tick().await, "the first tick comes at once");
+        shutdown.cancel();
+        assert!(!ticker.tick().await, "a cancelled ticker stops");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

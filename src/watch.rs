@@ -26,10 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::periodic::Ticker;
 use crate::store::catalog::{Catalog, PushOutcome};
 
 /// Files still being written by the usual sync tools.
@@ -292,13 +292,8 @@ pub fn spawn(
         }
         info!(dir = %dir.display(), poll_ms = poll_interval.as_millis() as u64, "watching for packs");
         let mut poller = Some(DirPoller::new(dir, catalog, counters));
-        let mut ticks = tokio::time::interval(poll_interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+        let mut ticker = Ticker::new(poll_interval, stop);
+        while ticker.tick().await {
             let Some(mut current) = poller.take() else {
                 break;
             };

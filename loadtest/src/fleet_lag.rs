@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{Candidate, DecideRequest, FrequencyCap, Impression, RecordImpressionsRequest};
-use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::report::{Histogram, Percentiles, new_histogram, record_micros};
+use crate::report::{FleetLag, Histogram, Percentiles, new_histogram, record_micros};
 
 /// How long the observer is polled back to back; later, once a millisecond
 /// (the resolution of lags beyond it).
@@ -24,16 +23,6 @@ const TIGHT_POLLING: Duration = Duration::from_millis(2);
 
 /// A probe not seen on the observer within this long counts as lost.
 const GIVE_UP: Duration = Duration::from_secs(5);
-
-/// What the probes found.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FleetLag {
-    pub observe_addr: String,
-    /// Probes seen on the observer; lag from the recording acknowledgement.
-    pub lag: Percentiles,
-    /// Probes not seen within 5 s (or whose recording failed).
-    pub lost: u64,
-}
 
 async fn connect(addr: &str) -> Result<SegmentsClient<Channel>> {
     let channel = Endpoint::from_shared(addr.to_owned())

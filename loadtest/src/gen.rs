@@ -257,50 +257,8 @@ fn write_memberships(
     let mut block_start: u64 = 0;
     while block_start < user_count {
         let block_users = USERS_PER_BLOCK.min(user_count - block_start);
-        drawn.clear();
-        for (segment_index, segment) in segments.iter().enumerate() {
-            // The geometric process is memoryless: restarting it at each block
-            // boundary draws the same distribution.
-            let mut user_in_block: u64 = 0;
-            loop {
-                if segment.member_share < 1.0 {
-                    let uniform: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
-                    let gap = (uniform.ln() / log_miss[segment_index]).floor();
-                    if !gap.is_finite() || gap >= (block_users - user_in_block) as f64 {
-                        break;
-                    }
-                    user_in_block += gap as u64;
-                }
-                if user_in_block >= block_users {
-                    break;
-                }
-                // Recent activity is more common than old: square a uniform draw.
-                let recency: f64 = rng.random();
-                drawn.push(BlockEntry {
-                    user_in_block: user_in_block as u32,
-                    segment_index: segment_index as u32,
-                    age_seconds: (recency * recency * HISTORY_SECONDS) as u32,
-                });
-                user_in_block += 1;
-            }
-        }
-        // Counting sort by user; stable, so a user's segments stay in id order.
-        user_starts.clear();
-        user_starts.resize(block_users as usize + 1, 0);
-        for entry in &drawn {
-            user_starts[entry.user_in_block as usize + 1] += 1;
-        }
-        for index in 1..user_starts.len() {
-            user_starts[index] += user_starts[index - 1];
-        }
-        sorted.clear();
-        sorted.resize(drawn.len(), BlockEntry::default());
-        let mut next_position = user_starts.clone();
-        for entry in &drawn {
-            let position = &mut next_position[entry.user_in_block as usize];
-            sorted[*position as usize] = *entry;
-            *position += 1;
-        }
+        draw_block(segments, &log_miss, block_users, rng, &mut drawn);
+        sort_by_user(&drawn, block_users, &mut user_starts, &mut sorted);
         let mut current_user = u64::MAX;
         let mut user_prefix_length = 0;
         for entry in &sorted {
@@ -339,6 +297,72 @@ fn write_memberships(
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((written, member_bits))
+}
+
+/// Draws the memberships of one block of `block_users` users into `drawn`,
+/// segment by segment: each segment's members come from a geometric process
+/// over the users (the gap to the next member), each with a recency.
+fn draw_block(
+    segments: &[SyntheticSegment],
+    log_miss: &[f64],
+    block_users: u64,
+    rng: &mut SmallRng,
+    drawn: &mut Vec<BlockEntry>,
+) {
+    drawn.clear();
+    for (segment_index, segment) in segments.iter().enumerate() {
+        // The geometric process is memoryless: restarting it at each block
+        // boundary draws the same distribution.
+        let mut user_in_block: u64 = 0;
+        loop {
+            if segment.member_share < 1.0 {
+                let uniform: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                let gap = (uniform.ln() / log_miss[segment_index]).floor();
+                if !gap.is_finite() || gap >= (block_users - user_in_block) as f64 {
+                    break;
+                }
+                user_in_block += gap as u64;
+            }
+            if user_in_block >= block_users {
+                break;
+            }
+            // Recent activity is more common than old: square a uniform draw.
+            let recency: f64 = rng.random();
+            drawn.push(BlockEntry {
+                user_in_block: user_in_block as u32,
+                segment_index: segment_index as u32,
+                age_seconds: (recency * recency * HISTORY_SECONDS) as u32,
+            });
+            user_in_block += 1;
+        }
+    }
+}
+
+/// Orders one block's memberships by user into `sorted` (`user_starts` is
+/// scratch space).
+fn sort_by_user(
+    drawn: &[BlockEntry],
+    block_users: u64,
+    user_starts: &mut Vec<u32>,
+    sorted: &mut Vec<BlockEntry>,
+) {
+    // Counting sort by user; stable, so a user's segments stay in id order.
+    user_starts.clear();
+    user_starts.resize(block_users as usize + 1, 0);
+    for entry in drawn {
+        user_starts[entry.user_in_block as usize + 1] += 1;
+    }
+    for index in 1..user_starts.len() {
+        user_starts[index] += user_starts[index - 1];
+    }
+    sorted.clear();
+    sorted.resize(drawn.len(), BlockEntry::default());
+    let mut next_position = user_starts.clone();
+    for entry in drawn {
+        let position = &mut next_position[entry.user_in_block as usize];
+        sorted[*position as usize] = *entry;
+        *position += 1;
+    }
 }
 
 /// Members drawn uniformly from users in at least one segment; non-members are

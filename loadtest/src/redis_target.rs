@@ -314,6 +314,38 @@ async fn finish_one(in_flight: &mut tokio::task::JoinSet<redis::RedisResult<()>>
     }
 }
 
+/// One `user_id<TAB>segment_id[<TAB>last_seen]` line of memberships.tsv;
+/// `None` for a blank line or a comment. A missing `last_seen` is now.
+fn parse_membership_line<'line>(
+    line: &'line str,
+    path: &std::path::Path,
+    line_number: usize,
+) -> Result<Option<(&'line str, u32, i64)>> {
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let mut fields = line.split('\t');
+    let (Some(user_id), Some(segment_id)) = (fields.next(), fields.next()) else {
+        bail!(
+            "{}:{line_number}: expected user_id<TAB>segment_id[<TAB>last_seen]",
+            path.display()
+        );
+    };
+    let segment_id: u32 = segment_id
+        .parse()
+        .with_context(|| format!("{}:{line_number}: segment id is not a u32", path.display()))?;
+    let last_seen: i64 = match fields.next() {
+        Some(text) => text.parse().with_context(|| {
+            format!(
+                "{}:{line_number}: last_seen is not an integer",
+                path.display()
+            )
+        })?,
+        None => segd::unix_now_seconds(),
+    };
+    Ok(Some((user_id, segment_id, last_seen)))
+}
+
 /// `loadtest redis-load`: `ZADD m:{user} last_seen segment [last_seen segment ...]`
 /// per run of adjacent lines of one user, pipelined, then `INFO memory`.
 pub async fn load(args: &RedisLoadArgs) -> Result<()> {
@@ -343,27 +375,10 @@ pub async fn load(args: &RedisLoadArgs) -> Result<()> {
     for (index, line) in reader.lines().enumerate() {
         let line_number = index + 1;
         let line = line.with_context(|| format!("reading {}:{line_number}", path.display()))?;
-        if line.is_empty() || line.starts_with('#') {
+        let Some((user_id, segment_id, last_seen)) =
+            parse_membership_line(&line, &path, line_number)?
+        else {
             continue;
-        }
-        let mut fields = line.split('\t');
-        let (Some(user_id), Some(segment_id)) = (fields.next(), fields.next()) else {
-            bail!(
-                "{}:{line_number}: expected user_id<TAB>segment_id[<TAB>last_seen]",
-                path.display()
-            );
-        };
-        let segment_id: u32 = segment_id.parse().with_context(|| {
-            format!("{}:{line_number}: segment id is not a u32", path.display())
-        })?;
-        let last_seen: i64 = match fields.next() {
-            Some(text) => text.parse().with_context(|| {
-                format!(
-                    "{}:{line_number}: last_seen is not an integer",
-                    path.display()
-                )
-            })?,
-            None => segd::unix_now_seconds(),
         };
         // Adjacent lines of one user (gen writes user-major) become one ZADD
         // with several score-member pairs: what a real loader would send.

@@ -124,6 +124,16 @@ pub struct SwapSplit {
     pub outside_swaps_curve: Vec<CurvePoint>,
 }
 
+/// What the `--observe-addr` probes found (see `fleet_lag`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetLag {
+    pub observe_addr: String,
+    /// Probes seen on the observer; lag from the recording acknowledgement.
+    pub lag: Percentiles,
+    /// Probes not seen within 5 s (or whose recording failed).
+    pub lost: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub workload: String,
@@ -142,7 +152,7 @@ pub struct Report {
     /// Impressions acknowledged per second (record workload).
     pub impressions_per_second: f64,
     /// Cross-replica visibility lag (`--observe-addr`).
-    pub fleet_lag: Option<crate::fleet_lag::FleetLag>,
+    pub fleet_lag: Option<FleetLag>,
     pub errors: u64,
     /// gRPC status code names (or `redis:...`) to counts.
     pub errors_by_code: BTreeMap<String, u64>,
@@ -219,6 +229,15 @@ fn percentile_row(label: &str, percentiles: &Percentiles) -> String {
 impl Report {
     pub fn to_text(&self) -> String {
         let mut text = String::new();
+        self.write_rates(&mut text);
+        self.write_latencies(&mut text);
+        self.write_errors_and_swaps(&mut text);
+        self.write_resources(&mut text);
+        text
+    }
+
+    /// The run line and the achieved rates, with a warning when an open loop fell behind.
+    fn write_rates(&self, text: &mut String) {
         let offered = match self.offered_rps {
             Some(rps) => format!("{rps} req/s offered (open loop)"),
             None => "closed loop".to_owned(),
@@ -254,6 +273,10 @@ impl Report {
                 "WARNING: achieved rate is below 95 % of offered: the target (or the generator) is saturated"
             );
         }
+    }
+
+    /// The percentile table: latency, service time, cross-replica lag, swap split.
+    fn write_latencies(&self, text: &mut String) {
         let _ = writeln!(
             text,
             "  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -287,6 +310,10 @@ impl Report {
                 split.window_after_push_seconds
             );
         }
+    }
+
+    /// Errors by code and every swap the run made.
+    fn write_errors_and_swaps(&self, text: &mut String) {
         let _ = writeln!(text, "errors {}", self.errors);
         for (code, count) in &self.errors_by_code {
             let _ = writeln!(text, "  {code}: {count}");
@@ -314,6 +341,10 @@ impl Report {
                     .unwrap_or_default(),
             );
         }
+    }
+
+    /// Generations seen and what the generator, server and Redis used.
+    fn write_resources(&self, text: &mut String) {
         if let Some((lowest, highest)) = self.generations_seen {
             let _ = writeln!(text, "generations seen {lowest} .. {highest}");
         }
@@ -335,6 +366,5 @@ impl Report {
                 bytes as f64 / (1 << 20) as f64
             );
         }
-        text
     }
 }

@@ -17,72 +17,27 @@
 //! not counted. Stats are kept per connection behind a std Mutex held for a few
 //! hundred nanoseconds, never across an `.await`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::chart;
-use crate::cli::{RunArgs, Target, Workload, flag_name};
+use crate::cli::{RunArgs, Target, Workload};
 use crate::executor::{self, Executor};
 use crate::redis_target;
-use crate::report::{
-    self, Histogram, Percentiles, Report, SwapSplit, TimelinePoint, new_histogram, record_micros,
-};
+use crate::report::{self, FleetLag, Report, record_micros};
 use crate::swap::{SwapPlan, SwapWindows};
 use crate::workload::{Dataset, Generator, GeneratorConfig};
+
+mod stats;
+
+use stats::{ConnectionStats, build_report, lock, progress};
 
 /// After the last scheduled second, how long in-flight and backlogged requests
 /// may take before the run is cut.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-
-/// Measurements of one connection's workers.
-struct ConnectionStats {
-    /// Successful requests completed since the last progress tick (warm-up included).
-    interval: Histogram,
-    interval_errors: u64,
-    latency: Histogram,
-    service_time: Histogram,
-    during_swaps: Histogram,
-    outside_swaps: Histogram,
-    during_swaps_errors: u64,
-    outside_swaps_errors: u64,
-    /// Measured requests, successful or not.
-    completed: u64,
-    user_lookups: u64,
-    errors_by_code: BTreeMap<String, u64>,
-    first_error: Option<String>,
-    generations_seen: Option<(u64, u64)>,
-}
-
-impl ConnectionStats {
-    fn new() -> ConnectionStats {
-        ConnectionStats {
-            interval: new_histogram(),
-            interval_errors: 0,
-            latency: new_histogram(),
-            service_time: new_histogram(),
-            during_swaps: new_histogram(),
-            outside_swaps: new_histogram(),
-            during_swaps_errors: 0,
-            outside_swaps_errors: 0,
-            completed: 0,
-            user_lookups: 0,
-            errors_by_code: BTreeMap::new(),
-            first_error: None,
-            generations_seen: None,
-        }
-    }
-}
-
-fn lock(stats: &Mutex<ConnectionStats>) -> MutexGuard<'_, ConnectionStats> {
-    // A worker that panicked mid-update leaves counts that are still usable.
-    stats
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// When requests are due, shared by every worker.
 struct Schedule {
@@ -96,6 +51,20 @@ struct Schedule {
 }
 
 impl Schedule {
+    fn new(args: &RunArgs) -> Schedule {
+        let total_seconds = args.warmup + args.duration;
+        // A short lead so every worker is spawned before slot 0 is due.
+        let run_start = Instant::now() + Duration::from_millis(50);
+        Schedule {
+            run_start,
+            warmup_ns: args.warmup * 1_000_000_000,
+            end_ns: total_seconds * 1_000_000_000,
+            interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
+            next_slot: AtomicU64::new(0),
+            hard_stop: run_start + Duration::from_secs(total_seconds) + DRAIN_LIMIT,
+        }
+    }
+
     fn elapsed_ns(&self) -> u64 {
         self.run_start.elapsed().as_nanos() as u64
     }
@@ -181,16 +150,7 @@ fn grpc_addrs(args: &RunArgs) -> Vec<String> {
 pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args)?;
     let dataset = Arc::new(Dataset::load(&args)?);
-    let ttl_by_segment = Arc::new(dataset.ttl_by_segment.clone());
-    let mut executors = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        executors.push(match args.target {
-            Target::Grpc => executor::connect_grpc(&grpc_addrs(&args)).await?,
-            Target::Redis => {
-                executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
-            }
-        });
-    }
+    let executors = connect_executors(&args, &dataset).await?;
     let swap_plan = SwapPlan::prepare(&args).await?;
     let swap_window_after_push = swap_plan.as_ref().map(SwapPlan::window_after_push_seconds);
     let swap_windows = Arc::new(SwapWindows::new());
@@ -198,81 +158,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let total_seconds = args.warmup + args.duration;
     let cpu_at_start = report::process_cpu_seconds();
     let wall_at_start = Instant::now();
-    // A short lead so every worker is spawned before slot 0 is due.
-    let run_start = Instant::now() + Duration::from_millis(50);
-    let schedule = Arc::new(Schedule {
-        run_start,
-        warmup_ns: args.warmup * 1_000_000_000,
-        end_ns: total_seconds * 1_000_000_000,
-        interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
-        next_slot: AtomicU64::new(0),
-        hard_stop: run_start + Duration::from_secs(total_seconds) + DRAIN_LIMIT,
-    });
-    let generator_config = GeneratorConfig {
-        workload: args.workload,
-        lookup_segments: args.lookup_segments,
-        batch_size: args.batch_size,
-        candidates: args.candidates,
-        record_batch: args.record_batch,
-        max_age_seconds: args.max_age_seconds,
-        line_items: args.line_items,
-        registered_line_items: args.registered_line_items && args.target == Target::Grpc,
-    };
+    let schedule = Arc::new(Schedule::new(&args));
+    let run_start = schedule.run_start;
+    let generator_config = generator_config(&args);
     if generator_config.registered_line_items {
         register_line_items(&args, &dataset).await?;
     }
-    let run_nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.as_nanos() as u64)
-        .unwrap_or(0);
+    let run_nonce = run_nonce();
 
-    let mut connection_stats = Vec::with_capacity(args.connections);
-    let mut workers = tokio::task::JoinSet::new();
-    for (connection_index, executor) in executors.into_iter().enumerate() {
-        let stats = Arc::new(Mutex::new(ConnectionStats::new()));
-        connection_stats.push(stats.clone());
-        for worker_in_connection in 0..args.concurrency {
-            let worker_index = connection_index * args.concurrency + worker_in_connection;
-            let generator = Generator::new(
-                dataset.clone(),
-                generator_config.clone(),
-                args.seed,
-                worker_index,
-                run_nonce,
-            );
-            let track_swaps = swap_plan.is_some().then(|| swap_windows.clone());
-            workers.spawn(worker(
-                executor.clone(),
-                generator,
-                stats.clone(),
-                schedule.clone(),
-                track_swaps,
-            ));
-        }
-    }
+    let track_swaps = swap_plan.is_some().then(|| swap_windows.clone());
+    let (connection_stats, mut workers) = spawn_workers(
+        &args,
+        executors,
+        &dataset,
+        &generator_config,
+        run_nonce,
+        &schedule,
+        track_swaps,
+    );
     let swap_task = swap_plan.map(|plan| {
         let windows = swap_windows.clone();
         let run_end = run_start + Duration::from_secs(total_seconds);
         tokio::spawn(async move { plan.run(&windows, run_start, run_end).await })
     });
-
-    let lag_task = args.observe_addr.clone().map(|observe_addr| {
-        let record_addr = args.addr.clone();
-        let interval = Duration::from_millis(args.observe_interval_ms.max(1));
-        let measure_from = run_start + Duration::from_secs(args.warmup);
-        let until = run_start + Duration::from_secs(total_seconds);
-        tokio::spawn(async move {
-            crate::fleet_lag::probe(
-                &record_addr,
-                &observe_addr,
-                interval,
-                measure_from,
-                until,
-                run_nonce,
-            )
-            .await
-        })
-    });
+    let lag_task = spawn_lag_probe(&args, run_start, run_nonce);
     // The server's CPU over the measured window only (not the warm-up).
     let server_cpu_at_measure_start = args.server_pid.map(|pid| {
         let measure_from = run_start + Duration::from_secs(args.warmup);
@@ -288,14 +197,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
 
-    let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!("warning: requests still in flight {DRAIN_LIMIT:?} after the end; cut");
-        workers.abort_all();
-    }
+    drain(&mut workers, &schedule).await;
     let swaps = match swap_task {
         Some(task) => task.await.context("swap task panicked")?,
         None => Vec::new(),
@@ -328,13 +230,127 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(lag_task) = lag_task {
         report.fleet_lag = Some(lag_task.await.context("lag probe panicked")??);
     }
+    write_outputs(&args, &report)
+}
+
+/// One executor per `--connections`.
+async fn connect_executors(args: &RunArgs, dataset: &Dataset) -> Result<Vec<Executor>> {
+    let ttl_by_segment = Arc::new(dataset.ttl_by_segment.clone());
+    let mut executors = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        executors.push(match args.target {
+            Target::Grpc => executor::connect_grpc(&grpc_addrs(args)).await?,
+            Target::Redis => {
+                executor::connect_redis(&args.redis_url, ttl_by_segment.clone()).await?
+            }
+        });
+    }
+    Ok(executors)
+}
+
+fn generator_config(args: &RunArgs) -> GeneratorConfig {
+    GeneratorConfig {
+        workload: args.workload,
+        lookup_segments: args.lookup_segments,
+        batch_size: args.batch_size,
+        candidates: args.candidates,
+        record_batch: args.record_batch,
+        max_age_seconds: args.max_age_seconds,
+        line_items: args.line_items,
+        registered_line_items: args.registered_line_items && args.target == Target::Grpc,
+    }
+}
+
+/// Keeps generated users and impression ids unique across runs against the
+/// same server.
+fn run_nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// `--concurrency` workers per connection, sharing that connection's stats.
+fn spawn_workers(
+    args: &RunArgs,
+    executors: Vec<Executor>,
+    dataset: &Arc<Dataset>,
+    generator_config: &GeneratorConfig,
+    run_nonce: u64,
+    schedule: &Arc<Schedule>,
+    track_swaps: Option<Arc<SwapWindows>>,
+) -> (Vec<Arc<Mutex<ConnectionStats>>>, tokio::task::JoinSet<()>) {
+    let mut connection_stats = Vec::with_capacity(args.connections);
+    let mut workers = tokio::task::JoinSet::new();
+    for (connection_index, executor) in executors.into_iter().enumerate() {
+        let stats = Arc::new(Mutex::new(ConnectionStats::new()));
+        connection_stats.push(stats.clone());
+        for worker_in_connection in 0..args.concurrency {
+            let worker_index = connection_index * args.concurrency + worker_in_connection;
+            let generator = Generator::new(
+                dataset.clone(),
+                generator_config.clone(),
+                args.seed,
+                worker_index,
+                run_nonce,
+            );
+            workers.spawn(worker(
+                executor.clone(),
+                generator,
+                stats.clone(),
+                schedule.clone(),
+                track_swaps.clone(),
+            ));
+        }
+    }
+    (connection_stats, workers)
+}
+
+/// `--observe-addr`: the cross-replica lag probe over the measured window.
+fn spawn_lag_probe(
+    args: &RunArgs,
+    run_start: Instant,
+    run_nonce: u64,
+) -> Option<tokio::task::JoinHandle<Result<FleetLag>>> {
+    let observe_addr = args.observe_addr.clone()?;
+    let record_addr = args.addr.clone();
+    let interval = Duration::from_millis(args.observe_interval_ms.max(1));
+    let measure_from = run_start + Duration::from_secs(args.warmup);
+    let until = run_start + Duration::from_secs(args.warmup + args.duration);
+    Some(tokio::spawn(async move {
+        crate::fleet_lag::probe(
+            &record_addr,
+            &observe_addr,
+            interval,
+            measure_from,
+            until,
+            run_nonce,
+        )
+        .await
+    }))
+}
+
+/// Waits for the workers until the hard stop; then cuts what is still in flight.
+async fn drain(workers: &mut tokio::task::JoinSet<()>, schedule: &Schedule) {
+    let drained = tokio::time::timeout_at(schedule.hard_stop.into(), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!("warning: requests still in flight {DRAIN_LIMIT:?} after the end; cut");
+        workers.abort_all();
+    }
+}
+
+/// The text summary on stdout, then `--json` and `--chart` if asked for.
+fn write_outputs(args: &RunArgs, report: &Report) -> Result<()> {
     print!("{}", report.to_text());
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)?;
+        let json = serde_json::to_vec_pretty(report)?;
         std::fs::write(path, json).with_context(|| format!("writing --json {}", path.display()))?;
     }
     if let Some(path) = &args.chart {
-        std::fs::write(path, chart::render(&report))
+        std::fs::write(path, chart::render(report))
             .with_context(|| format!("writing --chart {}", path.display()))?;
     }
     Ok(())
@@ -432,141 +448,5 @@ async fn worker(
                 }
             }
         }
-    }
-}
-
-/// Prints one line a second and returns the per-second timeline.
-async fn progress(
-    connection_stats: &[Arc<Mutex<ConnectionStats>>],
-    schedule: &Schedule,
-    warmup_seconds: u64,
-    total_seconds: u64,
-) -> Vec<TimelinePoint> {
-    let mut timeline = Vec::with_capacity(total_seconds as usize);
-    let mut second_histogram = new_histogram();
-    for second in 1..=total_seconds {
-        tokio::time::sleep_until((schedule.run_start + Duration::from_secs(second)).into()).await;
-        second_histogram.reset();
-        let mut errors = 0;
-        for stats in connection_stats {
-            let mut stats = lock(stats);
-            // Same bounds on both sides: merging cannot fail.
-            let _ = second_histogram.add(&stats.interval);
-            stats.interval.reset();
-            errors += std::mem::take(&mut stats.interval_errors);
-        }
-        let point = TimelinePoint {
-            second,
-            measured: second > warmup_seconds,
-            requests: second_histogram.len() + errors,
-            errors,
-            p50_us: second_histogram.value_at_quantile(0.5),
-            p99_us: second_histogram.value_at_quantile(0.99),
-            max_us: second_histogram.max(),
-        };
-        eprintln!(
-            "[{second:>4}s] {:>8} req/s  p50 {:>9}  p99 {:>9}  max {:>9}  errors {}{}",
-            point.requests,
-            report::format_micros(point.p50_us),
-            report::format_micros(point.p99_us),
-            report::format_micros(point.max_us),
-            point.errors,
-            if point.measured { "" } else { "  (warm-up)" },
-        );
-        timeline.push(point);
-    }
-    timeline
-}
-
-fn build_report(
-    args: &RunArgs,
-    connection_stats: &[Arc<Mutex<ConnectionStats>>],
-    timeline: Vec<TimelinePoint>,
-    swaps: Vec<crate::report::SwapEvent>,
-    swap_window_after_push: Option<f64>,
-    redis_used_memory_bytes: Option<u64>,
-) -> Report {
-    let mut latency = new_histogram();
-    let mut service_time = new_histogram();
-    let mut during_swaps = new_histogram();
-    let mut outside_swaps = new_histogram();
-    let (mut completed, mut user_lookups, mut during_errors, mut outside_errors) = (0, 0, 0, 0);
-    let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
-    let mut first_error = None;
-    let mut generations_seen: Option<(u64, u64)> = None;
-    for stats in connection_stats {
-        let stats = lock(stats);
-        // Same bounds everywhere: merging cannot fail.
-        let _ = latency.add(&stats.latency);
-        let _ = service_time.add(&stats.service_time);
-        let _ = during_swaps.add(&stats.during_swaps);
-        let _ = outside_swaps.add(&stats.outside_swaps);
-        completed += stats.completed;
-        user_lookups += stats.user_lookups;
-        during_errors += stats.during_swaps_errors;
-        outside_errors += stats.outside_swaps_errors;
-        for (code, count) in &stats.errors_by_code {
-            *errors_by_code.entry(code.clone()).or_default() += count;
-        }
-        if first_error.is_none() {
-            first_error = stats.first_error.clone();
-        }
-        if let Some((lowest, highest)) = stats.generations_seen {
-            generations_seen = Some(match generations_seen {
-                Some((low, high)) => (low.min(lowest), high.max(highest)),
-                None => (lowest, highest),
-            });
-        }
-    }
-    let duration_seconds = args.duration as f64;
-    let workload = flag_name(args.workload);
-    let target = flag_name(args.target);
-    Report {
-        workload,
-        addr: match args.target {
-            Target::Grpc => grpc_addrs(args).join(","),
-            Target::Redis => args.redis_url.clone(),
-        },
-        target,
-        mode: if args.rps > 0 { "open" } else { "closed" }.to_owned(),
-        offered_rps: (args.rps > 0).then_some(args.rps),
-        warmup_seconds: args.warmup,
-        duration_seconds: args.duration,
-        connections: args.connections,
-        concurrency_per_connection: args.concurrency,
-        requests: completed,
-        achieved_rps: completed as f64 / duration_seconds,
-        user_lookups_per_second: user_lookups as f64 / duration_seconds,
-        impressions_per_second: match args.workload {
-            Workload::Record => {
-                let failed: u64 = errors_by_code.values().sum();
-                completed.saturating_sub(failed) as f64 * args.record_batch as f64
-                    / duration_seconds
-            }
-            _ => 0.0,
-        },
-        fleet_lag: None,
-        errors: errors_by_code.values().sum(),
-        errors_by_code,
-        first_error,
-        latency: Percentiles::of(&latency),
-        service_time: Percentiles::of(&service_time),
-        swap_split: swap_window_after_push.map(|window| SwapSplit {
-            window_after_push_seconds: window,
-            during_swaps: Percentiles::of(&during_swaps),
-            during_swaps_curve: report::percentile_curve(&during_swaps),
-            outside_swaps_curve: report::percentile_curve(&outside_swaps),
-            during_swaps_errors: during_errors,
-            outside_swaps: Percentiles::of(&outside_swaps),
-            outside_swaps_errors: outside_errors,
-        }),
-        swaps,
-        generations_seen,
-        redis_used_memory_bytes,
-        generator_cpu_cores: None,
-        server_cpu_seconds: None,
-        server_cpu_us_per_request: None,
-        timeline,
-        percentile_curve: report::percentile_curve(&latency),
     }
 }

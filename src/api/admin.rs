@@ -217,7 +217,7 @@ impl Admin for AdminService {
                 .await
                 .inspect_err(|error| {
                     tracing::warn!(error = ?error.to_string(), "pack refused");
-                    refused(crate::fleet::pack_sync::refusal_of(error));
+                    refused(Refusal::from(error));
                 })?;
             self.changes.record_ok(PackChange::Push, outcome.unchanged);
             return Ok(Response::new(push_reply(outcome)));
@@ -344,10 +344,8 @@ impl Admin for AdminService {
         let pack = request.into_inner().pack;
         if let Some(fleet) = self.fleet()? {
             let outcome = fleet.rollback(pack).await.inspect_err(|error| {
-                self.changes.record_refused(
-                    PackChange::Rollback,
-                    crate::fleet::pack_sync::refusal_of(error),
-                )
+                self.changes
+                    .record_refused(PackChange::Rollback, Refusal::from(error))
             })?;
             self.changes.record_ok(PackChange::Rollback, false);
             return Ok(Response::new(RollbackResponse {
@@ -441,7 +439,7 @@ impl Admin for AdminService {
         if let Some(fleet) = self.fleet()? {
             let generation = fleet.drop_pack(pack.clone()).await.inspect_err(|error| {
                 self.changes
-                    .record_refused(PackChange::Drop, crate::fleet::pack_sync::refusal_of(error))
+                    .record_refused(PackChange::Drop, Refusal::from(error))
             })?;
             self.changes.record_ok(PackChange::Drop, false);
             return Ok(Response::new(DropPackResponse { pack, generation }));

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::NoLabelSet;
 
+use crate::fleet::pack_sync::FleetChangeError;
 use crate::proto::Reason;
 use crate::store::catalog::CatalogError;
 use crate::telemetry::{Collector, DescriptorEncoder, MetricType};
@@ -158,6 +159,19 @@ impl From<&CatalogError> for Refusal {
             CatalogError::NoPreviousVersion(_) => Refusal::NoPreviousVersion,
             CatalogError::Damaged { .. } => Refusal::DamagedPack,
             CatalogError::Io { .. } => Refusal::Storage,
+        }
+    }
+}
+
+/// The refusal a failed fleet change is counted under. Here, not in
+/// `fleet`, so that the fleet never imports the gRPC layer.
+impl From<&FleetChangeError> for Refusal {
+    fn from(error: &FleetChangeError) -> Self {
+        match error {
+            FleetChangeError::Catalog(error) => Refusal::from(error),
+            FleetChangeError::LineItems(_) => Refusal::InvalidPack,
+            FleetChangeError::Unavailable(_) => Refusal::Storage,
+            FleetChangeError::Precondition(_) => Refusal::NoPreviousVersion,
         }
     }
 }

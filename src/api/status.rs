@@ -67,6 +67,8 @@ impl From<crate::realtime::RealtimeError> for Status {
             RealtimeError::OverlayFull { .. } => Code::ResourceExhausted,
             RealtimeError::NotLoaded => Code::Unavailable,
             RealtimeError::Storage(_) => Code::Unavailable,
+            RealtimeError::Unavailable(_) => Code::Unavailable,
+            RealtimeError::TooLarge(_) => Code::InvalidArgument,
         };
         Status::new(code, error.to_string())
     }

@@ -285,7 +285,10 @@ impl App {
         }
         self.freq.set(freq);
         self.realtime.metrics.set(RealtimeMetrics(realtime.clone()));
-        self.realtime.writes.set(realtime.clone());
+        // In a fleet, changes go through the stream once joined (`join_fleet`).
+        if !self.settings.fleet.enabled() {
+            self.realtime.writes.set(realtime.clone());
+        }
         self.realtime.store.set(realtime);
         Ok(generation)
     }
@@ -322,15 +325,28 @@ impl App {
     /// (connect, check the stream, catch up with it, until `stop`) and
     /// records through it from then on; nothing on a single node.
     pub async fn join_fleet(&self, stop: &CancellationToken) -> anyhow::Result<()> {
-        let (Some(metrics), Some(store)) = (self.fleet_metrics.clone(), self.freq.get()) else {
+        let (Some(metrics), Some(store), Some(realtime)) = (
+            self.fleet_metrics.clone(),
+            self.freq.get(),
+            self.realtime.store.get(),
+        ) else {
             return Ok(());
         };
         let settings = &self.settings;
+        if settings.realtime.forget_retention_seconds() > settings.frequency.retention_seconds() {
+            tracing::warn!(
+                forget_retention_days = settings.realtime.forget_retention_days,
+                freq_retention_days = settings.frequency.freq_retention_days,
+                "the fleet stream keeps forgets for --freq-retention-days only: a replica started later learns no older forget"
+            );
+        }
         let start = FleetStart {
             settings: &settings.fleet,
             shard: settings.sharding.shard.index,
             retention: Duration::from_secs(settings.frequency.retention_seconds() as u64),
             store: store.clone(),
+            realtime: realtime.clone(),
+            request_timeout: Duration::from_millis(settings.limits.request_timeout_ms.max(1)),
             metrics,
         };
         let fleet = Fleet::start(start, stop.clone()).await.with_context(|| {
@@ -352,6 +368,7 @@ impl App {
         .context("share packs and line items with the fleet")?;
         *self.pack_sync_task.lock().await = Some(pack_sync);
         self.sink.set(fleet.sink.clone());
+        self.realtime.writes.set(fleet.realtime.clone());
         *self.fleet.lock().await = Some(fleet);
         Ok(())
     }

@@ -1,5 +1,7 @@
-//! Consuming the stream into the local counters. A tokio task pulls this
-//! replica's subject from the last applied sequence through an ephemeral
+//! Consuming the stream into the local counters and the real-time overlay. A
+//! tokio task pulls this replica's subjects (impressions and real-time
+//! changes, `super::members`) in one stream order from the last applied
+//! sequence through an ephemeral
 //! consumer (no acks: progress is the store's applied sequence, kept in its
 //! checkpoints) and hands messages to one applier thread, which applies them
 //! in stream order and wakes the recording call waiting for its message id
@@ -23,6 +25,7 @@ use tracing::warn;
 use super::message::{decode_batch, unix_now_nanos};
 use super::metrics::FleetMetrics;
 use crate::freq::{FreqError, FreqStore, RecordOutcome};
+use crate::realtime::Realtime;
 
 /// What became of a message a recording call waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub enum Applied {
     Recorded(RecordOutcome),
     /// Skipped by every replica; the reason.
     Skipped(&'static str),
+    /// A real-time change (`crate::fleet::members`) applied.
+    Changed,
 }
 
 /// Recording calls waiting for their message to be applied, by message id.
@@ -101,22 +106,35 @@ pub enum Delivery {
     Rewind(u64),
 }
 
+/// Where the applier thread applies: the counters, and the real-time overlay
+/// for messages of `members_subject`.
+pub struct ApplyTargets {
+    pub store: Arc<FreqStore>,
+    pub realtime: Arc<Realtime>,
+    pub members_subject: String,
+}
+
 /// The applier thread: applies messages in the order received, publishes
 /// the applied sequence on `applied`, wakes waiters. Ends when `messages`
 /// closes or the store shuts down.
 pub fn run_applier(
     mut messages: mpsc::Receiver<Delivery>,
-    store: Arc<FreqStore>,
+    targets: ApplyTargets,
     waiters: Arc<Waiters>,
     metrics: Arc<FleetMetrics>,
     applied: watch::Sender<u64>,
 ) {
-    static UNDECODABLE: LogLimiter = LogLimiter::new();
+    let ApplyTargets {
+        store,
+        realtime,
+        members_subject,
+    } = targets;
     while let Some(delivery) = messages.blocking_recv() {
         let message = match delivery {
             Delivery::Message(message) => message,
             Delivery::Rewind(stream_seq) => {
                 store.rewind_applied_stream_seq(stream_seq);
+                realtime.rewind_stream_position(stream_seq);
                 metrics
                     .applied_sequence
                     .store(stream_seq, Ordering::Relaxed);
@@ -128,45 +146,41 @@ pub fn run_applier(
         let stream_seq = info.stream_sequence;
         let stored_unix_nanos = info.published.unix_timestamp_nanos() as i64;
         let pending = info.pending;
-        let outcome = match decode_batch(&message.payload) {
-            // The recording call had already answered UNAVAILABLE: skip it
-            // everywhere so that answer stays true.
-            Ok(batch) if stored_unix_nanos > batch.valid_until_unix_nanos => {
-                metrics.late_batches_skipped.fetch_add(1, Ordering::Relaxed);
-                store.apply_replicated(stream_seq, 0, &[]).map(|applied| {
-                    applied.map(|_| Applied::Skipped("stored after its request's deadline"))
-                })
-            }
-            Ok(batch) => {
-                let origin_unix_seconds = batch.origin_unix_nanos.div_euclid(1_000_000_000);
-                let result =
-                    store.apply_replicated(stream_seq, origin_unix_seconds, &batch.impressions);
-                if let Ok(Some(_)) = result {
-                    metrics.observe_lag_nanos(unix_now_nanos() - batch.origin_unix_nanos);
-                }
-                result.map(|outcome| outcome.map(Applied::Recorded))
-            }
-            Err(reason) => {
-                metrics.undecodable_messages.fetch_add(1, Ordering::Relaxed);
-                if UNDECODABLE.allow() {
-                    warn!(stream_seq, reason = %reason, "undecodable fleet stream message skipped");
-                }
-                store
-                    .apply_replicated(stream_seq, 0, &[])
-                    .map(|applied| applied.map(|_| Applied::Skipped("undecodable")))
-            }
+        let outcome = if message.subject.as_str() == members_subject {
+            super::members::apply_message(
+                &realtime,
+                &store,
+                stream_seq,
+                stored_unix_nanos,
+                &message.payload,
+                || messages.is_closed(),
+            )
+        } else {
+            apply_impressions(
+                &store,
+                &metrics,
+                stream_seq,
+                stored_unix_nanos,
+                &message.payload,
+            )
         };
         let applied_outcome = match outcome {
             Ok(Some(applied_outcome)) => applied_outcome,
-            // Already in the counters (a redelivery): nothing to count or wake;
-            // a waiter for it learns nothing it could trust and times out.
-            Ok(None) => continue,
+            // Already applied (a redelivery after a restart): nothing to
+            // count or wake (a waiter for it learns nothing it could trust
+            // and times out), but start-up's catch-up counts it.
+            Ok(None) => {
+                realtime.note_stream_seq(stream_seq);
+                applied.send_replace(stream_seq);
+                continue;
+            }
             Err(FreqError::ShutDown) => return,
             Err(error) => {
                 warn!(stream_seq, error = %error, "fleet message not applied");
                 continue;
             }
         };
+        realtime.note_stream_seq(stream_seq);
         metrics
             .applied_sequence
             .store(stream_seq, Ordering::Relaxed);
@@ -183,14 +197,53 @@ pub fn run_applier(
     }
 }
 
+/// Applies one impression batch to the counters.
+fn apply_impressions(
+    store: &FreqStore,
+    metrics: &FleetMetrics,
+    stream_seq: u64,
+    stored_unix_nanos: i64,
+    payload: &[u8],
+) -> Result<Option<Applied>, FreqError> {
+    static UNDECODABLE: LogLimiter = LogLimiter::new();
+    match decode_batch(payload) {
+        // The recording call had already answered UNAVAILABLE: skip it
+        // everywhere so that answer stays true.
+        Ok(batch) if stored_unix_nanos > batch.valid_until_unix_nanos => {
+            metrics.late_batches_skipped.fetch_add(1, Ordering::Relaxed);
+            store.apply_replicated(stream_seq, 0, &[]).map(|applied| {
+                applied.map(|_| Applied::Skipped("stored after its request's deadline"))
+            })
+        }
+        Ok(batch) => {
+            let origin_unix_seconds = batch.origin_unix_nanos.div_euclid(1_000_000_000);
+            let result =
+                store.apply_replicated(stream_seq, origin_unix_seconds, &batch.impressions);
+            if let Ok(Some(_)) = result {
+                metrics.observe_lag_nanos(unix_now_nanos() - batch.origin_unix_nanos);
+            }
+            result.map(|outcome| outcome.map(Applied::Recorded))
+        }
+        Err(reason) => {
+            metrics.undecodable_messages.fetch_add(1, Ordering::Relaxed);
+            if UNDECODABLE.allow() {
+                warn!(stream_seq, reason = %reason, "undecodable fleet stream message skipped");
+            }
+            store
+                .apply_replicated(stream_seq, 0, &[])
+                .map(|applied| applied.map(|_| Applied::Skipped("undecodable")))
+        }
+    }
+}
+
 /// Pause before recreating a consumer that failed.
 const CONSUMER_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// The consumer task: feeds `sender` with every message of `subject` after
-/// `after_seq`, in order, until `stop` is cancelled.
+/// The consumer task: feeds `sender` with every message of `subjects` after
+/// `after_seq`, in stream order, until `stop` is cancelled.
 pub async fn run_consumer(
     stream: stream::Stream,
-    subject: String,
+    subjects: Vec<String>,
     after_seq: u64,
     sender: mpsc::Sender<Delivery>,
     metrics: Arc<FleetMetrics>,
@@ -199,7 +252,7 @@ pub async fn run_consumer(
     static FAILURES: LogLimiter = LogLimiter::new();
     let mut last_handed_over = after_seq;
     while !stop.is_cancelled() {
-        let run = consume_once(&stream, &subject, &mut last_handed_over, &sender, &metrics);
+        let run = consume_once(&stream, &subjects, &mut last_handed_over, &sender, &metrics);
         let result = tokio::select! {
             result = run => result,
             () = stop.cancelled() => return,
@@ -223,7 +276,7 @@ pub async fn run_consumer(
 /// consumer must be recreated.
 async fn consume_once(
     stream: &stream::Stream,
-    subject: &str,
+    subjects: &[String],
     last_handed_over: &mut u64,
     sender: &mpsc::Sender<Delivery>,
     metrics: &FleetMetrics,
@@ -247,7 +300,7 @@ async fn consume_once(
                 start_sequence: *last_handed_over + 1,
             },
             ack_policy: AckPolicy::None,
-            filter_subject: subject.to_owned(),
+            filter_subjects: subjects.to_vec(),
             // A replica killed without goodbye leaves its consumer behind this long.
             inactive_threshold: Duration::from_secs(30),
             memory_storage: true,

@@ -11,6 +11,9 @@
 //!   ([`crate::freq::FreqStore::apply_replicated`]), so `Decide` stays
 //!   in-process. Same stream order everywhere, so impression ids dedupe alike
 //!   on every replica.
+//! - Real-time changes ([`members`]): `UpdateMembers` and `ForgetUsers`
+//!   publish to the shard's `segd.impressions.<shard>.members` in the same
+//!   stream; the same consumer and applier apply them in stream order.
 //! - [`stream`]: the stream, created when missing, refused when it cannot serve.
 //! - [`message`]: the bytes of a message, subjects and message ids.
 //! - [`metrics`]: lag, sequences, failures, connection state.
@@ -22,6 +25,7 @@
 //! call before both the acknowledgement and the local apply.
 
 pub mod applier;
+pub mod members;
 pub mod message;
 pub mod metrics;
 pub mod pack_sync;
@@ -41,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::freq::FreqStore;
+use crate::realtime::Realtime;
+pub use members::FleetRealtime;
 pub use metrics::FleetMetrics;
 pub use publisher::FleetSink;
 pub use settings::FleetSettings;
@@ -48,6 +54,8 @@ pub use settings::FleetSettings;
 /// A running fleet membership: the sink to record through and the tasks to stop.
 pub struct Fleet {
     pub sink: Arc<FleetSink>,
+    /// Where `UpdateMembers` and `ForgetUsers` go in fleet mode.
+    pub realtime: Arc<FleetRealtime>,
     pub metrics: Arc<FleetMetrics>,
     consumer: tokio::task::JoinHandle<()>,
     applier: Option<JoinHandle<()>>,
@@ -61,14 +69,18 @@ pub struct FleetStart<'a> {
     pub shard: u32,
     pub retention: Duration,
     pub store: Arc<FreqStore>,
+    /// The real-time overlay and journal, fed from the same stream.
+    pub realtime: Arc<Realtime>,
+    /// How long a real-time change may take to be acknowledged and applied.
+    pub request_timeout: Duration,
     pub metrics: Arc<FleetMetrics>,
 }
 
 impl Fleet {
     /// Connects (retrying until NATS answers or `stop`), makes sure the stream
-    /// can serve, starts consuming after the store's applied sequence, and
+    /// can serve, starts consuming after what this replica holds, and
     /// returns once caught up to the stream's last message of this shard at
-    /// start-up. Errors: a stream that cannot serve, a checkpoint from another
+    /// start-up (impressions and real-time changes). Errors: a stream that cannot serve, a checkpoint from another
     /// stream, `stop` before caught up.
     pub async fn start(start: FleetStart<'_>, stop: CancellationToken) -> anyhow::Result<Fleet> {
         let FleetStart {
@@ -76,6 +88,8 @@ impl Fleet {
             shard,
             retention,
             store,
+            realtime,
+            request_timeout,
             metrics,
         } = start;
         let client = connect(settings, &metrics).await?;
@@ -90,38 +104,52 @@ impl Fleet {
         };
         let stream = ensure_stream_retrying(&context, &spec, stop.clone()).await?;
         let subject = message::shard_subject(shard);
-        let target = last_sequence_of(&stream, &subject, &spec.name).await?;
-        let stream_last = stream.cached_info().state.last_sequence;
-        if store.applied_stream_seq() > stream_last {
-            warn!(stream = %spec.name, stream_last, applied = store.applied_stream_seq(), "the frequency checkpoint is beyond the stream's end: it lost its tail or was recreated; counting on from its end");
-            metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
-            store.rewind_applied_stream_seq(stream_last);
-        }
-        let applied = store.applied_stream_seq();
-        metrics.applied_sequence.store(applied, Ordering::Relaxed);
-        metrics.saw_stream_sequence(target);
+        let members_subject = members::members_subject(shard);
+        let (applied, target) = resume_point(
+            &stream,
+            [&subject, &members_subject],
+            &spec.name,
+            &store,
+            &realtime,
+            &metrics,
+        )
+        .await?;
 
         let waiters = Arc::new(applier::Waiters::default());
         let (applied_sender, mut applied_receiver) = watch::channel(applied);
         let (message_sender, message_receiver) = mpsc::channel(1_024);
-        let applier = {
-            let (store, waiters, metrics) = (store.clone(), waiters.clone(), metrics.clone());
-            std::thread::Builder::new()
-                .name("fleet-applier".to_owned())
-                .spawn(move || {
-                    applier::run_applier(message_receiver, store, waiters, metrics, applied_sender)
-                })
-                .context("spawn the fleet applier thread")?
+        let targets = applier::ApplyTargets {
+            store: store.clone(),
+            realtime: realtime.clone(),
+            members_subject: members_subject.clone(),
         };
+        let applier = spawn_applier(
+            message_receiver,
+            targets,
+            waiters.clone(),
+            metrics.clone(),
+            applied_sender,
+        )?;
         let consumer = tokio::spawn(applier::run_consumer(
             stream,
-            subject.clone(),
+            vec![subject.clone(), members_subject.clone()],
             applied,
             message_sender,
             metrics.clone(),
             stop.clone(),
         ));
+        let realtime_writes = Arc::new(FleetRealtime {
+            realtime,
+            client: client.clone(),
+            context: context.clone(),
+            subject: members_subject,
+            message_ids: message::MessageIds::new(&format!("{}.members", metrics.replica_id)),
+            waiters: waiters.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            timeout: request_timeout,
+        });
         let mut fleet = Fleet {
+            realtime: realtime_writes,
             sink: Arc::new(FleetSink {
                 client,
                 context,
@@ -248,6 +276,50 @@ async fn ensure_stream_retrying(
             () = stop.cancelled() => bail!("stopped before JetStream answered"),
         }
     }
+}
+
+/// The applier thread (see [`applier::run_applier`]).
+fn spawn_applier(
+    messages: mpsc::Receiver<applier::Delivery>,
+    targets: applier::ApplyTargets,
+    waiters: Arc<applier::Waiters>,
+    metrics: Arc<FleetMetrics>,
+    applied: watch::Sender<u64>,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fleet-applier".to_owned())
+        .spawn(move || applier::run_applier(messages, targets, waiters, metrics, applied))
+        .context("spawn the fleet applier thread")
+}
+
+/// Where this replica resumes the stream (the lower of the counters' and the
+/// real-time journal's positions: each side skips what it already holds) and
+/// the sequence to catch up to (the last message of `subjects`). A position
+/// beyond the stream's end (it lost its tail or was recreated) is moved back
+/// to that end.
+async fn resume_point(
+    stream: &async_nats::jetstream::stream::Stream,
+    subjects: [&str; 2],
+    name: &str,
+    store: &FreqStore,
+    realtime: &Realtime,
+    metrics: &FleetMetrics,
+) -> anyhow::Result<(u64, u64)> {
+    let mut target = 0;
+    for subject in subjects {
+        target = target.max(last_sequence_of(stream, subject, name).await?);
+    }
+    let stream_last = stream.cached_info().state.last_sequence;
+    if store.applied_stream_seq() > stream_last || realtime.stream_position() > stream_last {
+        warn!(stream = %name, stream_last, applied = store.applied_stream_seq(), realtime_position = realtime.stream_position(), "the frequency checkpoint or the real-time journal is beyond the stream's end: it lost its tail or was recreated; counting on from its end");
+        metrics.stream_rewinds.fetch_add(1, Ordering::Relaxed);
+        store.rewind_applied_stream_seq(stream_last);
+        realtime.rewind_stream_position(stream_last);
+    }
+    let applied = store.applied_stream_seq().min(realtime.stream_position());
+    metrics.applied_sequence.store(applied, Ordering::Relaxed);
+    metrics.saw_stream_sequence(target);
+    Ok((applied, target))
 }
 
 /// The stream sequence of the last message on `subject` (0 when none).

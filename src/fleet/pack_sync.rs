@@ -441,17 +441,6 @@ impl PackSync {
     }
 }
 
-/// The refusal reason a failed fleet change is counted under.
-pub fn refusal_of(error: &FleetChangeError) -> crate::api::outcomes::Refusal {
-    use crate::api::outcomes::Refusal;
-    match error {
-        FleetChangeError::Catalog(error) => Refusal::from(error),
-        FleetChangeError::LineItems(_) => Refusal::InvalidPack,
-        FleetChangeError::Unavailable(_) => Refusal::Storage,
-        FleetChangeError::Precondition(_) => Refusal::NoPreviousVersion,
-    }
-}
-
 fn unavailable(what: &str, error: impl std::fmt::Display) -> FleetChangeError {
     FleetChangeError::Unavailable(format!("{what}: {error}"))
 }

@@ -67,7 +67,16 @@ impl FleetSink {
         let message_id = self.message_ids.next_id();
         // Registered before publishing: the applier may apply it before the ack arrives.
         let mut waiter = self.waiters.register(message_id.clone());
-        let ack = self.publish(&payload, &message_id, deadline).await?;
+        let ack = publish_until(
+            &self.client,
+            &self.context,
+            &self.subject,
+            &payload,
+            &message_id,
+            deadline,
+        )
+        .await
+        .map_err(|reason| FreqError::Unavailable(format!("{reason}; nothing recorded")))?;
         self.metrics
             .published_batches
             .fetch_add(1, Ordering::Relaxed);
@@ -78,6 +87,10 @@ impl FleetSink {
                 "stream sequence {}: {reason}; no replica applied it",
                 ack.sequence
             ))),
+            Ok(Ok(Applied::Changed)) => Err(FreqError::Unavailable(format!(
+                "stream sequence {} was applied as a real-time change, not impressions",
+                ack.sequence
+            ))),
             Ok(Err(_)) => Err(FreqError::ShutDown),
             Err(_) => Err(FreqError::Unavailable(format!(
                 "acknowledged at stream sequence {} but not applied on this replica before the deadline; a retry with the same impression ids counts them once",
@@ -85,48 +98,47 @@ impl FleetSink {
             ))),
         }
     }
+}
 
-    /// Publishes until acknowledged or the deadline, the same message id on
-    /// every attempt.
-    async fn publish(
-        &self,
-        payload: &[u8],
-        message_id: &str,
-        deadline: Instant,
-    ) -> Result<PublishAck, FreqError> {
+/// Publishes `payload` to `subject` until acknowledged or the deadline, the
+/// same message id on every attempt; the error says why it was not taken.
+/// Nothing is sent while the connection is down (the client would buffer it
+/// and send it after the caller was answered).
+pub(super) async fn publish_until(
+    client: &async_nats::Client,
+    context: &jetstream::Context,
+    subject: &str,
+    payload: &[u8],
+    message_id: &str,
+    deadline: Instant,
+) -> Result<PublishAck, String> {
+    if client.connection_state() != State::Connected {
+        return Err("not connected to NATS".to_owned());
+    }
+    loop {
+        let attempt = async {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.to_vec().into())
+                .message_id(message_id);
+            let ack = context.send_publish(subject.to_owned(), message).await?;
+            ack.await
+        };
+        let error: PublishError = match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Err(error)) => error,
+            Err(_) => return Err("no JetStream acknowledgement before the deadline".to_owned()),
+        };
+        // Retry only while it can still finish and only when connected
+        // (a publish while disconnected would be buffered, not refused).
         loop {
-            let attempt = async {
-                let message = jetstream::message::PublishMessage::build()
-                    .payload(payload.to_vec().into())
-                    .message_id(message_id);
-                let ack = self
-                    .context
-                    .send_publish(self.subject.clone(), message)
-                    .await?;
-                ack.await
-            };
-            let error: PublishError = match tokio::time::timeout_at(deadline.into(), attempt).await
-            {
-                Ok(Ok(ack)) => return Ok(ack),
-                Ok(Err(error)) => error,
-                Err(_) => {
-                    return Err(FreqError::Unavailable(
-                        "no JetStream acknowledgement before the deadline".to_owned(),
-                    ));
-                }
-            };
-            // Retry only while it can still finish and only when connected
-            // (a publish while disconnected would be buffered, not refused).
-            loop {
-                if Instant::now() + RETRY_PAUSE >= deadline {
-                    return Err(FreqError::Unavailable(format!(
-                        "JetStream did not take the batch before the deadline: {error}"
-                    )));
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                if self.connected() {
-                    break;
-                }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(format!(
+                    "JetStream did not take it before the deadline: {error}"
+                ));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            if client.connection_state() == State::Connected {
+                break;
             }
         }
     }

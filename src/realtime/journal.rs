@@ -14,7 +14,13 @@
 //!                           | i64 last_seen | i64 expires_at | i64 stamped_at_millis
 //!   kind 2 (forgets), item: u64 user_fingerprint | i64 forgotten_at | u64 freq_boundary_seq
 //!   kind 3 (fold horizons), item: u8 name_len | name (UTF-8) | i64 horizon
+//!   kind 4 (fleet position), count 1, item: u64 stream_seq
 //! ```
+//!
+//! Kind 4 exists in fleet mode only: the last fleet stream sequence whose
+//! record is in this file, written right after that record (so a replica
+//! resumes the stream after it; a record whose position was torn off is
+//! delivered again, and applying the same record twice in a row is a no-op).
 //!
 //! One record per request, so a request is all or nothing: a torn last record
 //! (a crash mid-write) fails its checksum and is cut off at start-up; a bad
@@ -42,6 +48,7 @@ const FORGET_ITEM_BYTES: usize = 24;
 const KIND_UPDATES: u8 = 1;
 const KIND_FORGETS: u8 = 2;
 const KIND_HORIZONS: u8 = 3;
+const KIND_POSITION: u8 = 4;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +60,9 @@ pub enum JournalRecord {
     /// (pack name, fold horizon): updates of its segments stamped at or
     /// before the horizon are folded for good.
     Horizons(Vec<(String, i64)>),
+    /// Fleet mode: the last stream sequence applied (records before it in
+    /// this file came from the stream up to it).
+    Position(u64),
 }
 
 impl JournalRecord {
@@ -62,6 +72,7 @@ impl JournalRecord {
             JournalRecord::Updates(updates) => updates.len(),
             JournalRecord::Forgets(forgets) => forgets.len(),
             JournalRecord::Horizons(horizons) => horizons.len(),
+            JournalRecord::Position(_) => 1,
         }
     }
 
@@ -106,6 +117,11 @@ impl JournalRecord {
                     payload.extend_from_slice(pack.as_bytes());
                     payload.extend_from_slice(&horizon.to_le_bytes());
                 }
+            }
+            JournalRecord::Position(stream_seq) => {
+                payload.push(KIND_POSITION);
+                payload.extend_from_slice(&1u32.to_le_bytes());
+                payload.extend_from_slice(&stream_seq.to_le_bytes());
             }
         }
         crate::frame::write_frame(&payload, out);
@@ -180,6 +196,19 @@ pub fn decode_journal(bytes: &[u8]) -> Result<DecodedJournal, JournalCorrupt> {
     })
 }
 
+/// Decodes one framed record that fills `bytes` exactly (a fleet message's
+/// body), trusting no length before checking it.
+pub fn decode_record(bytes: &[u8]) -> Result<JournalRecord, String> {
+    let (record, frame_len) = decode_frame(bytes)?;
+    if frame_len != bytes.len() {
+        return Err(format!(
+            "{} bytes after the record",
+            bytes.len() - frame_len
+        ));
+    }
+    Ok(record)
+}
+
 fn decode_frame(bytes: &[u8]) -> Result<(JournalRecord, usize), String> {
     let (payload, frame_len) = crate::frame::read_frame(bytes, MAX_PAYLOAD_BYTES)?;
     Ok((decode_payload(payload)?, frame_len))
@@ -191,6 +220,12 @@ fn decode_payload(payload: &[u8]) -> Result<JournalRecord, String> {
     let count = reader.u32().map_err(|_| "record payload truncated")? as usize;
     if kind == KIND_HORIZONS {
         return decode_horizons(count, reader);
+    }
+    if kind == KIND_POSITION {
+        return match (count, reader.u64(), reader.remaining()) {
+            (1, Ok(stream_seq), 0) => Ok(JournalRecord::Position(stream_seq)),
+            _ => Err("a position record holds one u64".to_owned()),
+        };
     }
     let item_bytes = match kind {
         KIND_UPDATES => UPDATE_ITEM_BYTES,
@@ -365,8 +400,15 @@ impl Journal {
     /// `Ok`. On failure the file is cut back to its length before (best
     /// effort; a leftover fails its checksum and is cut at the next open).
     pub fn append(&mut self, record: &JournalRecord) -> Result<(), JournalError> {
+        self.append_all(std::slice::from_ref(record))
+    }
+
+    /// Appends records with one write (and one fsync under `always`).
+    pub fn append_all(&mut self, records: &[JournalRecord]) -> Result<(), JournalError> {
         let mut frame = Vec::new();
-        record.encode(&mut frame);
+        for record in records {
+            record.encode(&mut frame);
+        }
         let written = self.file.write_all(&frame).and_then(|()| {
             if self.fsync == FsyncPolicy::Always {
                 self.file.sync_data()
@@ -381,7 +423,10 @@ impl Journal {
             ));
         }
         self.bytes += frame.len() as u64;
-        self.items += record.len() as u64;
+        self.items += records
+            .iter()
+            .map(|record| record.len() as u64)
+            .sum::<u64>();
         self.dirty = self.fsync == FsyncPolicy::Interval;
         Ok(())
     }
@@ -460,6 +505,7 @@ mod tests {
                 },
             )]),
             JournalRecord::Horizons(vec![("crm".into(), 77), ("site-events".into(), -3)]),
+            JournalRecord::Position(u64::MAX - 1),
         ]
     }
 
@@ -484,7 +530,7 @@ mod tests {
         let bytes = encoded(&sample());
         for cut in JOURNAL_HEADER_BYTES + 1..bytes.len() {
             let decoded = decode_journal(&bytes[..cut]).expect("a torn tail is no corruption");
-            assert!(decoded.records.len() < 3);
+            assert!(decoded.records.len() < 4);
             assert_eq!(decoded.valid_bytes + decoded.torn_tail_bytes, cut as u64);
         }
         let mut damaged = bytes.clone();

@@ -133,10 +133,11 @@ pub(super) fn count_in_served_packs(
 
 /// The journal records that rebuild the overlay and the fold horizons:
 /// forgets before updates (an entry kept for a forgotten user was applied
-/// after the forget).
+/// after the forget), and last the fleet stream position (when not 0).
 pub(super) fn snapshot_records(
     overlay: &crate::store::Overlay,
     horizons: &AHashMap<String, i64>,
+    stream_position: u64,
 ) -> Vec<JournalRecord> {
     let snapshot = overlay.snapshot();
     let forgets: Vec<(u64, Forget)> = snapshot
@@ -163,5 +164,8 @@ pub(super) fn snapshot_records(
             .chunks(ITEMS_PER_SNAPSHOT_RECORD)
             .map(|chunk| JournalRecord::Updates(chunk.to_vec())),
     );
+    if stream_position > 0 {
+        records.push(JournalRecord::Position(stream_position));
+    }
     records
 }

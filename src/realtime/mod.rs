@@ -16,15 +16,19 @@
 //! memory, expires forgets past their retention, counts forgotten users still
 //! in packs, and compacts the journal.
 //!
-//! The seam for a fleet: [`Realtime::apply`] applies a record that is already
-//! durable elsewhere (a JetStream consumer would call it); the admin handler
-//! goes through the [`RealtimeWrites`] trait. Single-node mode is the only one
-//! wired today. Knows nothing of gRPC or tokio.
+//! In a fleet ([`replicated`]) the stream is the log: the receiving replica
+//! validates and stamps a change ([`Realtime::prepare_updates`],
+//! [`Realtime::prepare_forgets`]) and publishes it; every replica of the
+//! shard applies it in stream order with [`Realtime::apply_replicated`], which
+//! journals it locally with its stream sequence so a restart resumes the
+//! stream after it. The admin handler goes through the [`RealtimeWrites`]
+//! trait either way. Knows nothing of gRPC or tokio.
 
 pub mod config;
 pub mod journal;
 mod maintenance;
 pub mod metrics;
+mod replicated;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,6 +103,12 @@ pub enum RealtimeError {
     NotLoaded,
     #[error("real-time journal: {0}")]
     Storage(#[from] JournalError),
+    /// The fleet's stream did not take or apply the change (fleet mode).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The change cannot travel as one fleet message (fleet mode).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Forgotten users the served version of a pack still contains.
@@ -135,6 +145,8 @@ pub trait RealtimeWrites: Send + Sync + 'static {
 struct Writer {
     journal: Journal,
     maintenance: MaintenanceState,
+    /// Fleet mode: the last stream sequence in the journal and memory (0 = none).
+    stream_position: u64,
 }
 
 pub struct Realtime {
@@ -149,6 +161,9 @@ pub struct Realtime {
     updates_applied: AtomicU64,
     update_requests_refused: AtomicU64,
     users_forgotten: AtomicU64,
+    /// Fleet mode: every stream message through this sequence is handled
+    /// (impressions need no journal); maintenance journals it as the position.
+    stream_seen: AtomicU64,
 }
 
 impl Realtime {
@@ -162,7 +177,11 @@ impl Realtime {
     ) -> Result<(Arc<Realtime>, ForgottenUsers), JournalError> {
         let (journal, records) = Journal::open(&config.dir, config.fsync)?;
         let overlay = store.overlay().clone();
+        let mut stream_position = 0;
         for record in &records {
+            if let JournalRecord::Position(stream_seq) = record {
+                stream_position = *stream_seq;
+            }
             apply_record(&store, record);
         }
         let expired = overlay.expire_forgets(now_unix_seconds - config.forget_retention_seconds);
@@ -178,6 +197,7 @@ impl Realtime {
             overlay_entries = figures.entries,
             forgotten_users = figures.forgotten_users,
             expired_forgets = expired,
+            stream_position,
             "real-time journal replayed"
         );
         let realtime = Arc::new(Realtime {
@@ -186,12 +206,14 @@ impl Realtime {
             writer: Mutex::new(Writer {
                 journal,
                 maintenance: MaintenanceState::default(),
+                stream_position,
             }),
             counters: std::sync::OnceLock::new(),
             background: Mutex::new(Vec::new()),
             updates_applied: AtomicU64::new(0),
             update_requests_refused: AtomicU64::new(0),
             users_forgotten: AtomicU64::new(0),
+            stream_seen: AtomicU64::new(stream_position),
         });
         Ok((realtime, forgotten))
     }
@@ -236,11 +258,6 @@ impl Realtime {
         self.writer.lock().journal.sync()
     }
 
-    /// Applies a record already durable (replay, or a fleet's stream).
-    pub fn apply(&self, record: &JournalRecord) {
-        apply_record(&self.store, record);
-    }
-
     /// Validates, logs and applies a batch, stamped `now_unix_millis`.
     pub fn update_members_at(
         &self,
@@ -262,12 +279,38 @@ impl Realtime {
         updates: &[NewUpdate],
         now_unix_millis: i64,
     ) -> Result<UpdateOutcome, RealtimeError> {
+        let mut writer = self.writer.lock();
+        let (record, outcome) = self.check_and_stamp(updates, now_unix_millis)?;
+        writer.journal.append(&record)?;
+        apply_record(&self.store, &record);
+        Ok(outcome)
+    }
+
+    /// Validates a batch against the served state and the overlay bound and
+    /// stamps it `now_unix_millis`: the record to apply, logging nothing.
+    /// (Fleet mode publishes it; the replicas apply it from the stream.)
+    pub fn prepare_updates(
+        &self,
+        updates: &[NewUpdate],
+        now_unix_millis: i64,
+    ) -> Result<(JournalRecord, UpdateOutcome), RealtimeError> {
+        let prepared = self.check_and_stamp(updates, now_unix_millis);
+        if prepared.is_err() {
+            self.update_requests_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        prepared
+    }
+
+    fn check_and_stamp(
+        &self,
+        updates: &[NewUpdate],
+        now_unix_millis: i64,
+    ) -> Result<(JournalRecord, UpdateOutcome), RealtimeError> {
         let state = self.store.load_full();
         if state.generation == 0 {
             return Err(RealtimeError::NotLoaded);
         }
         check_segments(&state, updates)?;
-        let mut writer = self.writer.lock();
         let overlay = self.store.overlay();
         let keys: Vec<(u64, u32)> = updates
             .iter()
@@ -288,12 +331,11 @@ impl Realtime {
                 .map(|update| (update.user_fingerprint, stamp(update, now_unix_millis)))
                 .collect(),
         );
-        writer.journal.append(&record)?;
-        apply_record(&self.store, &record);
-        Ok(UpdateOutcome {
+        let outcome = UpdateOutcome {
             applied: updates.len() as u32,
             generation: state.generation,
-        })
+        };
+        Ok((record, outcome))
     }
 
     /// Forgets the users at `now_unix_seconds`: their overlay entries go,
@@ -307,12 +349,7 @@ impl Realtime {
         let Some(counters) = self.counters.get() else {
             return Err(RealtimeError::NotLoaded);
         };
-        let mut seen = AHashSet::with_capacity(user_fingerprints.len());
-        let distinct: Vec<u64> = user_fingerprints
-            .iter()
-            .copied()
-            .filter(|fingerprint| seen.insert(*fingerprint))
-            .collect();
+        let distinct = distinct(user_fingerprints);
         let mut writer = self.writer.lock();
         let overlay = self.store.overlay();
         let newly_forgotten: Vec<u64> = distinct
@@ -357,7 +394,15 @@ impl Realtime {
         let Writer {
             journal,
             maintenance,
+            stream_position,
         } = &mut *writer;
+        // Fleet mode: the stream resumes after what was handled, not after
+        // the last real-time change (impressions may follow it for long).
+        let seen = self.stream_seen.load(Ordering::Relaxed);
+        if seen > *stream_position {
+            journal.append(&JournalRecord::Position(seen))?;
+            *stream_position = seen;
+        }
         if state.generation != maintenance.folded_generation {
             let horizons = self.store.fold_horizons();
             let changed: Vec<(String, i64)> = horizons
@@ -394,7 +439,8 @@ impl Realtime {
         let figures = overlay.figures();
         let live = figures.entries + figures.forgotten_users;
         if journal.items() > 2 * live + COMPACT_SLACK_ITEMS {
-            journal.rewrite(&snapshot_records(&overlay, &self.store.fold_horizons()))?;
+            let horizons = self.store.fold_horizons();
+            journal.rewrite(&snapshot_records(&overlay, &horizons, *stream_position))?;
         }
         Ok(())
     }
@@ -467,11 +513,21 @@ fn stamp(update: &NewUpdate, now_unix_millis: i64) -> OverlayEntry {
 }
 
 /// Milliseconds since the Unix epoch on the server clock: update stamps.
-fn unix_now_millis() -> i64 {
+pub(crate) fn unix_now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The fingerprints without repeats, in first-seen order.
+fn distinct(user_fingerprints: &[u64]) -> Vec<u64> {
+    let mut seen = AHashSet::with_capacity(user_fingerprints.len());
+    user_fingerprints
+        .iter()
+        .copied()
+        .filter(|fingerprint| seen.insert(*fingerprint))
+        .collect()
 }
 
 fn check_segments(state: &ServingState, updates: &[NewUpdate]) -> Result<(), RealtimeError> {
@@ -500,6 +556,8 @@ fn apply_record(store: &Store, record: &JournalRecord) {
                 store.raise_fold_horizon(pack, *horizon);
             }
         }
+        // Where the fleet stream resumes; nothing in memory to change.
+        JournalRecord::Position(_) => {}
     }
 }
 

@@ -305,10 +305,64 @@ fn the_journal_replays_and_compacts_to_the_same_overlay() {
     let (fixture, replayed) = reopen();
     assert_eq!(replayed, expected);
     let mut writer = fixture.realtime.writer.lock();
-    let records = snapshot_records(fixture.store.overlay(), &fixture.store.fold_horizons());
+    let records = snapshot_records(fixture.store.overlay(), &fixture.store.fold_horizons(), 0);
     writer.journal.rewrite(&records).unwrap();
     drop(writer);
     drop(fixture);
     let (_, compacted) = reopen();
     assert_eq!(compacted, expected);
+}
+
+#[test]
+fn replicated_records_journal_their_position_and_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = BUILT_AT + 10;
+    let fixture = open(dir.path(), vec![pack("v1", BUILT_AT)], 100);
+    let (record, outcome) = fixture
+        .realtime
+        .prepare_updates(&[update(7, 1, MemberOp::Add)], now * 1000)
+        .unwrap();
+    assert_eq!(outcome.applied, 1);
+    assert!(!member(&fixture.store, 7, 1, now), "prepared, not applied");
+    assert!(matches!(
+        fixture
+            .realtime
+            .prepare_updates(&[update(7, 99, MemberOp::Add)], now * 1000),
+        Err(RealtimeError::UnknownSegment { index: 0, .. })
+    ));
+    assert!(fixture.realtime.apply_replicated(5, &record).unwrap());
+    assert!(member(&fixture.store, 7, 1, now));
+    assert!(
+        !fixture.realtime.apply_replicated(5, &record).unwrap(),
+        "redelivery"
+    );
+    let forgets = fixture.realtime.prepare_forgets(&[USER, USER], now);
+    assert_eq!(forgets.len(), 1, "each user once");
+    assert!(fixture.realtime.apply_replicated(9, &forgets).unwrap());
+    assert!(all(&fixture.store, USER, now).is_empty());
+    // Impressions handled after it move the position at the next maintenance.
+    fixture.realtime.note_stream_seq(12);
+    assert_eq!(fixture.realtime.stream_position(), 9);
+    fixture.realtime.maintain(now).unwrap();
+    assert_eq!(fixture.realtime.stream_position(), 12);
+    drop(fixture);
+
+    let reopened = open(dir.path(), vec![pack("v1", BUILT_AT)], 100);
+    assert_eq!(reopened.realtime.stream_position(), 12);
+    assert!(member(&reopened.store, 7, 1, now));
+    assert!(all(&reopened.store, USER, now).is_empty());
+    assert!(!reopened.realtime.apply_replicated(9, &forgets).unwrap());
+    // A rewritten journal keeps the position.
+    let mut writer = reopened.realtime.writer.lock();
+    let records = snapshot_records(
+        reopened.store.overlay(),
+        &reopened.store.fold_horizons(),
+        writer.stream_position,
+    );
+    writer.journal.rewrite(&records).unwrap();
+    drop(writer);
+    drop(reopened);
+    let compacted = open(dir.path(), vec![pack("v1", BUILT_AT)], 100);
+    assert_eq!(compacted.realtime.stream_position(), 12);
+    assert!(member(&compacted.store, 7, 1, now));
 }

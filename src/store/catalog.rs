@@ -10,10 +10,16 @@
 //! full disk at any point keeps both the served and the previous version.
 //! Changes are serialised by one mutex; each runs on a blocking thread (the
 //! caller's job), never on the async runtime.
+//!
+//! This file owns the directory, start-up loading, the freshness re-install
+//! and the header-only reads `Status` makes; [`changes`] the operator's
+//! changes (push, rollback, drop), [`versions`] the version order.
 
-use std::cmp::Ordering;
+mod changes;
+mod versions;
+
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +31,7 @@ use super::pack_files::{PREVIOUS_MARK, PackFiles};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackBytes, PackError};
 use crate::shard::Shard;
+pub use versions::compare_versions;
 
 /// `Status` reads at most this much of a previous file: its header.
 const HEADER_READ_BYTES: u64 = 64 << 10;
@@ -137,43 +144,6 @@ impl Catalog {
 
     pub fn shard(&self) -> Shard {
         self.shard
-    }
-
-    /// Everything a push would check before serving, without serving or
-    /// building an index: the whole file verifies, the name is valid, the
-    /// shard is this replica's, and the version is not older than the served
-    /// one (unless allowed). For a fleet, which stores the file for the
-    /// other replicas only once this replica would take it. Returns the header.
-    pub fn check_push(
-        &self,
-        pack_bytes: &[u8],
-        allow_older_version: bool,
-    ) -> Result<pack::PackHeader, CatalogError> {
-        let header = pack::read_header(pack_bytes)?;
-        if !valid_pack_name(&header.name) {
-            return Err(CatalogError::InvalidPackName(header.name));
-        }
-        let pack_shard = shard_of_header(&header);
-        if pack_shard != self.shard {
-            return Err(CatalogError::WrongShard {
-                pack: header.name,
-                pack_shard,
-                replica_shard: self.shard,
-            });
-        }
-        pack::read_pack(pack_bytes)?;
-        let state = self.store.load_full();
-        if let Some(served) = state.pack(&header.name)
-            && compare_versions(&header.version, &served.version) == Ordering::Less
-            && !allow_older_version
-        {
-            return Err(CatalogError::OlderVersion {
-                pack: header.name.clone(),
-                pushed: header.version.clone(),
-                served: served.version.clone(),
-            });
-        }
-        Ok(header)
     }
 
     /// Refuses the pack file at `path` unless its header names this
@@ -336,184 +306,6 @@ impl Catalog {
     fn is_dropped_marker(&self, name: &str) -> bool {
         self.dropped_marker_path(name).exists()
     }
-
-    /// Verifies pack bytes whole and, when they are new, serves them: staged
-    /// into a file first, like an upload ([`Catalog::push_staged`]).
-    pub fn push(
-        &self,
-        pack_bytes: Vec<u8>,
-        allow_older_version: bool,
-        loaded_at_unix_seconds: i64,
-    ) -> Result<PushOutcome, CatalogError> {
-        let mut staged = self.stage_upload()?;
-        let mut file = staged.take_file().expect("a new upload has its file");
-        file.write_all(&pack_bytes)
-            .map_err(io_error(format!("write {}", staged.path().display())))?;
-        drop((file, pack_bytes));
-        self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
-    }
-
-    /// A re-push of the served version judged from its header alone: same
-    /// name and version, and of this replica's shard (a pack of another shard
-    /// goes on to be refused, never answered "unchanged").
-    pub fn unchanged_header(&self, header: &pack::PackHeader) -> Option<PushOutcome> {
-        if shard_of_header(header) != self.shard {
-            return None;
-        }
-        self.unchanged_push(&header.name, &header.version)
-    }
-
-    /// The answer to a push of `version` of pack `name` when that version is
-    /// the one served: success, nothing changed (batch jobs retry). `None`
-    /// when it is not served.
-    pub fn unchanged_push(&self, name: &str, version: &str) -> Option<PushOutcome> {
-        let state = self.store.load_full();
-        let served = state.pack(name)?;
-        (served.version == version).then(|| PushOutcome {
-            pack: served.name.clone(),
-            version: served.version.clone(),
-            segments: served.segments.len() as u32,
-            users: served.users(),
-            memberships: served.memberships(),
-            generation: state.generation,
-            unchanged: true,
-        })
-    }
-
-    /// Verifies the staged upload whole, from its file, and, when it is new,
-    /// rotates it in and serves it. A refused or failed push changes nothing:
-    /// the served and previous files stay, and the upload is removed.
-    pub fn push_staged(
-        &self,
-        staged: StagedFile,
-        allow_older_version: bool,
-        loaded_at_unix_seconds: i64,
-    ) -> Result<PushOutcome, CatalogError> {
-        // The header alone says the shard: refuse before the whole file is read.
-        self.check_shard(staged.path())?;
-        // The header alone (its own checksum) names the pack and version: a
-        // re-push of the served version is answered before the body is read.
-        let header = pack::read_header_file(staged.path())?;
-        if let Some(outcome) = self.unchanged_push(&header.name, &header.version) {
-            return Ok(outcome);
-        }
-        // Pushes happen while serving: a v1 index is built on one core, the
-        // rest keep answering; a v2 pack is checked in one pass and served
-        // from the mapped file.
-        let loaded = Arc::new(verify_pack_file(
-            staged.path(),
-            loaded_at_unix_seconds,
-            BuildThreads::One,
-        )?);
-        if !valid_pack_name(&loaded.name) {
-            return Err(CatalogError::InvalidPackName(loaded.name.clone()));
-        }
-        let _change = self.change_lock.lock();
-        let state = self.store.load_full();
-        if let Some(served) = state.pack(&loaded.name) {
-            if served.version == loaded.version {
-                return Ok(PushOutcome {
-                    pack: loaded.name.clone(),
-                    version: loaded.version.clone(),
-                    segments: served.segments.len() as u32,
-                    users: served.users(),
-                    memberships: served.memberships(),
-                    generation: state.generation,
-                    unchanged: true,
-                });
-            }
-            if compare_versions(&loaded.version, &served.version) == Ordering::Less
-                && !allow_older_version
-            {
-                return Err(CatalogError::OlderVersion {
-                    pack: loaded.name.clone(),
-                    pushed: loaded.version.clone(),
-                    served: served.version.clone(),
-                });
-            }
-        }
-        // Check ownership before touching the disk: a refused pack changes nothing.
-        state.check_ownership(&loaded)?;
-        let packs = state.packs_with(loaded.clone());
-
-        let name = loaded.name.clone();
-        self.files
-            .commit_push(staged, &name, state.pack(&name).is_some())
-            .map_err(io_error(format!("serve the push of {name}")))?;
-        if let Some(served) = state.pack(&name) {
-            loaded.carry_match_counts_from(served);
-        }
-        let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        info!(pack = ?name, version = ?loaded.version, generation, "pack pushed");
-        Ok(PushOutcome {
-            pack: name,
-            version: loaded.version.clone(),
-            segments: loaded.segments.len() as u32,
-            users: loaded.users(),
-            memberships: loaded.memberships(),
-            generation,
-            unchanged: false,
-        })
-    }
-
-    /// Serves the previous version of a pack again; the current one becomes
-    /// the previous, so a second rollback undoes the first.
-    pub fn rollback(
-        &self,
-        name: &str,
-        loaded_at_unix_seconds: i64,
-    ) -> Result<RollbackOutcome, CatalogError> {
-        if !valid_pack_name(name) {
-            return Err(CatalogError::InvalidPackName(name.to_owned()));
-        }
-        let _change = self.change_lock.lock();
-        let previous = self.previous_path(name);
-        if !previous.exists() {
-            return Err(CatalogError::NoPreviousVersion(name.to_owned()));
-        }
-        self.check_shard(&previous)?;
-        let loaded = Arc::new(load_pack_file(
-            &previous,
-            loaded_at_unix_seconds,
-            BuildThreads::One,
-        )?);
-        let state = self.store.load_full();
-        state.check_ownership(&loaded)?;
-        let packs = state.packs_with(loaded.clone());
-
-        self.files
-            .swap_for_rollback(name)
-            .map_err(io_error(format!("rollback {name}")))?;
-        if let Some(served) = state.pack(name) {
-            loaded.carry_match_counts_from(served);
-        }
-        let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        warn!(pack = %name, version = ?loaded.version, generation, "pack rolled back");
-        Ok(RollbackOutcome {
-            pack: name.to_owned(),
-            version: loaded.version.clone(),
-            generation,
-        })
-    }
-
-    /// Stops serving a pack. Its file is kept as the previous version, so a
-    /// `Rollback` brings it back.
-    pub fn drop_pack(&self, name: &str) -> Result<u64, CatalogError> {
-        if !valid_pack_name(name) {
-            return Err(CatalogError::InvalidPackName(name.to_owned()));
-        }
-        let _change = self.change_lock.lock();
-        let state = self.store.load_full();
-        if state.pack(name).is_none() {
-            return Err(CatalogError::NoSuchPack(name.to_owned()));
-        }
-        self.files
-            .mark_dropped(name)
-            .map_err(io_error(format!("drop {name}")))?;
-        let generation = self.store.install(state.packs_without(name))?;
-        warn!(pack = ?name, generation, "pack dropped");
-        Ok(generation)
-    }
 }
 
 /// The shard a pack header names (format v1 packs read as 0 of 1).
@@ -567,66 +359,9 @@ pub fn valid_pack_name(name: &str) -> bool {
     pack::names::check_pack_name(name).is_ok()
 }
 
-/// Orders versions naturally: runs of digits compare as numbers, the rest as
-/// text, so `v9 < v10` and `2026-11-02 < 2026-11-10`.
-pub fn compare_versions(left: &str, right: &str) -> Ordering {
-    let mut left_chunks = chunks(left);
-    let mut right_chunks = chunks(right);
-    loop {
-        match (left_chunks.next(), right_chunks.next()) {
-            (None, None) => return left.cmp(right),
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(left_chunk), Some(right_chunk)) => {
-                let both_numeric = left_chunk.as_bytes()[0].is_ascii_digit()
-                    && right_chunk.as_bytes()[0].is_ascii_digit();
-                let order = if both_numeric {
-                    let left_digits = left_chunk.trim_start_matches('0');
-                    let right_digits = right_chunk.trim_start_matches('0');
-                    left_digits
-                        .len()
-                        .cmp(&right_digits.len())
-                        .then_with(|| left_digits.cmp(right_digits))
-                } else {
-                    left_chunk.cmp(right_chunk)
-                };
-                if order != Ordering::Equal {
-                    return order;
-                }
-            }
-        }
-    }
-}
-
-/// Splits into maximal runs of digits and of non-digits.
-fn chunks(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        let first = rest.as_bytes().first()?;
-        let digit = first.is_ascii_digit();
-        let end = rest
-            .bytes()
-            .position(|byte| byte.is_ascii_digit() != digit)
-            .unwrap_or(rest.len());
-        let (chunk, tail) = rest.split_at(end);
-        rest = tail;
-        Some(chunk)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_order_naturally() {
-        assert_eq!(compare_versions("v9", "v10"), Ordering::Less);
-        assert_eq!(compare_versions("2026-11-02", "2026-11-10"), Ordering::Less);
-        assert_eq!(compare_versions("7", "7"), Ordering::Equal);
-        assert_eq!(compare_versions("1.2", "1.10"), Ordering::Less);
-        assert_eq!(compare_versions("b", "a"), Ordering::Greater);
-        assert_eq!(compare_versions("v1", "v1.1"), Ordering::Less);
-    }
 
     #[test]
     fn the_previous_version_is_read_from_the_header_alone() {

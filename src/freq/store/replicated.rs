@@ -74,6 +74,40 @@ impl FreqStore {
         Ok(Some(outcome))
     }
 
+    /// Applies a forget at `stream_seq` of the replicated log: drops every
+    /// counter of `user_fingerprints`. Ordered among the impression batches
+    /// by the stream, so impressions before it are gone and later ones count
+    /// on every replica alike, also after a restart (a checkpoint taken after
+    /// it no longer holds them; a replay from before it drops them again when
+    /// it reaches it). `false` when already applied (a redelivery).
+    /// Impression ids stay: a retried impression is still a duplicate.
+    pub fn forget_replicated(
+        &self,
+        stream_seq: u64,
+        user_fingerprints: &[u64],
+    ) -> Result<bool, FreqError> {
+        let inner = &self.inner;
+        if !inner.config.replicated {
+            return Err(FreqError::InvalidConfig(
+                "forget_replicated on a store with a local log".to_owned(),
+            ));
+        }
+        if *self.stopped.lock() {
+            return Err(FreqError::ShutDown);
+        }
+        let _gate = inner.apply_gate.read();
+        if stream_seq <= inner.applied_stream_seq.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        for &user_fingerprint in user_fingerprints {
+            inner.counters.remove_user(user_fingerprint);
+        }
+        inner
+            .applied_stream_seq
+            .store(stream_seq, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// Moves the applied sequence back to `stream_seq` when it is beyond it:
     /// the stream lost its tail (a crash of its only server) or was recreated,
     /// and reuses sequence numbers. The counters keep what they hold (an
@@ -149,6 +183,40 @@ mod tests {
         assert_eq!(reopened.count(7, "li:1", now - 10, now), 2);
         let outcome = reopened.apply_replicated(5, now, &retry).expect("apply");
         assert_eq!(outcome.map(|o| o.duplicates), Some(1));
+    }
+
+    #[test]
+    fn a_replicated_forget_drops_earlier_impressions_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::unix_now_seconds();
+        let store = open(dir.path());
+        store
+            .apply_replicated(
+                1,
+                now,
+                &[impression(7, None, now), impression(8, None, now)],
+            )
+            .expect("apply");
+        assert!(store.forget_replicated(2, &[7]).expect("forget"));
+        assert!(!store.forget_replicated(2, &[8]).expect("a redelivery"));
+        store
+            .apply_replicated(3, now, &[impression(7, None, now)])
+            .expect("apply");
+        assert_eq!(
+            store.count(7, "li:1", now - 10, now),
+            1,
+            "only the later one"
+        );
+        assert_eq!(store.count(8, "li:1", now - 10, now), 1);
+        store.shutdown().expect("shutdown");
+        drop(store);
+        let (reopened, report) = FreqStore::open(FreqConfig {
+            replicated: true,
+            ..FreqConfig::new(dir.path())
+        })
+        .expect("reopen");
+        assert_eq!(report.applied_stream_seq, 3);
+        assert_eq!(reopened.count(7, "li:1", now - 10, now), 1);
     }
 
     #[test]
