@@ -20,6 +20,7 @@
 //! answer a change before its own catalog applied it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
 use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,49 +44,9 @@ pub const LINE_ITEMS_KEY: &str = "line-items";
 /// How often intents are reconciled besides on every change.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// What the fleet should serve for one pack of one shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intent {
-    pub version: String,
-    /// Dropped fleet-wide; `version` is the one dropped.
-    pub dropped: bool,
-}
-
-impl Intent {
-    /// `serve VERSION` or `drop VERSION`, one line.
-    fn encode(&self) -> String {
-        let verb = if self.dropped { "drop" } else { "serve" };
-        format!("{verb} {}", self.version)
-    }
-
-    fn decode(value: &[u8]) -> Option<Intent> {
-        let text = std::str::from_utf8(value).ok()?;
-        let (verb, version) = text.split_once(' ')?;
-        let dropped = match verb {
-            "serve" => false,
-            "drop" => true,
-            _ => return None,
-        };
-        Some(Intent {
-            version: version.to_owned(),
-            dropped,
-        })
-    }
-}
-
-/// `pack.NAME.I-of-N`: pack names are `[A-Za-z0-9._-]`, all valid in keys.
-pub fn intent_key(pack: &str, shard: Shard) -> String {
-    format!("pack.{pack}.{}-of-{}", shard.index, shard.count)
-}
-
-fn pack_of_key(key: &str, shard: Shard) -> Option<&str> {
-    key.strip_prefix("pack.")?
-        .strip_suffix(&format!(".{}-of-{}", shard.index, shard.count))
-}
-
-pub fn object_name(pack: &str, shard: Shard, version: &str) -> String {
-    format!("{pack}/shard-{}-of-{}/{version}", shard.index, shard.count)
-}
+mod intent;
+use intent::pack_of_key;
+pub use intent::{Intent, intent_key, object_name};
 
 /// Why a fleet-wide change was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -216,30 +177,18 @@ impl PackSync {
         allow_older_version: bool,
     ) -> Result<PushOutcome, FleetChangeError> {
         let _change = self.change_lock.lock().await;
-        let (staged, pack_bytes, header) = {
+        let (staged, header) = {
             let catalog = self.catalog.clone();
             blocking(move || {
-                let pack_bytes =
-                    std::fs::read(staged.path()).map_err(|source| CatalogError::Io {
-                        context: format!("read {}", staged.path().display()),
-                        source,
-                    })?;
-                let header = catalog.check_push(&pack_bytes, allow_older_version)?;
-                Ok((staged, pack_bytes, header))
+                let header = catalog.check_push_file(staged.path(), allow_older_version)?;
+                Ok((staged, header))
             })
             .await?
         };
         let object = object_name(&header.name, self.shard, &header.version);
-        self.objects
-            .put(object.as_str(), &mut pack_bytes.as_slice())
-            .await
-            .map_err(|error| unavailable(&format!("store {object}"), error))?;
-        drop(pack_bytes);
-        let intent = Intent {
-            version: header.version.clone(),
-            dropped: false,
-        };
-        self.publish_intent(&header.name, &intent).await?;
+        self.put_file(&object, staged.path()).await?;
+        self.publish_intent(&header.name, &Intent::serve(header.version.clone()))
+            .await?;
         let catalog = self.catalog.clone();
         let outcome = blocking(move || {
             Ok(catalog.push_staged(staged, allow_older_version, crate::unix_now_seconds())?)
@@ -249,43 +198,106 @@ impl PackSync {
         Ok(outcome)
     }
 
-    /// Serves the previous version of `pack` on every replica of this shard.
+    /// Serves the previous version of `pack` on every replica of this shard:
+    /// the one this replica keeps (stored in the bucket first when it is not
+    /// there, as after a push made before fleet mode), or, when it keeps
+    /// none (it joined after that push), the one the fleet served before.
     pub async fn rollback(&self, pack: String) -> Result<RollbackOutcome, FleetChangeError> {
+        check_name(&pack)?;
         let _change = self.change_lock.lock().await;
-        let previous = self
-            .catalog
-            .previous_version(&pack)
+        if let Some(previous) = self.catalog.previous_version(&pack) {
+            self.share_kept_version(&pack, &previous).await?;
+            self.publish_intent(&pack, &Intent::serve(previous)).await?;
+            let catalog = self.catalog.clone();
+            return blocking(move || Ok(catalog.rollback(&pack, crate::unix_now_seconds())?)).await;
+        }
+        let current = self
+            .served_version(&pack)
+            .or_else(|| self.intended_version(&pack))
+            .ok_or_else(|| CatalogError::NoSuchPack(pack.clone()))?;
+        let key = intent_key(&pack, self.shard);
+        let previous = intent::previous_in_history(&self.intents, &key, &current)
+            .await
+            .map_err(FleetChangeError::Unavailable)?
             .ok_or_else(|| CatalogError::NoPreviousVersion(pack.clone()))?;
         let object = object_name(&pack, self.shard, &previous);
         if self.objects.info(&object).await.is_err() {
             return Err(FleetChangeError::Precondition(format!(
-                "version {previous:?} of pack {pack:?} is not in the fleet's pack bucket (pushed before fleet mode?): push it again"
+                "this replica keeps no previous version of pack {pack:?}, and the fleet's previous one, {previous:?}, is not in its pack bucket: push it again"
             )));
         }
-        let intent = Intent {
-            version: previous,
-            dropped: false,
-        };
-        self.publish_intent(&pack, &intent).await?;
-        let catalog = self.catalog.clone();
-        blocking(move || Ok(catalog.rollback(&pack, crate::unix_now_seconds())?)).await
+        self.publish_intent(&pack, &Intent::serve(previous.clone()))
+            .await?;
+        let outcome = self.serve_from_bucket(&pack, &previous).await?;
+        Ok(RollbackOutcome {
+            pack: outcome.pack,
+            version: outcome.version,
+            generation: outcome.generation,
+        })
     }
 
-    /// Stops serving `pack` on every replica of this shard.
+    /// Makes sure the bucket holds `version` of `pack`, the version this
+    /// replica keeps for rollback: verified like a push, then stored.
+    async fn share_kept_version(&self, pack: &str, version: &str) -> Result<(), FleetChangeError> {
+        let object = object_name(pack, self.shard, version);
+        if self.objects.info(&object).await.is_ok() {
+            return Ok(());
+        }
+        let path = self.catalog.previous_path(pack);
+        let (catalog, checked) = (self.catalog.clone(), path.clone());
+        let header = blocking(move || Ok(catalog.check_push_file(&checked, true)?)).await?;
+        if header.version != version {
+            return Err(FleetChangeError::Precondition(format!(
+                "the previous version of pack {pack:?} changed during the rollback ({version:?}, now {:?}): try again",
+                header.version
+            )));
+        }
+        self.put_file(&object, &path).await?;
+        info!(pack = %pack, version = %version, "kept version stored in the fleet's bucket for a rollback");
+        Ok(())
+    }
+
+    /// Stops serving `pack` on every replica of this shard, whatever version
+    /// each serves (one that lags behind the fleet drops its older version).
+    /// Accepted on a replica that does not serve the pack (yet) as long as
+    /// the fleet intends to serve it.
     pub async fn drop_pack(&self, pack: String) -> Result<u64, FleetChangeError> {
+        check_name(&pack)?;
         let _change = self.change_lock.lock().await;
-        let served = self.catalog.store().load_full();
-        let version = served
-            .pack(&pack)
-            .map(|loaded| loaded.version.clone())
+        let served = self.served_version(&pack);
+        let version = self
+            .intended_version(&pack)
+            .or_else(|| served.clone())
             .ok_or_else(|| CatalogError::NoSuchPack(pack.clone()))?;
         let intent = Intent {
             version,
             dropped: true,
         };
         self.publish_intent(&pack, &intent).await?;
+        if served.is_none() {
+            return Ok(self.catalog.store().load_full().generation);
+        }
         let catalog = self.catalog.clone();
         blocking(move || Ok(catalog.drop_pack(&pack)?)).await
+    }
+
+    /// The version of `pack` this replica serves.
+    fn served_version(&self, pack: &str) -> Option<String> {
+        self.catalog
+            .store()
+            .load_full()
+            .pack(pack)
+            .map(|loaded| loaded.version.clone())
+    }
+
+    /// The version of `pack` the fleet intends this shard to serve (none
+    /// when dropped or never pushed in fleet mode).
+    fn intended_version(&self, pack: &str) -> Option<String> {
+        self.intended
+            .lock()
+            .get(pack)
+            .filter(|intent| !intent.dropped)
+            .map(|intent| intent.version.clone())
     }
 
     /// Registers line items on every replica (of every shard).
@@ -405,39 +417,83 @@ impl PackSync {
     }
 
     async fn reconcile_pack(&self, pack: &str, intent: &Intent) -> Result<(), FleetChangeError> {
-        let served = self
-            .catalog
-            .store()
-            .load_full()
-            .pack(pack)
-            .map(|loaded| loaded.version.clone());
+        let served = self.served_version(pack);
         if intent.dropped {
-            if served.as_deref() == Some(intent.version.as_str()) {
+            if served.is_some() {
                 let (catalog, name) = (self.catalog.clone(), pack.to_owned());
                 blocking(move || Ok(catalog.drop_pack(&name)?)).await?;
-                info!(pack = %pack, "pack dropped by the fleet");
+                info!(pack = %pack, served = ?served, "pack dropped by the fleet");
             }
             return Ok(());
         }
         if served.as_deref() == Some(intent.version.as_str()) {
             return Ok(());
         }
-        let object = object_name(pack, self.shard, &intent.version);
-        let mut bytes = Vec::new();
+        if self.catalog.previous_version(pack).as_deref() == Some(intent.version.as_str()) {
+            // A fleet rollback to the version kept here: no download.
+            let (catalog, name) = (self.catalog.clone(), pack.to_owned());
+            match blocking(move || Ok(catalog.rollback(&name, crate::unix_now_seconds())?)).await {
+                Ok(outcome) => {
+                    info!(pack = %pack, version = %outcome.version, generation = outcome.generation, "pack rolled back by the fleet");
+                    return Ok(());
+                }
+                Err(error) => {
+                    warn!(pack = %pack, error = %error, "cannot serve the kept version; fetching it from the fleet")
+                }
+            }
+        }
+        let outcome = self.serve_from_bucket(pack, &intent.version).await?;
+        info!(pack = %outcome.pack, version = %outcome.version, generation = outcome.generation, "pack of the fleet served");
+        Ok(())
+    }
+
+    /// Fetches `version` of `pack` from the bucket and serves it (the
+    /// catalog verifies it as a push, older versions allowed).
+    async fn serve_from_bucket(
+        &self,
+        pack: &str,
+        version: &str,
+    ) -> Result<PushOutcome, FleetChangeError> {
+        let object = object_name(pack, self.shard, version);
         let mut reader = self
             .objects
             .get(&object)
             .await
             .map_err(|error| unavailable(&format!("fetch {object}"), error))?;
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|error| unavailable(&format!("read {object}"), error))?;
         let catalog = self.catalog.clone();
-        let outcome =
-            blocking(move || Ok(catalog.push(bytes, true, crate::unix_now_seconds())?)).await?;
-        info!(pack = %outcome.pack, version = %outcome.version, generation = outcome.generation, "pack of the fleet served");
+        let mut staged = blocking(move || Ok(catalog.stage_upload()?)).await?;
+        let file = staged.take_file().expect("a new upload has its file");
+        // Streamed to the staged file: a shard of tens of GB never sits in memory.
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|error| unavailable(&format!("fetch {object} into an upload"), error))?;
+        file.flush()
+            .await
+            .map_err(|error| unavailable(&format!("write {}", staged.path().display()), error))?;
+        drop(file.into_std().await);
+        let catalog = self.catalog.clone();
+        blocking(move || Ok(catalog.push_staged(staged, true, crate::unix_now_seconds())?)).await
+    }
+
+    /// Stores the pack file at `path` as `object`, streamed from the file.
+    async fn put_file(&self, object: &str, path: &Path) -> Result<(), FleetChangeError> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|error| unavailable(&format!("open {}", path.display()), error))?;
+        self.objects
+            .put(object, &mut file)
+            .await
+            .map_err(|error| unavailable(&format!("store {object}"), error))?;
         Ok(())
+    }
+}
+
+fn check_name(pack: &str) -> Result<(), FleetChangeError> {
+    if crate::store::catalog::valid_pack_name(pack) {
+        Ok(())
+    } else {
+        Err(CatalogError::InvalidPackName(pack.to_owned()).into())
     }
 }
 
@@ -451,33 +507,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| FleetChangeError::Unavailable(format!("fleet task failed: {error}")))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intents_and_keys_round_trip() {
-        for intent in [
-            Intent {
-                version: "v10".into(),
-                dropped: false,
-            },
-            Intent {
-                version: "2026-12-01 a".into(),
-                dropped: true,
-            },
-        ] {
-            assert_eq!(Intent::decode(intent.encode().as_bytes()), Some(intent));
-        }
-        assert_eq!(Intent::decode(b"serve"), None);
-        assert_eq!(Intent::decode(b"keep v1"), None);
-        let shard = Shard { index: 1, count: 2 };
-        let key = intent_key("crm.eu", shard);
-        assert_eq!(key, "pack.crm.eu.1-of-2");
-        assert_eq!(pack_of_key(&key, shard), Some("crm.eu"));
-        assert_eq!(pack_of_key(&key, Shard { index: 0, count: 2 }), None);
-        assert_eq!(object_name("crm", shard, "v3"), "crm/shard-1-of-2/v3");
-    }
 }

@@ -173,7 +173,8 @@ impl Catalog {
         self.files.current(name)
     }
 
-    fn previous_path(&self, name: &str) -> PathBuf {
+    /// The file kept for rollback of a pack (a fleet rollback shares it).
+    pub fn previous_path(&self, name: &str) -> PathBuf {
         self.files.previous(name)
     }
 

@@ -14,9 +14,9 @@ use tonic::{Request, Status};
 use segd::proto::admin_client::AdminClient;
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{
-    DecideRequest, DropPackRequest, Impression, ListSegmentsRequest, LookupRequest,
-    PutLineItemsRequest, Reason, RecordImpressionsRequest, RollbackRequest, SnapshotChunk,
-    StatusRequest,
+    DecideRequest, DropPackRequest, FleetPackIntent, Impression, ListSegmentsRequest,
+    LookupRequest, PutLineItemsRequest, Reason, RecordImpressionsRequest, RollbackRequest,
+    SnapshotChunk, StatusRequest,
 };
 
 use crate::AdminArgs;
@@ -444,8 +444,31 @@ pub async fn status(admin: AdminArgs) -> anyhow::Result<()> {
             },
             if fleet.caught_up { "" } else { ", catching up" }
         );
+        out!(
+            "fleet intends: {}",
+            fleet_intents(&reply.fleet_packs, &reply.fleet_line_items_version)
+        );
     }
     Ok(())
+}
+
+/// The fleet's intended packs and line items, as `segctl status` prints them
+/// beside what this replica serves: `crm=v3, old dropped (v1), line items 7`.
+fn fleet_intents(packs: &[FleetPackIntent], line_items_version: &str) -> String {
+    let mut parts: Vec<String> = packs
+        .iter()
+        .map(|intent| match intent.dropped {
+            true => format!("{} dropped ({})", intent.pack, intent.version),
+            false => format!("{}={}", intent.pack, intent.version),
+        })
+        .collect();
+    if !line_items_version.is_empty() {
+        parts.push(format!("line items {line_items_version}"));
+    }
+    match parts.is_empty() {
+        true => "nothing yet".to_owned(),
+        false => parts.join(", "),
+    }
 }
 
 pub async fn list_segments(admin: AdminArgs) -> anyhow::Result<()> {

@@ -86,8 +86,9 @@ enum Command {
         /// The pack name.
         pack: String,
     },
-    /// One table of every replica's shard, generation, health, line items and
-    /// pack versions, flagging disagreement within a shard (exit 1 when any).
+    /// One table of every replica's shard, generation, health, impression-stream
+    /// lag, line items and pack versions, flagging disagreement within a shard
+    /// or with the fleet's intended versions, lag and lost NATS (exit 1 when any).
     FleetStatus(fleet_status::FleetStatusArgs),
     /// Exit 0 when the server reports SERVING (grpc.health.v1), 1 otherwise.
     Health {

@@ -10,6 +10,7 @@
 
 use std::cmp::Ordering;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -28,12 +29,14 @@ impl Catalog {
     /// shard is this replica's, and the version is not older than the served
     /// one (unless allowed). For a fleet, which stores the file for the
     /// other replicas only once this replica would take it. Returns the header.
-    pub fn check_push(
+    /// Checks the file at `path` from its mapping, as `push_staged` does
+    /// (a v2 pack is never copied or decoded into memory).
+    pub fn check_push_file(
         &self,
-        pack_bytes: &[u8],
+        path: &Path,
         allow_older_version: bool,
     ) -> Result<pack::PackHeader, CatalogError> {
-        let header = pack::read_header(pack_bytes)?;
+        let header = pack::read_header_file(path)?;
         if !valid_pack_name(&header.name) {
             return Err(CatalogError::InvalidPackName(header.name));
         }
@@ -45,7 +48,7 @@ impl Catalog {
                 replica_shard: self.shard,
             });
         }
-        pack::read_pack(pack_bytes)?;
+        verify_pack_file(path, 0, BuildThreads::One)?;
         let state = self.store.load_full();
         if let Some(served) = state.pack(&header.name)
             && compare_versions(&header.version, &served.version) == Ordering::Less
