@@ -392,7 +392,7 @@ impl Admin for AdminService {
         let request = request.into_inner();
         for (index, line_item) in request.line_items.iter().enumerate() {
             self.limits
-                .check_candidate(&format!("line_items[{index}]"), line_item)?;
+                .check_candidate(format_args!("line_items[{index}]"), line_item)?;
         }
         let outcome = match self.fleet()? {
             Some(fleet) => fleet.put_line_items(request).await?,

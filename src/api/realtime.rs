@@ -30,7 +30,7 @@ pub fn updates_from_wire(
                 Ok(member_update::Op::Remove) => MemberOp::Remove,
                 Err(_) => {
                     return Err(invalid(
-                        &format!("updates[{index}].op"),
+                        format!("updates[{index}].op"),
                         &format!("unknown value {} (ADD = 0, REMOVE = 1)", update.op),
                     ));
                 }
@@ -41,7 +41,7 @@ pub fn updates_from_wire(
             ] {
                 if value < 0 {
                     return Err(invalid(
-                        &format!("updates[{index}].{field}"),
+                        format!("updates[{index}].{field}"),
                         &format!("{value} is before 1970 (0 = unset)"),
                     ));
                 }

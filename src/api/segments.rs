@@ -1,6 +1,7 @@
 //! `segd.v1.Segments`: the hot path. Each handler validates, loads the serving
 //! state once, calls the domain function and maps the answer.
 
+use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ impl SegmentsService {
 
     /// `FAILED_PRECONDITION` naming the user's shard when the user belongs to
     /// another: a misrouted query must be loud, never a silent non-member.
-    fn check_shard(&self, field: &str, user_id: &str) -> Result<(), Status> {
+    fn check_shard(&self, field: impl Display, user_id: &str) -> Result<(), Status> {
         if !self.shard.is_sharded() || self.shard.owns(crate::user_fingerprint(user_id)) {
             return Ok(());
         }
@@ -91,12 +92,14 @@ impl SegmentsService {
         self.counters.or_unavailable("replaying the frequency log")
     }
 
-    fn check_lookup(&self, prefix: &str, request: &LookupRequest) -> Result<(), Status> {
-        let field = format!("{prefix}user_id");
-        self.limits.check_user_id(&field, &request.user_id)?;
-        self.check_shard(&field, &request.user_id)?;
+    /// `prefix` is formatted only into an error message (never on the happy
+    /// path: a `BatchLookup` checks 1,000 of these).
+    fn check_lookup(&self, prefix: impl Display, request: &LookupRequest) -> Result<(), Status> {
+        self.limits
+            .check_user_id(format_args!("{prefix}user_id"), &request.user_id)?;
+        self.check_shard(format_args!("{prefix}user_id"), &request.user_id)?;
         self.limits.check_count(
-            &format!("{prefix}segment_ids"),
+            format_args!("{prefix}segment_ids"),
             request.segment_ids.len(),
             self.limits.max_segment_ids,
         )
@@ -161,7 +164,7 @@ impl Segments for SegmentsService {
             self.limits.max_batch_lookups,
         )?;
         for (index, lookup) in request.requests.iter().enumerate() {
-            self.check_lookup(&format!("requests[{index}]."), lookup)?;
+            self.check_lookup(format_args!("requests[{index}]."), lookup)?;
         }
         let state = self.store.load();
         check_loaded(&state)?;
@@ -180,35 +183,47 @@ impl Segments for SegmentsService {
         &self,
         request: Request<DecideRequest>,
     ) -> Result<Response<DecideResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         self.limits.check_decide(&request)?;
         self.check_shard("user_id", &request.user_id)?;
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
-        let registered = self.line_items.load();
-        let candidates: Vec<CandidateRef<'_>> = request
-            .candidates
-            .iter()
-            .map(CandidateRef::Inline)
-            .chain(
-                request
-                    .line_item_ids
-                    .iter()
-                    .map(|id| CandidateRef::Registered {
-                        id,
-                        line_item: registered.get(id),
-                    }),
+        let mut decisions = {
+            let registered = self.line_items.load();
+            let candidates: Vec<CandidateRef<'_>> = request
+                .candidates
+                .iter()
+                .map(CandidateRef::Inline)
+                .chain(
+                    request
+                        .line_item_ids
+                        .iter()
+                        .map(|id| CandidateRef::Registered {
+                            id,
+                            line_item: registered.get(id),
+                        }),
+                )
+                .collect();
+            decide::decide_unnamed(
+                &state,
+                counters,
+                crate::user_fingerprint(&request.user_id),
+                &candidates,
+                resolve_at(request.at_unix_seconds),
+                self.limits.freq_retention_seconds,
             )
-            .collect();
-        let decisions = decide::decide_refs(
-            &state,
-            counters,
-            crate::user_fingerprint(&request.user_id),
-            &candidates,
-            resolve_at(request.at_unix_seconds),
-            self.limits.freq_retention_seconds,
-        );
+        };
+        // The ids go back to the caller: move them out of the request (in
+        // candidate order: inline first, then registered) instead of copying.
+        let ids = request
+            .candidates
+            .iter_mut()
+            .map(|candidate| std::mem::take(&mut candidate.id))
+            .chain(request.line_item_ids.iter_mut().map(std::mem::take));
+        for (decision, id) in decisions.iter_mut().zip(ids) {
+            decision.candidate_id = id;
+        }
         self.decisions.record(&decisions);
         Ok(Response::new(DecideResponse {
             decisions,
@@ -225,7 +240,7 @@ impl Segments for SegmentsService {
         self.limits.check_record(&request)?;
         for (index, impression) in request.impressions.iter().enumerate() {
             self.check_shard(
-                &format!("impressions[{index}].user_id"),
+                format_args!("impressions[{index}].user_id"),
                 &impression.user_id,
             )?;
         }

@@ -7,6 +7,14 @@ use segd::app::App;
 use segd::server::{self, Listeners};
 use segd::settings::ServeConfig;
 
+/// mimalloc instead of glibc malloc: a 50-candidate `Decide` decodes ~350
+/// small strings and vectors and frees them again, and under glibc malloc
+/// and free were ~30 % of the server's CPU in a profile (`perf record` on a
+/// loaded server: `_int_malloc`, `_int_free`, `malloc_consolidate`), its
+/// per-thread cache holding only 7 chunks per size. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bid-time audience server: segment membership with recency, and frequency
 /// caps, over gRPC.
 #[derive(Parser)]

@@ -21,6 +21,7 @@ pub mod names;
 pub mod reader;
 pub mod stream_check;
 pub mod view;
+mod view_header;
 pub mod writer;
 pub mod writer_v2;
 

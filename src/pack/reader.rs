@@ -124,7 +124,7 @@ pub fn read_header(bytes: &[u8]) -> Result<PackHeader, PackError> {
     if format_version_of(bytes)? == FORMAT_VERSION_V1 {
         return read_header_from(&mut Cursor::new(bytes));
     }
-    super::view::read_header_v2(bytes).map(|(header, _, _)| header)
+    super::view_header::read_header_v2(bytes).map(|(header, _, _)| header)
 }
 
 fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {

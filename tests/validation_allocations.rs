@@ -1,0 +1,254 @@
+//! Request validation (`api::limits`) on the hot path: a valid `Decide` (50
+//! candidates x 3 refs + 2 caps) and a valid `RecordImpressions` batch are
+//! checked without a single heap allocation (field paths are formatted only
+//! into error messages), and the error messages stay word for word what they
+//! were when the paths were formatted up front.
+//!
+//! Allocations are counted by a global allocator wrapping the system one, per
+//! thread, so the test harness's own threads do not disturb the count.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use segd::api::RequestLimits;
+use segd::proto::{
+    Calendar, Candidate, DecideRequest, FrequencyCap, Impression, RecordImpressionsRequest,
+    SegmentRef,
+};
+
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter is a const-initialised thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Heap allocations made by `work` on this thread.
+fn allocations_of<T>(work: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let result = work();
+    (ALLOCATIONS.with(Cell::get) - before, result)
+}
+
+fn limits() -> RequestLimits {
+    RequestLimits {
+        max_segment_ids: 1_000,
+        max_batch_lookups: 1_000,
+        max_candidates: 100,
+        max_refs_per_candidate: 8,
+        max_caps_per_candidate: 4,
+        max_impressions: 1_000,
+        max_cap_keys: 4,
+        max_cap_key_bytes: 64,
+        max_user_id_bytes: 64,
+        freq_retention_seconds: 31 * 86_400,
+    }
+}
+
+fn segment(segment_id: u32) -> SegmentRef {
+    SegmentRef {
+        segment_id,
+        max_age_seconds: 0,
+    }
+}
+
+fn cap(key: &str, calendar: Calendar, window_seconds: u32) -> FrequencyCap {
+    FrequencyCap {
+        key: key.to_owned(),
+        limit: 3,
+        window_seconds,
+        calendar: calendar as i32,
+        utc_offset_minutes: 0,
+    }
+}
+
+/// The request shape of the `Decide` target: 50 candidates x 3 refs + 2 caps.
+fn decide_request() -> DecideRequest {
+    let candidates = (0..50)
+        .map(|number| Candidate {
+            id: format!("li-{number}"),
+            all_of: vec![segment(1)],
+            any_of: vec![segment(2), segment(3)],
+            none_of: vec![],
+            caps: vec![
+                cap(&format!("li:{number}"), Calendar::Day, 0),
+                cap(&format!("camp:{}", number % 5), Calendar::Rolling, 3_600),
+            ],
+        })
+        .collect();
+    DecideRequest {
+        user_id: "u:42".to_owned(),
+        candidates,
+        at_unix_seconds: 0,
+        line_item_ids: vec!["registered-1".to_owned()],
+    }
+}
+
+fn record_request() -> RecordImpressionsRequest {
+    RecordImpressionsRequest {
+        impressions: (0..100)
+            .map(|number| Impression {
+                user_id: format!("u:{number}"),
+                cap_keys: vec![format!("li:{number}"), "camp:1".to_owned()],
+                at_unix_seconds: 0,
+                impression_id: format!("imp-{number}"),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_valid_decide_is_checked_without_allocating() {
+    let limits = limits();
+    let request = decide_request();
+    let (allocations, outcome) = allocations_of(|| limits.check_decide(&request));
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(allocations, 0, "allocations while checking a valid Decide");
+}
+
+#[test]
+fn a_valid_line_item_and_impression_batch_are_checked_without_allocating() {
+    let limits = limits();
+    let request = decide_request();
+    let field = String::from("line_items[7]");
+    let (allocations, outcome) =
+        allocations_of(|| limits.check_candidate(&field, &request.candidates[7]));
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(
+        allocations, 0,
+        "allocations while checking a valid line item"
+    );
+
+    let request = record_request();
+    let (allocations, outcome) = allocations_of(|| limits.check_record(&request));
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(
+        allocations, 0,
+        "allocations while checking valid impressions"
+    );
+}
+
+/// A change that makes a valid request invalid.
+type Mutation = Box<dyn FnOnce(&mut DecideRequest)>;
+
+/// The message of the first problem `limits` finds in `request`.
+fn decide_error(mutate: impl FnOnce(&mut DecideRequest)) -> String {
+    let mut request = decide_request();
+    mutate(&mut request);
+    let status = limits().check_decide(&request).expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    status.message().to_owned()
+}
+
+#[test]
+fn decide_errors_name_the_field_as_before() {
+    let cases: [(&str, Mutation); 9] = [
+        (
+            "user_id: must not be empty",
+            Box::new(|request| request.user_id.clear()),
+        ),
+        (
+            "user_id: 65 bytes, more than the limit of 64",
+            Box::new(|request| request.user_id = "u".repeat(65)),
+        ),
+        (
+            "candidates+line_item_ids: 101 entries, more than the limit of 100",
+            Box::new(|request| request.line_item_ids = vec!["x".to_owned(); 51]),
+        ),
+        (
+            "candidates[3] all_of+any_of+none_of: 9 entries, more than the limit of 8",
+            Box::new(|request| request.candidates[3].none_of = vec![segment(9); 6]),
+        ),
+        (
+            "candidates[4].caps: 5 entries, more than the limit of 4",
+            Box::new(|request| {
+                let caps = request.candidates[4].caps.clone();
+                request.candidates[4].caps = caps.into_iter().cycle().take(5).collect();
+            }),
+        ),
+        (
+            "candidates[5].caps[1].key: must not be empty",
+            Box::new(|request| request.candidates[5].caps[1].key.clear()),
+        ),
+        (
+            "candidates[6].caps[0].limit: must be at least 1",
+            Box::new(|request| request.candidates[6].caps[0].limit = 0),
+        ),
+        (
+            "candidates[7].caps[1].calendar: unknown calendar 9",
+            Box::new(|request| request.candidates[7].caps[1].calendar = 9),
+        ),
+        (
+            "candidates[8].caps[0].utc_offset_minutes: -2147483648 is beyond ±1080",
+            Box::new(|request| request.candidates[8].caps[0].utc_offset_minutes = i32::MIN),
+        ),
+    ];
+    for (expected, mutate) in cases {
+        assert_eq!(decide_error(mutate), expected);
+    }
+    assert_eq!(
+        decide_error(|request| request.candidates[9].caps[1].window_seconds = 40 * 86_400),
+        "candidates[9].caps[1].window_seconds: a window of 3456000 s is longer than the \
+         retention of 2678400 s (--freq-retention-days)"
+    );
+}
+
+#[test]
+fn impression_errors_name_the_field_as_before() {
+    let error = |mutate: fn(&mut RecordImpressionsRequest)| {
+        let mut request = record_request();
+        mutate(&mut request);
+        limits()
+            .check_record(&request)
+            .expect_err("refused")
+            .message()
+            .to_owned()
+    };
+    assert_eq!(
+        error(|request| request.impressions[2].user_id.clear()),
+        "impressions[2].user_id: must not be empty"
+    );
+    assert_eq!(
+        error(|request| request.impressions[3].cap_keys.clear()),
+        "impressions[3].cap_keys: must not be empty: an impression counts toward at least one cap key"
+    );
+    assert_eq!(
+        error(|request| request.impressions[4].cap_keys = vec!["k".to_owned(); 5]),
+        "impressions[4].cap_keys: 5 entries, more than the limit of 4"
+    );
+    assert_eq!(
+        error(|request| request.impressions[5].cap_keys[1] = "k".repeat(65)),
+        "impressions[5].cap_keys[1]: 65 bytes, more than the limit of 64"
+    );
+    assert_eq!(
+        error(|request| request.impressions[6].impression_id = "i".repeat(257)),
+        "impressions[6].impression_id: longer than 256 bytes"
+    );
+    assert_eq!(
+        error(|request| request.impressions[7].at_unix_seconds = -1),
+        "impressions[7].at_unix_seconds: must not be negative"
+    );
+}
