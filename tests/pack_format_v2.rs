@@ -476,3 +476,27 @@ fn bitmaps_that_disagree_with_the_index_are_refused_by_a_full_read() {
         other => panic!("expected a malformed pack, got {other:?}"),
     }
 }
+
+#[test]
+fn control_characters_in_strings_are_refused() {
+    // Strings are shown in logs and metric labels: the one rule of
+    // `pack::names`, as for format 1 (a v2 segment name or kind escaped it).
+    for (text, what) in [
+        ("2024-06-01.1", "pack version"),
+        ("cart-abandoners", "segment name"),
+        ("retargeting", "segment kind"),
+    ] {
+        let bytes = edited(|bytes, _| {
+            let at = bytes
+                .windows(text.len())
+                .position(|window| window == text.as_bytes())
+                .expect("the string is in the fixture");
+            bytes[at + 1] = 0x1b;
+        });
+        let error = open(&bytes).expect_err("refused").to_string();
+        assert!(
+            error.contains(what) && error.contains("control character"),
+            "{what}: {error}"
+        );
+    }
+}

@@ -60,6 +60,15 @@ pub fn check_label(what: &str, value: &str) -> Result<(), PackError> {
     Ok(())
 }
 
+/// A string read from a pack file, in either format: UTF-8 and, being shown
+/// in logs and labels, held to [`check_label`].
+pub fn read_label(what: &str, bytes: &[u8]) -> Result<String, PackError> {
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))?;
+    check_label(what, &text)?;
+    Ok(text)
+}
+
 /// The header's name and version, as every reader and the push path check them.
 pub fn check_header_labels(header: &PackHeader) -> Result<(), PackError> {
     check_pack_name(&header.name)?;

@@ -17,6 +17,7 @@ use super::format::{
     MAX_SEGMENTS, PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY,
     check_pack_name, checksum,
 };
+use super::names::read_label;
 use super::{Pack, Segment};
 use crate::le::{LeReader, Truncated};
 
@@ -144,9 +145,9 @@ fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
     let version = cursor.take_string_bytes(section)?;
     cursor.verify_checksum(section, 0)?;
 
-    let name = utf8("pack name", name)?;
+    let name = read_label("pack name", name)?;
     check_pack_name(&name)?;
-    let version = utf8("pack version", version)?;
+    let version = read_label("pack version", version)?;
     if version.is_empty() {
         return Err(PackError::malformed("pack version is empty"));
     }
@@ -264,8 +265,8 @@ fn read_segment_table(
             member_count,
             bitmap_bytes,
             has_recency: flags & SEGMENT_FLAG_RECENCY != 0,
-            name: utf8("segment name", name)?,
-            kind: utf8("segment kind", kind)?,
+            name: read_label("segment name", name)?,
+            kind: read_label("segment kind", kind)?,
         });
     }
     if membership_count != header.membership_count {
@@ -385,15 +386,6 @@ fn read_footer(cursor: &mut Cursor<'_>, file_checksum_verified: bool) -> Result<
         )));
     }
     Ok(())
-}
-
-/// A string of the file: UTF-8 and, being shown in logs and labels, free of
-/// control characters (the rule of `names`).
-fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))?;
-    super::names::check_label(what, &text)?;
-    Ok(text)
 }
 
 /// A position in the pack bytes: the shared [`LeReader`], with each

@@ -18,6 +18,7 @@ use super::format_v2::{
     SECTION_TABLE_BYTES, SECTIONS, Section, first_section_start, section_table_start,
 };
 use super::index_build::radix_bits_for;
+use super::names::read_label;
 use super::view::SegmentInfo;
 
 /// Reads and checks the preamble and header: returns the header,
@@ -59,9 +60,9 @@ pub(crate) fn read_header_v2(all: &[u8]) -> Result<(PackHeader, usize, u32), Pac
             "header padding is not 0..8 zero bytes",
         ));
     }
-    let name = utf8("pack name", name)?;
+    let name = read_label("pack name", name)?;
     check_pack_name(&name)?;
-    let version = utf8("pack version", version)?;
+    let version = read_label("pack version", version)?;
     if version.is_empty() {
         return Err(PackError::malformed("pack version is empty"));
     }
@@ -307,8 +308,8 @@ pub(super) fn read_segment_table(
         membership_count += u64::from(member_count);
         segments.push(SegmentInfo {
             id,
-            name: utf8("segment name", name)?,
-            kind: utf8("segment kind", kind)?,
+            name: read_label("segment name", name)?,
+            kind: read_label("segment kind", kind)?,
             ttl_seconds,
             member_count,
             has_recency: flags & SEGMENT_FLAG_RECENCY != 0,
@@ -363,11 +364,6 @@ pub(super) fn split_string<'a>(
         return Err(PackError::malformed(format!("{what} is cut off")));
     }
     Ok(rest.split_at(length as usize))
-}
-
-pub(super) fn utf8(what: &str, bytes: &[u8]) -> Result<String, PackError> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| PackError::malformed(format!("{what} is not valid UTF-8")))
 }
 
 pub(super) fn u32_at(bytes: &[u8], offset: usize) -> u32 {
