@@ -24,54 +24,9 @@ impl FreqStore {
         origin_unix_seconds: i64,
         impressions: &[LogImpression],
     ) -> Result<Option<RecordOutcome>, FreqError> {
-        let inner = &self.inner;
-        if !inner.config.replicated {
-            return Err(FreqError::InvalidConfig(
-                "apply_replicated on a store with a local log".to_owned(),
-            ));
-        }
-        if *self.stopped.lock() {
-            return Err(FreqError::ShutDown);
-        }
-        // Shared: a checkpoint must see the counters and the sequence together.
-        let _gate = inner.apply_gate.read();
-        if stream_seq <= inner.applied_stream_seq.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        let cutoff = origin_unix_seconds.saturating_sub(inner.config.retention_seconds);
-        let mut outcome = RecordOutcome::default();
-        for impression in impressions {
-            outcome.recorded += 1;
-            if impression.at_unix_seconds <= cutoff {
-                continue;
-            }
-            if let Some(id_hash) = impression.impression_id_hash {
-                let state = IdState {
-                    at_unix_seconds: impression.at_unix_seconds,
-                    log_seq: 0,
-                };
-                if inner.ids.check_and_insert(id_hash, state).is_some() {
-                    outcome.recorded -= 1;
-                    outcome.duplicates += 1;
-                    continue;
-                }
-            }
-            inner.counters.add_impression(
-                impression.user_fingerprint,
-                &impression.cap_key_hashes,
-                impression.at_unix_seconds,
-            );
-        }
-        inner
-            .applied_stream_seq
-            .store(stream_seq, Ordering::Relaxed);
-        inner
-            .recorded_impressions
-            .fetch_add(u64::from(outcome.recorded), Ordering::Relaxed);
-        inner
-            .duplicate_impressions
-            .fetch_add(u64::from(outcome.duplicates), Ordering::Relaxed);
-        Ok(Some(outcome))
+        self.apply_at("apply_replicated", stream_seq, |inner| {
+            apply_batch(inner, origin_unix_seconds, impressions)
+        })
     }
 
     /// Applies a forget at `stream_seq` of the replicated log: drops every
@@ -86,26 +41,42 @@ impl FreqStore {
         stream_seq: u64,
         user_fingerprints: &[u64],
     ) -> Result<bool, FreqError> {
+        let applied = self.apply_at("forget_replicated", stream_seq, |inner| {
+            for &user_fingerprint in user_fingerprints {
+                inner.counters.remove_user(user_fingerprint);
+            }
+        })?;
+        Ok(applied.is_some())
+    }
+
+    /// Runs `apply` for the message at `stream_seq` unless the counters hold
+    /// it already (`None`: a redelivery), then records the sequence. Under the
+    /// shared apply gate: a checkpoint sees the counters and the sequence
+    /// together.
+    fn apply_at<T>(
+        &self,
+        what: &str,
+        stream_seq: u64,
+        apply: impl FnOnce(&super::Inner) -> T,
+    ) -> Result<Option<T>, FreqError> {
         let inner = &self.inner;
         if !inner.config.replicated {
-            return Err(FreqError::InvalidConfig(
-                "forget_replicated on a store with a local log".to_owned(),
-            ));
+            return Err(FreqError::InvalidConfig(format!(
+                "{what} on a store with a local log"
+            )));
         }
         if *self.stopped.lock() {
             return Err(FreqError::ShutDown);
         }
         let _gate = inner.apply_gate.read();
         if stream_seq <= inner.applied_stream_seq.load(Ordering::Relaxed) {
-            return Ok(false);
+            return Ok(None);
         }
-        for &user_fingerprint in user_fingerprints {
-            inner.counters.remove_user(user_fingerprint);
-        }
+        let applied = apply(inner);
         inner
             .applied_stream_seq
             .store(stream_seq, Ordering::Relaxed);
-        Ok(true)
+        Ok(Some(applied))
     }
 
     /// Moves the applied sequence back to `stream_seq` when it is beyond it:
@@ -124,6 +95,45 @@ impl FreqStore {
     pub fn applied_stream_seq(&self) -> u64 {
         self.inner.applied_stream_seq.load(Ordering::Relaxed)
     }
+}
+
+/// One batch into the counters and the id set; the caller holds the gate.
+fn apply_batch(
+    inner: &super::Inner,
+    origin_unix_seconds: i64,
+    impressions: &[LogImpression],
+) -> RecordOutcome {
+    let cutoff = origin_unix_seconds.saturating_sub(inner.config.retention_seconds);
+    let mut outcome = RecordOutcome::default();
+    for impression in impressions {
+        outcome.recorded += 1;
+        if impression.at_unix_seconds <= cutoff {
+            continue;
+        }
+        if let Some(id_hash) = impression.impression_id_hash {
+            let state = IdState {
+                at_unix_seconds: impression.at_unix_seconds,
+                log_seq: 0,
+            };
+            if inner.ids.check_and_insert(id_hash, state).is_some() {
+                outcome.recorded -= 1;
+                outcome.duplicates += 1;
+                continue;
+            }
+        }
+        inner.counters.add_impression(
+            impression.user_fingerprint,
+            &impression.cap_key_hashes,
+            impression.at_unix_seconds,
+        );
+    }
+    inner
+        .recorded_impressions
+        .fetch_add(u64::from(outcome.recorded), Ordering::Relaxed);
+    inner
+        .duplicate_impressions
+        .fetch_add(u64::from(outcome.duplicates), Ordering::Relaxed);
+    outcome
 }
 
 #[cfg(test)]
