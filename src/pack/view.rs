@@ -126,7 +126,35 @@ impl PackView {
             )));
         }
         // The directory must be exactly the one derived from the
-        // fingerprints: walk both as `index_build::radix_directory` does.
+        // fingerprints. With ascending fingerprints that holds iff it is
+        // monotone, spans 0..users, and every user sits inside its bucket's
+        // range: flat passes with no branch per user. The walk that names
+        // the wrong entry runs only when the check fails.
+        let directory = self.radix_directory();
+        let bucket_count = directory.len() - 1;
+        let spans_users =
+            directory[0] == 0 && directory[bucket_count] as usize == fingerprints.len();
+        let monotone = directory.windows(2).all(|pair| pair[0] <= pair[1]);
+        let users_in_their_buckets = spans_users
+            && monotone
+            && fingerprints
+                .iter()
+                .enumerate()
+                .fold(true, |fits, (index, &fingerprint)| {
+                    let bucket = bucket_of(fingerprint, self.radix_bits);
+                    let range = directory[bucket] as usize..directory[bucket + 1] as usize;
+                    fits & range.contains(&index)
+                });
+        if users_in_their_buckets {
+            return Ok(());
+        }
+        Err(self.wrong_directory_entry())
+    }
+
+    /// Walks the directory as `index_build::radix_directory` builds it and
+    /// names the first entry that differs.
+    fn wrong_directory_entry(&self) -> PackError {
+        let fingerprints = self.fingerprints();
         let directory = self.radix_directory();
         let bucket_count = directory.len() - 1;
         let mut index = 0usize;
@@ -137,17 +165,12 @@ impl PackView {
                 index += 1;
             }
             if start as usize != index {
-                return Err(PackError::malformed(format!(
+                return PackError::malformed(format!(
                     "radix directory entry {bucket} is {start}, the fingerprints say {index}"
-                )));
+                ));
             }
         }
-        if directory[bucket_count] as usize != fingerprints.len() {
-            return Err(PackError::malformed(
-                "radix directory does not end at the user count",
-            ));
-        }
-        Ok(())
+        PackError::malformed("radix directory does not end at the user count")
     }
 
     fn check_index(&self) -> Result<(), PackError> {
@@ -253,31 +276,24 @@ fn count_entries_per_slot(
     entries: &[IndexEntry],
     segments: &[SegmentInfo],
 ) -> Result<Vec<u32>, PackError> {
+    if has_disorder_within_a_user(starts, entries) {
+        return Err(PackError::malformed(format!(
+            "index entries of user ordinal {} are not in ascending slot order",
+            first_disordered_user(starts, entries)
+        )));
+    }
     // Tables over every possible `u16` slot: indexing by a slot never fails,
-    // so the loop has no bounds checks; out-of-range slots are caught after.
-    let mut counts = vec![0u32; 1 << 16];
+    // so the loops have no bounds checks; out-of-range slots are caught after.
     let mut without_recency = vec![false; 1 << 16];
     for (slot, segment) in segments.iter().enumerate() {
         without_recency[slot] = !segment.has_recency;
     }
-    let mut disorder = false;
-    let mut stray_recency = false;
-    for pair in starts.windows(2) {
-        let user_entries = &entries[pair[0] as usize..pair[1] as usize];
-        let mut previous_slot: i32 = -1;
-        for entry in user_entries {
-            let slot = entry.slot;
-            disorder |= i32::from(slot) <= previous_slot;
-            previous_slot = i32::from(slot);
-            counts[slot as usize] += 1;
-            stray_recency |= entry.hours_ago != 0 && without_recency[slot as usize];
-        }
-    }
-    if let Some(user) = disorder.then(|| first_disordered_user(starts, entries)) {
-        return Err(PackError::malformed(format!(
-            "index entries of user ordinal {user} are not in ascending slot order"
-        )));
-    }
+    // `&`, not `&&`: whether an entry has a time is data-dependent, and a
+    // branch on it mispredicts about every other entry.
+    let stray_recency = entries.iter().fold(false, |stray, entry| {
+        stray | ((entry.hours_ago != 0) & without_recency[entry.slot as usize])
+    });
+    let counts = histogram_of_slots(entries);
     if let Some(slot) = counts[segments.len()..].iter().position(|&count| count > 0) {
         return Err(PackError::malformed(format!(
             "index entry names slot {}, the pack has {} segments",
@@ -290,8 +306,51 @@ fn count_entries_per_slot(
             "index entry has a last-seen time for a segment without recency",
         ));
     }
+    let mut counts = counts;
     counts.truncate(segments.len());
     Ok(counts)
+}
+
+/// Whether some user's entries are not in strictly ascending slot order,
+/// without a loop per user: every place where the slot does not rise must be
+/// a user boundary. One flat pass counts those places (no branch, no
+/// dependency between entries); a pass over the boundaries counts the ones
+/// that are boundaries. Monotone starts ending at `entries.len()` were
+/// checked before.
+fn has_disorder_within_a_user(starts: &[u32], entries: &[IndexEntry]) -> bool {
+    let descents: usize = entries
+        .windows(2)
+        .map(|two| usize::from(two[1].slot <= two[0].slot))
+        .sum();
+    let mut descents_at_boundaries = 0usize;
+    let mut previous_boundary = 0u32;
+    let interior = starts.get(1..starts.len().saturating_sub(1)).unwrap_or(&[]);
+    for &boundary in interior {
+        // Empty users share a boundary (count each place once), and trailing
+        // ones sit at the end, which is no place between two entries.
+        if boundary != previous_boundary && (boundary as usize) < entries.len() {
+            let at = boundary as usize;
+            descents_at_boundaries += usize::from(entries[at].slot <= entries[at - 1].slot);
+            previous_boundary = boundary;
+        }
+    }
+    descents != descents_at_boundaries
+}
+
+/// Entries per slot. Four interleaved tables, so consecutive entries of the
+/// same slot do not wait on each other's increment.
+fn histogram_of_slots(entries: &[IndexEntry]) -> Vec<u32> {
+    let mut tables = vec![[0u32; 4]; 1 << 16];
+    let mut quads = entries.chunks_exact(4);
+    for quad in &mut quads {
+        for (lane, entry) in quad.iter().enumerate() {
+            tables[entry.slot as usize][lane] += 1;
+        }
+    }
+    for entry in quads.remainder() {
+        tables[entry.slot as usize][0] += 1;
+    }
+    tables.iter().map(|lanes| lanes.iter().sum()).collect()
 }
 
 fn first_disordered_user(starts: &[u32], entries: &[IndexEntry]) -> usize {
