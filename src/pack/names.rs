@@ -69,6 +69,29 @@ pub fn read_label(what: &str, bytes: &[u8]) -> Result<String, PackError> {
     Ok(text)
 }
 
+/// The name and version of a header, in either format, with its segment
+/// count: a pack name, a non-empty version, at most `MAX_SEGMENTS` segments.
+pub fn read_identity(
+    name: &[u8],
+    version: &[u8],
+    segment_count: u32,
+) -> Result<(String, String), PackError> {
+    let name = read_label("pack name", name)?;
+    check_pack_name(&name)?;
+    let version = read_label("pack version", version)?;
+    if version.is_empty() {
+        return Err(PackError::malformed("pack version is empty"));
+    }
+    if segment_count as usize > super::format::MAX_SEGMENTS {
+        return Err(PackError::TooLarge {
+            what: "segment count",
+            found: u64::from(segment_count),
+            limit: super::format::MAX_SEGMENTS as u64,
+        });
+    }
+    Ok((name, version))
+}
+
 /// The header's name and version, as every reader and the push path check them.
 pub fn check_header_labels(header: &PackHeader) -> Result<(), PackError> {
     check_pack_name(&header.name)?;

@@ -14,10 +14,9 @@ use roaring::RoaringBitmap;
 use super::error::{PackError, PackSection};
 use super::format::{
     CHECKSUM_BYTES, END_MAGIC, FORMAT_VERSION, FORMAT_VERSION_V1, HEADER_FIXED_BYTES, MAGIC,
-    MAX_SEGMENTS, PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY,
-    check_pack_name, checksum,
+    PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY, checksum,
 };
-use super::names::read_label;
+use super::names::{read_identity, read_label};
 use super::{Pack, Segment};
 use crate::le::{LeReader, Truncated};
 
@@ -145,19 +144,7 @@ fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {
     let version = cursor.take_string_bytes(section)?;
     cursor.verify_checksum(section, 0)?;
 
-    let name = read_label("pack name", name)?;
-    check_pack_name(&name)?;
-    let version = read_label("pack version", version)?;
-    if version.is_empty() {
-        return Err(PackError::malformed("pack version is empty"));
-    }
-    if segment_count as usize > MAX_SEGMENTS {
-        return Err(PackError::TooLarge {
-            what: "segment count",
-            found: u64::from(segment_count),
-            limit: MAX_SEGMENTS as u64,
-        });
-    }
+    let (name, version) = read_identity(name, version, segment_count)?;
     Ok(PackHeader {
         format_version,
         name,

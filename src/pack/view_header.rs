@@ -10,15 +10,15 @@ use std::ops::Range;
 
 use super::error::{PackError, PackSection};
 use super::format::{
-    CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, MAX_SEGMENTS, PackHeader, SEGMENT_ENTRY_FIXED_BYTES,
-    SEGMENT_FLAG_RECENCY, check_pack_name, checksum,
+    CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES,
+    SEGMENT_FLAG_RECENCY, checksum,
 };
 use super::format_v2::{
     FORMAT_VERSION_V2, HEADER_FIXED_BYTES, MAX_HEADER_BYTES, SECTION_ENTRY_BYTES,
     SECTION_TABLE_BYTES, SECTIONS, Section, first_section_start, section_table_start,
 };
 use super::index_build::radix_bits_for;
-use super::names::read_label;
+use super::names::{read_identity, read_label};
 use super::view::SegmentInfo;
 
 /// Reads and checks the preamble and header: returns the header,
@@ -60,19 +60,7 @@ pub(crate) fn read_header_v2(all: &[u8]) -> Result<(PackHeader, usize, u32), Pac
             "header padding is not 0..8 zero bytes",
         ));
     }
-    let name = read_label("pack name", name)?;
-    check_pack_name(&name)?;
-    let version = read_label("pack version", version)?;
-    if version.is_empty() {
-        return Err(PackError::malformed("pack version is empty"));
-    }
-    if segment_count as usize > MAX_SEGMENTS {
-        return Err(PackError::TooLarge {
-            what: "segment count",
-            found: u64::from(segment_count),
-            limit: MAX_SEGMENTS as u64,
-        });
-    }
+    let (name, version) = read_identity(name, version, segment_count)?;
     if membership_count > u64::from(u32::MAX) {
         return Err(PackError::TooLarge {
             what: "membership count",
