@@ -5,7 +5,7 @@
         | loadtest/swap_offcpu.py
 
 Prints, per thread group (segd's readers `segd-worker`, the push thread
-`segd-push`, `segd-retire`, the generator's `tokio-runtime-w`, ...):
+`segd-push`, `segd-retire`, the generator's `tokio-rt-worker`, ...):
   - off-CPU time (switch-out to switch-in) summed per kernel stack, for waits
     of at least MIN_MS, with the longest single wait;
   - the longest single waits of the readers, with when they happened;
@@ -24,7 +24,7 @@ SKIP = ("__schedule", "schedule", "__traceiter", "__mmap_lock_do_trace", "perf_"
 
 
 def group(comm):
-    for prefix in ("segd-worker", "segd-push", "segd-retire", "tokio-runtime-w", "segd-fleet"):
+    for prefix in ("segd-worker", "segd-push", "segd-upload", "segd-retire", "tokio-rt-worker", "segd-fleet"):
         if comm.startswith(prefix):
             return prefix
     return comm
@@ -35,6 +35,15 @@ def stack_key(frames, depth=6):
     kernel = [f for f in kept if not f.startswith("u:")][:depth]
     user = [f[2:] for f in kept if f.startswith("u:")][:2]
     return " <- ".join(kernel) + ("  | " + " <- ".join(user) if user else "")
+
+
+def add_span(timeline, column, start, end):
+    """Adds the milliseconds of start..end to the 1-second bins they cover."""
+    while start < end:
+        second = int(start)
+        upto = min(end, second + 1.0)
+        timeline[second][column] += (upto - start) * 1e3
+        start = upto
 
 
 def events(lines):
@@ -67,21 +76,28 @@ def main():
     lock_holds = collections.defaultdict(lambda: [0.0, 0, 0.0])
     long_lock = []
     push_span = {}
+    last_in = {}  # tid -> switch-in time
+    timeline = collections.defaultdict(lambda: collections.defaultdict(float))
     for event in events(sys.stdin):
         t = event["t"]
         t0 = t if t0 is None else t0
         t -= t0
         comm, tid, rest = event["comm"], event["tid"], event["rest"]
         g = group(comm)
-        if g in ("segd-push", "segd-retire", "segd-fleet"):
+        if g in ("segd-push", "segd-upload", "segd-retire", "segd-fleet"):
             span = push_span.setdefault((g, tid), [t, t])
             span[1] = t
         if rest.startswith("sched:sched_switch"):
             state = re.search(r"prev_state=(\S+)", rest).group(1)
+            if tid in last_in:
+                add_span(timeline, g + " cpu", last_in.pop(tid), t)
             out[tid] = (t, state, stack_key(event["frames"]), comm)
         elif rest.startswith("PERF_RECORD_SWITCH IN") and tid in out:
             t_out, state, key, comm_out = out.pop(tid)
             ms = (t - t_out) * 1e3
+            last_in[tid] = t
+            kind = "runq" if state.startswith("R") else state
+            add_span(timeline, group(comm_out) + " " + kind, t_out, t)
             if state != "R" and state != "R+":
                 totals[(group(comm_out), state)] += ms
             if ms >= MIN_MS and state not in ("R", "R+"):
@@ -113,6 +129,12 @@ def main():
                 cell[2] = max(cell[2], ms)
                 long_lock.append((ms, t_got, comm, "hold " + ("write" if write else "read"), key))
 
+    columns = ["segd-worker cpu", "segd-worker runq", "segd-worker D", "segd-push cpu",
+               "segd-upload cpu", "segd-retire cpu", "tokio-rt-worker cpu", "tokio-rt-worker runq"]
+    print("== per second: ms of " + ", ".join(columns))
+    for second in sorted(timeline):
+        row = timeline[second]
+        print(f"  {second:4d} " + " ".join(f"{row[c]:7.0f}" for c in columns))
     print("== background threads (first .. last event, s)")
     for (g, tid), (a, b) in sorted(push_span.items(), key=lambda item: item[1][0]):
         print(f"  {g} {tid}: {a:.2f} .. {b:.2f}")
