@@ -1,5 +1,6 @@
-//! Deferrable heavy work — verifying, mapping and installing a pushed pack —
-//! on a thread of its own at a lower CPU priority (nice +[`NICE`]).
+//! Deferrable heavy work — writing and checksumming a push's upload as it
+//! arrives, verifying, mapping and installing the pushed pack — on a thread
+//! of its own at a lower CPU priority (nice +[`NICE`]).
 //!
 //! Why: on a busy box a push competes with the query path for the same
 //! cores; a checked load of a 200M-membership pack is over a second of CPU.
@@ -24,6 +25,17 @@ pub async fn run_deprioritised<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<T> {
+    spawn_deprioritised(name, work)?.await
+}
+
+/// Starts `work` on a new thread named `name` at nice +[`NICE`] now, for a
+/// caller that has more to do while it runs (the upload writer of a push,
+/// fed as chunks arrive); the returned future is its result, or an error if
+/// `work` panicked.
+pub fn spawn_deprioritised<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<T>>> {
     let (reply, result) = oneshot::channel();
     std::thread::Builder::new()
         .name(name.to_owned())
@@ -31,9 +43,11 @@ pub async fn run_deprioritised<T: Send + 'static>(
             lower_this_threads_priority();
             let _ = reply.send(work());
         })?;
-    result
-        .await
-        .map_err(|_| std::io::Error::other("background work panicked"))
+    Ok(async move {
+        result
+            .await
+            .map_err(|_| std::io::Error::other("background work panicked"))
+    })
 }
 
 /// On Linux the nice value is per thread, and `PRIO_PROCESS` with no id is

@@ -3,15 +3,18 @@
 //! One push at a time: a second one while a push is received or verified is
 //! refused with `RESOURCE_EXHAUSTED` at once (batch jobs retry), so pushes
 //! never stack up in memory or on disk. Chunks are written to a staged file
-//! in the packs directory as they arrive; the header is verified as soon as
-//! it is complete (a stream that is no pack is refused after its first bytes)
-//! and the footer checksum as the bytes pass, so a valid header followed by a
-//! gigabyte of zeros is refused at its end without ever being read back. Per
-//! push, memory holds one chunk and the header bytes, whatever the size. The
-//! catalog then verifies the staged file whole (`Catalog::push_staged`).
+//! in the packs directory as they arrive, by an upload thread below the
+//! query path's priority; the header is verified as soon as it is complete
+//! (a stream that is no pack is refused after its first bytes) and the footer
+//! checksum as the bytes pass, so a valid header followed by a gigabyte of
+//! zeros is refused at its end without ever being read back. Per push,
+//! memory holds at most `UPLOAD_QUEUE_CHUNKS` + 2 chunks and the header
+//! bytes, whatever the size. The catalog then verifies the staged file whole
+//! (`Catalog::push_staged`).
 
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::io::Write;
+
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
@@ -90,11 +93,24 @@ pub enum Received {
     Unchanged(pack::PackHeader),
 }
 
+/// Chunks received but not yet written: the most a slow writer lets pile up
+/// before the receive waits (and HTTP/2 flow control holds the client back).
+const UPLOAD_QUEUE_CHUNKS: usize = 4;
+
 /// Streams `chunks` into `staged`, refusing early what cannot be a pack, and
 /// anything over `max_push_bytes`. On a refusal the staged file is removed.
 /// As soon as the header is complete, `is_served` is asked whether its pack
 /// and version are the ones served: a no-op re-push then stops there, so it
 /// costs the readers nothing but its first chunk.
+///
+/// The request task only decodes chunks, checks the header and counts
+/// bytes; writing them to the file and the whole-file checksum run on an
+/// upload thread at the push's lower priority (`crate::background`), fed
+/// through a queue of [`UPLOAD_QUEUE_CHUNKS`]. On a busy box the writer then
+/// gets the CPU the readers leave, the queue fills and the receive waits:
+/// the upload slows down instead of the readers (BENCHMARKS.md, "Swaps,
+/// third session": the upload on the tokio workers was what readers waited
+/// behind during a 1.2 GB push).
 pub async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     mut staged: StagedFile,
@@ -102,14 +118,74 @@ pub async fn receive(
     is_served: impl Fn(&pack::PackHeader) -> bool,
 ) -> Result<Received, UploadRefused> {
     let file = staged.take_file().expect("a new upload has its file");
-    let mut file = tokio::fs::File::from_std(file);
+    let (queue, queued) = mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE_CHUNKS);
+    let writer = crate::background::spawn_deprioritised("segd-upload", move || {
+        write_upload(file, queued)
+    })
+    .map_err(|error| UploadRefused::storage(&staged, error))?;
+    let streamed = stream_chunks(chunks, &queue, max_push_bytes, is_served).await;
+    // Closing the queue ends the writer; its result is awaited on every path,
+    // so no write to the staged file outlives the receive.
+    drop(queue);
+    let written = writer.await.and_then(|written| written);
+    let (header, allow_older_version) = match streamed {
+        Ok(Streamed::Complete {
+            header,
+            allow_older_version,
+        }) => (header, allow_older_version),
+        Ok(Streamed::Unchanged(header)) => return Ok(Received::Unchanged(header)),
+        Ok(Streamed::WriterStopped) => {
+            let error = written
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the upload writer stopped"));
+            return Err(UploadRefused::storage(&staged, error));
+        }
+        Err(refused) => return Err(refused),
+    };
+    let footer = written.map_err(|error| UploadRefused::storage(&staged, error))?;
+    if footer.total_bytes() == 0 {
+        return Err(UploadRefused::new(
+            Refusal::EmptyStream,
+            Status::invalid_argument("snapshot: empty stream, no pack file sent"),
+        ));
+    }
+    header.finish().map_err(UploadRefused::invalid_pack)?;
+    footer.finish().map_err(UploadRefused::invalid_pack)?;
+    Ok(Received::Upload(Upload {
+        staged,
+        allow_older_version,
+    }))
+}
+
+/// How the request side of an upload ended.
+enum Streamed {
+    /// Every chunk was queued for the writer.
+    Complete {
+        header: HeaderCheck,
+        allow_older_version: bool,
+    },
+    /// The header names the version already served.
+    Unchanged(pack::PackHeader),
+    /// The writer closed its end of the queue: it failed, its error says why.
+    WriterStopped,
+}
+
+/// The request task's side: decodes chunks, checks the size limit and the
+/// header, and queues the bytes for the writer.
+async fn stream_chunks(
+    chunks: &mut Streaming<SnapshotChunk>,
+    queue: &mpsc::Sender<Vec<u8>>,
+    max_push_bytes: u64,
+    is_served: impl Fn(&pack::PackHeader) -> bool,
+) -> Result<Streamed, UploadRefused> {
     let mut header = HeaderCheck::default();
-    let mut footer = FooterCheck::new();
     let mut allow_older_version = false;
+    let mut total_bytes = 0u64;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|status| UploadRefused::new(Refusal::StreamError, status))?;
         allow_older_version |= chunk.allow_older_version;
-        if footer.total_bytes() + chunk.data.len() as u64 > max_push_bytes {
+        total_bytes += chunk.data.len() as u64;
+        if total_bytes > max_push_bytes {
             return Err(UploadRefused::new(
                 Refusal::TooLarge,
                 Status::invalid_argument(format!(
@@ -122,29 +198,30 @@ pub async fn receive(
             .map_err(UploadRefused::invalid_pack)?
             && is_served(&verified)
         {
-            return Ok(Received::Unchanged(verified));
+            return Ok(Streamed::Unchanged(verified));
         }
-        footer.update(&chunk.data);
-        file.write_all(&chunk.data)
-            .await
-            .map_err(|error| UploadRefused::storage(&staged, error))?;
+        if queue.send(chunk.data).await.is_err() {
+            return Ok(Streamed::WriterStopped);
+        }
     }
-    if footer.total_bytes() == 0 {
-        return Err(UploadRefused::new(
-            Refusal::EmptyStream,
-            Status::invalid_argument("snapshot: empty stream, no pack file sent"),
-        ));
-    }
-    header.finish().map_err(UploadRefused::invalid_pack)?;
-    footer.finish().map_err(UploadRefused::invalid_pack)?;
-    file.flush()
-        .await
-        .map_err(|error| UploadRefused::storage(&staged, error))?;
-    drop(file.into_std().await);
-    Ok(Received::Upload(Upload {
-        staged,
+    Ok(Streamed::Complete {
+        header,
         allow_older_version,
-    }))
+    })
+}
+
+/// The upload thread's side: every queued chunk into the checksum and the
+/// file, until the queue closes; stops at the first write error.
+fn write_upload(
+    mut file: std::fs::File,
+    mut queued: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<FooterCheck> {
+    let mut footer = FooterCheck::new();
+    while let Some(bytes) = queued.blocking_recv() {
+        footer.update(&bytes);
+        file.write_all(&bytes)?;
+    }
+    Ok(footer)
 }
 
 /// Collects the first bytes until the header can be judged.
