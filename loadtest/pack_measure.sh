@@ -20,7 +20,7 @@
 # Needs release binaries (`cargo build --release --bins -p segd -p loadtest`) and
 # redis-server. Work files go to $W (default /tmp/pack-measure): ~0.5 GB for the
 # 1M set, ~8.5 GB at the peak of `big` (the TSV is deleted once the pack is built).
-# Ports 7780-7782 (segd) and 6391 (Redis), loopback only.
+# Ports 7780-7782 (segd) and 6391 (Redis), loopback only. RUNS (default 3): runs of swap, swap10m.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 B="${B:-$root/target/release}"
@@ -100,7 +100,7 @@ step_swap() {
   local d="$W/swap"
   fresh_dir "$d"; start_segd "$d"
   "$B/segctl" push --admin-addr "http://$ADMIN" "$W/ds1m/v1.segpack"
-  for run in 1 2 3; do
+  for run in $(seq "${RUNS:-3}"); do
     uptime
     "$B/loadtest" run --workload lookup --rps 5000 --duration 40 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds1m/queries.txt" --segments-file "$W/ds1m/segments.tsv" \
@@ -115,7 +115,7 @@ step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
   local d="$W/swap10m"
   fresh_dir "$d"; start_segd "$d"
   "$B/segctl" push --admin-addr "http://$ADMIN" "$W/ds10m/big.segpack"
-  for run in 1 2 3; do
+  for run in $(seq "${RUNS:-3}"); do
     uptime
     "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds10m/queries.txt" --segments-file "$W/ds10m/segments.tsv" \

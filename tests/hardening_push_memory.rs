@@ -230,3 +230,73 @@ async fn a_pushed_pack_that_does_not_verify_is_invalid_argument() {
     assert!(uploads_in(data.path()).is_empty());
     segd.terminate();
 }
+
+/// The nice value of each thread of `pid` named `name` (field 19 of
+/// `/proc/PID/task/TID/stat`, after the parenthesised name).
+fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 2..];
+            // Fields from the state (3rd) on: nice is the 19th field.
+            after_name.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Seen before the fix (BENCHMARKS.md, "Swaps, third session"): the upload of
+/// a 1.2 GB push — every write and the checksum — ran on the tokio workers at
+/// the readers' priority, and readers queued behind it. Now, while a push is
+/// being received, its bytes go to a `segd-upload` thread at nice +10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_written_by_a_thread_below_the_readers_priority() {
+    let data = tempfile::tempdir().unwrap();
+    let segd = SegdProcess::start(data.path(), &[]).await;
+    let admin_url = format!("http://{}", segd.admin_addr);
+    let held = small_pack("v1");
+    let (chunks, chunks_received) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+    chunks
+        .send(SnapshotChunk {
+            data: held[..40].to_vec(),
+            allow_older_version: false,
+        })
+        .await
+        .unwrap();
+    let push = tokio::spawn(async move {
+        let mut admin = admin_client(&admin_url, None).await;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(chunks_received);
+        admin.push_snapshot(stream).await.map(|reply| reply.into_inner())
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Polled: the thread names itself before it lowers its priority.
+    loop {
+        let nice = nice_of_threads(segd.pid(), "segd-upload");
+        if nice == [10] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "while a push is received, segd-upload threads at nice {nice:?}, want one at 10"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    chunks
+        .send(SnapshotChunk {
+            data: held[40..].to_vec(),
+            allow_older_version: false,
+        })
+        .await
+        .unwrap();
+    drop(chunks);
+    let pushed = push.await.unwrap().expect("the held push completes");
+    assert_eq!(pushed.version, "v1");
+    segd.terminate();
+}
