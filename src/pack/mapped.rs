@@ -100,8 +100,10 @@ impl std::fmt::Debug for PackBytes {
 }
 
 impl PackBytes {
-    /// Maps a pack file read-only, reading it in up front (`MAP_POPULATE`: one
-    /// system call instead of a page fault per 4 KiB when it is verified).
+    /// Maps a pack file read-only and reads it in up front, in bounded steps
+    /// ([`populate`]) so the checked load that follows does not fault page by
+    /// page, and so that no single system call holds the process's
+    /// `mmap_lock` for the whole file (see [`ADVICE_CHUNK_BYTES`]).
     pub fn map_file(path: &Path) -> std::io::Result<PackBytes> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
@@ -113,7 +115,8 @@ impl PackBytes {
         // SAFETY: the mapping is read-only and files in the data directory are
         // never modified in place (see the module docs), so the bytes behind
         // the returned `&[u8]` do not change while the mapping lives.
-        let map = unsafe { MmapOptions::new().populate().map(&file)? };
+        let map = unsafe { MmapOptions::new().map(&file)? };
+        populate(&map);
         Ok(PackBytes {
             storage: Storage::Mapped(map),
         })
@@ -173,24 +176,75 @@ impl PackBytes {
     /// after verification for the regions lookups never touch (the bitmaps).
     /// Only whole pages inside `range` are released; owned bytes are kept.
     pub fn release(&self, range: Range<usize>) {
-        let Storage::Mapped(map) = &self.storage else {
-            return;
-        };
-        let page = page_size();
-        let start = range.start.next_multiple_of(page);
-        let end = range.end.min(map.len()) / page * page;
-        if start >= end {
+        if let Storage::Mapped(map) = &self.storage {
+            release_pages(map, range);
+        }
+    }
+}
+
+impl Drop for PackBytes {
+    /// A mapping's resident pages are released in bounded steps before the
+    /// `munmap`, which then has next to nothing left to tear down under the
+    /// `mmap_lock` (see [`ADVICE_CHUNK_BYTES`]). Runs on whichever thread
+    /// drops the last reference: the store's retirement thread for a served
+    /// pack, never a request thread.
+    fn drop(&mut self) {
+        if let Storage::Mapped(map) = &self.storage {
+            release_pages(map, 0..map.len());
+        }
+    }
+}
+
+/// The most bytes one `madvise` covers. Populating or releasing a range
+/// holds the process's `mmap_lock` (shared) while the call lasts, and while
+/// it is held every `mmap`/`munmap`/`mprotect` of another thread waits — the
+/// allocator's and thread stacks', on the request threads too — and behind
+/// such a waiting writer, other takers of the lock. One `MAP_POPULATE` of a
+/// 1.2 GB pack, on the push thread at nice +10 on a loaded box, held it for
+/// 145 ms in one go (BENCHMARKS.md, "Swaps, third session"); in 16 MiB steps
+/// (4,096 pages) a waiting thread gets the lock between two steps.
+pub const ADVICE_CHUNK_BYTES: usize = 16 << 20;
+
+/// Reads the whole mapping in, one chunk per `MADV_POPULATE_READ`. Where the
+/// kernel lacks it (before Linux 5.14) the pages fault in as they are read.
+fn populate(map: &Mmap) {
+    #[cfg(target_os = "linux")]
+    for start in (0..map.len()).step_by(ADVICE_CHUNK_BYTES) {
+        let len = ADVICE_CHUNK_BYTES.min(map.len() - start);
+        // Advice is an optimisation: on a refusal the checked load's reads
+        // fault the pages in instead.
+        if map
+            .advise_range(memmap2::Advice::PopulateRead, start, len)
+            .is_err()
+        {
             return;
         }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
+}
+
+/// `MADV_DONTNEED` over the whole pages inside `range`, chunk by chunk.
+fn release_pages(map: &Mmap, range: Range<usize>) {
+    let page = page_size();
+    let start = range.start.next_multiple_of(page);
+    let end = range.end.min(map.len()) / page * page;
+    let mut chunk_start = start;
+    while chunk_start < end {
+        let len = ADVICE_CHUNK_BYTES.min(end - chunk_start);
         #[allow(unsafe_code)]
         // SAFETY: MADV_DONTNEED on a read-only shared file mapping discards
         // nothing that cannot be read again: later accesses fault the same
         // file bytes back in. No `&mut` to the mapping exists anywhere.
         let result = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, chunk_start, len)
         };
-        // Advice is an optimisation: a refusal leaves the pages resident.
-        let _ = result;
+        // Advice is an optimisation: a refusal leaves the pages resident
+        // (and `munmap` releases them).
+        if result.is_err() {
+            return;
+        }
+        chunk_start += len;
     }
 }
 
@@ -410,8 +464,30 @@ mod tests {
         assert_eq!(bytes.as_bytes(), &content[..]);
         bytes.release(1..3 * 4096);
         assert_eq!(bytes.as_bytes(), &content[..], "released pages read back");
+        drop(bytes);
         let empty = directory.path().join("empty");
         std::fs::write(&empty, b"").expect("written");
         assert!(PackBytes::map_file(&empty).expect("empty file").is_empty());
+    }
+
+    /// Populating and releasing go in `ADVICE_CHUNK_BYTES` steps: a file of
+    /// several chunks and a ragged end reads back whole, before and after a
+    /// release that starts and ends inside chunks, and after a second map.
+    #[test]
+    fn a_mapping_of_several_chunks_reads_back_after_a_chunked_release() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("pack");
+        let len = 2 * ADVICE_CHUNK_BYTES + 3 * 4096 + 17;
+        let content: Vec<u8> = (0..len).map(|n| (n % 253) as u8).collect();
+        std::fs::write(&path, &content).expect("written");
+        let bytes = PackBytes::map_file(&path).expect("maps");
+        assert_eq!(bytes.as_bytes(), &content[..]);
+        bytes.release(4097..len - 5);
+        assert_eq!(bytes.as_bytes(), &content[..], "released pages read back");
+        bytes.release(0..len);
+        assert_eq!(bytes.as_bytes(), &content[..]);
+        drop(bytes);
+        let again = PackBytes::map_file(&path).expect("maps again");
+        assert_eq!(again.as_bytes(), &content[..]);
     }
 }
