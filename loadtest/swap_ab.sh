@@ -5,15 +5,15 @@
 #
 # Each round runs `pack_measure.sh STEP` once with the binaries of BEFORE_DIR,
 # then once with AFTER_DIR (each dir holds segd, segctl, loadtest), and keeps
-# $W/ab-STEP-{before,after}-ROUND.{txt,json,svg}, printing the load average
-# and the swap rows of each run. Needs `pack_measure.sh data` (and `big` for swap10m).
+# $W/ab-STEP-{before,after}-ROUND.{txt,json,svg} (AFTER_NAME renames "after"),
+# printing the load average and the swap rows of each run. Needs `pack_measure.sh data` (and `big` for swap10m).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 W="${W:-/tmp/pack-measure}"
 step=$1 before=$2 after=$3 rounds=${4:-3}
 for round in $(seq "$rounds"); do
-  for side in before after; do
-    dir=$before; [ "$side" = after ] && dir=$after
+  for side in before "${AFTER_NAME:-after}"; do
+    dir=$before; [ "$side" = before ] || dir=$after
     out="$W/ab-$step-$side-$round"
     echo "== $step $side round $round: $(uptime | sed 's/.*load/load/')"
     RUNS=1 B="$dir" W="$W" "$root/loadtest/pack_measure.sh" "$step" >"$out.txt" 2>&1

@@ -273,7 +273,10 @@ async fn an_upload_is_written_by_a_thread_below_the_readers_priority() {
     let push = tokio::spawn(async move {
         let mut admin = admin_client(&admin_url, None).await;
         let stream = tokio_stream::wrappers::ReceiverStream::new(chunks_received);
-        admin.push_snapshot(stream).await.map(|reply| reply.into_inner())
+        admin
+            .push_snapshot(stream)
+            .await
+            .map(|reply| reply.into_inner())
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     // Polled: the thread names itself before it lowers its priority.

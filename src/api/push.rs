@@ -119,10 +119,9 @@ pub async fn receive(
 ) -> Result<Received, UploadRefused> {
     let file = staged.take_file().expect("a new upload has its file");
     let (queue, queued) = mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE_CHUNKS);
-    let writer = crate::background::spawn_deprioritised("segd-upload", move || {
-        write_upload(file, queued)
-    })
-    .map_err(|error| UploadRefused::storage(&staged, error))?;
+    let writer =
+        crate::background::spawn_deprioritised("segd-upload", move || write_upload(file, queued))
+            .map_err(|error| UploadRefused::storage(&staged, error))?;
     let streamed = stream_chunks(chunks, &queue, max_push_bytes, is_served).await;
     // Closing the queue ends the writer; its result is awaited on every path,
     // so no write to the staged file outlives the receive.
