@@ -43,6 +43,8 @@ struct WireCandidate {
 pub struct WireDecideRequest {
     /// Every string of the request, back to back.
     text: String,
+    /// `text` while a read appends to it (each piece checked as it comes).
+    building: Vec<u8>,
     user_id: Span,
     at_unix_seconds: i64,
     candidates: Vec<WireCandidate>,
@@ -117,21 +119,34 @@ impl WireDecideRequest {
         }
     }
 
-    /// Copies `bytes[range]` (checked UTF-8) to the text buffer.
+    /// Copies `bytes[range]` (checked UTF-8) to the text being built.
+    #[inline]
     fn push_text(&mut self, bytes: &[u8], range: (usize, usize)) -> Result<Span, Malformed> {
         let value = text(bytes, range)?;
-        let start = self.text.len() as u32;
-        self.text.push_str(value);
+        let start = self.building.len() as u32;
+        self.building.extend_from_slice(value);
         Ok(Span {
             start,
-            end: self.text.len() as u32,
+            end: self.building.len() as u32,
         })
     }
 
-    /// Appends the fields of `bytes` (one whole encoded message).
+    /// Appends the fields of `bytes` (one whole encoded message). The text
+    /// is built as bytes, each string checked on its own (as prost does);
+    /// the whole is then UTF-8 by construction, and checked once more in one
+    /// pass when it becomes the `String` again.
     fn read(&mut self, bytes: &[u8]) -> Result<(), Malformed> {
+        self.building = std::mem::take(&mut self.text).into_bytes();
+        let read = self.read_fields(bytes);
+        let text = String::from_utf8(std::mem::take(&mut self.building));
+        self.text = text.map_err(|_| Malformed)?;
+        read
+    }
+
+    fn read_fields(&mut self, bytes: &[u8]) -> Result<(), Malformed> {
         // Strings are at most the request's size: one allocation for them all.
-        self.text.reserve(bytes.len());
+        self.building.reserve(bytes.len());
+        self.reserve_arrays(bytes)?;
         let mut scratch = Scratch::default();
         let mut fields = Fields::new(bytes, 0, bytes.len());
         while let Some((tag, value)) = fields.next_field()? {
@@ -146,6 +161,26 @@ impl WireDecideRequest {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Sizes the arrays once: the candidates counted by a walk over the
+    /// top-level keys (cheap: each candidate is skipped whole), refs and caps
+    /// for the common shape (up to 4 refs and 2 caps each; more grows).
+    fn reserve_arrays(&mut self, bytes: &[u8]) -> Result<(), Malformed> {
+        let (mut candidates, mut line_items) = (0, 0);
+        let mut fields = Fields::new(bytes, 0, bytes.len());
+        while let Some((tag, _)) = fields.next_field()? {
+            match tag {
+                2 => candidates += 1,
+                4 => line_items += 1,
+                _ => {}
+            }
+        }
+        self.candidates.reserve(candidates);
+        self.refs.reserve(candidates * 4);
+        self.caps.reserve(candidates * 2);
+        self.line_item_ids.reserve(line_items);
         Ok(())
     }
 
@@ -196,7 +231,7 @@ impl WireDecideRequest {
         (start, end): (usize, usize),
     ) -> Result<WireCap, Malformed> {
         let mut cap = WireCap::default();
-        let key_at = self.text.len() as u32;
+        let key_at = self.building.len() as u32;
         cap.key_start = key_at;
         cap.key_end = key_at;
         let mut fields = Fields::new(bytes, start, end);

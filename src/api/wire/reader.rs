@@ -1,8 +1,9 @@
 //! A protobuf field reader over one message's bytes that allocates nothing:
 //! each step yields a field number and its value (a varint, or the byte
 //! range of a length-delimited value); unknown fields are skipped with
-//! prost's own `skip_field`, keys and varints are read with prost's own
-//! functions, so what this accepts is what prost accepts.
+//! prost's own `skip_field`, and keys and varints longer than one byte are
+//! read with prost's own functions, so what this accepts is what prost
+//! accepts (one-byte keys and varints, nearly all of a request, inline).
 //!
 //! It never interprets a field: the message readers (`decide_request`) say
 //! which numbers they know and which wire type each must have.
@@ -44,34 +45,72 @@ impl<'a> Fields<'a> {
     }
 
     /// The next field, or `None` at the end of the message.
+    #[inline]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, Malformed> {
         if self.position == self.end {
             return Ok(None);
         }
-        let mut rest = &self.bytes[self.position..self.end];
-        let (tag, wire_type) = decode_key(&mut rest).map_err(|_| Malformed)?;
+        let (tag, wire_type) = self.key()?;
         let value = match wire_type {
-            WireType::Varint => Value::Varint(decode_varint(&mut rest).map_err(|_| Malformed)?),
+            WireType::Varint => Value::Varint(self.varint()?),
             WireType::LengthDelimited => {
-                let length = decode_varint(&mut rest).map_err(|_| Malformed)?;
-                if length > rest.len() as u64 {
+                let length = self.varint()?;
+                if length > (self.end - self.position) as u64 {
                     return Err(Malformed);
                 }
-                let start = self.end - rest.len();
-                rest = &rest[length as usize..];
+                let start = self.position;
+                self.position += length as usize;
                 Value::Delimited {
                     start,
-                    end: start + length as usize,
+                    end: self.position,
                 }
             }
             other => {
+                let mut rest = &self.bytes[self.position..self.end];
                 skip_field(other, tag, &mut rest, DecodeContext::default())
                     .map_err(|_| Malformed)?;
+                self.position = self.end - rest.len();
                 Value::Skipped
             }
         };
-        self.position = self.end - rest.len();
         Ok(Some((tag, value)))
+    }
+
+    /// A field key: one byte for field numbers up to 15 (all of ours),
+    /// prost's `decode_key` otherwise.
+    #[inline]
+    fn key(&mut self) -> Result<(u32, WireType), Malformed> {
+        let first = self.bytes[self.position];
+        if first < 0x80 {
+            let tag = u32::from(first >> 3);
+            let wire_type = WireType::try_from(u64::from(first & 0x07)).map_err(|_| Malformed)?;
+            if tag == 0 {
+                return Err(Malformed);
+            }
+            self.position += 1;
+            return Ok((tag, wire_type));
+        }
+        let mut rest = &self.bytes[self.position..self.end];
+        let key = decode_key(&mut rest).map_err(|_| Malformed)?;
+        self.position = self.end - rest.len();
+        Ok(key)
+    }
+
+    /// A varint: one byte inline, prost's `decode_varint` for longer ones.
+    #[inline]
+    fn varint(&mut self) -> Result<u64, Malformed> {
+        match self.bytes[self.position..self.end].first() {
+            Some(&byte) if byte < 0x80 => {
+                self.position += 1;
+                Ok(u64::from(byte))
+            }
+            _ => {
+                let mut rest = &self.bytes[self.position..self.end];
+                let value = decode_varint(&mut rest).map_err(|_| Malformed)?;
+                self.position = self.end - rest.len();
+                Ok(value)
+            }
+        }
     }
 }
 
@@ -94,8 +133,13 @@ impl Value {
     }
 }
 
-/// `bytes[start..end]` as text, or `Malformed` where it is not UTF-8 (prost
-/// refuses such a `string` field).
-pub fn text(bytes: &[u8], (start, end): (usize, usize)) -> Result<&str, Malformed> {
-    std::str::from_utf8(&bytes[start..end]).map_err(|_| Malformed)
+/// `bytes[start..end]` if it is UTF-8 (prost refuses a `string` field that
+/// is not); ASCII, the common case, is checked inline.
+#[inline]
+pub fn text(bytes: &[u8], (start, end): (usize, usize)) -> Result<&[u8], Malformed> {
+    let value = &bytes[start..end];
+    if !value.is_ascii() {
+        std::str::from_utf8(value).map_err(|_| Malformed)?;
+    }
+    Ok(value)
 }
