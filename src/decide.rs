@@ -114,7 +114,17 @@ pub fn decide_unnamed(
         })
         .collect();
 
-    let mut queries: Vec<CountQuery> = Vec::new();
+    let cap_count: usize = candidates
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, decision)| decision.eligible)
+        .filter_map(|(candidate, _)| candidate.definition())
+        .map(|candidate| candidate.caps.len())
+        .sum();
+    if cap_count == 0 {
+        return decisions;
+    }
+    let mut queries: Vec<CountQuery> = Vec::with_capacity(cap_count);
     // Line items of one request mostly share a few windows ("3 a day", "10
     // an hour"): remember the last range of each position in the cap list
     // instead of redoing the calendar arithmetic per cap.
@@ -142,9 +152,6 @@ pub fn decide_unnamed(
                 }
             }));
         }
-    }
-    if queries.is_empty() {
-        return decisions;
     }
     let mut counts = Vec::with_capacity(queries.len());
     counters.count_many(user_fingerprint, &queries, &mut counts);
@@ -211,9 +218,9 @@ fn push_number(out: &mut String, number: u32) {
             break;
         }
     }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
+    // One copy of the digits (a `push` per char checked each for UTF-8
+    // width); they are ASCII, so the check cannot fail.
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 /// A refusal; `candidate_id` is filled in by the caller.
