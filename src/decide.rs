@@ -232,6 +232,9 @@ fn refused(reason: Reason, detail: String) -> Decision {
     }
 }
 
+/// Inlined with the probe it wraps into the `find`s of [`targeting`]: as a
+/// call it was ~12 instructions of saved registers per probe (callgrind).
+#[inline(always)]
 fn is_member(user: &UserView<'_>, segment: &SegmentRef, at_unix_seconds: i64) -> bool {
     user.membership(segment.segment_id, segment.max_age_seconds, at_unix_seconds)
         == Membership::Member
