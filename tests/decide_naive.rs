@@ -106,7 +106,10 @@ fn naive_decision(packs: &[(Pack, bool)], user: u64, candidate: &Candidate, at: 
         return refused(Reason::Excluded, format!("segment {}", segment.segment_id));
     }
     if let Some(segment) = candidate.all_of.iter().find(|s| !member(s)) {
-        return refused(Reason::NotInAudience, format!("segment {}", segment.segment_id));
+        return refused(
+            Reason::NotInAudience,
+            format!("segment {}", segment.segment_id),
+        );
     }
     if !candidate.any_of.is_empty() && !candidate.any_of.iter().any(member) {
         let ids: Vec<String> = candidate

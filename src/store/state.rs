@@ -104,7 +104,10 @@ impl SegmentLocations {
 }
 
 #[inline(never)]
-fn sparse_location(map: &AHashMap<u32, SegmentLocation>, segment_id: u32) -> Option<SegmentLocation> {
+fn sparse_location(
+    map: &AHashMap<u32, SegmentLocation>,
+    segment_id: u32,
+) -> Option<SegmentLocation> {
     map.get(&segment_id).copied()
 }
 

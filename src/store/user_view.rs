@@ -255,12 +255,7 @@ impl<'state> UserView<'state> {
         if overlay.forgotten.is_some() {
             return;
         }
-        for (pack_index, (pack, user)) in self
-            .state
-            .packs()
-            .iter()
-            .zip(self.in_packs())
-            .enumerate()
+        for (pack_index, (pack, user)) in self.state.packs().iter().zip(self.in_packs()).enumerate()
         {
             let floor = self.state.overlay_floor(pack_index);
             for entry in user.entries {
