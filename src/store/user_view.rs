@@ -96,6 +96,9 @@ impl<'state> InPack<'state> {
     }
 }
 
+// The inline variant is the point: a view lives on the stack for one
+// request, and boxing it would be an allocation per `Lookup` and `Decide`.
+#[allow(clippy::large_enum_variant)]
 enum PerPack<'state> {
     Inline([InPack<'state>; INLINE_PACKS]),
     Heap(Vec<InPack<'state>>),
