@@ -429,7 +429,7 @@ impl UserView<'_> {
                 continue;
             }
             for entry in pack.entries_of(ordinal) {
-                if pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds) {
+                if pack.counts(entry.slot, entry, max_age_seconds, at_unix_seconds) {
                     pack.count_match(entry.slot);
                     out.push(pack.segments[entry.slot as usize].id);
                 }
@@ -461,8 +461,7 @@ impl UserView<'_> {
                 let overridden = overlay
                     .entry(segment_id)
                     .is_some_and(|update| update.is_on_top_of(floor));
-                if !overridden && pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds)
-                {
+                if !overridden && pack.counts(entry.slot, entry, max_age_seconds, at_unix_seconds) {
                     pack.count_match(entry.slot);
                     out.push(segment_id);
                 }
