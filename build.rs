@@ -2,6 +2,8 @@
 //! descriptor set, tonic-prost-build generates code from it, and the set is
 //! embedded for server reflection. The list of RPC methods is written out
 //! too, so the metrics layer counts every method by its generated name.
+//! A second pass generates the server side once more over the wire types of
+//! `src/api/wire/` (see there).
 
 use std::path::PathBuf;
 
@@ -22,6 +24,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .compile_fds(file_descriptors.clone())?;
+    // The query port's server again, with `Decide`'s request and response
+    // mapped to the hand-written wire types of `src/api/wire/` (decoded
+    // without an allocation per candidate) and every other type to the
+    // ordinary `crate::proto` ones; clients keep the owned types.
+    let wire_dir = out_dir.join("wire");
+    std::fs::create_dir_all(&wire_dir)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .out_dir(&wire_dir)
+        .extern_path(
+            ".segd.v1.DecideRequest",
+            "crate::api::wire::WireDecideRequest",
+        )
+        .extern_path(
+            ".segd.v1.DecideResponse",
+            "crate::api::wire::WireDecideResponse",
+        )
+        .extern_path(".segd.v1", "crate::proto")
         .compile_fds(file_descriptors)?;
     Ok(())
 }

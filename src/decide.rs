@@ -6,21 +6,25 @@
 //! NOT_IN_AUDIENCE, FREQUENCY_CAPPED is reported, with `detail` naming the
 //! segment or cap key. Unknown segments are non-members.
 //!
-//! This reads the wire types directly: a 50-candidate request converted into a
-//! parallel domain struct would cost allocations per request and buy nothing.
+//! This reads candidates through `candidate::CandidateView`, a borrowed view
+//! of the wire types or of a request's bytes: a 50-candidate request
+//! converted into a parallel owned struct would cost allocations per request.
 //! Targeting is answered for every candidate first; then the caps of the
 //! candidates still in the running are counted in one call (one shard lock).
 //! Requests are validated by the caller (`api::limits`).
 
-use crate::freq::{Calendar, CapWindow, CountQuery, FreqStore, cap_key_hash};
+use crate::candidate::{CandidateView, CapView};
+use crate::freq::{CapWindow, CountQuery, FreqStore, cap_key_hash};
 use crate::proto::{self, Candidate, Decision, Reason, SegmentRef};
 use crate::store::{Membership, ServingState, UserView};
 
-/// A candidate of one `Decide`: inline in the request, or a registered line
-/// item (`None` when its id is not registered).
+/// A candidate of one `Decide`: inline in the request (an owned message,
+/// or a view of the request's bytes), or a registered line item (`None`
+/// when its id is not registered).
 #[derive(Debug, Clone, Copy)]
 pub enum CandidateRef<'a> {
     Inline(&'a Candidate),
+    View(CandidateView<'a>),
     Registered {
         id: &'a str,
         line_item: Option<&'a Candidate>,
@@ -33,14 +37,16 @@ impl<'a> CandidateRef<'a> {
     pub fn id(&self) -> &'a str {
         match *self {
             CandidateRef::Inline(candidate) => &candidate.id,
+            CandidateRef::View(candidate) => candidate.id,
             CandidateRef::Registered { id, .. } => id,
         }
     }
 
-    fn definition(&self) -> Option<&'a Candidate> {
+    fn definition(&self) -> Option<CandidateView<'a>> {
         match *self {
-            CandidateRef::Inline(candidate) => Some(candidate),
-            CandidateRef::Registered { line_item, .. } => line_item,
+            CandidateRef::Inline(candidate) => Some(candidate.into()),
+            CandidateRef::View(candidate) => Some(candidate),
+            CandidateRef::Registered { line_item, .. } => line_item.map(CandidateView::from),
         }
     }
 }
@@ -103,14 +109,16 @@ pub fn decide_unnamed(
     let mut decisions: Vec<Decision> = candidates
         .iter()
         .map(|candidate| match (candidate, candidate.definition()) {
-            (_, Some(definition)) => targeting(&user, definition, at_unix_seconds),
+            (_, Some(definition)) => targeting(&user, &definition, at_unix_seconds),
             (CandidateRef::Registered { .. }, None) => Decision {
                 candidate_id: String::new(),
                 eligible: false,
                 reason: Reason::Unspecified as i32,
                 detail: "unknown line item".to_owned(),
             },
-            (CandidateRef::Inline(_), None) => unreachable!("inline candidates are always defined"),
+            (CandidateRef::Inline(_) | CandidateRef::View(_), None) => {
+                unreachable!("inline candidates are always defined")
+            }
         })
         .collect();
 
@@ -125,7 +133,7 @@ pub fn decide_unnamed(
         };
         if decision.eligible {
             queries.extend(candidate.caps.iter().enumerate().map(|(position, cap)| {
-                let window = cap_window(cap);
+                let window = cap.window();
                 let memo = &mut recent_ranges[position.min(1)];
                 let (after_exclusive, until_inclusive) = match memo {
                     Some((remembered, range)) if *remembered == window => *range,
@@ -136,7 +144,7 @@ pub fn decide_unnamed(
                     }
                 };
                 CountQuery {
-                    cap_key_hash: cap_key_hash(&cap.key),
+                    cap_key_hash: cap_key_hash(cap.key),
                     after_exclusive,
                     until_inclusive,
                 }
@@ -157,10 +165,10 @@ pub fn decide_unnamed(
             continue;
         }
         let mut capped_by: Option<&str> = None;
-        for cap in &candidate.caps {
+        for cap in candidate.caps.iter() {
             let count = next_count.next().unwrap_or(u32::MAX);
             if capped_by.is_none() && count >= cap.limit {
-                capped_by = Some(&cap.key);
+                capped_by = Some(cap.key);
             }
         }
         if let Some(key) = capped_by {
@@ -172,18 +180,7 @@ pub fn decide_unnamed(
 
 /// The cap's window in the frequency store's terms.
 pub fn cap_window(cap: &proto::FrequencyCap) -> CapWindow {
-    let calendar = match proto::Calendar::try_from(cap.calendar) {
-        Ok(proto::Calendar::Day) => Calendar::Day,
-        Ok(proto::Calendar::Week) => Calendar::Week,
-        Ok(proto::Calendar::Month) => Calendar::Month,
-        // Validation refuses unknown values before this point.
-        Ok(proto::Calendar::Rolling) | Err(_) => Calendar::Rolling,
-    };
-    CapWindow {
-        window_seconds: cap.window_seconds,
-        calendar,
-        utc_offset_minutes: cap.utc_offset_minutes,
-    }
+    CapView::from(cap).window()
 }
 
 /// "segment 123", in one allocation: most candidates of a request are refused,
@@ -234,7 +231,7 @@ fn is_member(user: &UserView<'_>, segment: &SegmentRef, at_unix_seconds: i64) ->
 /// Targeting alone: EXCLUDED before NOT_IN_AUDIENCE; eligible otherwise
 /// (caps are applied afterwards).
 /// The decision's `candidate_id` is left empty.
-fn targeting(user: &UserView<'_>, candidate: &Candidate, at_unix_seconds: i64) -> Decision {
+fn targeting(user: &UserView<'_>, candidate: &CandidateView<'_>, at_unix_seconds: i64) -> Decision {
     if let Some(excluded_by) = candidate
         .none_of
         .iter()

@@ -17,6 +17,8 @@
 //!   group commit, checkpoints, cap windows. Knows nothing of gRPC or tokio.
 //! - [`decide`]: targeting plus caps for many candidates, over a store snapshot
 //!   and the counters.
+//! - [`candidate`]: the borrowed view of a `Decide` candidate that validation
+//!   and `decide` read, from an owned message or from a request's bytes.
 //! - [`le`]: the one bounds-checked little-endian reader every file format uses.
 //! - [`periodic`]: the one periodic-task helper: a background thread
 //!   (checkpoints, sweeps, interval fsyncs) and its async form, a ticker that
@@ -56,6 +58,7 @@
 pub mod api;
 pub mod app;
 pub mod background;
+pub mod candidate;
 pub mod connections;
 pub mod decide;
 pub mod demo;

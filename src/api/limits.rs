@@ -10,6 +10,7 @@ use std::fmt::Display;
 
 use tonic::Status;
 
+use crate::candidate::{CandidateView, CapView};
 use crate::settings::ServeConfig;
 
 #[derive(Debug, Clone)]
@@ -106,13 +107,14 @@ impl RequestLimits {
 
     /// A cap the store can answer: a key, a positive limit, a known calendar,
     /// a plausible offset and a window the retention covers.
-    pub fn check_cap(
+    pub fn check_cap<'a>(
         &self,
         field: impl Display,
-        cap: &crate::proto::FrequencyCap,
+        cap: impl Into<CapView<'a>>,
     ) -> Result<(), Status> {
         use crate::proto::Calendar;
-        self.check_cap_key(format_args!("{field}.key"), &cap.key)?;
+        let cap = cap.into();
+        self.check_cap_key(format_args!("{field}.key"), cap.key)?;
         if cap.limit == 0 {
             return Err(invalid(format_args!("{field}.limit"), "must be at least 1"));
         }
@@ -164,12 +166,31 @@ impl RequestLimits {
         Ok(())
     }
 
+    /// [`Self::check_decide`] over the server's wire form of the request:
+    /// the same checks in the same order, the same messages.
+    pub fn check_wire_decide(
+        &self,
+        request: &crate::api::wire::WireDecideRequest,
+    ) -> Result<(), Status> {
+        self.check_user_id("user_id", request.user_id())?;
+        self.check_count(
+            "candidates+line_item_ids",
+            request.candidates().len() + request.line_item_ids().len(),
+            self.max_candidates,
+        )?;
+        for (index, candidate) in request.candidates().enumerate() {
+            self.check_candidate(format_args!("candidates[{index}]"), candidate)?;
+        }
+        Ok(())
+    }
+
     /// One candidate's refs and caps.
-    pub fn check_candidate(
+    pub fn check_candidate<'a>(
         &self,
         field: impl Display,
-        candidate: &crate::proto::Candidate,
+        candidate: impl Into<CandidateView<'a>>,
     ) -> Result<(), Status> {
+        let candidate = candidate.into();
         let refs = candidate.all_of.len() + candidate.any_of.len() + candidate.none_of.len();
         self.check_count(
             format_args!("{field} all_of+any_of+none_of"),

@@ -9,13 +9,14 @@ use tonic::{Request, Response, Status};
 
 use super::limits::RequestLimits;
 use crate::api::outcomes::DecideCounters;
+use crate::api::wire::generated::segments_server::Segments;
+use crate::api::wire::{WireDecideRequest, WireDecideResponse};
 use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
-use crate::proto::segments_server::Segments;
 use crate::proto::{
-    BatchLookupRequest, BatchLookupResponse, DecideRequest, DecideResponse, LookupRequest,
-    LookupResponse, RecordImpressionsRequest, RecordImpressionsResponse,
+    BatchLookupRequest, BatchLookupResponse, LookupRequest, LookupResponse,
+    RecordImpressionsRequest, RecordImpressionsResponse,
 };
 use crate::ready::Ready;
 use crate::shard::Shard;
@@ -179,56 +180,43 @@ impl Segments for SegmentsService {
         }))
     }
 
+    /// The request arrives decoded by `api::wire` (flat, no allocation per
+    /// candidate); the answer is encoded with the request's own ids.
     async fn decide(
         &self,
-        request: Request<DecideRequest>,
-    ) -> Result<Response<DecideResponse>, Status> {
-        let mut request = request.into_inner();
-        self.limits.check_decide(&request)?;
-        self.check_shard("user_id", &request.user_id)?;
+        request: Request<WireDecideRequest>,
+    ) -> Result<Response<WireDecideResponse>, Status> {
+        let request = request.into_inner();
+        self.limits.check_wire_decide(&request)?;
+        self.check_shard("user_id", request.user_id())?;
         let counters = self.counters()?;
         let state = self.store.load();
         check_loaded(&state)?;
-        let mut decisions = {
+        let decisions = {
             let registered = self.line_items.load();
             let candidates: Vec<CandidateRef<'_>> = request
-                .candidates
-                .iter()
-                .map(CandidateRef::Inline)
-                .chain(
-                    request
-                        .line_item_ids
-                        .iter()
-                        .map(|id| CandidateRef::Registered {
-                            id,
-                            line_item: registered.get(id),
-                        }),
-                )
+                .candidates()
+                .map(CandidateRef::View)
+                .chain(request.line_item_ids().map(|id| CandidateRef::Registered {
+                    id,
+                    line_item: registered.get(id),
+                }))
                 .collect();
             decide::decide_unnamed(
                 &state,
                 counters,
-                crate::user_fingerprint(&request.user_id),
+                crate::user_fingerprint(request.user_id()),
                 &candidates,
-                resolve_at(request.at_unix_seconds),
+                resolve_at(request.at_unix_seconds()),
                 self.limits.freq_retention_seconds,
             )
         };
-        // The ids go back to the caller: move them out of the request (in
-        // candidate order: inline first, then registered) instead of copying.
-        let ids = request
-            .candidates
-            .iter_mut()
-            .map(|candidate| std::mem::take(&mut candidate.id))
-            .chain(request.line_item_ids.iter_mut().map(std::mem::take));
-        for (decision, id) in decisions.iter_mut().zip(ids) {
-            decision.candidate_id = id;
-        }
         self.decisions.record(&decisions);
-        Ok(Response::new(DecideResponse {
+        Ok(Response::new(WireDecideResponse::new(
+            request,
             decisions,
-            generation: state.generation,
-        }))
+            state.generation,
+        )))
     }
 
     async fn record_impressions(

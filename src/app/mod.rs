@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
+use crate::api::wire::generated::segments_server::SegmentsServer;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::connections::{ConnectionActivityLayer, Connections};
 use crate::fleet::pack_sync::PackSync;
@@ -36,7 +37,6 @@ use crate::freq::{FreqConfig, FreqStore, FsyncPolicy, ImpressionSink};
 use crate::line_items::LineItemRegistry;
 use crate::overload::{ConcurrencyShedLayer, OverloadCounters, TooLargeIsResourceExhaustedLayer};
 use crate::proto::admin_server::AdminServer;
-use crate::proto::segments_server::SegmentsServer;
 use crate::ready::Ready;
 use crate::realtime::metrics::RealtimeMetrics;
 use crate::realtime::{Realtime, RealtimeConfig, RealtimeWrites};
