@@ -96,7 +96,8 @@
 //! per user. Entries are not aligned (3 bytes each): x86 and ARM load
 //! unaligned words at full speed, and the section itself still starts at a
 //! multiple of 8. The load of the last entry reads up to 3 bytes past the
-//! section, which are always in the file (later sections and the footer).
+//! section (the checked load's two-entry load up to 7), which are always in
+//! the file: later sections and the 24-byte footer follow.
 
 /// The format version of this layout.
 pub const FORMAT_VERSION_V2: u32 = 2;
