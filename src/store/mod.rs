@@ -28,7 +28,7 @@ use arc_swap::{ArcSwap, Guard};
 
 pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
-pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
+pub use index::{BuildThreads, EntrySlice, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
 pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay, UserOverlayRef};
 pub use state::{LookupResult, OwnershipConflict, SegmentLocation, ServingState};

@@ -5,7 +5,7 @@
 //! up to [`INLINE_PACKS`] packs, nor find the user again per question: a
 //! 50-candidate `Decide` asks ~150 times per request.
 
-use super::index::IndexEntry;
+use super::index::{EntrySlice, IndexEntry};
 use super::loaded::LoadedPack;
 use super::overlay::{UserOverlay, UserOverlayRef};
 use super::state::{SegmentLocation, ServingState};
@@ -34,7 +34,7 @@ const FILTER_WORDS: usize = 8;
 struct SlotFilter([u64; FILTER_WORDS]);
 
 impl SlotFilter {
-    fn of(entries: &[IndexEntry]) -> Self {
+    fn of(entries: impl IntoIterator<Item = IndexEntry>) -> Self {
         let mut words = [0u64; FILTER_WORDS];
         for entry in entries {
             let (word, bit) = Self::position(entry.slot);
@@ -60,7 +60,7 @@ impl SlotFilter {
 /// them or is withheld), sorted by slot, and the filter over those slots.
 #[derive(Debug, Clone, Copy, Default)]
 struct InPack<'state> {
-    entries: &'state [IndexEntry],
+    entries: EntrySlice<'state>,
     filter: SlotFilter,
 }
 
@@ -87,12 +87,7 @@ impl<'state> InPack<'state> {
         if !self.filter.may_hold(slot) {
             return None;
         }
-        // std's binary search selects without a data-dependent branch; it
-        // beat a linear count of smaller slots on 5-40-entry lists.
-        self.entries
-            .binary_search_by_key(&slot, |entry| entry.slot)
-            .ok()
-            .map(|position| self.entries[position])
+        self.entries.find(slot)
     }
 }
 
@@ -238,7 +233,7 @@ impl<'state> UserView<'state> {
         }
         for (pack, user) in self.state.packs().iter().zip(self.in_packs()) {
             for entry in user.entries {
-                if pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds) {
+                if pack.counts(entry.slot, entry, max_age_seconds, at_unix_seconds) {
                     pack.count_match(entry.slot);
                     out.push(pack.segments[entry.slot as usize].id);
                 }
@@ -266,8 +261,7 @@ impl<'state> UserView<'state> {
                 let overridden = overlay
                     .entry(segment_id)
                     .is_some_and(|update| update.is_on_top_of(floor));
-                if !overridden && pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds)
-                {
+                if !overridden && pack.counts(entry.slot, entry, max_age_seconds, at_unix_seconds) {
                     pack.count_match(entry.slot);
                     out.push(segment_id);
                 }
@@ -336,13 +330,13 @@ mod tests {
             .iter()
             .map(|&slot| IndexEntry { slot, hours_ago: 0 })
             .collect();
-        let filter = SlotFilter::of(&entries);
+        let filter = SlotFilter::of(entries.iter().copied());
         for slot in slots {
             assert!(filter.may_hold(slot), "slot {slot}");
         }
         assert!(!filter.may_hold(2));
         assert!(!filter.may_hold(300));
-        let empty = SlotFilter::of(&[]);
+        let empty = SlotFilter::of(std::iter::empty());
         assert!((0..=u16::MAX).all(|slot| !empty.may_hold(slot)));
     }
 }
