@@ -8,7 +8,8 @@
 #             pack (two versions, for swaps) and a format-1 pack, under $W/ds1m
 #   memory    segd over the 1M format-2 pack: VmRSS/RssAnon/RssFile empty, after
 #             the load, after a lookup sweep over every user; the same for the
-#             format-1 pack
+#             format-1 pack (MEMORY_PACKS="v1 f1" names the packs of $W/ds1m
+#             measured; add others built there, e.g. by an older segctl)
 #   redis     Redis used_memory holding the same memberships (loadtest redis-load, ~3 min)
 #   swap      3 swap-under-load runs (Lookup open loop 5k req/s, a push every 8 s)
 #   big       10M-user data set, 200M memberships, as format-2 packs b1, b2 ($W/ds10m)
@@ -20,13 +21,14 @@
 # Needs release binaries (`cargo build --release --bins -p segd -p loadtest`) and
 # redis-server. Work files go to $W (default /tmp/pack-measure): ~0.5 GB for the
 # 1M set, ~8.5 GB at the peak of `big` (the TSV is deleted once the pack is built).
-# Ports 7780-7782 (segd) and 6391 (Redis), loopback only. RUNS (default 3): runs of swap, swap10m.
+# Ports 7780-7782 (segd) and 6391 (Redis), loopback only; LISTEN, ADMIN, METRICS
+# (host:port) and REDIS_PORT override them. RUNS (default 3): runs of swap, swap10m.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 B="${B:-$root/target/release}"
 W="${W:-/tmp/pack-measure}"
-LISTEN=127.0.0.1:7780 ADMIN=127.0.0.1:7781 METRICS=127.0.0.1:7782
-REDIS_PORT=6391
+LISTEN="${LISTEN:-127.0.0.1:7780}" ADMIN="${ADMIN:-127.0.0.1:7781}" METRICS="${METRICS:-127.0.0.1:7782}"
+REDIS_PORT="${REDIS_PORT:-6391}"
 
 status_line() { # PID LABEL: the memory fields of /proc/PID/status, in KiB
   awk -v label="$2" '/^(VmRSS|VmHWM|RssAnon|RssFile):/ {f[$1]=$2}
@@ -75,9 +77,10 @@ step_data() {
 step_memory() {
   local d="$W/mem"
   fresh_dir "$d"; start_segd "$d"; status_line $SEGD_PID "empty data dir"; stop_segd
-  for f in v1 f1; do
+  for f in ${MEMORY_PACKS:-v1 f1}; do
     fresh_dir "$d"; cp "$W/ds1m/$f.segpack" "$d/packs/synth.segpack"
     echo "== $f.segpack, $(stat -c %s "$d/packs/synth.segpack") bytes"
+    "$B/segctl" inspect "$W/ds1m/$f.segpack" | grep -E '^(format|entries|memberships):' || true
     start_segd "$d"; status_line $SEGD_PID "after load"
     sweep; status_line $SEGD_PID "after sweep"
     stop_segd
@@ -161,12 +164,12 @@ step_restart() {
   for mode in warm warm warm cold cold cold; do
     [[ $mode == cold ]] && { sync; echo 3 >/proc/sys/vm/drop_caches; }
     [[ $mode == warm ]] && cat "$d/packs/big.segpack" >/dev/null
-    python3 - "$B/segd" "$d" "$mode" <<'PY'
+    python3 - "$B/segd" "$d" "$mode" "$LISTEN" "$ADMIN" "$METRICS" <<'PY'
 import subprocess, sys, time
-segd, data_dir, mode = sys.argv[1:4]
+segd, data_dir, mode, listen, admin, metrics = sys.argv[1:7]
 start = time.monotonic()
-proc = subprocess.Popen([segd, "serve", "--data-dir", data_dir, "--listen", "127.0.0.1:7780",
-                         "--admin-listen", "127.0.0.1:7781", "--metrics-listen", "127.0.0.1:7782"],
+proc = subprocess.Popen([segd, "serve", "--data-dir", data_dir, "--listen", listen,
+                         "--admin-listen", admin, "--metrics-listen", metrics],
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 for line in proc.stdout:
     if "data directory loaded, serving" in line:

@@ -52,34 +52,42 @@ impl<'a> Caps<'a> {
     }
 
     /// The caps in request order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = CapView<'a>> + 'a {
-        let (owned, wire, text): (&'a [FrequencyCap], &'a [WireCap], &'a str) = match *self {
-            Caps::Owned(caps) => (caps, &[], ""),
-            Caps::Wire { text, caps } => (&[], caps, text),
-        };
-        // One of the two is empty: chaining keeps the iterator one type.
-        let owned = owned.iter().map(CapView::from);
-        let wire = wire.iter().map(move |cap| cap.view(text));
-        ChainExact(owned.chain(wire), self.len())
+    pub fn iter(&self) -> CapsIter<'a> {
+        match *self {
+            Caps::Owned(caps) => CapsIter::Owned(caps.iter()),
+            Caps::Wire { text, caps } => CapsIter::Wire(text, caps.iter()),
+        }
     }
 }
 
-/// A chain whose total length is known (std's `Chain` is not exact-sized).
-struct ChainExact<I>(I, usize);
+/// The iterator of [`Caps::iter`]: one branch per cap on a variant that
+/// never changes, so it predicts perfectly.
+pub enum CapsIter<'a> {
+    Owned(std::slice::Iter<'a, FrequencyCap>),
+    Wire(&'a str, std::slice::Iter<'a, WireCap>),
+}
 
-impl<I: Iterator> Iterator for ChainExact<I> {
-    type Item = I::Item;
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.0.next()?;
-        self.1 -= 1;
-        Some(item)
+impl<'a> Iterator for CapsIter<'a> {
+    type Item = CapView<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<CapView<'a>> {
+        match self {
+            CapsIter::Owned(caps) => caps.next().map(CapView::from),
+            CapsIter::Wire(text, caps) => caps.next().map(|cap| cap.view(text)),
+        }
     }
+
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.1, Some(self.1))
+        let left = match self {
+            CapsIter::Owned(caps) => caps.len(),
+            CapsIter::Wire(_, caps) => caps.len(),
+        };
+        (left, Some(left))
     }
 }
 
-impl<I: Iterator> ExactSizeIterator for ChainExact<I> {}
+impl ExactSizeIterator for CapsIter<'_> {}
 
 /// One frequency cap, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,7 +122,17 @@ pub fn decide_unnamed(
         })
         .collect();
 
-    let mut queries: Vec<CountQuery> = Vec::new();
+    let cap_count: usize = candidates
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, decision)| decision.eligible)
+        .filter_map(|(candidate, _)| candidate.definition())
+        .map(|candidate| candidate.caps.len())
+        .sum();
+    if cap_count == 0 {
+        return decisions;
+    }
+    let mut queries: Vec<CountQuery> = Vec::with_capacity(cap_count);
     // Line items of one request mostly share a few windows ("3 a day", "10
     // an hour"): remember the last range of each position in the cap list
     // instead of redoing the calendar arithmetic per cap.
@@ -150,9 +160,6 @@ pub fn decide_unnamed(
                 }
             }));
         }
-    }
-    if queries.is_empty() {
-        return decisions;
     }
     let mut counts = Vec::with_capacity(queries.len());
     counters.count_many(user_fingerprint, &queries, &mut counts);
@@ -208,6 +215,8 @@ fn push_number(out: &mut String, number: u32) {
             break;
         }
     }
+    // A `push` per digit: `push_str` of a checked `from_utf8` was slower
+    // (two calls out of line for a few bytes; callgrind).
     for &digit in &digits[start..] {
         out.push(char::from(digit));
     }
@@ -223,6 +232,9 @@ fn refused(reason: Reason, detail: String) -> Decision {
     }
 }
 
+/// Inlined with the probe it wraps into the `find`s of [`targeting`]: as a
+/// call it was ~12 instructions of saved registers per probe (callgrind).
+#[inline(always)]
 fn is_member(user: &UserView<'_>, segment: &SegmentRef, at_unix_seconds: i64) -> bool {
     user.membership(segment.segment_id, segment.max_age_seconds, at_unix_seconds)
         == Membership::Member

@@ -60,6 +60,11 @@ fn write_fuzz_seeds() {
     )
     .expect("v2 fixture");
     write_seed("pack_reader", "fixture-small-v2", &fixture_v2);
+    let fixture_v2_narrow = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.v2-narrow.segpack"),
+    )
+    .expect("narrow v2 fixture");
+    write_seed("pack_reader", "fixture-small-v2-narrow", &fixture_v2_narrow);
     let empty = Pack {
         name: "empty".to_owned(),
         version: "v1".to_owned(),

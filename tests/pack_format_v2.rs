@@ -1,7 +1,8 @@
-//! Pack file format v2: a committed fixture pins the bytes; every kind of
-//! damage, and every hostile structure behind valid checksums, is refused
-//! by the checked load (`PackView::open`, what the server runs) with the
-//! error that names it.
+//! Pack file format v2: committed fixtures pin the bytes (one in the 4-byte
+//! entry layout every early v2 file has, one in the narrow layout the writer
+//! picks now); every kind of damage, and every hostile structure behind
+//! valid checksums, is refused by the checked load (`PackView::open`, what
+//! the server runs) with the error that names it, in every entry layout.
 //!
 //! The layout walker below is a second, independent reading of the layout
 //! table in `segd::pack::format_v2`, so the documentation is checked too.
@@ -11,14 +12,22 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use segd::pack::{
-    FORMAT_VERSION_V2, Pack, PackBytes, PackError, PackSection, PackView, Segment, ShardSpec,
-    read_header, read_pack, write_pack, write_pack_v1, write_pack_v2_shard,
+    EntryLayout, FORMAT_VERSION_V2, Pack, PackBytes, PackError, PackSection, PackView, Segment,
+    ShardSpec, read_header, read_pack, write_pack, write_pack_v1, write_pack_v2_layout,
+    write_pack_v2_shard,
 };
 use segd::store::LoadedPack;
 use xxhash_rust::xxh3::xxh3_64;
 
-fn fixture_path() -> PathBuf {
+/// Written before the entry layout bytes existed (header bytes 49-50 zero:
+/// 4-byte entries, `slot: u16, hours_ago: u16`); never regenerated.
+fn wide_fixture_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.v2.segpack")
+}
+
+/// What `write_pack` writes today: 1-byte entries (3 segments, 48 hours).
+fn fixture_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/small.v2-narrow.segpack")
 }
 
 fn v1_fixture_path() -> PathBuf {
@@ -68,10 +77,30 @@ fn fixture_pack() -> Pack {
 }
 
 fn fixture_bytes() -> Vec<u8> {
-    std::fs::read(fixture_path()).expect("tests/fixtures/small.v2.segpack is committed")
+    std::fs::read(fixture_path()).expect("tests/fixtures/small.v2-narrow.segpack is committed")
 }
 
-/// Regenerates the fixture. Run only on purpose, when the format version changes:
+fn wide_fixture_bytes() -> Vec<u8> {
+    std::fs::read(wide_fixture_path()).expect("tests/fixtures/small.v2.segpack is committed")
+}
+
+/// The fixture pack in every entry layout the tests edit: both fixtures
+/// and a 3-byte layout (12 slot bits, as for 1,000 segments over 90 days).
+fn every_layout() -> Vec<(&'static str, Vec<u8>)> {
+    let three_bytes = EntryLayout::new(3, 12).expect("a layout");
+    vec![
+        ("wide fixture", wide_fixture_bytes()),
+        ("narrow fixture", fixture_bytes()),
+        (
+            "3-byte entries",
+            write_pack_v2_layout(&fixture_pack(), ShardSpec::UNSHARDED, three_bytes)
+                .expect("writes"),
+        ),
+    ]
+}
+
+/// Regenerates the narrow fixture (the wide one is never rewritten). Run only
+/// on purpose, when the format changes:
 /// `cargo test --test pack_format_v2 -- --ignored regenerate_fixture`.
 #[test]
 #[ignore]
@@ -92,12 +121,31 @@ fn writer_reproduces_the_fixture_byte_for_byte() {
         fixture_bytes(),
         "the format changed: bump FORMAT_VERSION"
     );
+    assert_eq!(
+        (written[49], written[50]),
+        (1, 2),
+        "1-byte entries, 2 slot bits"
+    );
+}
+
+/// In the 4-byte layout the writer still writes exactly what the first v2
+/// writer did, layout bytes 0 included.
+#[test]
+fn the_wide_layout_is_written_as_before() {
+    let written = write_pack_v2_layout(&fixture_pack(), ShardSpec::UNSHARDED, EntryLayout::WIDE)
+        .expect("writes");
+    assert_eq!(written, wide_fixture_bytes());
+    assert_eq!(&written[49..56], &[0; 7]);
+    let too_narrow = EntryLayout::new(1, 1).expect("a layout");
+    assert!(write_pack_v2_layout(&fixture_pack(), ShardSpec::UNSHARDED, too_narrow).is_err());
 }
 
 #[test]
 fn fixture_reads_with_exact_contents() {
+    for (what, bytes) in every_layout() {
+        assert_eq!(read_pack(&bytes).expect("reads"), fixture_pack(), "{what}");
+    }
     let bytes = fixture_bytes();
-    assert_eq!(read_pack(&bytes).expect("reads"), fixture_pack());
     let header = read_header(&bytes[..200]).expect("the header reads alone");
     assert_eq!(header.format_version, FORMAT_VERSION_V2);
     assert_eq!(header.name, "site-events");
@@ -127,27 +175,39 @@ fn the_shard_field_round_trips() {
 /// either, the v2 one served in place from a mapped file.
 #[test]
 fn v1_and_v2_fixtures_serve_the_same_answers() {
-    let v1 = Arc::new(PackBytes::map_file(&v1_fixture_path()).expect("maps"));
-    let v2 = Arc::new(PackBytes::map_file(&fixture_path()).expect("maps"));
-    assert!(v2.is_mapped());
     let threads = segd::store::BuildThreads::One;
+    let v1 = Arc::new(PackBytes::map_file(&v1_fixture_path()).expect("maps"));
     let from_v1 = LoadedPack::from_bytes(v1, 0, threads).expect("v1 loads");
-    let from_v2 = LoadedPack::from_bytes(v2, 0, threads).expect("v2 loads");
-    assert_eq!(from_v1.segments, from_v2.segments);
-    assert_eq!(from_v1.users(), from_v2.users());
-    assert_eq!(from_v1.memberships(), from_v2.memberships());
-    for fingerprint in fixture_pack()
-        .user_fingerprints
-        .iter()
-        .chain(&[0, 5, u64::MAX])
-    {
-        let ordinal = from_v1.ordinal(*fingerprint);
-        assert_eq!(ordinal, from_v2.ordinal(*fingerprint));
-        if let Some(ordinal) = ordinal {
-            assert_eq!(from_v1.entries_of(ordinal), from_v2.entries_of(ordinal));
+    for path in [wide_fixture_path(), fixture_path()] {
+        let v2 = Arc::new(PackBytes::map_file(&path).expect("maps"));
+        assert!(v2.is_mapped());
+        let from_v2 = LoadedPack::from_bytes(v2, 0, threads).expect("v2 loads");
+        assert_eq!(from_v1.segments, from_v2.segments);
+        assert_eq!(from_v1.users(), from_v2.users());
+        assert_eq!(from_v1.memberships(), from_v2.memberships());
+        for fingerprint in fixture_pack()
+            .user_fingerprints
+            .iter()
+            .chain(&[0, 5, u64::MAX])
+        {
+            let ordinal = from_v1.ordinal(*fingerprint);
+            assert_eq!(ordinal, from_v2.ordinal(*fingerprint));
+            if let Some(ordinal) = ordinal {
+                assert_eq!(
+                    from_v1.entries_of(ordinal).to_vec(),
+                    from_v2.entries_of(ordinal).to_vec()
+                );
+                for slot in 0..4 {
+                    assert_eq!(
+                        from_v1.entry(ordinal, slot),
+                        from_v2.entry(ordinal, slot),
+                        "{path:?}"
+                    );
+                }
+            }
         }
+        assert_eq!(from_v2.heap_bytes(), 0, "nothing copied to the heap");
     }
-    assert_eq!(from_v2.heap_bytes(), 0, "nothing copied to the heap");
     let v1_pack = read_pack(&write_pack_v1(&fixture_pack()).expect("writes")).expect("reads");
     assert_eq!(v1_pack, fixture_pack());
 }
@@ -160,6 +220,9 @@ struct Layout {
     table_start: usize,
     /// (offset, bytes) of the six sections in file order.
     sections: Vec<(usize, usize)>,
+    /// Header bytes 49 and 50, 0 and 0 read as 4 and 16.
+    entry_bytes: usize,
+    slot_bits: u32,
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
@@ -195,11 +258,35 @@ fn layout(bytes: &[u8]) -> Layout {
         expected_offset = offset + length;
     }
     assert_eq!(expected_offset.next_multiple_of(8) + 24, bytes.len());
+    let (entry_bytes, slot_bits) = match (bytes[49], bytes[50]) {
+        (0, 0) => (4, 16),
+        (entry_bytes, slot_bits) => (entry_bytes as usize, u32::from(slot_bits)),
+    };
     Layout {
         header_bytes,
         table_start,
         sections,
+        entry_bytes,
+        slot_bits,
     }
+}
+
+/// Entry `index` as (slot, hours_ago): an `entry_bytes` little-endian
+/// integer, the slot in its low `slot_bits` bits.
+fn entry_at(bytes: &[u8], layout: &Layout, index: usize) -> (u32, u32) {
+    let at = layout.sections[ENTRIES].0 + index * layout.entry_bytes;
+    let mut word = [0u8; 4];
+    word[..layout.entry_bytes].copy_from_slice(&bytes[at..at + layout.entry_bytes]);
+    let word = u32::from_le_bytes(word);
+    let slot_mask = ((1u64 << layout.slot_bits) - 1) as u32;
+    (word & slot_mask, word >> layout.slot_bits)
+}
+
+fn put_entry(bytes: &mut [u8], layout: &Layout, index: usize, slot: u32, hours_ago: u32) {
+    assert!(u64::from(slot) < 1 << layout.slot_bits, "slot {slot} fits");
+    let word = slot | (hours_ago << layout.slot_bits);
+    let at = layout.sections[ENTRIES].0 + index * layout.entry_bytes;
+    bytes[at..at + layout.entry_bytes].copy_from_slice(&word.to_le_bytes()[..layout.entry_bytes]);
 }
 
 const FINGERPRINTS: usize = 0;
@@ -233,9 +320,13 @@ fn malformed(bytes: &[u8]) -> String {
     }
 }
 
-/// The fixture with one edit, resealed.
+/// The wide fixture with one edit, resealed.
 fn edited(edit: impl FnOnce(&mut Vec<u8>, &Layout)) -> Vec<u8> {
-    let mut bytes = fixture_bytes();
+    edited_from(wide_fixture_bytes(), edit)
+}
+
+/// `bytes` with one edit, resealed.
+fn edited_from(mut bytes: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>, &Layout)) -> Vec<u8> {
     let layout = layout(&bytes);
     edit(&mut bytes, &layout);
     reseal(&mut bytes);
@@ -244,16 +335,35 @@ fn edited(edit: impl FnOnce(&mut Vec<u8>, &Layout)) -> Vec<u8> {
 
 #[test]
 fn the_layout_walker_agrees_with_the_writer() {
-    let bytes = fixture_bytes();
-    let layout = layout(&bytes);
-    assert_eq!(layout.sections[FINGERPRINTS].1, 5 * 8);
-    assert_eq!(layout.sections[DIRECTORY].1, 4 * ((1 << 1) + 1));
-    assert_eq!(layout.sections[STARTS].1, 4 * 6);
-    assert_eq!(layout.sections[ENTRIES].1, 4 * 5);
-    // Resealing an unedited file changes nothing.
-    let mut resealed = bytes.clone();
-    reseal(&mut resealed);
-    assert_eq!(resealed, bytes);
+    let expected_entries = [
+        ("wide fixture", 4, 16),
+        ("narrow fixture", 1, 2),
+        ("3-byte entries", 3, 12),
+    ];
+    for ((what, bytes), (named, entry_bytes, slot_bits)) in
+        every_layout().into_iter().zip(expected_entries)
+    {
+        assert_eq!(what, named);
+        let layout = layout(&bytes);
+        assert_eq!(layout.sections[FINGERPRINTS].1, 5 * 8);
+        assert_eq!(layout.sections[DIRECTORY].1, 4 * ((1 << 1) + 1));
+        assert_eq!(layout.sections[STARTS].1, 4 * 6);
+        assert_eq!(
+            (layout.entry_bytes, layout.slot_bits),
+            (entry_bytes, slot_bits),
+            "{what}"
+        );
+        assert_eq!(layout.sections[ENTRIES].1, entry_bytes * 5, "{what}");
+        // User by user (starts 0, 1, 2, 3, 4, 5), the pack's memberships.
+        let entries: Vec<(u32, u32)> = (0..5)
+            .map(|index| entry_at(&bytes, &layout, index))
+            .collect();
+        assert_eq!(entries, [(0, 1), (1, 0), (0, 0), (1, 0), (0, 48)], "{what}");
+        // Resealing an unedited file changes nothing.
+        let mut resealed = bytes.clone();
+        reseal(&mut resealed);
+        assert_eq!(resealed, bytes);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -261,19 +371,25 @@ fn the_layout_walker_agrees_with_the_writer() {
 
 #[test]
 fn every_truncation_is_refused() {
-    let bytes = fixture_bytes();
-    for cut in 0..bytes.len() {
-        assert!(open(&bytes[..cut]).is_err(), "cut at {cut}");
-        assert!(read_pack(&bytes[..cut]).is_err(), "cut at {cut}");
+    for (what, bytes) in every_layout() {
+        for cut in 0..bytes.len() {
+            assert!(open(&bytes[..cut]).is_err(), "{what}: cut at {cut}");
+            assert!(read_pack(&bytes[..cut]).is_err(), "{what}: cut at {cut}");
+        }
+        let mut extended = bytes.clone();
+        extended.extend_from_slice(&[0; 8]);
+        assert!(open(&extended).is_err());
     }
-    let mut extended = bytes.clone();
-    extended.extend_from_slice(&[0; 8]);
-    assert!(open(&extended).is_err());
 }
 
 #[test]
 fn every_flipped_byte_is_refused_and_sections_are_named() {
-    let bytes = fixture_bytes();
+    for (_, bytes) in every_layout() {
+        flipped_bytes_are_refused_and_named(bytes);
+    }
+}
+
+fn flipped_bytes_are_refused_and_named(bytes: Vec<u8>) {
     for offset in 12..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[offset] ^= 0x40;
@@ -309,27 +425,44 @@ fn every_flipped_byte_is_refused_and_sections_are_named() {
 // ---------------------------------------------------------------------------
 // Hostile structure behind valid checksums.
 
+/// Asserts the checked load refuses `bytes` with a message containing `needle`.
+fn refused_with(bytes: &[u8], needle: &str, what: &str) {
+    let message = malformed(bytes);
+    assert!(message.contains(needle), "{what}: {message}");
+}
+
 #[test]
 fn an_out_of_range_slot_is_refused() {
-    let bytes = edited(|bytes, layout| put_u32(bytes, layout.sections[ENTRIES].0, 3));
-    assert!(malformed(&bytes).contains("slot"), "{}", malformed(&bytes));
+    for (what, bytes) in every_layout() {
+        // Slot 3 of 3 segments (the narrow fixture's 2 slot bits hold it).
+        let bytes = edited_from(bytes, |bytes, layout| put_entry(bytes, layout, 0, 3, 0));
+        refused_with(&bytes, "slot 3", what);
+    }
     let bytes = edited(|bytes, layout| put_u32(bytes, layout.sections[ENTRIES].0, 0xffff));
     assert!(open(&bytes).is_err());
+    // The largest slot 3-byte entries hold, last in its user, past the table.
+    let three_bytes = &every_layout()[2].1;
+    let bytes = edited_from(three_bytes.clone(), |bytes, layout| {
+        put_entry(bytes, layout, 4, 4095, 48)
+    });
+    refused_with(&bytes, "slot 4095", "3-byte entries");
 }
 
 #[test]
 fn index_starts_must_be_monotone_and_end_at_the_memberships() {
-    // User 0 holds entry 0; claim it holds 4, and user 1 none.
-    let bytes = edited(|bytes, layout| put_u32(bytes, layout.sections[STARTS].0 + 4, 4));
-    assert!(
-        malformed(&bytes).contains("decrease"),
-        "{}",
-        malformed(&bytes)
-    );
-    let bytes = edited(|bytes, layout| put_u32(bytes, layout.sections[STARTS].0 + 20, 4));
-    assert!(malformed(&bytes).contains("end"), "{}", malformed(&bytes));
-    let bytes = edited(|bytes, layout| put_u32(bytes, layout.sections[STARTS].0, 1));
-    assert!(malformed(&bytes).contains("begin"), "{}", malformed(&bytes));
+    for (what, bytes) in every_layout() {
+        // User 0 holds entry 0; claim it holds 4, and user 1 none.
+        let edit = |at: usize, value: u32| {
+            edited_from(bytes.clone(), |bytes, layout| {
+                put_u32(bytes, layout.sections[STARTS].0 + at, value)
+            })
+        };
+        refused_with(&edit(4, 4), "decrease", what);
+        refused_with(&edit(20, 4), "end", what);
+        refused_with(&edit(0, 1), "begin", what);
+        // Past the entries: refused, never read.
+        refused_with(&edit(8, u32::MAX), "decrease", what);
+    }
 }
 
 #[test]
@@ -338,44 +471,90 @@ fn entries_out_of_slot_order_are_refused() {
     // rewritten to equal the first.
     let mut pack = fixture_pack();
     pack.segments[1].members.insert(0);
-    let mut bytes = write_pack(&pack).expect("writes");
-    let layout = layout(&bytes);
-    // User 0's entries are the first two: slots 0 then 1. Make both slot 0.
-    let second = layout.sections[ENTRIES].0 + 4;
-    bytes[second..second + 2].copy_from_slice(&0u16.to_le_bytes());
-    reseal(&mut bytes);
-    assert!(
-        malformed(&bytes).contains("ascending slot order"),
-        "{}",
-        malformed(&bytes)
-    );
+    for layout in [
+        EntryLayout::WIDE,
+        EntryLayout::new(3, 12).expect("a layout"),
+    ] {
+        let bytes = write_pack_v2_layout(&pack, ShardSpec::UNSHARDED, layout).expect("writes");
+        let narrow = write_pack(&pack).expect("writes");
+        for (what, bytes) in [("given layout", bytes), ("narrowest layout", narrow)] {
+            // User 0's entries are the first two: slots 0 then 1. Make both
+            // slot 0, then swap them (1 then 0).
+            let same = edited_from(bytes.clone(), |bytes, layout| {
+                assert_eq!(entry_at(bytes, layout, 1), (1, 0));
+                put_entry(bytes, layout, 1, 0, 0)
+            });
+            refused_with(
+                &same,
+                "user ordinal 0 are not in ascending slot order",
+                what,
+            );
+            let swapped = edited_from(bytes, |bytes, layout| {
+                put_entry(bytes, layout, 0, 1, 0);
+                put_entry(bytes, layout, 1, 0, 1);
+            });
+            refused_with(&swapped, "ascending slot order", what);
+        }
+    }
+    // A descent at a user boundary is no disorder: users 1 and 2 hold slots
+    // 1 then 0 in the fixture, and it loads.
+    for (what, bytes) in every_layout() {
+        assert!(open(&bytes).is_ok(), "{what}");
+    }
 }
 
 #[test]
 fn member_counts_must_match_the_index() {
-    // User 2's one entry (slot 0, no hours) moves to slot 1: counts become 2/3.
-    let bytes = edited(|bytes, layout| {
-        bytes[layout.sections[ENTRIES].0 + 8..][..2].copy_from_slice(&1u16.to_le_bytes())
-    });
-    assert!(
-        malformed(&bytes).contains("in the index"),
-        "{}",
-        malformed(&bytes)
-    );
+    for (what, bytes) in every_layout() {
+        // User 2's one entry (slot 0, no hours) moves to slot 1: counts become 2/3.
+        let bytes = edited_from(bytes, |bytes, layout| {
+            assert_eq!(entry_at(bytes, layout, 2), (0, 0));
+            put_entry(bytes, layout, 2, 1, 0)
+        });
+        refused_with(&bytes, "in the index", what);
+    }
 }
 
 #[test]
 fn recency_only_where_the_segment_has_it() {
-    // User 1's entry is slot 1 (converters, no recency); give it 5 hours.
-    let bytes = edited(|bytes, layout| {
-        let entry = layout.sections[ENTRIES].0 + 4;
-        assert_eq!(u32_at(bytes, entry) & 0xffff, 1);
-        bytes[entry + 2..entry + 4].copy_from_slice(&5u16.to_le_bytes());
-    });
-    assert!(
-        malformed(&bytes).contains("recency"),
-        "{}",
-        malformed(&bytes)
+    for (what, bytes) in every_layout() {
+        // User 1's entry is slot 1 (converters, no recency); give it 5 hours.
+        let bytes = edited_from(bytes, |bytes, layout| {
+            assert_eq!(entry_at(bytes, layout, 1), (1, 0));
+            put_entry(bytes, layout, 1, 1, 5);
+        });
+        refused_with(&bytes, "recency", what);
+    }
+}
+
+/// Header bytes 49-50 are the entry layout; 0, 0 is the 4-byte one.
+#[test]
+fn the_entry_layout_is_checked_against_the_file() {
+    let wide = wide_fixture_bytes();
+    let with_layout = |entry_bytes: u8, slot_bits: u8| {
+        edited_from(wide.clone(), |bytes, _| {
+            bytes[49] = entry_bytes;
+            bytes[50] = slot_bits;
+        })
+    };
+    // Written out, the wide layout reads as the zeros do.
+    let explicit = open(&with_layout(4, 16)).expect("4 bytes, 16 slot bits");
+    assert_eq!(explicit.entry_layout(), EntryLayout::WIDE);
+    assert_eq!(explicit.to_pack().expect("reads"), fixture_pack());
+    // Layouts that are none: a slot bit count without a width, more than 16
+    // bits of hours or of slot, widths past 4.
+    for (entry_bytes, slot_bits) in [(0, 16), (0, 1), (4, 15), (3, 7), (2, 17), (5, 16), (1, 9)] {
+        refused_with(
+            &with_layout(entry_bytes, slot_bits),
+            "index entry layout",
+            &format!("{entry_bytes} bytes, {slot_bits} bits"),
+        );
+    }
+    // A valid layout the entries section was not written in.
+    refused_with(
+        &with_layout(3, 12),
+        "the header's counts make it 15",
+        "3 bytes on 4",
     );
 }
 
@@ -406,8 +585,8 @@ fn header_fields_are_checked() {
     // Radix bits other than the user count implies.
     let bytes = edited(|bytes, _| bytes[48] = 5);
     assert!(malformed(&bytes).contains("radix"), "{}", malformed(&bytes));
-    // Reserved bytes.
-    let bytes = edited(|bytes, _| bytes[50] = 1);
+    // Reserved bytes (after the entry layout's two).
+    let bytes = edited(|bytes, _| bytes[51] = 1);
     assert!(
         malformed(&bytes).contains("reserved"),
         "{}",

@@ -52,6 +52,13 @@ fn build_writes_v2_by_default_and_inspect_shows_format_and_shard() {
         "{shown}"
     );
     assert!(shown.contains("memberships: 3\n"), "{shown}");
+    // 2 segments (1 slot bit), bob last seen 28 hours before the build (5 bits).
+    assert!(
+        shown.contains(
+            "entries:     1 bytes each (slot 3 bits, hours_ago 5 bits), 3 bytes in all\n"
+        ),
+        "{shown}"
+    );
 
     let v1 = build(directory.path(), &["--format", "1"]);
     let v1_bytes = std::fs::read(&v1).unwrap();
@@ -60,6 +67,10 @@ fn build_writes_v2_by_default_and_inspect_shows_format_and_shard() {
         1
     );
     assert!(inspect(&v1).contains("format:      1\n"));
+    assert!(
+        !inspect(&v1).contains("entries:"),
+        "format 1 stores no index"
+    );
     // The same pack either way.
     assert_eq!(
         segd::pack::read_pack(&bytes).unwrap(),

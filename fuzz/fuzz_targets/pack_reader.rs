@@ -79,7 +79,7 @@ fn exercise(view: PackView, probes: &[u8]) {
         };
         for entry in loaded.entries_of(ordinal) {
             assert!((entry.slot as usize) < segments);
-            let _ = loaded.counts(entry.slot, *entry, 3600, 0);
+            let _ = loaded.counts(entry.slot, entry, 3600, 0);
         }
         for slot in 0..segments.min(64) as u16 {
             let _ = loaded.entry(ordinal, slot);

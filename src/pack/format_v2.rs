@@ -36,7 +36,9 @@
 //! | 40, 4 | `shard_index` `u32` | below `shard_count`; 0 when unsharded |
 //! | 44, 4 | `shard_count` `u32` | at least 1; 1 = unsharded (reserved for sharding) |
 //! | 48, 1 | `radix_bits` `u8` | bits of the radix directory; must equal `radix_bits_for(user_count)` |
-//! | 49, 7 | reserved | zero |
+//! | 49, 1 | `entry_bytes` `u8` | bytes per index entry, 1 to 4; 0 (with `slot_bits` 0) = 4, the layout of the files written before this byte was used |
+//! | 50, 1 | `slot_bits` `u8` | low bits of an entry that are its slot, at most 16, and at most 16 left for `hours_ago` (`8 × entry_bytes − slot_bits ≤ 16`); 0 with `entry_bytes` 0 = 16 |
+//! | 51, 5 | reserved | zero |
 //! | 56, 1 + n | pack name | as in v1 |
 //! | .., 1 + n | pack version | as in v1 |
 //! | .. | padding | zero bytes up to `header_bytes` |
@@ -50,7 +52,7 @@
 //! | 0: fingerprints | 8 × `user_count` | `u64`, strictly ascending; ordinal = index |
 //! | 1: radix directory | 4 × (2^`radix_bits` + 1) | `u32`; entry `b` = first ordinal whose fingerprint's top `radix_bits` bits are `>= b`; the last = `user_count` |
 //! | 2: index starts | 4 × (`user_count` + 1) | `u32`; user `u`'s entries are `starts[u]..starts[u+1]`; first 0, non-decreasing, last `membership_count` |
-//! | 3: index entries | 4 × `membership_count` | per entry `slot` `u16` (index into the segment table) then `hours_ago` `u16` (hours before `built_at` the member was last seen, rounded toward older); within a user, slots strictly ascending and below `segment_count`; `hours_ago` is 0 unless the segment has recency |
+//! | 3: index entries | `entry_bytes` × `membership_count` | per entry one `entry_bytes`-byte little-endian integer: its low `slot_bits` bits the `slot` (index into the segment table), the bits above them `hours_ago` (hours before `built_at` the member was last seen, rounded toward older); with 4 bytes and 16 slot bits that is `slot` `u16` then `hours_ago` `u16`; within a user, slots strictly ascending and below `segment_count`; `hours_ago` is 0 unless the segment has recency. The writer picks the narrowest layout for the pack (`entries::EntryLayout::narrowest`: bits for the largest slot and the largest `hours_ago`, spare bits to the slot) |
 //! | 4: segment table | variable | `segment_count` entries exactly as in v1 (id, TTL, member count, bitmap bytes, flags, name, kind); ids strictly ascending; flag bit 0 = recency; member counts equal the entries per slot and sum to `membership_count` |
 //! | 5: bitmaps | Σ bitmap bytes | per segment in table order, its members (user ordinals) in the roaring portable serialization; must agree with the index |
 //! | **footer** | 24 bytes | at the first multiple of 8 after the bitmaps; the last bytes in the file |
@@ -60,31 +62,42 @@
 //!
 //! # What a checked load verifies, and what only a full read does
 //!
-//! The server's load (`view::PackView::open`) checks the file checksum (one
-//! pass at memory speed), then every structural rule that makes later
-//! accesses in bounds and answers consistent: each offset, length and
-//! alignment above, the header fields, fingerprints ascending, the directory
-//! exactly as derived from them, index starts monotone and ending at the
-//! membership count, each entry's slot in range and ascending within its
-//! user, the per-slot entry counts against the segment table, and recency
-//! only where flagged. It does not decode the bitmaps: agreement between
+//! The server's load (`view::PackView::open`) checks the header, the section
+//! table and every offset, length and alignment above, then makes one pass
+//! over the file (`view_check`): the whole-file checksum, and behind it,
+//! block by block while the block is in cache, every structural rule that
+//! makes later accesses in bounds and answers consistent: fingerprints
+//! ascending, the directory exactly as derived from them, index starts
+//! monotone and ending at the membership count, each entry's slot in range
+//! and ascending within its user, the per-slot entry counts against the
+//! segment table, and recency only where flagged. A checksum failure is
+//! reported before any structural one. It does not decode the bitmaps: agreement between
 //! bitmaps and index is the writer's promise, covered by the checksum
 //! against damage. `read_pack` (tools, `segctl inspect`) decodes the
 //! bitmaps and refuses a file whose bitmaps and index disagree.
 //!
-//! # Size: why the index is 4 bytes an entry
+//! # Size: why the index entries are as narrow as the pack allows
 //!
-//! Measured on `benches/pack_load.rs`' realistic pack (1M users, 50
-//! segments, 5.0M memberships, 80% with recency): per user the file holds
-//! 8 bytes of fingerprint, ~1 of directory and 4 of index start (13 bytes,
-//! 2.6 per membership at 5 a user); per membership 4 bytes of index entry and
-//! ~0.9 of bitmap: ~7.5 bytes a membership, of which ~6.6 are what lookups
-//! touch. A split layout (slots and hours in separate columns, hours
-//! omitted for packs without recency) saves 2 bytes a membership only for
-//! packs with no recency at all, and costs a second cache miss per user
-//! when there is; `u8` slots (packs of at most 256 segments) would need
-//! unaligned 3-byte entries. Slot and hours side by side, 4 bytes, is what
-//! a lookup reads in one cache line.
+//! What stays resident while serving is what lookups touch: per user 8
+//! bytes of fingerprint, 4 of index start and ~1 of radix directory (13
+//! bytes); per membership one index entry. At 20 memberships a user (the
+//! 1M-user × 1,000-segment memory set, Redis at 13.6 B a membership) the
+//! 4-byte entry was 80 % of it: 4.78 B a membership resident, 0.35x Redis.
+//! The entry only needs bits for the pack's largest slot and largest
+//! `hours_ago`: 1,000 segments are 10 bits and 90 days of hours 12, so 3
+//! bytes; a pack without recency needs 2 (up to 65,536 segments), a small
+//! one 1. BENCHMARKS.md ("Pack format 2, compact index and fused checks")
+//! has the measured bytes per membership and per user of both layouts.
+//!
+//! Why one integer per entry and not split columns (slots apart from hours,
+//! hours omitted where a segment has none): a probe reads one user's entries
+//! in one or two cache lines and decodes each with one unaligned 4-byte load,
+//! a mask and a shift, whatever the layout; a split layout reads two places
+//! per user. Entries are not aligned (3 bytes each): x86 and ARM load
+//! unaligned words at full speed, and the section itself still starts at a
+//! multiple of 8. The load of the last entry reads up to 3 bytes past the
+//! section (the checked load's two-entry load up to 7), which are always in
+//! the file: later sections and the 24-byte footer follow.
 
 /// The format version of this layout.
 pub const FORMAT_VERSION_V2: u32 = 2;

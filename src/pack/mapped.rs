@@ -40,8 +40,8 @@ compile_error!(
 );
 
 /// One membership in the user-major index: which segment of the pack, and how
-/// long before the pack's build time the member was last seen. The file
-/// stores exactly this, 4 bytes, little-endian.
+/// long before the pack's build time the member was last seen, as decoded
+/// from the index (`entries`: the file packs it into 1-4 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
 pub struct IndexEntry {
@@ -59,9 +59,11 @@ mod private {
     pub trait Sealed {}
 }
 
+impl private::Sealed for u8 {}
 impl private::Sealed for u32 {}
 impl private::Sealed for u64 {}
 impl private::Sealed for IndexEntry {}
+impl Scalar for u8 {}
 impl Scalar for u32 {}
 impl Scalar for u64 {}
 impl Scalar for IndexEntry {}

@@ -4,7 +4,8 @@
 //! fingerprints; ordinal = rank) and segments (roaring bitmaps of ordinals with
 //! optional per-member last-seen times). This module owns the in-memory value,
 //! the file formats (`format` for v1, `format_v2` for v2, which stores the
-//! serving tables `index_build` derives), the writers, the checked readers
+//! serving tables `index_build` derives, their entries encoded by
+//! `entries`), the writers, the checked readers
 //! (`reader`, and `view` over shared, usually memory-mapped bytes from
 //! `mapped`) and the builder from TSV. It knows nothing of gRPC, tokio or the
 //! serving state.
@@ -12,6 +13,7 @@
 use roaring::RoaringBitmap;
 
 pub mod builder;
+pub mod entries;
 pub mod error;
 pub mod format;
 pub mod format_v2;
@@ -21,19 +23,25 @@ pub mod names;
 pub mod reader;
 pub mod stream_check;
 pub mod view;
+mod view_check;
 mod view_header;
 pub mod writer;
 pub mod writer_v2;
 
 pub use builder::PackBuilder;
+pub use entries::EntryLayout;
 pub use error::{BuildError, PackError, PackSection};
 pub use format::{FILE_EXTENSION, FILE_SUFFIX, FORMAT_VERSION, FORMAT_VERSION_V1, PackHeader};
 pub use format_v2::FORMAT_VERSION_V2;
 pub use mapped::{IndexEntry, PackBytes};
-pub use reader::{format_version_of, read_header, read_header_file, read_pack, read_pack_file};
+pub use reader::{
+    entry_layout_of, format_version_of, read_header, read_header_file, read_pack, read_pack_file,
+};
 pub use view::PackView;
 pub use writer::{write_pack_file_atomic, write_pack_v1};
-pub use writer_v2::{ShardSpec, write_pack_v2, write_pack_v2_shard};
+pub use writer_v2::{
+    ShardSpec, entry_layout_for, write_pack_v2, write_pack_v2_layout, write_pack_v2_shard,
+};
 
 /// Encodes a pack in the default format, v2 (see `format_v2`).
 pub fn write_pack(pack: &Pack) -> Result<Vec<u8>, PackError> {

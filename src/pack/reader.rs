@@ -124,7 +124,16 @@ pub fn read_header(bytes: &[u8]) -> Result<PackHeader, PackError> {
     if format_version_of(bytes)? == FORMAT_VERSION_V1 {
         return read_header_from(&mut Cursor::new(bytes));
     }
-    super::view_header::read_header_v2(bytes).map(|(header, _, _)| header)
+    super::view_header::read_header_v2(bytes).map(|read| read.header)
+}
+
+/// How a pack's index entries are encoded: `None` for format 1 (which
+/// stores no index). Reads only the header, as [`read_header`].
+pub fn entry_layout_of(bytes: &[u8]) -> Result<Option<super::EntryLayout>, PackError> {
+    if format_version_of(bytes)? == FORMAT_VERSION_V1 {
+        return Ok(None);
+    }
+    super::view_header::read_header_v2(bytes).map(|read| Some(read.entry_layout))
 }
 
 fn read_header_from(cursor: &mut Cursor<'_>) -> Result<PackHeader, PackError> {

@@ -232,3 +232,107 @@ proptest! {
         let _ = read_pack(&bytes);
     }
 }
+
+/// The rules of a checked load over the served sections (`format_v2`, "What
+/// a checked load verifies"), read plainly, one at a time, from `bytes`: a
+/// v2 file whose header, section table and segment table are `pack`'s.
+fn obeys_the_served_rules(bytes: &[u8], pack: &Pack) -> bool {
+    use super::view_header::{read_header_v2, read_section_table};
+    let read = read_header_v2(bytes).expect("the header is intact");
+    let sections = read_section_table(bytes, &read).expect("the section table is intact");
+    let words = |index: usize, width: usize| -> Vec<u64> {
+        bytes[sections[index].clone()]
+            .chunks_exact(width)
+            .map(|chunk| {
+                let mut word = [0u8; 8];
+                word[..width].copy_from_slice(chunk);
+                u64::from_le_bytes(word)
+            })
+            .collect()
+    };
+    let fingerprints = words(0, 8);
+    let directory: Vec<u32> = words(1, 4).into_iter().map(|word| word as u32).collect();
+    let starts = words(2, 4);
+    let layout = read.entry_layout;
+    let entries: Vec<super::IndexEntry> = words(3, layout.bytes())
+        .into_iter()
+        .map(|word| layout.decode(word as u32))
+        .collect();
+    if !fingerprints.windows(2).all(|pair| pair[0] < pair[1]) {
+        return false;
+    }
+    if directory != super::index_build::radix_directory(&fingerprints, read.radix_bits) {
+        return false;
+    }
+    let starts_ok = starts.first() == Some(&0)
+        && starts.windows(2).all(|pair| pair[0] <= pair[1])
+        && starts.last() == Some(&(entries.len() as u64));
+    if !starts_ok {
+        return false;
+    }
+    let users_sorted = starts.windows(2).all(|pair| {
+        entries[pair[0] as usize..pair[1] as usize]
+            .windows(2)
+            .all(|two| two[0].slot < two[1].slot)
+    });
+    let in_range = entries
+        .iter()
+        .all(|entry| (entry.slot as usize) < pack.segments.len());
+    if !users_sorted || !in_range {
+        return false;
+    }
+    let recency_ok = entries.iter().all(|entry| {
+        entry.hours_ago == 0
+            || pack.segments[entry.slot as usize]
+                .last_seen_hours_ago
+                .is_some()
+    });
+    let counts_ok = pack.segments.iter().enumerate().all(|(slot, segment)| {
+        let count = entries
+            .iter()
+            .filter(|entry| entry.slot as usize == slot)
+            .count();
+        count as u64 == segment.members.len()
+    });
+    recency_ok && counts_ok
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// The checked load's fused pass (`view_check`) accepts exactly the
+    /// files that obey the rules read plainly, and says the same whatever
+    /// its block size: blocks of 8 bytes cut every section into many, so
+    /// descents, boundaries and directory buckets straddle blocks.
+    #[test]
+    fn the_fused_checks_are_the_rules_in_any_block_size(
+        pack in arbitrary_pack(),
+        wide in any::<bool>(),
+        edits in proptest::collection::vec(
+            (0usize..4, any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let layout = if wide { super::EntryLayout::WIDE } else { super::entry_layout_for(&pack) };
+        let mut bytes = super::write_pack_v2_layout(&pack, super::ShardSpec::UNSHARDED, layout)
+            .expect("writes");
+        let read = super::view_header::read_header_v2(&bytes).expect("reads");
+        let sections = super::view_header::read_section_table(&bytes, &read).expect("reads");
+        for (section, index, value) in edits {
+            let range = sections[section].clone();
+            if !range.is_empty() {
+                bytes[range.start + index.index(range.len())] = value;
+            }
+        }
+        reseal_v2(&mut bytes);
+        let expected = obeys_the_served_rules(&bytes, &pack);
+        let mut outcomes = Vec::new();
+        for block_bytes in [8, 24, 1000, super::view_check::BLOCK_BYTES] {
+            let opened = super::PackView::open_in_blocks(
+                std::sync::Arc::new(super::PackBytes::copy_from(&bytes)),
+                block_bytes,
+            );
+            prop_assert_eq!(opened.is_ok(), expected, "{:?}", opened.as_ref().err());
+            outcomes.push(opened.err().map(|error| error.to_string()));
+        }
+        prop_assert!(outcomes.windows(2).all(|pair| pair[0] == pair[1]), "{:?}", outcomes);
+    }
+}

@@ -13,14 +13,15 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+use super::entries::{ENTRY_SLACK, Entries, EntryLayout};
 use super::error::{PackError, PackSection};
 use super::format::PackHeader;
 use super::format_v2::{SECTIONS, Section};
 use super::index_build::bucket_of;
-use super::mapped::{Column, IndexEntry, PackBytes};
+use super::mapped::{Column, PackBytes, Scalar};
+use super::view_check::{BLOCK_BYTES, Findings, Served, SlotRules, hash_and_check};
 use super::view_header::{
     check_footer, locate_damage, read_header_v2, read_section_table, read_segment_table,
-    whole_file_checksum_matches,
 };
 use super::{Pack, Segment};
 
@@ -46,35 +47,85 @@ pub struct PackView {
     sections: [Range<usize>; SECTIONS.len()],
     segments: Vec<SegmentInfo>,
     radix_bits: u32,
+    entry_layout: EntryLayout,
 }
 
 impl PackView {
-    /// The checked load: the whole-file checksum in one pass (section by
-    /// section only when it fails, to name the damage), then every
-    /// structural rule of `format_v2`. Bitmaps are not decoded.
+    /// The checked load: one pass over the file that computes the
+    /// whole-file checksum and, block by block behind it, checks the
+    /// served sections (`view_check`); a checksum failure is reported
+    /// first (section by section, to name the damage), then the first
+    /// structural rule of `format_v2` that fails. Bitmaps are not decoded.
     pub fn open(bytes: Arc<PackBytes>) -> Result<PackView, PackError> {
+        Self::open_in_blocks(bytes, BLOCK_BYTES)
+    }
+
+    /// [`PackView::open`], hashing and checking `block_bytes` at a time (the
+    /// outcome must not depend on it: tests vary it).
+    pub(super) fn open_in_blocks(
+        bytes: Arc<PackBytes>,
+        block_bytes: usize,
+    ) -> Result<PackView, PackError> {
         let all = bytes.as_bytes();
-        let (header, header_bytes, radix_bits) = read_header_v2(all)?;
-        let sections = read_section_table(all, header_bytes, &header, radix_bits)?;
-        if !whole_file_checksum_matches(all) {
-            return Err(locate_damage(all, header_bytes, &sections));
-        }
-        check_footer(all, &sections)?;
+        let read = read_header_v2(all)?;
+        let sections = read_section_table(all, &read)?;
+        // Parsed before the checksum is known (it only reads in bounds);
+        // its verdict waits for the checksum's.
         let segments = read_segment_table(
             &all[sections[Section::SegmentTable as usize].clone()],
-            &header,
+            &read.header,
             sections[Section::Bitmaps as usize].clone(),
-        )?;
-        let view = PackView {
-            header,
-            bytes,
+        );
+        let mut view = PackView {
+            header: read.header,
+            bytes: Arc::clone(&bytes),
             sections,
-            segments,
-            radix_bits,
+            segments: Vec::new(),
+            radix_bits: read.radix_bits,
+            entry_layout: read.entry_layout,
         };
-        view.check_dictionary()?;
-        view.check_index()?;
+        let findings = view.hash_and_check(segments.as_deref().ok(), block_bytes);
+        if !findings.checksum_matches {
+            return Err(locate_damage(all, read.header_bytes, &view.sections));
+        }
+        check_footer(all, &view.sections)?;
+        view.segments = segments?;
+        view.report(&findings)?;
         Ok(view)
+    }
+
+    fn hash_and_check(&self, segments: Option<&[SegmentInfo]>, block_bytes: usize) -> Findings {
+        let fingerprints = self.fingerprints();
+        let directory = self.radix_directory();
+        let starts = self.index_starts();
+        let entries = self.entry_bytes_and_slack();
+        let served = Served {
+            fingerprints: &fingerprints,
+            directory: &directory,
+            radix_bits: self.radix_bits,
+            starts: &starts,
+            entry_bytes: &entries,
+            entry_count: self.header.membership_count as usize,
+            layout: self.entry_layout,
+        };
+        let has_recency: Option<Vec<bool>> =
+            segments.map(|segments| segments.iter().map(|info| info.has_recency).collect());
+        let rules = has_recency
+            .as_deref()
+            .map(|has_recency| SlotRules { has_recency });
+        let section = |section: Section| self.sections[section as usize].clone();
+        hash_and_check(
+            self.bytes.as_bytes(),
+            [
+                section(Section::Fingerprints),
+                section(Section::RadixDirectory),
+                section(Section::IndexStarts),
+                section(Section::IndexEntries),
+            ],
+            &served,
+            rules.as_ref(),
+            block_bytes,
+        )
     }
 
     pub fn segments(&self) -> &[SegmentInfo] {
@@ -85,29 +136,45 @@ impl PackView {
         self.radix_bits
     }
 
+    /// How the index entries are encoded.
+    pub fn entry_layout(&self) -> EntryLayout {
+        self.entry_layout
+    }
+
     pub fn file_bytes(&self) -> usize {
         self.bytes.len()
     }
 
-    fn column<T: super::mapped::Scalar>(&self, section: Section) -> Column<T> {
-        Column::in_pack(&self.bytes, self.sections[section as usize].clone())
+    fn column<T: Scalar>(&self, range: Range<usize>) -> Column<T> {
+        Column::in_pack(&self.bytes, range)
             .expect("section ranges were checked in bounds and aligned")
     }
 
     pub fn fingerprints(&self) -> Column<u64> {
-        self.column(Section::Fingerprints)
+        self.column(self.sections[Section::Fingerprints as usize].clone())
     }
 
     pub fn radix_directory(&self) -> Column<u32> {
-        self.column(Section::RadixDirectory)
+        self.column(self.sections[Section::RadixDirectory as usize].clone())
     }
 
     pub fn index_starts(&self) -> Column<u32> {
-        self.column(Section::IndexStarts)
+        self.column(self.sections[Section::IndexStarts as usize].clone())
     }
 
-    pub fn index_entries(&self) -> Column<IndexEntry> {
-        self.column(Section::IndexEntries)
+    /// The entries section and the slack after it: later sections and the
+    /// footer (at least 24 bytes) always follow it.
+    fn entry_bytes_and_slack(&self) -> Column<u8> {
+        let range = self.sections[Section::IndexEntries as usize].clone();
+        self.column(range.start..range.end + ENTRY_SLACK)
+    }
+
+    pub fn index_entries(&self) -> Entries {
+        Entries::over(
+            self.entry_bytes_and_slack(),
+            self.header.membership_count as usize,
+            self.entry_layout,
+        )
     }
 
     /// Releases the resident pages of what lookups never read (segment
@@ -117,38 +184,87 @@ impl PackView {
         self.bytes.release(table.start..self.bytes.len());
     }
 
-    fn check_dictionary(&self) -> Result<(), PackError> {
+    /// The first structural rule `findings` says is broken, named, in the
+    /// order of `format_v2`'s list; the slow walks that find the first bad
+    /// value run only here.
+    fn report(&self, findings: &Findings) -> Result<(), PackError> {
         let fingerprints = self.fingerprints();
-        if let Some(position) = fingerprints.windows(2).position(|pair| pair[0] >= pair[1]) {
+        if findings.fingerprints_disordered {
+            let position = fingerprints
+                .windows(2)
+                .position(|pair| pair[0] >= pair[1])
+                .unwrap_or(0);
             return Err(PackError::malformed(format!(
                 "user fingerprints not strictly ascending at ordinal {}",
                 position + 1
             )));
         }
-        // The directory must be exactly the one derived from the
-        // fingerprints. With ascending fingerprints that holds iff it is
-        // monotone, spans 0..users, and every user sits inside its bucket's
-        // range: flat passes with no branch per user. The walk that names
-        // the wrong entry runs only when the check fails.
-        let directory = self.radix_directory();
-        let bucket_count = directory.len() - 1;
-        let spans_users =
-            directory[0] == 0 && directory[bucket_count] as usize == fingerprints.len();
-        let monotone = directory.windows(2).all(|pair| pair[0] <= pair[1]);
-        let users_in_their_buckets = spans_users
-            && monotone
-            && fingerprints
-                .iter()
-                .enumerate()
-                .fold(true, |fits, (index, &fingerprint)| {
-                    let bucket = bucket_of(fingerprint, self.radix_bits);
-                    let range = directory[bucket] as usize..directory[bucket + 1] as usize;
-                    fits & range.contains(&index)
-                });
-        if users_in_their_buckets {
-            return Ok(());
+        if findings.directory_wrong {
+            return Err(self.wrong_directory_entry());
         }
-        Err(self.wrong_directory_entry())
+        let starts = self.index_starts();
+        if starts[0] != 0 {
+            return Err(PackError::malformed("index starts do not begin at 0"));
+        }
+        if findings.starts_decrease {
+            let user = starts
+                .windows(2)
+                .position(|pair| pair[0] > pair[1])
+                .unwrap_or(0);
+            return Err(PackError::malformed(format!(
+                "index starts decrease at user ordinal {user}"
+            )));
+        }
+        let entries = self.index_entries();
+        if starts[starts.len() - 1] as usize != entries.len() {
+            return Err(PackError::malformed(
+                "index starts do not end at the membership count",
+            ));
+        }
+        if findings.disorder_within_a_user() {
+            return Err(PackError::malformed(format!(
+                "index entries of user ordinal {} are not in ascending slot order",
+                first_disordered_user(&starts, &entries)
+            )));
+        }
+        self.report_tally(&findings.tally, &entries)
+    }
+
+    /// Slots in range, recency only where flagged, member counts as the
+    /// segment table says.
+    fn report_tally(&self, tally: &[u64], entries: &Entries) -> Result<(), PackError> {
+        let segment_count = self.segments.len();
+        let count = |slot: usize| tally[slot] & u64::from(u32::MAX);
+        let with_time = |slot: usize| tally[slot] >> 32;
+        if count(segment_count) > 0 {
+            let slot = entries
+                .all()
+                .iter()
+                .map(|entry| entry.slot)
+                .find(|&slot| slot as usize >= segment_count)
+                .unwrap_or(segment_count as u16);
+            return Err(PackError::malformed(format!(
+                "index entry names slot {slot}, the pack has {segment_count} segments"
+            )));
+        }
+        let stray_recency =
+            (0..segment_count).any(|slot| !self.segments[slot].has_recency && with_time(slot) > 0);
+        if stray_recency {
+            return Err(PackError::malformed(
+                "index entry has a last-seen time for a segment without recency",
+            ));
+        }
+        for (slot, segment) in self.segments.iter().enumerate() {
+            if count(slot) != u64::from(segment.member_count) {
+                return Err(PackError::malformed(format!(
+                    "segment {} has {} members in the table and {} in the index",
+                    segment.id,
+                    segment.member_count,
+                    count(slot)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Walks the directory as `index_build::radix_directory` builds it and
@@ -171,34 +287,6 @@ impl PackView {
             }
         }
         PackError::malformed("radix directory does not end at the user count")
-    }
-
-    fn check_index(&self) -> Result<(), PackError> {
-        let starts = self.index_starts();
-        let entries = self.index_entries();
-        if starts[0] != 0 {
-            return Err(PackError::malformed("index starts do not begin at 0"));
-        }
-        if let Some(user) = starts.windows(2).position(|pair| pair[0] > pair[1]) {
-            return Err(PackError::malformed(format!(
-                "index starts decrease at user ordinal {user}"
-            )));
-        }
-        if starts[starts.len() - 1] as usize != entries.len() {
-            return Err(PackError::malformed(
-                "index starts do not end at the membership count",
-            ));
-        }
-        let counts = count_entries_per_slot(&starts, &entries, &self.segments)?;
-        for (slot, segment) in self.segments.iter().enumerate() {
-            if counts[slot] != segment.member_count {
-                return Err(PackError::malformed(format!(
-                    "segment {} has {} members in the table and {} in the index",
-                    segment.id, segment.member_count, counts[slot]
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Decodes the whole pack, bitmaps included, and refuses it unless the
@@ -259,7 +347,7 @@ impl PackView {
         let starts = self.index_starts();
         let entries = self.index_entries();
         for (ordinal, pair) in starts.windows(2).enumerate() {
-            for entry in &entries[pair[0] as usize..pair[1] as usize] {
+            for entry in entries.slice(pair[0] as usize..pair[1] as usize) {
                 let (ordinals, hours) = &mut per_slot[entry.slot as usize];
                 ordinals.push(ordinal as u32);
                 hours.push(entry.hours_ago);
@@ -269,97 +357,14 @@ impl PackView {
     }
 }
 
-/// Checks every entry's slot (in range, strictly ascending within its user,
-/// recency only where flagged) and counts the entries of each slot.
-fn count_entries_per_slot(
-    starts: &[u32],
-    entries: &[IndexEntry],
-    segments: &[SegmentInfo],
-) -> Result<Vec<u32>, PackError> {
-    if has_disorder_within_a_user(starts, entries) {
-        return Err(PackError::malformed(format!(
-            "index entries of user ordinal {} are not in ascending slot order",
-            first_disordered_user(starts, entries)
-        )));
-    }
-    // Tables over every possible `u16` slot: indexing by a slot never fails,
-    // so the loops have no bounds checks; out-of-range slots are caught after.
-    let mut without_recency = vec![false; 1 << 16];
-    for (slot, segment) in segments.iter().enumerate() {
-        without_recency[slot] = !segment.has_recency;
-    }
-    // `&`, not `&&`: whether an entry has a time is data-dependent, and a
-    // branch on it mispredicts about every other entry.
-    let stray_recency = entries.iter().fold(false, |stray, entry| {
-        stray | ((entry.hours_ago != 0) & without_recency[entry.slot as usize])
-    });
-    let counts = histogram_of_slots(entries);
-    if let Some(slot) = counts[segments.len()..].iter().position(|&count| count > 0) {
-        return Err(PackError::malformed(format!(
-            "index entry names slot {}, the pack has {} segments",
-            segments.len() + slot,
-            segments.len()
-        )));
-    }
-    if stray_recency {
-        return Err(PackError::malformed(
-            "index entry has a last-seen time for a segment without recency",
-        ));
-    }
-    let mut counts = counts;
-    counts.truncate(segments.len());
-    Ok(counts)
-}
-
-/// Whether some user's entries are not in strictly ascending slot order,
-/// without a loop per user: every place where the slot does not rise must be
-/// a user boundary. One flat pass counts those places (no branch, no
-/// dependency between entries); a pass over the boundaries counts the ones
-/// that are boundaries. Monotone starts ending at `entries.len()` were
-/// checked before.
-fn has_disorder_within_a_user(starts: &[u32], entries: &[IndexEntry]) -> bool {
-    let descents: usize = entries
-        .windows(2)
-        .map(|two| usize::from(two[1].slot <= two[0].slot))
-        .sum();
-    let mut descents_at_boundaries = 0usize;
-    let mut previous_boundary = 0u32;
-    let interior = starts.get(1..starts.len().saturating_sub(1)).unwrap_or(&[]);
-    for &boundary in interior {
-        // Empty users share a boundary (count each place once), and trailing
-        // ones sit at the end, which is no place between two entries.
-        if boundary != previous_boundary && (boundary as usize) < entries.len() {
-            let at = boundary as usize;
-            descents_at_boundaries += usize::from(entries[at].slot <= entries[at - 1].slot);
-            previous_boundary = boundary;
-        }
-    }
-    descents != descents_at_boundaries
-}
-
-/// Entries per slot. Four interleaved tables, so consecutive entries of the
-/// same slot do not wait on each other's increment.
-fn histogram_of_slots(entries: &[IndexEntry]) -> Vec<u32> {
-    let mut tables = vec![[0u32; 4]; 1 << 16];
-    let mut quads = entries.chunks_exact(4);
-    for quad in &mut quads {
-        for (lane, entry) in quad.iter().enumerate() {
-            tables[entry.slot as usize][lane] += 1;
-        }
-    }
-    for entry in quads.remainder() {
-        tables[entry.slot as usize][0] += 1;
-    }
-    tables.iter().map(|lanes| lanes.iter().sum()).collect()
-}
-
-fn first_disordered_user(starts: &[u32], entries: &[IndexEntry]) -> usize {
+/// The first user whose entries are not in strictly ascending slot order
+/// (starts were checked monotone and ending at the entry count).
+fn first_disordered_user(starts: &[u32], entries: &Entries) -> usize {
     starts
         .windows(2)
         .position(|pair| {
-            entries[pair[0] as usize..pair[1] as usize]
-                .windows(2)
-                .any(|two| two[0].slot >= two[1].slot)
+            let user = entries.slice(pair[0] as usize..pair[1] as usize);
+            (1..user.len()).any(|index| user.get(index - 1).slot >= user.get(index).slot)
         })
         .unwrap_or(0)
 }

@@ -1,13 +1,15 @@
 //! The framing of a format-v2 pack (see `format_v2`), checked: the preamble
-//! and header, the section table, the whole-file and per-section checksums,
-//! the footer and the segment table, plus the bounds-checked byte readers
-//! they share. [`super::view::PackView::open`] runs these before it looks at
-//! any column; they only read and compare, never allocate by a count the
+//! and header (with the entry layout), the section table, the per-section
+//! checksums that name the damage once the whole-file one (`view_check`)
+//! failed, the footer and the segment table, plus the bounds-checked byte
+//! readers they share. [`super::view::PackView::open`] runs the header and
+//! section table before it looks at any column; they only read and compare, never allocate by a count the
 //! file declares before the bytes backing it are known to exist, and report
 //! every failure as a [`PackError`], never a panic.
 
 use std::ops::Range;
 
+use super::entries::EntryLayout;
 use super::error::{PackError, PackSection};
 use super::format::{
     CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES,
@@ -21,10 +23,18 @@ use super::index_build::radix_bits_for;
 use super::names::{read_identity, read_label};
 use super::view::SegmentInfo;
 
-/// Reads and checks the preamble and header: returns the header,
-/// `header_bytes` and the radix bits. Verifies the header checksum, so it
-/// serves `read_header` alone too.
-pub(crate) fn read_header_v2(all: &[u8]) -> Result<(PackHeader, usize, u32), PackError> {
+/// A checked v2 header and what the reader needs of it besides `PackHeader`.
+#[derive(Debug)]
+pub(crate) struct HeaderV2 {
+    pub header: PackHeader,
+    pub header_bytes: usize,
+    pub radix_bits: u32,
+    pub entry_layout: EntryLayout,
+}
+
+/// Reads and checks the preamble and header. Verifies the header checksum,
+/// so it serves `read_header` alone too.
+pub(crate) fn read_header_v2(all: &[u8]) -> Result<HeaderV2, PackError> {
     let section = PackSection::Header;
     let fixed = take(all, 0..HEADER_FIXED_BYTES, section)?;
     let format_version = u32_at(fixed, 8);
@@ -50,7 +60,8 @@ pub(crate) fn read_header_v2(all: &[u8]) -> Result<(PackHeader, usize, u32), Pac
     let shard_index = u32_at(header, 40);
     let shard_count = u32_at(header, 44);
     let radix_bits = u32::from(header[48]);
-    if header[49..HEADER_FIXED_BYTES].iter().any(|&byte| byte != 0) {
+    let entry_layout = read_entry_layout(header[49], header[50])?;
+    if header[51..HEADER_FIXED_BYTES].iter().any(|&byte| byte != 0) {
         return Err(PackError::malformed("reserved header bytes are not zero"));
     }
     let (name, rest) = split_string(&header[HEADER_FIXED_BYTES..], "pack name")?;
@@ -90,17 +101,37 @@ pub(crate) fn read_header_v2(all: &[u8]) -> Result<(PackHeader, usize, u32), Pac
         shard_index,
         shard_count,
     };
-    Ok((header, header_bytes, radix_bits))
+    Ok(HeaderV2 {
+        header,
+        header_bytes,
+        radix_bits,
+        entry_layout,
+    })
+}
+
+/// Header bytes 49 (`entry_bytes`) and 50 (`slot_bits`); both 0 is the
+/// 4-byte layout of the files written before they existed.
+fn read_entry_layout(entry_bytes: u8, slot_bits: u8) -> Result<EntryLayout, PackError> {
+    let layout = match (entry_bytes, slot_bits) {
+        (0, 0) => Some(EntryLayout::WIDE),
+        (0, _) => None,
+        (bytes, bits) => EntryLayout::new(bytes, bits),
+    };
+    layout.ok_or_else(|| {
+        PackError::malformed(format!(
+            "index entry layout of {entry_bytes} bytes with {slot_bits} slot bits is not one \
+             (1-4 bytes, slot and hours at most 16 bits each)"
+        ))
+    })
 }
 
 /// Reads the section table and checks that every section is where the
 /// layout puts it, as long as the counts say, and inside the file.
 pub(super) fn read_section_table(
     all: &[u8],
-    header_bytes: usize,
-    header: &PackHeader,
-    radix_bits: u32,
+    read: &HeaderV2,
 ) -> Result<[Range<usize>; SECTIONS.len()], PackError> {
+    let (header, header_bytes, radix_bits) = (&read.header, read.header_bytes, read.radix_bits);
     let section = PackSection::SectionTable;
     let table_start = section_table_start(header_bytes);
     let table = take(all, table_start..table_start + SECTION_TABLE_BYTES, section)?;
@@ -121,7 +152,9 @@ pub(super) fn read_section_table(
             Section::Fingerprints => Some(8 * users),
             Section::RadixDirectory => Some(4 * ((1u64 << radix_bits) + 1)),
             Section::IndexStarts => Some(4 * (users + 1)),
-            Section::IndexEntries => Some(4 * header.membership_count),
+            Section::IndexEntries => {
+                Some(read.entry_layout.bytes() as u64 * header.membership_count)
+            }
             Section::SegmentTable | Section::Bitmaps => None,
         }
     };
@@ -167,15 +200,6 @@ pub(super) fn read_section_table(
         )));
     }
     Ok(ranges)
-}
-
-/// Whether the last 8 bytes are the checksum of all bytes before them.
-pub(super) fn whole_file_checksum_matches(all: &[u8]) -> bool {
-    let Some(checksum_start) = all.len().checked_sub(CHECKSUM_BYTES) else {
-        return false;
-    };
-    let (covered, stored) = all.split_at(checksum_start);
-    stored == checksum(covered).to_le_bytes()
 }
 
 /// The error for a file whose whole-file checksum failed: the first

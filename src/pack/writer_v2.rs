@@ -4,6 +4,7 @@
 //! The writer validates the pack first: it never produces a file the reader
 //! would refuse. Deterministic: the same pack always gives the same bytes.
 
+use super::entries::EntryLayout;
 use super::error::PackError;
 use super::format::{END_MAGIC, MAGIC, SEGMENT_FLAG_RECENCY, checksum, validate_pack};
 use super::format_v2::{
@@ -29,8 +30,35 @@ pub fn write_pack_v2(pack: &Pack) -> Result<Vec<u8>, PackError> {
     write_pack_v2_shard(pack, ShardSpec::UNSHARDED)
 }
 
-/// Encodes a pack in format v2 with the given shard in its header.
+/// Encodes a pack in format v2 with the given shard in its header, its index
+/// entries in the narrowest layout that holds them ([`entry_layout_for`]).
 pub fn write_pack_v2_shard(pack: &Pack, shard: ShardSpec) -> Result<Vec<u8>, PackError> {
+    write_pack_v2_layout(pack, shard, entry_layout_for(pack))
+}
+
+/// The narrowest index entry layout for a pack: its segment count and the
+/// largest `hours_ago` of a segment with recency.
+pub fn entry_layout_for(pack: &Pack) -> EntryLayout {
+    EntryLayout::narrowest(pack.segments.len(), max_hours_ago(pack))
+}
+
+fn max_hours_ago(pack: &Pack) -> u16 {
+    pack.segments
+        .iter()
+        .filter_map(|segment| segment.last_seen_hours_ago.as_deref())
+        .flat_map(|hours| hours.iter().copied().max())
+        .max()
+        .unwrap_or(0)
+}
+
+/// [`write_pack_v2_shard`] with the entries in `layout`, which must hold
+/// every slot and time of the pack ([`EntryLayout::WIDE`] always does):
+/// for tests and tools that need a given layout.
+pub fn write_pack_v2_layout(
+    pack: &Pack,
+    shard: ShardSpec,
+    layout: EntryLayout,
+) -> Result<Vec<u8>, PackError> {
     validate_pack(pack)?;
     if shard.count == 0 || shard.index >= shard.count {
         return Err(PackError::malformed(format!(
@@ -39,11 +67,21 @@ pub fn write_pack_v2_shard(pack: &Pack, shard: ShardSpec) -> Result<Vec<u8>, Pac
         )));
     }
     let index = BuiltIndex::build_on(pack, BuildThreads::AllCores)?;
+    let last_slot = pack.segments.len().saturating_sub(1) as u64;
+    if last_slot > u64::from(layout.max_slot())
+        || u32::from(max_hours_ago(pack)) > layout.max_hours_ago()
+    {
+        return Err(PackError::malformed(format!(
+            "index entries of {} bytes with {} slot bits cannot hold this pack's slots and times",
+            layout.bytes(),
+            layout.slot_bits()
+        )));
+    }
     let radix_bits = radix_bits_for(pack.user_fingerprints.len());
     let directory = radix_directory(&pack.user_fingerprints, radix_bits);
 
     let mut out = Vec::with_capacity(estimated_bytes(pack, directory.len()));
-    let header_bytes = push_header(&mut out, pack, shard, radix_bits as u8);
+    let header_bytes = push_header(&mut out, pack, shard, radix_bits as u8, layout);
     push_checksum(&mut out, 0);
     let table_start = out.len();
     out.resize(first_section_start(header_bytes), 0);
@@ -56,12 +94,7 @@ pub fn write_pack_v2_shard(pack: &Pack, shard: ShardSpec) -> Result<Vec<u8>, Pac
             Section::Fingerprints => push_all(&mut out, &pack.user_fingerprints, u64::to_le_bytes),
             Section::RadixDirectory => push_all(&mut out, &directory, u32::to_le_bytes),
             Section::IndexStarts => push_all(&mut out, &index.starts, u32::to_le_bytes),
-            Section::IndexEntries => {
-                for entry in &index.entries {
-                    out.extend_from_slice(&entry.slot.to_le_bytes());
-                    out.extend_from_slice(&entry.hours_ago.to_le_bytes());
-                }
-            }
+            Section::IndexEntries => layout.encode_all(&index.entries, &mut out),
             Section::SegmentTable => push_segment_table(&mut out, pack)?,
             Section::Bitmaps => {
                 for segment in &pack.segments {
@@ -103,13 +136,19 @@ fn estimated_bytes(pack: &Pack, directory_entries: usize) -> usize {
         .sum();
     1024 + users * 12
         + directory_entries * 4
-        + pack.memberships() as usize * 4
+        + pack.memberships() as usize * 4 // at most 4 a membership
         + pack.segments.len() * 530
         + bitmaps
 }
 
 /// Preamble and header up to the header checksum; returns `header_bytes`.
-fn push_header(out: &mut Vec<u8>, pack: &Pack, shard: ShardSpec, radix_bits: u8) -> usize {
+fn push_header(
+    out: &mut Vec<u8>,
+    pack: &Pack,
+    shard: ShardSpec,
+    radix_bits: u8,
+    layout: EntryLayout,
+) -> usize {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION_V2.to_le_bytes());
     let header_bytes =
@@ -122,7 +161,14 @@ fn push_header(out: &mut Vec<u8>, pack: &Pack, shard: ShardSpec, radix_bits: u8)
     out.extend_from_slice(&shard.index.to_le_bytes());
     out.extend_from_slice(&shard.count.to_le_bytes());
     out.push(radix_bits);
-    out.extend_from_slice(&[0u8; 7]);
+    // 0, 0 is the 4-byte layout, as in every file written before these bytes
+    // had a meaning: such packs are still written byte for byte as then.
+    if layout == EntryLayout::WIDE {
+        out.extend_from_slice(&[0, 0]);
+    } else {
+        out.extend_from_slice(&[layout.bytes() as u8, layout.slot_bits() as u8]);
+    }
+    out.extend_from_slice(&[0u8; 5]);
     debug_assert_eq!(out.len(), HEADER_FIXED_BYTES);
     push_string(out, &pack.name);
     push_string(out, &pack.version);

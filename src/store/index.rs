@@ -8,10 +8,13 @@
 //! (`pack::index_build`); lookups cannot tell which.
 
 use crate::pack::Pack;
+pub use crate::pack::entries::EntrySlice;
+use crate::pack::entries::{Entries, EntryLayout};
 use crate::pack::index_build::BuiltIndex;
 pub use crate::pack::index_build::{BuildThreads, IndexError};
 use crate::pack::mapped::Column;
 pub use crate::pack::mapped::IndexEntry;
+use crate::pack::writer_v2::entry_layout_for;
 
 #[derive(Debug)]
 pub struct UserMajorIndex {
@@ -20,7 +23,9 @@ pub struct UserMajorIndex {
     /// 0, non-decreasing, the last `entries.len()` (checked by the pack
     /// reader for mapped packs, true by construction for built ones).
     starts: Column<u32>,
-    entries: Column<IndexEntry>,
+    /// In the pack file's layout (mapped), or the narrowest one for the
+    /// pack (built): lookups decode either the same way.
+    entries: Entries,
 }
 
 impl UserMajorIndex {
@@ -29,18 +34,19 @@ impl UserMajorIndex {
         Self::build_on(pack, BuildThreads::AllCores)
     }
 
-    /// [`UserMajorIndex::build`] on at most the given threads.
+    /// [`UserMajorIndex::build`] on at most the given threads, the entries
+    /// encoded as a v2 writer would (so a v1 pack takes the same memory).
     pub fn build_on(pack: &Pack, threads: BuildThreads) -> Result<Self, IndexError> {
         let built = BuiltIndex::build_on(pack, threads)?;
-        Ok(Self::from_columns(
-            Column::from_vec(built.starts),
-            Column::from_vec(built.entries),
-        ))
+        let layout: EntryLayout = entry_layout_for(pack);
+        let entries = Entries::encode(&built.entries, layout);
+        drop(built.entries);
+        Ok(Self::from_columns(Column::from_vec(built.starts), entries))
     }
 
     /// An index over columns the pack reader checked (see the invariants on
     /// the fields).
-    pub(crate) fn from_columns(starts: Column<u32>, entries: Column<IndexEntry>) -> Self {
+    pub(crate) fn from_columns(starts: Column<u32>, entries: Entries) -> Self {
         debug_assert_eq!(starts.first().copied().unwrap_or(0), 0);
         debug_assert_eq!(
             starts.last().map_or(0, |&last| last as usize),
@@ -51,26 +57,23 @@ impl UserMajorIndex {
 
     /// The user's memberships, sorted by slot.
     #[inline]
-    pub fn entries_of(&self, ordinal: u32) -> &[IndexEntry] {
+    pub fn entries_of(&self, ordinal: u32) -> EntrySlice<'_> {
         let ordinal = ordinal as usize;
         let start = self.starts[ordinal] as usize;
         let end = self.starts[ordinal + 1] as usize;
-        &self.entries[start..end]
+        self.entries.slice(start..end)
     }
 
     /// The membership of one user in one segment slot, if any.
     #[inline]
     pub fn entry(&self, ordinal: u32, slot: u16) -> Option<IndexEntry> {
-        let entries = self.entries_of(ordinal);
-        // std's binary search has no data-dependent branch (it selects, with
-        // a fixed number of steps for a length), so it beats the linear count
-        // of smaller slots this used for short lists: 34 vs 59 ns a probe over
-        // 5-40 entries in a side-by-side micro-benchmark, and a `Decide` makes
-        // ~150 probes (callgrind: `membership` was ~40 % of `decide`).
-        entries
-            .binary_search_by_key(&slot, |entry| entry.slot)
-            .ok()
-            .map(|position| entries[position])
+        // A binary search with no data-dependent branch (it selects, with a
+        // fixed number of steps for a length), as std's: it beat the linear
+        // count of smaller slots this used for short lists, 34 vs 59 ns a
+        // probe over 5-40 entries in a side-by-side micro-benchmark, and a
+        // `Decide` makes ~150 probes (callgrind: `membership` was ~40 % of
+        // `decide`).
+        self.entries_of(ordinal).find(slot)
     }
 
     pub fn memberships(&self) -> u64 {

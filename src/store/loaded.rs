@@ -4,7 +4,7 @@
 //! its tables built at load and its bitmaps freed.
 
 use super::dictionary::UserDictionary;
-use super::index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
+use super::index::{BuildThreads, EntrySlice, IndexEntry, IndexError, UserMajorIndex};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -197,7 +197,7 @@ impl LoadedPack {
     }
 
     #[inline]
-    pub fn entries_of(&self, ordinal: u32) -> &[IndexEntry] {
+    pub fn entries_of(&self, ordinal: u32) -> EntrySlice<'_> {
         self.index.entries_of(ordinal)
     }
 

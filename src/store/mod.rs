@@ -17,6 +17,7 @@ pub mod overlay;
 mod pack_files;
 mod state;
 pub mod telemetry;
+mod user_view;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +28,11 @@ use arc_swap::{ArcSwap, Guard};
 
 pub use dictionary::UserDictionary;
 pub use freshness::FreshnessPolicy;
-pub use index::{BuildThreads, IndexEntry, IndexError, UserMajorIndex};
+pub use index::{BuildThreads, EntrySlice, IndexEntry, IndexError, UserMajorIndex};
 pub use loaded::{LoadedPack, SegmentMeta};
 pub use overlay::{Forget, MemberOp, Overlay, OverlayEntry, UserOverlay, UserOverlayRef};
-pub use state::{
-    LookupResult, Membership, OwnershipConflict, SegmentLocation, ServingState, UserView,
-};
+pub use state::{LookupResult, OwnershipConflict, SegmentLocation, ServingState};
+pub use user_view::{Membership, UserView};
 
 /// How often the retirement thread looks for states no reader holds any more.
 const RETIRE_POLL: Duration = Duration::from_millis(20);

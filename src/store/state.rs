@@ -7,7 +7,8 @@ use std::sync::Arc;
 use ahash::AHashMap;
 
 use super::loaded::{LoadedPack, SegmentMeta};
-use super::overlay::{Overlay, UserOverlay, UserOverlayRef};
+use super::overlay::Overlay;
+use super::user_view::{Membership, UserView};
 
 /// Where a segment id lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,8 @@ enum SegmentLocations {
     Sparse(AHashMap<u32, SegmentLocation>),
 }
 
-/// Marks a free entry of [`SegmentLocations::Dense`]; never a real location
-/// (a state holds far fewer than 65,535 packs).
+/// Marks a free entry of [`SegmentLocations::Dense`]; its pack index is
+/// never a real one (a state holds far fewer than 65,535 packs).
 const ABSENT: SegmentLocation = SegmentLocation {
     pack_index: u16::MAX,
     slot: u16::MAX,
@@ -87,16 +88,27 @@ impl SegmentLocations {
         }
     }
 
+    /// One load and one compare for the dense table (every membership probe
+    /// starts here); the map's hashing stays out of line.
     #[inline]
     fn get(&self, segment_id: u32) -> Option<SegmentLocation> {
         match self {
-            SegmentLocations::Dense(table) => table
-                .get(segment_id as usize)
-                .copied()
-                .filter(|location| *location != ABSENT),
-            SegmentLocations::Sparse(map) => map.get(&segment_id).copied(),
+            SegmentLocations::Dense(table) => match table.get(segment_id as usize) {
+                // Only `ABSENT` has this pack index (see there).
+                Some(location) if location.pack_index != ABSENT.pack_index => Some(*location),
+                _ => None,
+            },
+            SegmentLocations::Sparse(map) => sparse_location(map, segment_id),
         }
     }
+}
+
+#[inline(never)]
+fn sparse_location(
+    map: &AHashMap<u32, SegmentLocation>,
+    segment_id: u32,
+) -> Option<SegmentLocation> {
+    map.get(&segment_id).copied()
 }
 
 /// A segment id that two packs would both hold.
@@ -115,14 +127,6 @@ pub struct LookupResult {
     pub segment_ids: Vec<u32>,
     /// Asked for but held by no pack; ascending, no duplicates.
     pub unknown_segment_ids: Vec<u32>,
-}
-
-/// How one segment id stands for one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
-    Member,
-    NotMember,
-    UnknownSegment,
 }
 
 impl ServingState {
@@ -183,7 +187,7 @@ impl ServingState {
 
     /// Overlay entries of the pack at `pack_index` count when stamped after this.
     #[inline]
-    fn overlay_floor(&self, pack_index: usize) -> i64 {
+    pub(super) fn overlay_floor(&self, pack_index: usize) -> i64 {
         self.packs[pack_index]
             .built_at_unix_seconds
             .max(self.horizon_at(pack_index))
@@ -270,35 +274,18 @@ impl ServingState {
 
     /// A view of one user across all packs, for several checks in a row.
     pub fn user(&self, fingerprint: u64) -> UserView<'_> {
-        // A withheld pack has no members: skipping its dictionary also keeps
-        // it out of "all segments".
-        let ordinal_of = |(pack, withheld): (&Arc<LoadedPack>, &bool)| {
-            if *withheld {
-                NO_ORDINAL
-            } else {
-                pack.ordinal(fingerprint).unwrap_or(NO_ORDINAL)
-            }
-        };
-        let ordinals = if self.packs.len() <= INLINE_PACKS {
-            let mut inline = [NO_ORDINAL; INLINE_PACKS];
-            for (ordinal, pack) in inline.iter_mut().zip(self.packs.iter().zip(&self.withheld)) {
-                *ordinal = ordinal_of(pack);
-            }
-            Ordinals::Inline(inline)
-        } else {
-            Ordinals::Heap(
-                self.packs
-                    .iter()
-                    .zip(&self.withheld)
-                    .map(ordinal_of)
-                    .collect(),
-            )
-        };
-        UserView {
-            state: self,
-            ordinals,
-            overlay: self.overlay.user(fingerprint),
-        }
+        UserView::new(self, fingerprint)
+    }
+
+    /// Where the segment lives, for the user view's probes.
+    #[inline]
+    pub(super) fn location(&self, segment_id: u32) -> Option<SegmentLocation> {
+        self.locations.get(segment_id)
+    }
+
+    /// Parallel to [`ServingState::packs`]: whether each is withheld.
+    pub(super) fn withheld_flags(&self) -> &[bool] {
+        &self.withheld
     }
 
     /// Which of `segment_ids` (every segment when empty) the user is in, with
@@ -337,185 +324,6 @@ fn sort_unique(ids: &mut Vec<u32>) {
     }
     ids.sort_unstable();
     ids.dedup();
-}
-
-/// Ordinal of a user a pack does not know. Ordinals are below the user count,
-/// which is at most `u32::MAX`, so this is never a real one.
-const NO_ORDINAL: u32 = u32::MAX;
-/// Views over states of at most this many packs keep the ordinals inline, so
-/// a lookup allocates nothing for them.
-const INLINE_PACKS: usize = 8;
-
-enum Ordinals {
-    Inline([u32; INLINE_PACKS]),
-    Heap(Vec<u32>),
-}
-
-/// One user's ordinals in every pack of a state.
-pub struct UserView<'state> {
-    state: &'state ServingState,
-    /// Parallel to `state.packs`; [`NO_ORDINAL`] where the pack does not
-    /// know the user.
-    ordinals: Ordinals,
-    /// The user's real-time record; `None` (the common case) costs nothing.
-    overlay: Option<UserOverlayRef<'state>>,
-}
-
-impl UserView<'_> {
-    /// Parallel to the state's packs.
-    #[inline]
-    fn ordinals(&self) -> &[u32] {
-        match &self.ordinals {
-            Ordinals::Inline(inline) => &inline[..self.state.packs.len()],
-            Ordinals::Heap(ordinals) => ordinals,
-        }
-    }
-
-    /// Whether the user is in the segment, recently enough. A yes is counted
-    /// in the pack's per-segment match counters (see [`LoadedPack::match_count`]).
-    #[inline]
-    pub fn membership(
-        &self,
-        segment_id: u32,
-        max_age_seconds: u32,
-        at_unix_seconds: i64,
-    ) -> Membership {
-        let Some(location) = self.state.locations.get(segment_id) else {
-            return Membership::UnknownSegment;
-        };
-        if location.withheld {
-            return Membership::UnknownSegment;
-        }
-        let pack = &self.state.packs[location.pack_index as usize];
-        if let Some(overlay) = &self.overlay
-            && let Some(member) = overlay_membership(
-                overlay,
-                pack,
-                self.state.overlay_floor(location.pack_index as usize),
-                location.slot,
-                segment_id,
-                max_age_seconds,
-                at_unix_seconds,
-            )
-        {
-            return if member {
-                pack.count_match(location.slot);
-                Membership::Member
-            } else {
-                Membership::NotMember
-            };
-        }
-        let ordinal = self.ordinals()[location.pack_index as usize];
-        if ordinal == NO_ORDINAL {
-            return Membership::NotMember;
-        }
-        match pack.entry(ordinal, location.slot) {
-            Some(entry) if pack.counts(location.slot, entry, max_age_seconds, at_unix_seconds) => {
-                pack.count_match(location.slot);
-                Membership::Member
-            }
-            _ => Membership::NotMember,
-        }
-    }
-
-    /// Appends every segment the user is in, recently enough (unsorted across packs).
-    pub fn all_segments(&self, max_age_seconds: u32, at_unix_seconds: i64, out: &mut Vec<u32>) {
-        if let Some(overlay) = &self.overlay {
-            self.all_segments_with_overlay(overlay, max_age_seconds, at_unix_seconds, out);
-            return;
-        }
-        for (pack, &ordinal) in self.state.packs.iter().zip(self.ordinals()) {
-            if ordinal == NO_ORDINAL {
-                continue;
-            }
-            for entry in pack.entries_of(ordinal) {
-                if pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds) {
-                    pack.count_match(entry.slot);
-                    out.push(pack.segments[entry.slot as usize].id);
-                }
-            }
-        }
-    }
-
-    /// [`UserView::all_segments`] for a user the overlay holds something for:
-    /// pack memberships the overlay overrides are skipped, its adds appended.
-    fn all_segments_with_overlay(
-        &self,
-        overlay: &UserOverlay,
-        max_age_seconds: u32,
-        at_unix_seconds: i64,
-        out: &mut Vec<u32>,
-    ) {
-        if overlay.forgotten.is_some() {
-            return;
-        }
-        for (pack_index, (pack, &ordinal)) in
-            self.state.packs.iter().zip(self.ordinals()).enumerate()
-        {
-            if ordinal == NO_ORDINAL {
-                continue;
-            }
-            let floor = self.state.overlay_floor(pack_index);
-            for entry in pack.entries_of(ordinal) {
-                let segment_id = pack.segments[entry.slot as usize].id;
-                let overridden = overlay
-                    .entry(segment_id)
-                    .is_some_and(|update| update.is_on_top_of(floor));
-                if !overridden && pack.counts(entry.slot, *entry, max_age_seconds, at_unix_seconds)
-                {
-                    pack.count_match(entry.slot);
-                    out.push(segment_id);
-                }
-            }
-        }
-        for update in &overlay.entries {
-            let Some(location) = self.state.locations.get(update.segment_id) else {
-                continue;
-            };
-            if location.withheld {
-                continue;
-            }
-            let pack = &self.state.packs[location.pack_index as usize];
-            if overlay_membership(
-                overlay,
-                pack,
-                self.state.overlay_floor(location.pack_index as usize),
-                location.slot,
-                update.segment_id,
-                max_age_seconds,
-                at_unix_seconds,
-            ) == Some(true)
-            {
-                pack.count_match(location.slot);
-                out.push(update.segment_id);
-            }
-        }
-    }
-}
-
-/// What the overlay says of (user, segment) in `pack`: `None` when it says
-/// nothing (the pack answers), else whether the user is a member. A forgotten
-/// user is in no segment; an update stamped at or before `floor` (the pack's
-/// build or its fold horizon) is folded.
-#[inline]
-fn overlay_membership(
-    overlay: &UserOverlay,
-    pack: &LoadedPack,
-    floor: i64,
-    slot: u16,
-    segment_id: u32,
-    max_age_seconds: u32,
-    at_unix_seconds: i64,
-) -> Option<bool> {
-    if overlay.forgotten.is_some() {
-        return Some(false);
-    }
-    let update = overlay.entry(segment_id)?;
-    if !update.is_on_top_of(floor) {
-        return None;
-    }
-    let ttl_seconds = pack.segments[slot as usize].ttl_seconds;
-    Some(update.counts(ttl_seconds, max_age_seconds, at_unix_seconds))
 }
 
 #[cfg(test)]

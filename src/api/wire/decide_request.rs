@@ -72,6 +72,15 @@ impl WireDecideRequest {
         self.line_item_ids.iter().map(|&id| self.span(id))
     }
 
+    /// The id of candidate `index` in decision order: the inline
+    /// candidates, then the registered line items.
+    pub fn id(&self, index: usize) -> &str {
+        match self.candidates.get(index) {
+            Some(candidate) => self.span(candidate.id),
+            None => self.span(self.line_item_ids[index - self.candidates.len()]),
+        }
+    }
+
     /// The owned prost form (tests, and `Message::encode`).
     pub fn to_proto(&self) -> proto::DecideRequest {
         proto::DecideRequest {

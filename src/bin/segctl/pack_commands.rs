@@ -171,6 +171,15 @@ pub fn inspect(file: &Path) -> anyhow::Result<()> {
         bytes.len()
     );
     out!("format:      {}", header.format_version);
+    if let Some(layout) = segd::pack::entry_layout_of(&bytes)? {
+        out!(
+            "entries:     {} bytes each (slot {} bits, hours_ago {} bits), {} bytes in all",
+            layout.bytes(),
+            layout.slot_bits(),
+            layout.hours_bits(),
+            layout.bytes() as u64 * header.membership_count
+        );
+    }
     if header.shard_count > 1 {
         out!(
             "shard:       {} of {}",
