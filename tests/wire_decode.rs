@@ -5,51 +5,14 @@
 //! the wire form refuses exactly what the owned form's does, word for word.
 //!
 //! Allocations are counted per thread by a global allocator wrapping the
-//! system one (as in `validation_allocations.rs`).
+//! system one (`counting_allocator`, shared with `validation_allocations.rs`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+mod counting_allocator;
+use counting_allocator::allocations_of;
 use prost::Message;
 use segd::api::RequestLimits;
 use segd::api::wire::WireDecideRequest;
 use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, SegmentRef};
-
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter is a const-initialised thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
-
-fn allocations_of<T>(work: impl FnOnce() -> T) -> (usize, T) {
-    let before = ALLOCATIONS.with(Cell::get);
-    let result = work();
-    (ALLOCATIONS.with(Cell::get) - before, result)
-}
 
 fn limits() -> RequestLimits {
     RequestLimits {
