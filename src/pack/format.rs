@@ -113,6 +113,36 @@ pub struct PackHeader {
     pub shard_count: u32,
 }
 
+/// The rules of one segment-table entry that both formats' readers check
+/// as they read it: ids strictly ascending (`previous_id` is the entry
+/// before, if any), no unknown flags, and no more members than users.
+pub(crate) fn check_segment_entry(
+    previous_id: Option<u32>,
+    id: u32,
+    flags: u8,
+    member_count: u32,
+    user_count: u32,
+) -> Result<(), PackError> {
+    if let Some(previous_id) = previous_id
+        && id <= previous_id
+    {
+        return Err(PackError::malformed(format!(
+            "segment ids not strictly ascending: {id} after {previous_id}"
+        )));
+    }
+    if flags & !SEGMENT_FLAG_RECENCY != 0 {
+        return Err(PackError::malformed(format!(
+            "segment {id} has unknown flags {flags:#04x}"
+        )));
+    }
+    if member_count > user_count {
+        return Err(PackError::malformed(format!(
+            "segment {id} has {member_count} members, the pack has {user_count} users"
+        )));
+    }
+    Ok(())
+}
+
 /// A pack name names a file in the data directory, so it is restricted to
 /// characters that are safe there: the one rule of [`super::names`].
 pub fn check_pack_name(name: &str) -> Result<(), PackError> {

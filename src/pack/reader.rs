@@ -14,7 +14,8 @@ use roaring::RoaringBitmap;
 use super::error::{PackError, PackSection};
 use super::format::{
     CHECKSUM_BYTES, END_MAGIC, FORMAT_VERSION, FORMAT_VERSION_V1, HEADER_FIXED_BYTES, MAGIC,
-    PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY, checksum,
+    PREAMBLE_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES, SEGMENT_FLAG_RECENCY,
+    check_segment_entry, checksum,
 };
 use super::names::{read_identity, read_label};
 use super::{Pack, Segment};
@@ -236,24 +237,8 @@ fn read_segment_table(
     let mut membership_count: u64 = 0;
     let mut previous_id: Option<u32> = None;
     for (id, ttl_seconds, member_count, bitmap_bytes, flags, name, kind) in raw_entries {
-        if previous_id.is_some_and(|previous_id| id <= previous_id) {
-            return Err(PackError::malformed(format!(
-                "segment ids not strictly ascending: {id} after {}",
-                previous_id.unwrap_or_default()
-            )));
-        }
+        check_segment_entry(previous_id, id, flags, member_count, header.user_count)?;
         previous_id = Some(id);
-        if flags & !SEGMENT_FLAG_RECENCY != 0 {
-            return Err(PackError::malformed(format!(
-                "segment {id} has unknown flags {flags:#04x}"
-            )));
-        }
-        if member_count > header.user_count {
-            return Err(PackError::malformed(format!(
-                "segment {id} has {member_count} members, the pack has {} users",
-                header.user_count
-            )));
-        }
         membership_count += u64::from(member_count);
         entries.push(SegmentEntry {
             id,

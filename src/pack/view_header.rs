@@ -13,7 +13,7 @@ use super::entries::EntryLayout;
 use super::error::{PackError, PackSection};
 use super::format::{
     CHECKSUM_BYTES, END_MAGIC, FOOTER_BYTES, PackHeader, SEGMENT_ENTRY_FIXED_BYTES,
-    SEGMENT_FLAG_RECENCY, checksum,
+    SEGMENT_FLAG_RECENCY, check_segment_entry, checksum,
 };
 use super::format_v2::{
     FORMAT_VERSION_V2, HEADER_FIXED_BYTES, MAX_HEADER_BYTES, SECTION_ENTRY_BYTES,
@@ -291,26 +291,13 @@ pub(super) fn read_segment_table(
         let (name, after_name) = split_string(&rest[SEGMENT_ENTRY_FIXED_BYTES..], "segment name")?;
         let (kind, after_kind) = split_string(after_name, "segment kind")?;
         rest = after_kind;
-        if segments
-            .last()
-            .is_some_and(|previous: &SegmentInfo| id <= previous.id)
-        {
-            return Err(PackError::malformed(format!(
-                "segment ids not strictly ascending: {id} after {}",
-                segments.last().map_or(0, |previous| previous.id)
-            )));
-        }
-        if flags & !SEGMENT_FLAG_RECENCY != 0 {
-            return Err(PackError::malformed(format!(
-                "segment {id} has unknown flags {flags:#04x}"
-            )));
-        }
-        if member_count > header.user_count {
-            return Err(PackError::malformed(format!(
-                "segment {id} has {member_count} members, the pack has {} users",
-                header.user_count
-            )));
-        }
+        check_segment_entry(
+            segments.last().map(|previous: &SegmentInfo| previous.id),
+            id,
+            flags,
+            member_count,
+            header.user_count,
+        )?;
         let bitmap_end = bitmap_position + bitmap_bytes as usize;
         if bitmap_end > bitmaps.end {
             return Err(PackError::malformed(format!(
