@@ -679,3 +679,131 @@ fn control_characters_in_strings_are_refused() {
         );
     }
 }
+
+/// A pack big enough that the checked load's vector scan runs over it (the
+/// fixtures' 5 entries are all left to the scalar tail): 400 users, 24
+/// segments, every third with recency.
+fn sizeable_pack() -> Pack {
+    let user_count = 400u32;
+    let segments = (0..24u32)
+        .map(|slot| {
+            let members: RoaringBitmap = (0..user_count)
+                .filter(|user| (user * 7 + slot * 13) % (slot % 5 + 2) == 0)
+                .collect();
+            let hours = (slot % 3 == 0).then(|| (0..members.len() as u16).map(|n| n % 50).collect());
+            Segment {
+                id: 10 + slot,
+                name: format!("s{slot}"),
+                kind: String::new(),
+                ttl_seconds: 0,
+                members,
+                last_seen_hours_ago: hours,
+            }
+        })
+        .collect();
+    Pack {
+        name: "sizeable".to_string(),
+        version: "1".to_string(),
+        built_at_unix_seconds: 1_717_200_000,
+        user_fingerprints: (1..=u64::from(user_count))
+            .map(|n| n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .collect(),
+        segments,
+    }
+}
+
+/// Where each segment's member count lies in the segment table.
+fn member_count_offsets(bytes: &[u8], layout: &Layout) -> Vec<usize> {
+    let (mut at, length) = layout.sections[TABLE];
+    let end = at + length;
+    let mut offsets = Vec::new();
+    while at < end {
+        offsets.push(at + 8);
+        at += 17;
+        at += 1 + bytes[at] as usize; // name
+        at += 1 + bytes[at] as usize; // kind
+    }
+    offsets
+}
+
+/// The segment table's member counts, rewritten by `change` (which keeps
+/// their sum, so the header's membership count still agrees: only the
+/// per-slot check can see it), for the sizeable pack in two layouts.
+fn with_counts(change: impl Fn(&mut [u32])) -> Vec<(&'static str, Vec<u8>)> {
+    let pack = sizeable_pack();
+    let layouts = [
+        ("narrowest layout", write_pack(&pack).expect("writes")),
+        (
+            "wide layout",
+            write_pack_v2_layout(&pack, ShardSpec::UNSHARDED, EntryLayout::WIDE).expect("writes"),
+        ),
+    ];
+    layouts
+        .into_iter()
+        .map(|(what, bytes)| {
+            assert!(open(&bytes).is_ok(), "{what}: the unedited pack loads");
+            let bytes = edited_from(bytes, |bytes, layout| {
+                let offsets = member_count_offsets(bytes, layout);
+                let mut counts: Vec<u32> = offsets.iter().map(|&at| u32_at(bytes, at)).collect();
+                let sum: u64 = counts.iter().map(|&count| u64::from(count)).sum();
+                change(&mut counts);
+                assert_eq!(counts.iter().map(|&count| u64::from(count)).sum::<u64>(), sum);
+                for (&at, &count) in offsets.iter().zip(&counts) {
+                    put_u32(bytes, at, count);
+                }
+            });
+            (what, bytes)
+        })
+        .collect()
+}
+
+/// The per-slot member counts are checked by a randomized sum at load
+/// (`view_check::SlotChecks`); a file that disagrees is refused with the
+/// exact count's error, whatever the difference.
+#[test]
+fn member_counts_off_by_any_amount_or_swapped_are_refused() {
+    let pack = sizeable_pack();
+    let count = |slot: usize| pack.segments[slot].members.len();
+    for shift in [0u32, 1, 3, 5] {
+        // Slot 4 gains 2^shift members, slot 9 loses them: the sum holds.
+        assert!(count(9) >= 1 << shift && count(4) + (1 << shift) <= 400);
+        for (what, bytes) in with_counts(|counts| {
+            counts[4] += 1 << shift;
+            counts[9] -= 1 << shift;
+        }) {
+            let expected = format!(
+                "segment 14 has {} members in the table and {} in the index",
+                count(4) + (1 << shift),
+                count(4)
+            );
+            refused_with(&bytes, &expected, what);
+        }
+    }
+    assert_ne!(count(2), count(3));
+    for (what, bytes) in with_counts(|counts| counts.swap(2, 3)) {
+        let expected = format!(
+            "segment 12 has {} members in the table and {} in the index",
+            count(3),
+            count(2)
+        );
+        refused_with(&bytes, &expected, what);
+    }
+}
+
+#[test]
+fn stray_recency_is_refused_in_a_sizeable_pack() {
+    let pack = sizeable_pack();
+    // Slot 1 has no recency; give its last entry an hours_ago.
+    let bytes = write_pack(&pack).expect("writes");
+    let bytes = edited_from(bytes, |bytes, layout| {
+        let count = u64_at(bytes, 32) as usize;
+        let index = (0..count)
+            .rev()
+            .find(|&index| entry_at(bytes, layout, index).0 == 1)
+            .expect("slot 1 has members");
+        put_entry(bytes, layout, index, 1, 7);
+    });
+    refused_with(&bytes, "last-seen time for a segment without recency", "narrowest");
+}

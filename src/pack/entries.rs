@@ -115,6 +115,12 @@ impl EntryLayout {
         word & self.slot_mask
     }
 
+    /// The bits of a loaded word that are the entry (the low `8 * bytes`).
+    #[inline]
+    pub fn word_mask(self) -> u32 {
+        self.word_mask
+    }
+
     /// The bits of a loaded word that are the entry's `hours_ago`: nonzero
     /// in a word iff its entry has a last-seen time.
     #[inline]

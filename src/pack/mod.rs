@@ -23,6 +23,7 @@ pub mod names;
 pub mod reader;
 pub mod stream_check;
 pub mod view;
+mod entry_scan;
 mod view_check;
 mod view_header;
 pub mod writer;

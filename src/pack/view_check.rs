@@ -16,7 +16,10 @@ use std::ops::Range;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::entries::{ENTRY_SLACK, EntryLayout};
+use rand::Rng;
+
+use super::entries::EntryLayout;
+use super::entry_scan::{Block, Scan, scan_block};
 
 /// Bytes hashed, then checked, at a time: well inside a core's L2 (2 MiB
 /// here), so the checks read what the hash just brought in.
@@ -29,16 +32,17 @@ pub(super) struct Served<'a> {
     pub directory: &'a [u32],
     pub radix_bits: u32,
     pub starts: &'a [u32],
-    /// `entry_count` entries, then [`ENTRY_SLACK`] readable bytes.
+    /// `entry_count` entries, then [`ENTRY_SLACK`](super::entries::ENTRY_SLACK) readable bytes.
     pub entry_bytes: &'a [u8],
     pub entry_count: usize,
     pub layout: EntryLayout,
 }
 
 /// What the checks need of the segment table; `None` when it did not parse
-/// (every slot then lands in the one tally past the end, unused).
+/// (the slot rules are then not checked: the table's error comes first).
 pub(super) struct SlotRules<'a> {
     pub has_recency: &'a [bool],
+    pub member_counts: &'a [u32],
 }
 
 /// What the pass found. Each flag is `true` when its rule is broken.
@@ -48,20 +52,16 @@ pub(super) struct Findings {
     pub fingerprints_disordered: bool,
     pub directory_wrong: bool,
     pub starts_decrease: bool,
-    /// Places where an entry's slot is not above the one before it...
-    pub descents: usize,
-    /// ...and how many of them are user boundaries.
-    pub descents_at_boundaries: usize,
-    /// Per slot (then one more for every slot at or past the segment
-    /// count): entries in the low 32 bits, entries with a nonzero
-    /// `hours_ago` in the high 32. Empty when the slots were not tallied.
-    pub tally: Vec<u64>,
-}
-
-impl Findings {
-    pub fn disorder_within_a_user(&self) -> bool {
-        self.descents != self.descents_at_boundaries
-    }
+    /// Some entry's slot is not above the one before it within a user
+    /// (read with the starts as they are: meaningful once they passed).
+    pub disorder_within_a_user: bool,
+    /// Some entry's slot is at or past the segment count.
+    pub slot_out_of_range: bool,
+    /// Some entry has an `hours_ago` in a segment without recency, or the
+    /// entries per slot are not the segment table's member counts: the
+    /// randomized check of [`SlotChecks`] (a wrong "agree" has probability
+    /// at most 2^-32; a "disagree" is always right).
+    pub slots_disagree: bool,
 }
 
 /// The file's bytes fed to one hasher in order, up to a position at a time.
@@ -113,34 +113,27 @@ pub(super) fn hash_and_check(
         starts_decrease |= any_decreasing(served.starts, records);
     });
 
-    let slot_count = rules.map_or(0, |rules| rules.has_recency.len());
-    let mut tally = EntryTally::new(slot_count);
+    let mut entries = EntryChecks::new(rules);
     in_blocks(
         &mut hashing,
         entry_bytes,
         served.layout.bytes(),
         block_bytes,
-        |records| {
-            tally.entries(served, records.clone());
-            tally.boundaries_before(served, records.end);
-        },
+        |records| entries.block(served, records),
     );
-    tally.boundaries_before(served, usize::MAX);
     hashing.up_to(checksum_start);
 
     let stored = all.get(checksum_start..).unwrap_or(&[]);
+    let (disorder_within_a_user, slot_out_of_range, slots_disagree) =
+        entries.verdict(rules.is_some(), served.entry_count > 0);
     Findings {
         checksum_matches: stored.len() == 8 && stored == hashing.hasher.digest().to_le_bytes(),
         fingerprints_disordered,
         directory_wrong,
         starts_decrease,
-        descents: tally.descents(served),
-        descents_at_boundaries: tally.descents_at_boundaries,
-        tally: if rules.is_some() {
-            tally.per_slot()
-        } else {
-            Vec::new()
-        },
+        disorder_within_a_user,
+        slot_out_of_range,
+        slots_disagree,
     }
 }
 
@@ -219,134 +212,141 @@ fn any_bucket_misplaced(served: &Served<'_>, buckets: Range<usize>) -> bool {
     })
 }
 
-/// Counts over the index entries, accumulated block by block.
-struct EntryTally {
-    /// Per slot, four lanes of tallies (see `Findings::tally`), summed at the end.
-    lanes: Vec<u64>,
-    previous_slot: u32,
-    descents: usize,
-    descents_at_boundaries: usize,
-    /// The next interior user boundary (`starts[1..users]`) to look at.
-    next_boundary: usize,
-    previous_boundary: usize,
+/// The per-slot rules of the entries, over the whole pass: slots below the
+/// segment count (exactly, by the largest slot), and — by one randomized
+/// multiset test — recency only where flagged and the member counts of the
+/// segment table.
+///
+/// Every load draws, from the thread's CSPRNG (`rand::rng()`, seeded by the
+/// OS), uniform 32-bit weights: per slot `r[slot]` for its entries without
+/// an `hours_ago`, and for those with one `r[slot]` again where the segment
+/// has recency, an independent `y[slot]` where it has none. The entries'
+/// weights must sum to `Σ member_count[slot] × r[slot]` (exactly: fewer
+/// than 2^32 entries of 32-bit weights fit a `u64`). A file whose per-slot
+/// counts or stray-recency entries differ from what the table allows makes
+/// the difference of the two sums a nonzero linear form in the weights,
+/// each coefficient below 2^32 in size; fixing every weight but one with a
+/// nonzero coefficient leaves at most one of its 2^32 values that cancels
+/// it. Such a file passes with probability at most 2^-32, drawn afresh at
+/// every load, and its author cannot know the weights. A failure is named
+/// by an exact count (`view::PackView::report`), with the errors of the
+/// exact check. The fast test is one gathered load and one add per entry
+/// and no store, where the exact per-slot tallies it replaces were a load,
+/// an add and a store each.
+struct SlotChecks {
+    /// `weights[2 * slot + has_hours]`, then two zeros for every slot past them.
+    weights: Vec<u32>,
+    expected_sum: u64,
+    segment_count: usize,
 }
 
-impl EntryTally {
-    fn new(slot_count: usize) -> EntryTally {
-        EntryTally {
-            lanes: vec![0; 4 * (slot_count + 1)],
-            // Above every slot: the first entry counts as a descent, which
-            // `descents()` takes off again.
-            previous_slot: u32::MAX,
-            descents: 0,
-            descents_at_boundaries: 0,
-            next_boundary: 1,
-            previous_boundary: 0,
-        }
-    }
-
-    /// Places where an entry's slot is not above the one before it.
-    fn descents(&self, served: &Served<'_>) -> usize {
-        self.descents - usize::from(served.entry_count > 0)
-    }
-
-    /// Tallies entries `records`: descents, and per slot the entries and
-    /// those with a last-seen time.
-    fn entries(&mut self, served: &Served<'_>, records: Range<usize>) {
-        match served.layout.bytes() {
-            1 => self.entries_of_width::<1>(served, records),
-            2 => self.entries_of_width::<2>(served, records),
-            3 => self.entries_of_width::<3>(served, records),
-            _ => self.entries_of_width::<4>(served, records),
-        }
-    }
-
-    fn entries_of_width<const WIDTH: usize>(&mut self, served: &Served<'_>, records: Range<usize>) {
-        let layout = served.layout;
-        let bytes = &served.entry_bytes[records.start * WIDTH..records.end * WIDTH + ENTRY_SLACK];
-        let hours_in_place = layout.hours_mask_in_place();
-        // Per slot four lanes side by side: consecutive entries of one slot
-        // (across users) do not wait on each other's increment.
-        let (table, _) = self.lanes.as_chunks_mut::<4>();
-        let limit = table.len() - 1;
-        let mut previous = self.previous_slot;
-        let mut descents = 0usize;
-        let mut step = |word: u32, lane: usize| {
-            let slot = layout.slot_of(word);
-            descents += usize::from(slot <= previous);
-            previous = slot;
-            let with_time = u64::from(word & hours_in_place != 0) << 32;
-            // Slots past the table land in the last tally, an error later.
-            table[(slot as usize).min(limit)][lane] += 1 | with_time;
+impl SlotChecks {
+    fn new(rules: Option<&SlotRules<'_>>) -> SlotChecks {
+        let Some(rules) = rules else {
+            return SlotChecks {
+                weights: vec![0, 0],
+                expected_sum: 0,
+                segment_count: 0,
+            };
         };
-        let word_at = |bytes: &[u8], at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let count = records.end - records.start;
-        let mut index = 0;
-        // Four entries from one 16-byte window: one bounds check a quad.
-        while index + 4 <= count && index * WIDTH + 16 <= bytes.len() {
-            let quad: &[u8; 16] = bytes[index * WIDTH..index * WIDTH + 16]
-                .try_into()
-                .expect("16 bytes");
-            step(word_at(quad, 0), 0);
-            step(word_at(quad, WIDTH), 1);
-            step(word_at(quad, 2 * WIDTH), 2);
-            step(word_at(quad, 3 * WIDTH), 3);
-            index += 4;
+        let mut rng = rand::rng();
+        let mut weights = Vec::with_capacity(2 * rules.has_recency.len() + 2);
+        let mut expected_sum = 0u64;
+        for (&has_recency, &count) in rules.has_recency.iter().zip(rules.member_counts) {
+            let (plain, stray): (u32, u32) = (rng.random(), rng.random());
+            weights.push(plain);
+            weights.push(if has_recency { plain } else { stray });
+            expected_sum = expected_sum.wrapping_add(u64::from(plain) * u64::from(count));
         }
-        while index < count {
-            step(word_at(bytes, index * WIDTH), 0);
-            index += 1;
+        weights.extend([0, 0]);
+        SlotChecks {
+            weights,
+            expected_sum,
+            segment_count: rules.has_recency.len(),
         }
-        self.previous_slot = previous;
-        self.descents += descents;
     }
+}
 
-    /// Counts the descents at interior user boundaries before entry `end`
-    /// (all that are left, for `usize::MAX`): a boundary `b` is the place
-    /// between entries `b - 1` and `b`. Empty users share a boundary (each
-    /// place counts once) and trailing ones sit at the end, which is no
-    /// place. Reads entries at clamped indices, so starts that are not
-    /// monotone (refused beside) cannot read out of bounds.
-    fn boundaries_before(&mut self, served: &Served<'_>, end: usize) {
-        let entry_count = served.entry_count;
-        let starts = served.starts;
-        let interior_end = starts.len().saturating_sub(1);
-        if entry_count < 2 {
-            self.next_boundary = interior_end;
-            return;
-        }
-        let layout = served.layout;
-        let width = layout.bytes();
-        let bytes = served.entry_bytes;
-        let mut user = self.next_boundary;
-        let mut previous = self.previous_boundary;
-        let mut counted = 0usize;
-        while user < interior_end && (starts[user] as usize) < end {
-            let boundary = starts[user] as usize;
-            let place = boundary.clamp(1, entry_count - 1);
-            let counts = (boundary != previous) & (boundary > 0) & (boundary < entry_count);
-            // Entries `place - 1` and `place` in one 8-byte load (the slack
-            // covers it, whatever the width).
-            let at = (place - 1) * width;
-            let two = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-            let before = layout.slot_of(two as u32);
-            let after = layout.slot_of((two >> (8 * width)) as u32);
-            counted += usize::from(counts & (after <= before));
-            previous = boundary;
+/// Marks, block by block, the entries at which a user starts: the interior
+/// starts (`starts[1..users]`) that fall in the block.
+struct UserStarts {
+    /// The next interior start to look at.
+    next: usize,
+    /// Byte `i` is 1 iff a user starts at the block's entry `i`.
+    flags: Vec<u8>,
+}
+
+impl UserStarts {
+    /// Marks the starts in entries `records`. Starts that are not monotone
+    /// (refused beside) may stop the walk early; each is still only
+    /// marked where it is inside the block.
+    fn mark(&mut self, starts: &[u32], records: Range<usize>) {
+        let count = records.len();
+        self.flags.clear();
+        // One byte more than the entries: starts outside the block (non-
+        // monotone ones) land on byte `count`, which nothing reads.
+        self.flags.resize(count + 1, 0);
+        let flags = &mut self.flags[..];
+        let interior = &starts[..starts.len().saturating_sub(1)];
+        let mut user = self.next;
+        while let Some(&start) = interior.get(user) {
+            let start = start as usize;
+            if start >= records.end {
+                break;
+            }
+            flags[start.wrapping_sub(records.start).min(count)] = 1;
             user += 1;
         }
-        // A start at or past `end` that is not monotone may stop the walk
-        // early; `usize::MAX` finishes it.
-        self.next_boundary = user;
-        self.previous_boundary = previous;
-        self.descents_at_boundaries += counted;
+        self.next = user;
+    }
+}
+
+/// The entry rules over every block: order within users, then, where the
+/// segment table parsed, the slot rules.
+struct EntryChecks {
+    slots: SlotChecks,
+    user_starts: UserStarts,
+    scan: Scan,
+}
+
+impl EntryChecks {
+    fn new(rules: Option<&SlotRules<'_>>) -> EntryChecks {
+        EntryChecks {
+            slots: SlotChecks::new(rules),
+            user_starts: UserStarts {
+                next: 1,
+                flags: Vec::new(),
+            },
+            scan: Scan::new(),
+        }
     }
 
-    /// The four lanes summed: per slot, see `Findings::tally`.
-    fn per_slot(&self) -> Vec<u64> {
-        let (table, _) = self.lanes.as_chunks::<4>();
-        table.iter().map(|lanes| lanes.iter().sum()).collect()
+    fn block(&mut self, served: &Served<'_>, records: Range<usize>) {
+        self.user_starts.mark(served.starts, records.clone());
+        let layout = served.layout;
+        let width = layout.bytes();
+        let block = Block {
+            bytes: &served.entry_bytes[records.start * width..],
+            count: records.len(),
+            width,
+            word_mask: layout.word_mask(),
+            slot_mask: layout.max_slot(),
+            hours_mask: layout.hours_mask_in_place(),
+            user_starts: &self.user_starts.flags,
+            weights: &self.slots.weights,
+        };
+        scan_block(&block, &mut self.scan);
+    }
+
+    /// `(disorder, slot out of range, slots disagree)`; the last two only
+    /// where the segment table parsed.
+    fn verdict(&self, rules_known: bool, any_entries: bool) -> (bool, bool, bool) {
+        let scan = &self.scan;
+        let out_of_range = any_entries & (scan.max_slot as usize >= self.slots.segment_count);
+        (
+            scan.disorder,
+            rules_known & out_of_range,
+            rules_known & (scan.weight_sum != self.slots.expected_sum),
+        )
     }
 }
