@@ -690,7 +690,8 @@ fn sizeable_pack() -> Pack {
             let members: RoaringBitmap = (0..user_count)
                 .filter(|user| (user * 7 + slot * 13) % (slot % 5 + 2) == 0)
                 .collect();
-            let hours = (slot % 3 == 0).then(|| (0..members.len() as u16).map(|n| n % 50).collect());
+            let hours =
+                (slot % 3 == 0).then(|| (0..members.len() as u16).map(|n| n % 50).collect());
             Segment {
                 id: 10 + slot,
                 name: format!("s{slot}"),
@@ -749,7 +750,10 @@ fn with_counts(change: impl Fn(&mut [u32])) -> Vec<(&'static str, Vec<u8>)> {
                 let mut counts: Vec<u32> = offsets.iter().map(|&at| u32_at(bytes, at)).collect();
                 let sum: u64 = counts.iter().map(|&count| u64::from(count)).sum();
                 change(&mut counts);
-                assert_eq!(counts.iter().map(|&count| u64::from(count)).sum::<u64>(), sum);
+                assert_eq!(
+                    counts.iter().map(|&count| u64::from(count)).sum::<u64>(),
+                    sum
+                );
                 for (&at, &count) in offsets.iter().zip(&counts) {
                     put_u32(bytes, at, count);
                 }
@@ -805,5 +809,9 @@ fn stray_recency_is_refused_in_a_sizeable_pack() {
             .expect("slot 1 has members");
         put_entry(bytes, layout, index, 1, 7);
     });
-    refused_with(&bytes, "last-seen time for a segment without recency", "narrowest");
+    refused_with(
+        &bytes,
+        "last-seen time for a segment without recency",
+        "narrowest",
+    );
 }

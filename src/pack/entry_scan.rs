@@ -179,7 +179,8 @@ mod avx2 {
             let rotated = _mm256_permutevar8x32_epi32(slots, rotate);
             let before = _mm256_blend_epi32::<1>(rotated, rotated_before);
             rotated_before = rotated;
-            let ascending = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(slots, before)));
+            let ascending =
+                _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(slots, before)));
             let starts_users = gather_bits(&block.user_starts[8 * step..8 * step + 8]);
             disorder |= !(ascending as u32) & !starts_users & 0xff;
             max = _mm256_max_epu32(max, slots);
@@ -245,7 +246,15 @@ mod tests {
     #[test]
     fn the_vector_scan_is_the_scalar_scan_and_the_rules() {
         let mut rng = StdRng::seed_from_u64(7);
-        for (bytes, slot_bits) in [(1u8, 0u8), (1, 3), (2, 8), (2, 16), (3, 12), (3, 8), (4, 16)] {
+        for (bytes, slot_bits) in [
+            (1u8, 0u8),
+            (1, 3),
+            (2, 8),
+            (2, 16),
+            (3, 12),
+            (3, 8),
+            (4, 16),
+        ] {
             let layout = EntryLayout::new(bytes, slot_bits).expect("valid");
             for round in 0..200 {
                 let count = rng.random_range(0..120usize);
@@ -257,8 +266,16 @@ mod tests {
                     .collect();
                 let mut slot = 0u32;
                 for index in 0..count {
-                    slot = if rng.random_range(0..6) == 0 { rng.random() } else { slot + 1 };
-                    let hours = if rng.random_range(0..3) == 0 { rng.random::<u32>() } else { 0 };
+                    slot = if rng.random_range(0..6) == 0 {
+                        rng.random()
+                    } else {
+                        slot + 1
+                    };
+                    let hours = if rng.random_range(0..3) == 0 {
+                        rng.random::<u32>()
+                    } else {
+                        0
+                    };
                     let word = (slot & layout.max_slot())
                         | ((hours << layout.slot_bits()) & layout.hours_mask_in_place());
                     data[index * width..index * width + width]
@@ -281,7 +298,10 @@ mod tests {
                 let start = if round % 2 == 0 {
                     Scan::new()
                 } else {
-                    Scan { previous: rng.random_range(-1..5), ..Scan::new() }
+                    Scan {
+                        previous: rng.random_range(-1..5),
+                        ..Scan::new()
+                    }
                 };
                 let expected = model(&block, start);
                 let (mut scalar, mut dispatched) = (start, start);

@@ -76,6 +76,22 @@
 //! against damage. `read_pack` (tools, `segctl inspect`) decodes the
 //! bitmaps and refuses a file whose bitmaps and index disagree.
 //!
+//! **Two of these rules are checked by a randomized test, not exactly: the
+//! per-slot entry counts against the segment table, and recency only where
+//! flagged.** Every load draws fresh random 32-bit weights per slot (from
+//! the OS-seeded CSPRNG) and compares one weighted sum over the entries with
+//! the sum the segment table implies (`view_check::SlotChecks` has the
+//! construction and the bound). A file that breaks either rule is refused
+//! with probability at least 1 − 2^-32 at each load, whatever its author
+//! did, since the weights are drawn after the file exists and never leave
+//! the process; a refused file is then counted exactly, and the error names
+//! the first segment whose count differs (or the stray recency), as an
+//! exact check would. Neither rule guards memory safety (the slot range,
+//! checked exactly, does): a file that slipped through would serve wrong
+//! member counts in the segment metadata, or an `hours_ago` the segment's
+//! flags say it lacks, never an out-of-bounds read. Every other rule above
+//! is checked exactly.
+//!
 //! # Size: why the index entries are as narrow as the pack allows
 //!
 //! What stays resident while serving is what lookups touch: per user 8

@@ -14,6 +14,7 @@ use roaring::RoaringBitmap;
 
 pub mod builder;
 pub mod entries;
+mod entry_scan;
 pub mod error;
 pub mod format;
 pub mod format_v2;
@@ -23,7 +24,6 @@ pub mod names;
 pub mod reader;
 pub mod stream_check;
 pub mod view;
-mod entry_scan;
 mod view_check;
 mod view_header;
 pub mod writer;
