@@ -7,10 +7,12 @@
 //! recency, see `SlotChecks` there).
 //!
 //! Two implementations compute the same [`Scan`]: a portable scalar loop and
-//! an AVX2 one (8 entries a step: one shuffle decodes them whatever the entry
-//! width, one `vpgatherdd` fetches their weights), picked at run time — the build targets baseline
-//! x86-64. The AVX2 code is the only `unsafe` of the checked load; it reads
-//! only inside the slices it is given. Tests run both.
+//! an AVX2 one (8 entries a step: one shuffle decodes them whatever the
+//! entry width, one `vpgatherdd` fetches their weights), picked at run time
+//! (the build targets baseline x86-64). The AVX2 code is the only `unsafe`
+//! of the checked load; it reads only inside the slices it is given, and
+//! it must never be the only implementation: tests compare both with the
+//! rules read plainly.
 
 /// The running result of scanning entries, block after block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +62,10 @@ pub(super) struct Block<'a> {
 /// Scans `block`, continuing `scan`: with AVX2 where the CPU has it.
 pub(super) fn scan_block(block: &Block<'_>, scan: &mut Scan) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        let done = avx2::scan(block, scan);
-        return scalar_from(block, done, scan);
-    }
-    scalar_from(block, 0, scan)
+    let done = avx2::scan(block, scan);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    scalar_from(block, done, scan)
 }
 
 /// The portable scan (tests call it to compare it with the vector one).
@@ -110,11 +111,15 @@ mod avx2 {
 
     use super::{Block, Scan};
 
-    /// Scans the block's entries 8 at a time for as long as a 32-byte load
-    /// at the next 8 stays inside `block.bytes`; returns how many it scanned
-    /// (a multiple of 8), the rest is left to the scalar loop.
+    /// Where the CPU has AVX2, scans the block's entries 8 at a time for as
+    /// long as a 32-byte load at the next 8 stays inside `block.bytes`;
+    /// returns how many it scanned (a multiple of 8, 0 without AVX2), the
+    /// rest is left to the scalar loop.
     pub(super) fn scan(block: &Block<'_>, scan: &mut Scan) -> usize {
-        // SAFETY: the caller checked that the CPU has AVX2.
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return 0;
+        }
+        // SAFETY: the CPU has AVX2, just checked.
         unsafe { scan_avx2(block, scan) }
     }
 
@@ -138,6 +143,10 @@ mod avx2 {
         indices
     }
 
+    /// # Safety
+    ///
+    /// The CPU must have AVX2. Every memory access is inside `block`'s
+    /// slices (checked or clamped below), whatever their contents.
     #[target_feature(enable = "avx2")]
     unsafe fn scan_avx2(block: &Block<'_>, scan: &mut Scan) -> usize {
         let width = block.width;
