@@ -37,6 +37,12 @@ impl WireDecideResponse {
         }
     }
 
+    /// The request the response was built from (a bench reuses it); `None`
+    /// for a decoded response.
+    pub fn into_request(self) -> Option<WireDecideRequest> {
+        self.ids
+    }
+
     /// `(candidate_id, decision)` in order: plain indexing, since this runs
     /// twice per response (length, then bytes) and chained iterators over
     /// the two id lists showed in profiles.
