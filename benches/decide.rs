@@ -11,6 +11,8 @@
 //! ```sh
 //! cargo bench --bench decide
 //! SEGD_BENCH_USERS=10000000 cargo bench --bench decide
+//! # fewer samples in the printed distributions (e.g. under callgrind)
+//! SEGD_BENCH_SAMPLES=1000 cargo bench --bench decide
 //! ```
 //!
 //! Two request shapes:
@@ -231,7 +233,7 @@ fn bench_decide(criterion: &mut Criterion) {
     for (shape, candidates) in &shapes {
         let mut request = Some(wire_request(candidates));
         let mut out = Vec::with_capacity(8192);
-        let samples = 100_000usize;
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
         let mut nanos = Vec::with_capacity(samples);
         for sample in 0..samples {
             let user = benched[sample % benched.len()];
@@ -245,7 +247,7 @@ fn bench_decide(criterion: &mut Criterion) {
     }
 
     for (shape, candidates) in &shapes {
-        let samples = 100_000usize;
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
         let mut nanos = Vec::with_capacity(samples);
         let mut reasons = [0usize; 5];
         for sample in 0..samples {
