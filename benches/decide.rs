@@ -27,6 +27,8 @@
 //! Two functions per shape:
 //! - `decide/SHAPE`: `decide::decide`, the library call over owned candidates
 //!   that returns owned `Decision`s (ids and details as `String`s);
+//! - `unnamed/SHAPE`: `decide::decide_unnamed` over the same owned
+//!   candidates, the server's form of the answer (no ids), dropped;
 //! - `server/SHAPE`: what the `Decide` handler does after validation: the
 //!   request decoded by `api::wire` (once, outside the loop), `decide_unnamed`
 //!   over views of it, the response encoded into a reused buffer as tonic
@@ -213,7 +215,48 @@ fn bench_decide(criterion: &mut Criterion) {
     }
     group.finish();
 
+    let mut group = criterion.benchmark_group("unnamed");
+    for (shape, candidates) in &shapes {
+        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+        let mut index = 0usize;
+        group.bench_function(BenchmarkId::new(*shape, &size), |bencher| {
+            bencher.iter(|| {
+                index = index.wrapping_add(1);
+                black_box(segd::decide::decide_unnamed(
+                    &state,
+                    &counters,
+                    benched[index % benched.len()],
+                    &refs,
+                    now,
+                    RETENTION_SECONDS,
+                ))
+            })
+        });
+    }
+    group.finish();
+
     let mut group = criterion.benchmark_group("server");
+    for (shape, candidates) in &shapes {
+        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
+        let mut nanos = Vec::with_capacity(samples);
+        for sample in 0..samples {
+            let user = benched[sample % benched.len()];
+            let started = Instant::now();
+            let decisions = segd::decide::decide_unnamed(
+                &state,
+                &counters,
+                user,
+                &refs,
+                now,
+                RETENTION_SECONDS,
+            );
+            drop(black_box(decisions));
+            nanos.push(started.elapsed().as_nanos() as u64);
+        }
+        print_distribution(&format!("unnamed/{shape}/{size}"), nanos);
+    }
+
     for (shape, candidates) in &shapes {
         let mut request = Some(wire_request(candidates));
         let mut out = Vec::with_capacity(8192);
@@ -229,6 +272,27 @@ fn bench_decide(criterion: &mut Criterion) {
         });
     }
     group.finish();
+
+    for (shape, candidates) in &shapes {
+        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
+        let mut nanos = Vec::with_capacity(samples);
+        for sample in 0..samples {
+            let user = benched[sample % benched.len()];
+            let started = Instant::now();
+            let decisions = segd::decide::decide_unnamed(
+                &state,
+                &counters,
+                user,
+                &refs,
+                now,
+                RETENTION_SECONDS,
+            );
+            drop(black_box(decisions));
+            nanos.push(started.elapsed().as_nanos() as u64);
+        }
+        print_distribution(&format!("unnamed/{shape}/{size}"), nanos);
+    }
 
     for (shape, candidates) in &shapes {
         let mut request = Some(wire_request(candidates));
