@@ -85,6 +85,16 @@ impl Decisions {
         (0..self.len()).map(|index| self.get(index))
     }
 
+    /// Decision `index` with its detail as bytes (the wire encoder: no
+    /// char-boundary checks on a range this type wrote).
+    #[inline]
+    pub fn get_bytes(&self, index: usize) -> (Reason, &[u8]) {
+        let verdict = self.verdicts[index];
+        let detail =
+            &self.text.as_bytes()[verdict.detail_start as usize..verdict.detail_end as usize];
+        (verdict.reason, detail)
+    }
+
     /// The reasons alone, in order (outcome counters).
     pub fn reasons(&self) -> impl ExactSizeIterator<Item = Reason> + '_ {
         self.verdicts.iter().map(|verdict| verdict.reason)

@@ -81,6 +81,17 @@ impl WireDecideRequest {
         }
     }
 
+    /// [`Self::id`] as bytes (the response encoder: no char-boundary
+    /// checks on ranges the reader checked).
+    #[inline]
+    pub(super) fn id_bytes(&self, index: usize) -> &[u8] {
+        let span = match self.candidates.get(index) {
+            Some(candidate) => candidate.id,
+            None => self.line_item_ids[index - self.candidates.len()],
+        };
+        &self.text.as_bytes()[span.start as usize..span.end as usize]
+    }
+
     /// The owned prost form (tests, and `Message::encode`).
     pub fn to_proto(&self) -> proto::DecideRequest {
         proto::DecideRequest {

@@ -237,7 +237,8 @@ proptest! {
     #[test]
     fn responses_encode_to_prosts_bytes(
         request in owned_request(),
-        seed in prop::collection::vec((0i32..5, "[a-z 0-9,é]{0,12}"), 12),
+        // Details past 127 bytes make the decision's length a two-byte varint.
+        seed in prop::collection::vec((0i32..5, prop_oneof!["[a-z 0-9,é]{0,12}", "[a-z]{120,140}"]), 12),
         generation in any::<u64>(),
     ) {
         let wire = WireDecideRequest::decode(request.encode_to_vec().as_slice()).unwrap();
@@ -267,6 +268,39 @@ proptest! {
         // which re-encodes to the same bytes.
         let decoded = WireDecideResponse::decode(bytes.as_slice()).unwrap();
         prop_assert_eq!(decoded.to_proto(), expected);
+        prop_assert_eq!(decoded.encode_to_vec(), bytes);
+    }
+
+    #[test]
+    fn decoded_responses_reencode_to_prosts_bytes(
+        decisions in prop::collection::vec(
+            (
+                prop_oneof!["[a-z0-9é-]{0,8}", "[a-z]{126,130}"],
+                any::<bool>(),
+                prop_oneof![-2i32..6, any::<i32>()],
+                prop_oneof!["[a-z 0-9,é]{0,12}", "[a-z]{120,140}"],
+            ),
+            0..20,
+        ),
+        generation in any::<u64>(),
+    ) {
+        // Any combination a client may decode, negative enum values included.
+        let expected = proto::DecideResponse {
+            decisions: decisions
+                .into_iter()
+                .map(|(candidate_id, eligible, reason, detail)| proto::Decision {
+                    candidate_id,
+                    eligible,
+                    reason,
+                    detail,
+                })
+                .collect(),
+            generation,
+        };
+        let bytes = expected.encode_to_vec();
+        let decoded = WireDecideResponse::decode(bytes.as_slice()).unwrap();
+        prop_assert_eq!(decoded.to_proto(), expected.clone());
+        prop_assert_eq!(decoded.encoded_len(), bytes.len());
         prop_assert_eq!(decoded.encode_to_vec(), bytes);
     }
 }
