@@ -121,10 +121,14 @@ impl WireDecideRequest {
         }
     }
 
+    #[inline]
     fn span(&self, span: Span) -> &str {
         &self.text[span.start as usize..span.end as usize]
     }
 
+    /// Inlined into the callers' loops: as a call it returned the 100-byte
+    /// view through memory, ~85 instructions per candidate (callgrind).
+    #[inline]
     fn view(&self, candidate: &WireCandidate) -> CandidateView<'_> {
         let refs = |start: u32, end: u32| &self.refs[start as usize..end as usize];
         CandidateView {

@@ -134,11 +134,23 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// `encoded_len_varint` with the one-byte case first (nearly every length
+/// and reason here).
+#[inline]
+fn varint_len(value: u64) -> usize {
+    if value < 0x80 {
+        1
+    } else {
+        encoded_len_varint(value)
+    }
+}
+
+#[inline]
 fn bytes_len(value: &[u8]) -> usize {
     if value.is_empty() {
         0
     } else {
-        1 + encoded_len_varint(value.len() as u64) + value.len()
+        1 + varint_len(value.len() as u64) + value.len()
     }
 }
 
@@ -175,7 +187,7 @@ fn put_fields(out: &mut Vec<u8>, id: &[u8], eligible: bool, reason: i32, detail:
     let body = bytes_len(id)
         + if eligible { 2 } else { 0 }
         + if reason != 0 {
-            1 + encoded_len_varint(reason)
+            1 + varint_len(reason)
         } else {
             0
         }
