@@ -52,13 +52,13 @@ fn stream_of(
     pulled: Arc<AtomicU64>,
 ) -> impl tokio_stream::Stream<Item = SnapshotChunk> {
     let first = tokio_stream::once(SnapshotChunk {
-        data: first,
+        data: first.into(),
         allow_older_version: false,
     });
     let zeros = tokio_stream::iter(0..filler_chunks).map(move |_| {
         pulled.fetch_add(1, Ordering::Relaxed);
         SnapshotChunk {
-            data: vec![0; MIB],
+            data: vec![0; MIB].into(),
             allow_older_version: false,
         }
     });
@@ -161,7 +161,7 @@ async fn pushes_run_one_at_a_time() {
     let held = small_pack("v1");
     let (chunks, chunks_received) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
     let chunk = |data: &[u8]| SnapshotChunk {
-        data: data.to_vec(),
+        data: data.to_vec().into(),
         allow_older_version: false,
     };
     // Less than the header: the server can judge nothing yet.
@@ -265,7 +265,7 @@ async fn an_upload_is_written_by_a_thread_below_the_readers_priority() {
     let (chunks, chunks_received) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
     chunks
         .send(SnapshotChunk {
-            data: held[..40].to_vec(),
+            data: held[..40].to_vec().into(),
             allow_older_version: false,
         })
         .await
@@ -293,7 +293,7 @@ async fn an_upload_is_written_by_a_thread_below_the_readers_priority() {
     }
     chunks
         .send(SnapshotChunk {
-            data: held[40..].to_vec(),
+            data: held[40..].to_vec().into(),
             allow_older_version: false,
         })
         .await

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use prost::bytes::Bytes;
 use segd::proto::SnapshotChunk;
 use segd::proto::admin_client::AdminClient;
 use tonic::metadata::MetadataValue;
@@ -58,7 +59,7 @@ impl SwapWindows {
 pub struct SwapPlan {
     every: Duration,
     window_after_push: Duration,
-    packs: Vec<(PathBuf, Vec<u8>)>,
+    packs: Vec<(PathBuf, Bytes)>,
     admin: AdminClient<Channel>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -95,7 +96,7 @@ impl SwapPlan {
         for path in &args.pack {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading --pack {}", path.display()))?;
-            packs.push((path.clone(), bytes));
+            packs.push((path.clone(), Bytes::from(bytes)));
         }
         let channel = Endpoint::from_shared(admin_addr.clone())
             .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
@@ -134,11 +135,14 @@ impl SwapPlan {
         while next_push < run_end {
             let (path, bytes) = &self.packs[pack_index % self.packs.len()];
             pack_index += 1;
-            // Chunks are copied before the sleep, outside the swap window.
-            let chunks: Vec<SnapshotChunk> = bytes
-                .chunks(CHUNK_BYTES)
-                .map(|chunk| SnapshotChunk {
-                    data: chunk.to_vec(),
+            // Chunks are slices of the one file buffer: a push allocates,
+            // copies and frees nothing per chunk (freeing 1 MiB copies of a
+            // 1.2 GB pack held this process's mmap_lock for up to 467 ms,
+            // stalling its own readers: BENCHMARKS.md, "Swaps, fourth session").
+            let chunks: Vec<SnapshotChunk> = (0..bytes.len())
+                .step_by(CHUNK_BYTES)
+                .map(|start| SnapshotChunk {
+                    data: bytes.slice(start..bytes.len().min(start + CHUNK_BYTES)),
                     allow_older_version: true,
                 })
                 .collect();

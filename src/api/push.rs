@@ -9,11 +9,13 @@
 //! checksum as the bytes pass, so a valid header followed by a gigabyte of
 //! zeros is refused at its end without ever being read back. Per push,
 //! memory holds at most `UPLOAD_QUEUE_CHUNKS` + 2 chunks and the header
-//! bytes, whatever the size. The catalog then verifies the staged file whole
+//! bytes, whatever the size; a chunk's bytes are the decode buffer's own
+//! (`Bytes`), queued without a copy. The catalog then verifies the staged file whole
 //! (`Catalog::push_staged`).
 
 use std::io::Write;
 
+use prost::bytes::Bytes;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
@@ -118,7 +120,7 @@ pub async fn receive(
     is_served: impl Fn(&pack::PackHeader) -> bool,
 ) -> Result<Received, UploadRefused> {
     let file = staged.take_file().expect("a new upload has its file");
-    let (queue, queued) = mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE_CHUNKS);
+    let (queue, queued) = mpsc::channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
     let writer =
         crate::background::spawn_deprioritised("segd-upload", move || write_upload(file, queued))
             .map_err(|error| UploadRefused::storage(&staged, error))?;
@@ -173,7 +175,7 @@ enum Streamed {
 /// header, and queues the bytes for the writer.
 async fn stream_chunks(
     chunks: &mut Streaming<SnapshotChunk>,
-    queue: &mpsc::Sender<Vec<u8>>,
+    queue: &mpsc::Sender<Bytes>,
     max_push_bytes: u64,
     is_served: impl Fn(&pack::PackHeader) -> bool,
 ) -> Result<Streamed, UploadRefused> {
@@ -213,7 +215,7 @@ async fn stream_chunks(
 /// file, until the queue closes; stops at the first write error.
 fn write_upload(
     mut file: std::fs::File,
-    mut queued: mpsc::Receiver<Vec<u8>>,
+    mut queued: mpsc::Receiver<Bytes>,
 ) -> std::io::Result<FooterCheck> {
     let mut footer = FooterCheck::new();
     while let Some(bytes) = queued.blocking_recv() {

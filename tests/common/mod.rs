@@ -277,7 +277,7 @@ pub async fn push(
     let chunks: Vec<SnapshotChunk> = pack_bytes
         .chunks(64 << 10)
         .map(|data| SnapshotChunk {
-            data: data.to_vec(),
+            data: data.to_vec().into(),
             allow_older_version,
         })
         .collect();
