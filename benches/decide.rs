@@ -237,27 +237,6 @@ fn bench_decide(criterion: &mut Criterion) {
 
     let mut group = criterion.benchmark_group("server");
     for (shape, candidates) in &shapes {
-        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
-        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
-        let mut nanos = Vec::with_capacity(samples);
-        for sample in 0..samples {
-            let user = benched[sample % benched.len()];
-            let started = Instant::now();
-            let decisions = segd::decide::decide_unnamed(
-                &state,
-                &counters,
-                user,
-                &refs,
-                now,
-                RETENTION_SECONDS,
-            );
-            drop(black_box(decisions));
-            nanos.push(started.elapsed().as_nanos() as u64);
-        }
-        print_distribution(&format!("unnamed/{shape}/{size}"), nanos);
-    }
-
-    for (shape, candidates) in &shapes {
         let mut request = Some(wire_request(candidates));
         let mut out = Vec::with_capacity(8192);
         let mut index = 0usize;

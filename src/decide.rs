@@ -17,6 +17,8 @@ mod decisions;
 
 pub use decisions::{DecisionView, Decisions};
 
+use decisions::Answer;
+
 use crate::candidate::{CandidateView, CapView};
 use crate::freq::{CapWindow, CountQuery, FreqStore, cap_key_hash};
 use crate::proto::{self, Candidate, Decision, Reason, SegmentRef};
@@ -85,15 +87,20 @@ pub fn decide_refs(
     at_unix_seconds: i64,
     retention_seconds: i64,
 ) -> Vec<Decision> {
-    decide_unnamed(
+    let mut decisions: Vec<Decision> = Vec::with_capacity(candidates.len());
+    decide_into(
         state,
         counters,
         user_fingerprint,
         candidates,
         at_unix_seconds,
         retention_seconds,
-    )
-    .to_proto(candidates.iter().map(CandidateRef::id))
+        &mut decisions,
+    );
+    for (candidate, decision) in candidates.iter().zip(&mut decisions) {
+        decision.candidate_id = candidate.id().to_owned();
+    }
+    decisions
 }
 
 /// [`decide_refs`] in the server's form: no ids (the `Decide` handler's
@@ -106,21 +113,43 @@ pub fn decide_unnamed(
     at_unix_seconds: i64,
     retention_seconds: i64,
 ) -> Decisions {
-    let user = state.user(user_fingerprint);
     let mut decisions = Decisions::with_capacity(candidates.len());
+    decide_into(
+        state,
+        counters,
+        user_fingerprint,
+        candidates,
+        at_unix_seconds,
+        retention_seconds,
+        &mut decisions,
+    );
+    decisions
+}
+
+/// The decisions for `candidates`, appended to `decisions` in order.
+fn decide_into(
+    state: &ServingState,
+    counters: &FreqStore,
+    user_fingerprint: u64,
+    candidates: &[CandidateRef<'_>],
+    at_unix_seconds: i64,
+    retention_seconds: i64,
+    decisions: &mut impl Answer,
+) {
+    let user = state.user(user_fingerprint);
     let mut cap_count = 0usize;
     for candidate in candidates {
         match candidate.definition() {
             Some(definition) => {
-                if targeting(&user, &definition, at_unix_seconds, &mut decisions) {
+                if targeting(&user, &definition, at_unix_seconds, decisions) {
                     cap_count += definition.caps.len();
                 }
             }
-            None => decisions.push(Reason::Unspecified, "unknown line item"),
+            None => decisions.push_unknown_line_item(),
         }
     }
     if cap_count == 0 {
-        return decisions;
+        return;
     }
     let mut queries: Vec<CountQuery> = Vec::with_capacity(cap_count);
     // Line items of one request mostly share a few windows ("3 a day", "10
@@ -173,7 +202,6 @@ pub fn decide_unnamed(
             decisions.refuse(index, Reason::FrequencyCapped, key);
         }
     }
-    decisions
 }
 
 /// The cap's window in the frequency store's terms.
@@ -195,7 +223,7 @@ fn targeting(
     user: &UserView<'_>,
     candidate: &CandidateView<'_>,
     at_unix_seconds: i64,
-    decisions: &mut Decisions,
+    decisions: &mut impl Answer,
 ) -> bool {
     if let Some(excluded_by) = candidate
         .none_of

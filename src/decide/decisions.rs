@@ -132,8 +132,7 @@ impl Decisions {
     #[inline]
     pub(crate) fn push_segment(&mut self, reason: Reason, segment_id: u32) {
         let start = self.text.len();
-        self.text.push_str("segment ");
-        push_number(&mut self.text, segment_id);
+        write_segment(&mut self.text, segment_id);
         self.push_verdict(reason, start);
     }
 
@@ -141,13 +140,7 @@ impl Decisions {
     /// "none of segments 4,5,6".
     pub(crate) fn push_none_of(&mut self, any_of: &[SegmentRef]) {
         let start = self.text.len();
-        self.text.push_str("none of segments ");
-        for (position, segment) in any_of.iter().enumerate() {
-            if position > 0 {
-                self.text.push(',');
-            }
-            push_number(&mut self.text, segment.segment_id);
-        }
+        write_none_of(&mut self.text, any_of);
         self.push_verdict(Reason::NotInAudience, start);
     }
 
@@ -179,6 +172,113 @@ impl Decisions {
 #[inline]
 fn text_offset(offset: usize) -> u32 {
     u32::try_from(offset).unwrap_or(u32::MAX)
+}
+
+/// Where `decide` writes its decisions, in candidate order: the server's
+/// [`Decisions`], or owned messages for the library's `decide::decide` (a
+/// `String` per detail, as it returns them, without a detour through the
+/// shared buffer). Both spell the details with the same writers below.
+pub(crate) trait Answer {
+    fn push_eligible(&mut self);
+    fn push_segment(&mut self, reason: Reason, segment_id: u32);
+    fn push_none_of(&mut self, any_of: &[SegmentRef]);
+    fn push_unknown_line_item(&mut self);
+    fn is_eligible(&self, index: usize) -> bool;
+    fn refuse(&mut self, index: usize, reason: Reason, detail: &str);
+}
+
+/// The detail of an unknown registered line item.
+const UNKNOWN_LINE_ITEM: &str = "unknown line item";
+
+impl Answer for Decisions {
+    #[inline]
+    fn push_eligible(&mut self) {
+        Decisions::push_eligible(self);
+    }
+
+    #[inline]
+    fn push_segment(&mut self, reason: Reason, segment_id: u32) {
+        Decisions::push_segment(self, reason, segment_id);
+    }
+
+    fn push_none_of(&mut self, any_of: &[SegmentRef]) {
+        Decisions::push_none_of(self, any_of);
+    }
+
+    fn push_unknown_line_item(&mut self) {
+        self.push(Reason::Unspecified, UNKNOWN_LINE_ITEM);
+    }
+
+    #[inline]
+    fn is_eligible(&self, index: usize) -> bool {
+        Decisions::is_eligible(self, index)
+    }
+
+    fn refuse(&mut self, index: usize, reason: Reason, detail: &str) {
+        Decisions::refuse(self, index, reason, detail);
+    }
+}
+
+/// Owned decisions with their `candidate_id`s left empty (the caller fills
+/// them in).
+impl Answer for Vec<Decision> {
+    fn push_eligible(&mut self) {
+        self.push(owned(Reason::Eligible, String::new()));
+    }
+
+    fn push_segment(&mut self, reason: Reason, segment_id: u32) {
+        let mut detail = String::with_capacity(DETAIL_CAPACITY);
+        write_segment(&mut detail, segment_id);
+        self.push(owned(reason, detail));
+    }
+
+    fn push_none_of(&mut self, any_of: &[SegmentRef]) {
+        let mut detail = String::with_capacity(17 + any_of.len() * 11);
+        write_none_of(&mut detail, any_of);
+        self.push(owned(Reason::NotInAudience, detail));
+    }
+
+    fn push_unknown_line_item(&mut self) {
+        self.push(owned(Reason::Unspecified, UNKNOWN_LINE_ITEM.to_owned()));
+    }
+
+    fn is_eligible(&self, index: usize) -> bool {
+        self[index].eligible
+    }
+
+    fn refuse(&mut self, index: usize, reason: Reason, detail: &str) {
+        self[index] = owned(reason, detail.to_owned());
+    }
+}
+
+/// Room for "segment " and any `u32`.
+const DETAIL_CAPACITY: usize = 24;
+
+fn owned(reason: Reason, detail: String) -> Decision {
+    Decision {
+        candidate_id: String::new(),
+        eligible: reason == Reason::Eligible,
+        reason: reason as i32,
+        detail,
+    }
+}
+
+/// "segment 123".
+#[inline]
+fn write_segment(out: &mut String, segment_id: u32) {
+    out.push_str("segment ");
+    push_number(out, segment_id);
+}
+
+/// "none of segments 4,5,6".
+fn write_none_of(out: &mut String, any_of: &[SegmentRef]) {
+    out.push_str("none of segments ");
+    for (position, segment) in any_of.iter().enumerate() {
+        if position > 0 {
+            out.push(',');
+        }
+        push_number(out, segment.segment_id);
+    }
 }
 
 /// Appends the decimal digits of `number`, as `Display` writes them.

@@ -62,42 +62,73 @@ fn old_decision(step: &Step) -> Decision {
     }
 }
 
+/// Builds an answer of `steps` through the `Answer` interface `decide` uses.
+fn answer_of<A: Answer>(mut answer: A, steps: &[Step]) -> A {
+    let mut len = 0usize;
+    for step in steps {
+        match step {
+            Step::Eligible => answer.push_eligible(),
+            Step::Segment(excluded, id) => {
+                let reason = if *excluded {
+                    Reason::Excluded
+                } else {
+                    Reason::NotInAudience
+                };
+                answer.push_segment(reason, *id);
+            }
+            Step::NoneOf(ids) => {
+                let refs: Vec<SegmentRef> = ids
+                    .iter()
+                    .map(|&segment_id| SegmentRef {
+                        segment_id,
+                        max_age_seconds: 0,
+                    })
+                    .collect();
+                answer.push_none_of(&refs);
+            }
+            Step::Unknown => answer.push_unknown_line_item(),
+            Step::Capped(index, key) => {
+                if len > 0 {
+                    answer.refuse(index.index(len), Reason::FrequencyCapped, key);
+                }
+                continue;
+            }
+        }
+        len += 1;
+    }
+    answer
+}
+
+/// What the old code answered for `steps`.
+fn old_answer(steps: &[Step]) -> Vec<Decision> {
+    let mut expected: Vec<Decision> = Vec::new();
+    for step in steps {
+        if let Step::Capped(index, key) = step {
+            if !expected.is_empty() {
+                let at = index.index(expected.len());
+                expected[at] = Decision {
+                    candidate_id: String::new(),
+                    eligible: false,
+                    reason: Reason::FrequencyCapped as i32,
+                    detail: key.clone(),
+                };
+            }
+            continue;
+        }
+        expected.push(old_decision(step));
+    }
+    expected
+}
+
 proptest! {
     #[test]
     fn details_render_the_old_format_texts(steps in prop::collection::vec(step(), 0..40)) {
-        let mut decisions = Decisions::with_capacity(2);
-        let mut expected: Vec<Decision> = Vec::new();
-        for step in &steps {
-            match step {
-                Step::Eligible => decisions.push_eligible(),
-                Step::Segment(excluded, id) => {
-                    let reason = if *excluded { Reason::Excluded } else { Reason::NotInAudience };
-                    decisions.push_segment(reason, *id);
-                }
-                Step::NoneOf(ids) => {
-                    let refs: Vec<SegmentRef> = ids
-                        .iter()
-                        .map(|&segment_id| SegmentRef { segment_id, max_age_seconds: 0 })
-                        .collect();
-                    decisions.push_none_of(&refs);
-                }
-                Step::Unknown => decisions.push(Reason::Unspecified, "unknown line item"),
-                Step::Capped(index, key) => {
-                    if !expected.is_empty() {
-                        let at = index.index(expected.len());
-                        decisions.refuse(at, Reason::FrequencyCapped, key);
-                        expected[at] = Decision {
-                            candidate_id: String::new(),
-                            eligible: false,
-                            reason: Reason::FrequencyCapped as i32,
-                            detail: key.clone(),
-                        };
-                    }
-                    continue;
-                }
-            }
-            expected.push(old_decision(step));
-        }
+        let mut expected = old_answer(&steps);
+        // The library's owned form (ids are the caller's).
+        let owned = answer_of(Vec::<Decision>::new(), &steps);
+        prop_assert_eq!(&owned, &expected);
+        // The server's form.
+        let decisions = answer_of(Decisions::with_capacity(2), &steps);
         prop_assert_eq!(decisions.len(), expected.len());
         let ids: Vec<String> = (0..expected.len()).map(|index| format!("c{index}")).collect();
         for (decision, id) in expected.iter_mut().zip(&ids) {
@@ -107,6 +138,7 @@ proptest! {
         for (index, decision) in expected.iter().enumerate() {
             prop_assert_eq!(decisions.is_eligible(index), decision.eligible);
             prop_assert_eq!(decisions.get(index).detail, decision.detail.as_str());
+            prop_assert_eq!(decisions.get_bytes(index).1, decision.detail.as_bytes());
         }
     }
 }
