@@ -1,0 +1,91 @@
+//! Decoding a `DecideRequest` as the server does (`api::wire`, one pass into
+//! flat arrays) against prost's owned decode, on the load tester's request
+//! shape: 50 inline candidates, each with 3 segment refs (ids up to 1,000,
+//! `max_age_seconds` 0, 7 or 30 days) and 2 caps (`li:{n}` per day,
+//! `camp:{n}` per rolling hour). The decode is a quarter of the server's
+//! CPU samples under inline `Decide` load (BENCHMARKS.md).
+//!
+//! ```sh
+//! cargo bench --bench wire_decode
+//! ```
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use segd::api::wire::WireDecideRequest;
+use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, SegmentRef};
+
+/// The allocator segd serves with (src/bin/segd.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DAY_SECONDS: u32 = 86_400;
+
+fn segment_ref(rng: &mut StdRng) -> SegmentRef {
+    SegmentRef {
+        segment_id: rng.random_range(1..=1_000),
+        max_age_seconds: [0, 7 * DAY_SECONDS, 30 * DAY_SECONDS][rng.random_range(0..3)],
+    }
+}
+
+fn candidate(line_item: u32, rng: &mut StdRng) -> Candidate {
+    let shape = rng.random_range(0..10);
+    let (all_of, any_of) = match shape {
+        0..5 => (vec![segment_ref(rng)], vec![segment_ref(rng)]),
+        5..8 => (vec![], vec![segment_ref(rng), segment_ref(rng)]),
+        _ => (vec![segment_ref(rng), segment_ref(rng)], vec![]),
+    };
+    Candidate {
+        id: format!("li:{line_item}"),
+        all_of,
+        any_of,
+        none_of: vec![segment_ref(rng)],
+        caps: vec![
+            FrequencyCap {
+                key: format!("li:{line_item}"),
+                limit: 3,
+                window_seconds: 0,
+                calendar: Calendar::Day as i32,
+                utc_offset_minutes: 0,
+            },
+            FrequencyCap {
+                key: format!("camp:{}", line_item / 20),
+                limit: 10,
+                window_seconds: 3_600,
+                calendar: Calendar::Rolling as i32,
+                utc_offset_minutes: 0,
+            },
+        ],
+    }
+}
+
+fn request_bytes() -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(7);
+    DecideRequest {
+        user_id: "u:123456".to_owned(),
+        candidates: (0..50)
+            .map(|_| candidate(rng.random_range(0..2_000), &mut rng))
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn bench(c: &mut Criterion) {
+    let bytes = request_bytes();
+    let mut group = c.benchmark_group("wire_decode");
+    group.bench_function("wire_50_candidates", |b| {
+        b.iter(|| WireDecideRequest::decode(black_box(&bytes[..])).expect("valid"))
+    });
+    group.bench_function("prost_50_candidates", |b| {
+        b.iter(|| DecideRequest::decode(black_box(&bytes[..])).expect("valid"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
