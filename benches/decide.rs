@@ -11,6 +11,8 @@
 //! ```sh
 //! cargo bench --bench decide
 //! SEGD_BENCH_USERS=10000000 cargo bench --bench decide
+//! # fewer samples in the printed distributions (e.g. under callgrind)
+//! SEGD_BENCH_SAMPLES=1000 cargo bench --bench decide
 //! ```
 //!
 //! Two request shapes:
@@ -21,6 +23,16 @@
 //!
 //! Besides criterion's estimates it prints a latency distribution per shape
 //! and how the decisions came out.
+//!
+//! Two functions per shape:
+//! - `decide/SHAPE`: `decide::decide`, the library call over owned candidates
+//!   that returns owned `Decision`s (ids and details as `String`s);
+//! - `unnamed/SHAPE`: `decide::decide_unnamed` over the same owned
+//!   candidates, the server's form of the answer (no ids), dropped;
+//! - `server/SHAPE`: what the `Decide` handler does after validation: the
+//!   request decoded by `api::wire` (once, outside the loop), `decide_unnamed`
+//!   over views of it, the response encoded into a reused buffer as tonic
+//!   encodes it, and everything dropped.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -30,8 +42,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use prost::Message;
+
+use segd::api::wire::{WireDecideRequest, WireDecideResponse};
+use segd::decide::CandidateRef;
 use segd::freq::{FreqConfig, FreqStore, FsyncPolicy, NewImpression};
-use segd::proto::{Calendar, Candidate, FrequencyCap, Reason, SegmentRef};
+use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, Reason, SegmentRef};
 use segd::store::{LoadedPack, ServingState};
 
 mod common;
@@ -199,8 +215,82 @@ fn bench_decide(criterion: &mut Criterion) {
     }
     group.finish();
 
+    let mut group = criterion.benchmark_group("unnamed");
     for (shape, candidates) in &shapes {
-        let samples = 100_000usize;
+        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+        let mut index = 0usize;
+        group.bench_function(BenchmarkId::new(*shape, &size), |bencher| {
+            bencher.iter(|| {
+                index = index.wrapping_add(1);
+                black_box(segd::decide::decide_unnamed(
+                    &state,
+                    &counters,
+                    benched[index % benched.len()],
+                    &refs,
+                    now,
+                    RETENTION_SECONDS,
+                ))
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = criterion.benchmark_group("server");
+    for (shape, candidates) in &shapes {
+        let mut request = Some(wire_request(candidates));
+        let mut out = Vec::with_capacity(8192);
+        let mut index = 0usize;
+        group.bench_function(BenchmarkId::new(*shape, &size), |bencher| {
+            bencher.iter(|| {
+                index = index.wrapping_add(1);
+                let user = benched[index % benched.len()];
+                let wire = request.take().expect("the request is handed back");
+                request = Some(serve(&state, &counters, user, wire, now, &mut out));
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+
+    for (shape, candidates) in &shapes {
+        let refs: Vec<CandidateRef<'_>> = candidates.iter().map(CandidateRef::Inline).collect();
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
+        let mut nanos = Vec::with_capacity(samples);
+        for sample in 0..samples {
+            let user = benched[sample % benched.len()];
+            let started = Instant::now();
+            let decisions = segd::decide::decide_unnamed(
+                &state,
+                &counters,
+                user,
+                &refs,
+                now,
+                RETENTION_SECONDS,
+            );
+            drop(black_box(decisions));
+            nanos.push(started.elapsed().as_nanos() as u64);
+        }
+        print_distribution(&format!("unnamed/{shape}/{size}"), nanos);
+    }
+
+    for (shape, candidates) in &shapes {
+        let mut request = Some(wire_request(candidates));
+        let mut out = Vec::with_capacity(8192);
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
+        let mut nanos = Vec::with_capacity(samples);
+        for sample in 0..samples {
+            let user = benched[sample % benched.len()];
+            let wire = request.take().expect("the request is handed back");
+            let started = Instant::now();
+            request = Some(serve(&state, &counters, user, wire, now, &mut out));
+            nanos.push(started.elapsed().as_nanos() as u64);
+            black_box(out.len());
+        }
+        print_distribution(&format!("server/{shape}/{size}"), nanos);
+    }
+
+    for (shape, candidates) in &shapes {
+        let samples = env_or("SEGD_BENCH_SAMPLES", 100_000);
         let mut nanos = Vec::with_capacity(samples);
         let mut reasons = [0usize; 5];
         for sample in 0..samples {
@@ -225,6 +315,47 @@ fn bench_decide(criterion: &mut Criterion) {
         );
     }
     counters.shutdown().expect("frequency store stops");
+}
+
+/// `candidates` as the server receives them: prost's bytes, decoded by
+/// `api::wire`.
+fn wire_request(candidates: &[Candidate]) -> WireDecideRequest {
+    let request = DecideRequest {
+        user_id: "u:bench".to_owned(),
+        candidates: candidates.to_vec(),
+        ..Default::default()
+    };
+    WireDecideRequest::decode(request.encode_to_vec().as_slice()).expect("decodes")
+}
+
+/// The `Decide` handler's work after validation (src/api/segments.rs): the
+/// decisions over views of the request, the response encoded into `out`
+/// (cleared, its capacity kept, as tonic's encode buffer). Returns the
+/// request for the next iteration instead of decoding it again.
+fn serve(
+    state: &ServingState,
+    counters: &FreqStore,
+    user_fingerprint: u64,
+    request: WireDecideRequest,
+    now: i64,
+    out: &mut Vec<u8>,
+) -> WireDecideRequest {
+    let decisions = {
+        let candidates: Vec<CandidateRef<'_>> =
+            request.candidates().map(CandidateRef::View).collect();
+        segd::decide::decide_unnamed(
+            state,
+            counters,
+            user_fingerprint,
+            &candidates,
+            now,
+            RETENTION_SECONDS,
+        )
+    };
+    let response = WireDecideResponse::new(request, decisions, 1);
+    out.clear();
+    response.encode(out).expect("the buffer grows");
+    response.into_request().expect("built from the request")
 }
 
 criterion_group!(benches, bench_decide);

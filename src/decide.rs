@@ -13,6 +13,12 @@
 //! candidates still in the running are counted in one call (one shard lock).
 //! Requests are validated by the caller (`api::limits`).
 
+mod decisions;
+
+pub use decisions::{DecisionView, Decisions};
+
+use decisions::Answer;
+
 use crate::candidate::{CandidateView, CapView};
 use crate::freq::{CapWindow, CountQuery, FreqStore, cap_key_hash};
 use crate::proto::{self, Candidate, Decision, Reason, SegmentRef};
@@ -71,7 +77,8 @@ pub fn decide(
     )
 }
 
-/// [`decide`] over inline candidates and registered line items.
+/// [`decide`] over inline candidates and registered line items, as owned
+/// messages (each id and detail copied into its own `String`).
 pub fn decide_refs(
     state: &ServingState,
     counters: &FreqStore,
@@ -80,13 +87,15 @@ pub fn decide_refs(
     at_unix_seconds: i64,
     retention_seconds: i64,
 ) -> Vec<Decision> {
-    let mut decisions = decide_unnamed(
+    let mut decisions: Vec<Decision> = Vec::with_capacity(candidates.len());
+    decide_into(
         state,
         counters,
         user_fingerprint,
         candidates,
         at_unix_seconds,
         retention_seconds,
+        &mut decisions,
     );
     for (candidate, decision) in candidates.iter().zip(&mut decisions) {
         decision.candidate_id = candidate.id().to_owned();
@@ -94,9 +103,8 @@ pub fn decide_refs(
     decisions
 }
 
-/// [`decide_refs`] with every `candidate_id` left empty, for a caller that
-/// owns the request and moves the ids in (the `Decide` handler): a copy of
-/// each id would be 50 allocations per request for strings already in hand.
+/// [`decide_refs`] in the server's form: no ids (the `Decide` handler's
+/// encoder reads them from the request) and every detail in one buffer.
 pub fn decide_unnamed(
     state: &ServingState,
     counters: &FreqStore,
@@ -104,73 +112,85 @@ pub fn decide_unnamed(
     candidates: &[CandidateRef<'_>],
     at_unix_seconds: i64,
     retention_seconds: i64,
-) -> Vec<Decision> {
-    let user = state.user(user_fingerprint);
-    let mut decisions: Vec<Decision> = candidates
-        .iter()
-        .map(|candidate| match (candidate, candidate.definition()) {
-            (_, Some(definition)) => targeting(&user, &definition, at_unix_seconds),
-            (CandidateRef::Registered { .. }, None) => Decision {
-                candidate_id: String::new(),
-                eligible: false,
-                reason: Reason::Unspecified as i32,
-                detail: "unknown line item".to_owned(),
-            },
-            (CandidateRef::Inline(_) | CandidateRef::View(_), None) => {
-                unreachable!("inline candidates are always defined")
-            }
-        })
-        .collect();
+) -> Decisions {
+    let mut decisions = Decisions::with_capacity(candidates.len());
+    decide_into(
+        state,
+        counters,
+        user_fingerprint,
+        candidates,
+        at_unix_seconds,
+        retention_seconds,
+        &mut decisions,
+    );
+    decisions
+}
 
-    let cap_count: usize = candidates
-        .iter()
-        .zip(&decisions)
-        .filter(|(_, decision)| decision.eligible)
-        .filter_map(|(candidate, _)| candidate.definition())
-        .map(|candidate| candidate.caps.len())
-        .sum();
+/// The decisions for `candidates`, appended to `decisions` in order.
+fn decide_into(
+    state: &ServingState,
+    counters: &FreqStore,
+    user_fingerprint: u64,
+    candidates: &[CandidateRef<'_>],
+    at_unix_seconds: i64,
+    retention_seconds: i64,
+    decisions: &mut impl Answer,
+) {
+    let user = state.user(user_fingerprint);
+    let mut cap_count = 0usize;
+    for candidate in candidates {
+        match candidate.definition() {
+            Some(definition) => {
+                if targeting(&user, &definition, at_unix_seconds, decisions) {
+                    cap_count += definition.caps.len();
+                }
+            }
+            None => decisions.push_unknown_line_item(),
+        }
+    }
     if cap_count == 0 {
-        return decisions;
+        return;
     }
     let mut queries: Vec<CountQuery> = Vec::with_capacity(cap_count);
     // Line items of one request mostly share a few windows ("3 a day", "10
     // an hour"): remember the last range of each position in the cap list
     // instead of redoing the calendar arithmetic per cap.
     let mut recent_ranges: [Option<(CapWindow, (i64, i64))>; 2] = [None; 2];
-    for (candidate, decision) in candidates.iter().zip(&decisions) {
+    for (index, candidate) in candidates.iter().enumerate() {
+        if !decisions.is_eligible(index) {
+            continue;
+        }
         let Some(candidate) = candidate.definition() else {
             continue;
         };
-        if decision.eligible {
-            queries.extend(candidate.caps.iter().enumerate().map(|(position, cap)| {
-                let window = cap.window();
-                let memo = &mut recent_ranges[position.min(1)];
-                let (after_exclusive, until_inclusive) = match memo {
-                    Some((remembered, range)) if *remembered == window => *range,
-                    _ => {
-                        let range = window.count_range(at_unix_seconds, retention_seconds);
-                        *memo = Some((window, range));
-                        range
-                    }
-                };
-                CountQuery {
-                    cap_key_hash: cap_key_hash(cap.key),
-                    after_exclusive,
-                    until_inclusive,
+        queries.extend(candidate.caps.iter().enumerate().map(|(position, cap)| {
+            let window = cap.window();
+            let memo = &mut recent_ranges[position.min(1)];
+            let (after_exclusive, until_inclusive) = match memo {
+                Some((remembered, range)) if *remembered == window => *range,
+                _ => {
+                    let range = window.count_range(at_unix_seconds, retention_seconds);
+                    *memo = Some((window, range));
+                    range
                 }
-            }));
-        }
+            };
+            CountQuery {
+                cap_key_hash: cap_key_hash(cap.key),
+                after_exclusive,
+                until_inclusive,
+            }
+        }));
     }
     let mut counts = Vec::with_capacity(queries.len());
     counters.count_many(user_fingerprint, &queries, &mut counts);
     let mut next_count = counts.into_iter();
-    for (candidate, decision) in candidates.iter().zip(&mut decisions) {
+    for (index, candidate) in candidates.iter().enumerate() {
+        if !decisions.is_eligible(index) {
+            continue;
+        }
         let Some(candidate) = candidate.definition() else {
             continue;
         };
-        if !decision.eligible {
-            continue;
-        }
         let mut capped_by: Option<&str> = None;
         for cap in candidate.caps.iter() {
             let count = next_count.next().unwrap_or(u32::MAX);
@@ -179,57 +199,14 @@ pub fn decide_unnamed(
             }
         }
         if let Some(key) = capped_by {
-            *decision = refused(Reason::FrequencyCapped, key.to_owned());
+            decisions.refuse(index, Reason::FrequencyCapped, key);
         }
     }
-    decisions
 }
 
 /// The cap's window in the frequency store's terms.
 pub fn cap_window(cap: &proto::FrequencyCap) -> CapWindow {
     CapView::from(cap).window()
-}
-
-/// "segment 123", in one allocation: most candidates of a request are refused,
-/// so this runs dozens of times per `Decide` and `format!` showed in profiles.
-fn segment_detail(segment_id: u32) -> String {
-    let mut detail = String::with_capacity(DETAIL_CAPACITY);
-    detail.push_str("segment ");
-    push_number(&mut detail, segment_id);
-    detail
-}
-
-/// Room for "segment " and any `u32`.
-const DETAIL_CAPACITY: usize = 24;
-
-/// Appends the decimal digits of `number`.
-fn push_number(out: &mut String, number: u32) {
-    let mut digits = [0u8; 10];
-    let mut rest = number;
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    // A `push` per digit: `push_str` of a checked `from_utf8` was slower
-    // (two calls out of line for a few bytes; callgrind).
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
-}
-
-/// A refusal; `candidate_id` is filled in by the caller.
-fn refused(reason: Reason, detail: String) -> Decision {
-    Decision {
-        candidate_id: String::new(),
-        eligible: false,
-        reason: reason as i32,
-        detail,
-    }
 }
 
 /// Inlined with the probe it wraps into the `find`s of [`targeting`]: as a
@@ -241,22 +218,28 @@ fn is_member(user: &UserView<'_>, segment: &SegmentRef, at_unix_seconds: i64) ->
 }
 
 /// Targeting alone: EXCLUDED before NOT_IN_AUDIENCE; eligible otherwise
-/// (caps are applied afterwards).
-/// The decision's `candidate_id` is left empty.
-fn targeting(user: &UserView<'_>, candidate: &CandidateView<'_>, at_unix_seconds: i64) -> Decision {
+/// (caps are applied afterwards). Appends the decision; true when eligible.
+fn targeting(
+    user: &UserView<'_>,
+    candidate: &CandidateView<'_>,
+    at_unix_seconds: i64,
+    decisions: &mut impl Answer,
+) -> bool {
     if let Some(excluded_by) = candidate
         .none_of
         .iter()
         .find(|segment| is_member(user, segment, at_unix_seconds))
     {
-        return refused(Reason::Excluded, segment_detail(excluded_by.segment_id));
+        decisions.push_segment(Reason::Excluded, excluded_by.segment_id);
+        return false;
     }
     if let Some(missing) = candidate
         .all_of
         .iter()
         .find(|segment| !is_member(user, segment, at_unix_seconds))
     {
-        return refused(Reason::NotInAudience, segment_detail(missing.segment_id));
+        decisions.push_segment(Reason::NotInAudience, missing.segment_id);
+        return false;
     }
     if !candidate.any_of.is_empty()
         && !candidate
@@ -264,22 +247,11 @@ fn targeting(user: &UserView<'_>, candidate: &CandidateView<'_>, at_unix_seconds
             .iter()
             .any(|segment| is_member(user, segment, at_unix_seconds))
     {
-        let mut detail = String::with_capacity(17 + candidate.any_of.len() * 11);
-        detail.push_str("none of segments ");
-        for (position, segment) in candidate.any_of.iter().enumerate() {
-            if position > 0 {
-                detail.push(',');
-            }
-            push_number(&mut detail, segment.segment_id);
-        }
-        return refused(Reason::NotInAudience, detail);
+        decisions.push_none_of(candidate.any_of);
+        return false;
     }
-    Decision {
-        candidate_id: String::new(),
-        eligible: true,
-        reason: Reason::Eligible as i32,
-        detail: String::new(),
-    }
+    decisions.push_eligible();
+    true
 }
 
 #[cfg(test)]
@@ -287,9 +259,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn details_spell_numbers_like_display() {
-        for number in [0u32, 7, 10, 99, 100, 123_456, u32::MAX] {
-            assert_eq!(segment_detail(number), format!("segment {number}"));
-        }
+    fn an_unknown_line_item_is_unspecified_with_its_detail() {
+        let state = ServingState::new(1, Vec::new()).expect("an empty state");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (counters, _) =
+            FreqStore::open(crate::freq::FreqConfig::new(dir.path())).expect("store opens");
+        let candidates = [CandidateRef::Registered {
+            id: "gone",
+            line_item: None,
+        }];
+        let decisions = decide_refs(&state, &counters, 7, &candidates, 0, 86_400);
+        assert_eq!(
+            decisions,
+            vec![Decision {
+                candidate_id: "gone".to_owned(),
+                eligible: false,
+                reason: Reason::Unspecified as i32,
+                detail: "unknown line item".to_owned(),
+            }]
+        );
+        counters.shutdown().expect("store stops");
     }
 }

@@ -5,17 +5,25 @@
 //! member by member. Packs of up to ~1,500 segments, so slots collide in the
 //! 512-bit filter; users in every segment, in none, and strangers; v1 packs
 //! indexed at load and v2 packs served from their bytes; withheld packs.
+//! Each request is also answered the server's way (decoded by `api::wire`,
+//! `decide_unnamed` over views of it, the response encoded by hand) and the
+//! bytes decoded by prost must carry the same decisions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use roaring::RoaringBitmap;
+use segd::api::wire::{WireDecideRequest, WireDecideResponse};
+use segd::decide::CandidateRef;
 use segd::freq::{FreqConfig, FreqStore, FsyncPolicy};
 use segd::pack::{self, Pack, PackBytes, Segment};
-use segd::proto::{Candidate, Decision, FrequencyCap, Reason, SegmentRef};
+use segd::proto::{
+    Candidate, DecideRequest, DecideResponse, Decision, FrequencyCap, Reason, SegmentRef,
+};
 use segd::store::{BuildThreads, LoadedPack, ServingState};
 
 const BUILT_AT: i64 = 1_790_000_000;
@@ -182,6 +190,31 @@ fn loaded(pack: &Pack, v2: bool) -> Arc<LoadedPack> {
     Arc::new(LoadedPack::from_bytes(bytes, BUILT_AT, BuildThreads::AllCores).expect("loads"))
 }
 
+/// The `Decide` handler's path after validation (src/api/segments.rs):
+/// prost's bytes of the request decoded by `api::wire`, decided over views
+/// of it, the response encoded by hand and decoded again by prost.
+fn serve(
+    state: &ServingState,
+    counters: &FreqStore,
+    user: u64,
+    candidates: &[Candidate],
+    at: i64,
+) -> DecideResponse {
+    let request = DecideRequest {
+        user_id: "ignored: the fingerprint is given".to_owned(),
+        candidates: candidates.to_vec(),
+        at_unix_seconds: at,
+        line_item_ids: Vec::new(),
+    };
+    let wire = WireDecideRequest::decode(request.encode_to_vec().as_slice()).expect("decodes");
+    let decisions = {
+        let views: Vec<CandidateRef<'_>> = wire.candidates().map(CandidateRef::View).collect();
+        segd::decide::decide_unnamed(state, counters, user, &views, at, 30 * 86_400)
+    };
+    let bytes = WireDecideResponse::new(wire, decisions, 1).encode_to_vec();
+    DecideResponse::decode(bytes.as_slice()).expect("prost decodes the response")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -224,7 +257,9 @@ proptest! {
                 .iter()
                 .map(|candidate| naive_decision(&packs, user, candidate, at))
                 .collect();
-            prop_assert_eq!(decisions, expected);
+            prop_assert_eq!(&decisions, &expected);
+            let served = serve(&state, &counters, user, &candidates, at);
+            prop_assert_eq!(served, DecideResponse { decisions: expected, generation: 1 });
         }
         counters.shutdown().expect("store stops");
     }

@@ -28,12 +28,10 @@ impl DecideCounters {
     /// Counts the reasons of a `Decide` answer.
     /// Counts locally first: one atomic add per reason seen, not one per
     /// decision (50 per request, on a cache line every worker writes).
-    pub fn record(&self, decisions: &[crate::proto::Decision]) {
+    pub fn record(&self, decisions: &crate::decide::Decisions) {
         let mut by_reason = [0u64; REASONS];
-        for decision in decisions {
-            let reason = usize::try_from(decision.reason)
-                .unwrap_or(0)
-                .min(REASONS - 1);
+        for reason in decisions.reasons() {
+            let reason = (reason as usize).min(REASONS - 1);
             by_reason[reason] += 1;
         }
         for (counter, count) in self.by_reason.iter().zip(by_reason) {

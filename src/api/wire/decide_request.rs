@@ -81,6 +81,17 @@ impl WireDecideRequest {
         }
     }
 
+    /// [`Self::id`] as bytes (the response encoder: no char-boundary
+    /// checks on ranges the reader checked).
+    #[inline]
+    pub(super) fn id_bytes(&self, index: usize) -> &[u8] {
+        let span = match self.candidates.get(index) {
+            Some(candidate) => candidate.id,
+            None => self.line_item_ids[index - self.candidates.len()],
+        };
+        &self.text.as_bytes()[span.start as usize..span.end as usize]
+    }
+
     /// The owned prost form (tests, and `Message::encode`).
     pub fn to_proto(&self) -> proto::DecideRequest {
         proto::DecideRequest {
@@ -110,10 +121,14 @@ impl WireDecideRequest {
         }
     }
 
+    #[inline]
     fn span(&self, span: Span) -> &str {
         &self.text[span.start as usize..span.end as usize]
     }
 
+    /// Inlined into the callers' loops: as a call it returned the 100-byte
+    /// view through memory, ~85 instructions per candidate (callgrind).
+    #[inline]
     fn view(&self, candidate: &WireCandidate) -> CandidateView<'_> {
         let refs = |start: u32, end: u32| &self.refs[start as usize..end as usize];
         CandidateView {

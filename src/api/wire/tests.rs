@@ -10,6 +10,7 @@ use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint};
 
 use super::{WireDecideRequest, WireDecideResponse};
+use crate::decide::Decisions;
 use crate::proto::{self, DecideRequest};
 
 /// A field as written on the wire, for encodings prost does not produce.
@@ -236,7 +237,8 @@ proptest! {
     #[test]
     fn responses_encode_to_prosts_bytes(
         request in owned_request(),
-        seed in prop::collection::vec((any::<bool>(), -1i32..6, "[a-z 0-9,]{0,12}"), 12),
+        // Details past 127 bytes make the decision's length a two-byte varint.
+        seed in prop::collection::vec((0i32..5, prop_oneof!["[a-z 0-9,é]{0,12}", "[a-z]{120,140}"]), 12),
         generation in any::<u64>(),
     ) {
         let wire = WireDecideRequest::decode(request.encode_to_vec().as_slice()).unwrap();
@@ -246,30 +248,60 @@ proptest! {
             .map(|candidate| candidate.id.clone())
             .chain(request.line_item_ids.iter().cloned())
             .collect();
-        let decisions: Vec<proto::Decision> = ids
-            .iter()
-            .zip(seed.iter().cycle())
-            .map(|(_, (eligible, reason, detail))| proto::Decision {
-                candidate_id: String::new(),
-                eligible: *eligible,
-                reason: *reason,
+        let mut decisions = Decisions::default();
+        let mut expected = proto::DecideResponse { decisions: Vec::new(), generation };
+        for (id, (reason, detail)) in ids.iter().zip(seed.iter().cycle()) {
+            let reason = proto::Reason::try_from(*reason).unwrap();
+            decisions.push(reason, detail);
+            expected.decisions.push(proto::Decision {
+                candidate_id: id.clone(),
+                eligible: reason == proto::Reason::Eligible,
+                reason: reason as i32,
                 detail: detail.clone(),
-            })
-            .collect();
-        let expected = proto::DecideResponse {
-            decisions: decisions
-                .iter()
-                .zip(&ids)
-                .map(|(decision, id)| proto::Decision { candidate_id: id.clone(), ..decision.clone() })
-                .collect(),
-            generation,
-        };
+            });
+        }
         let response = WireDecideResponse::new(wire, decisions, generation);
         prop_assert_eq!(response.encoded_len(), expected.encoded_len());
         let bytes = response.encode_to_vec();
         prop_assert_eq!(&bytes, &expected.encode_to_vec());
-        // And back through the response's own decoder (a client's view).
-        prop_assert_eq!(WireDecideResponse::decode(bytes.as_slice()).unwrap().to_proto(), expected);
+        // And back through the response's own decoder (a client's view),
+        // which re-encodes to the same bytes.
+        let decoded = WireDecideResponse::decode(bytes.as_slice()).unwrap();
+        prop_assert_eq!(decoded.to_proto(), expected);
+        prop_assert_eq!(decoded.encode_to_vec(), bytes);
+    }
+
+    #[test]
+    fn decoded_responses_reencode_to_prosts_bytes(
+        decisions in prop::collection::vec(
+            (
+                prop_oneof!["[a-z0-9é-]{0,8}", "[a-z]{126,130}"],
+                any::<bool>(),
+                prop_oneof![-2i32..6, any::<i32>()],
+                prop_oneof!["[a-z 0-9,é]{0,12}", "[a-z]{120,140}"],
+            ),
+            0..20,
+        ),
+        generation in any::<u64>(),
+    ) {
+        // Any combination a client may decode, negative enum values included.
+        let expected = proto::DecideResponse {
+            decisions: decisions
+                .into_iter()
+                .map(|(candidate_id, eligible, reason, detail)| proto::Decision {
+                    candidate_id,
+                    eligible,
+                    reason,
+                    detail,
+                })
+                .collect(),
+            generation,
+        };
+        let bytes = expected.encode_to_vec();
+        let decoded = WireDecideResponse::decode(bytes.as_slice()).unwrap();
+        prop_assert_eq!(decoded.to_proto(), expected.clone());
+        prop_assert_eq!(decoded.encoded_len(), bytes.len());
+        prop_assert_eq!(decoded.encode_to_vec(), bytes);
     }
 }
 
