@@ -51,8 +51,9 @@
 //! - [`demo`]: the synthetic demo pack behind `segd serve --demo`.
 //! - [`proto`]: generated code for package `segd.v1`.
 
-// `deny`, not `forbid`: `memory` holds the one allowed FFI call and
-// `pack::mapped` the memory mapping of pack files, each with `// SAFETY:`.
+// `deny`, not `forbid`: `memory` holds the one allowed FFI call,
+// `pack::mapped` the memory mapping of pack files and `pack::entry_scan` the
+// checked load's AVX2 loop, each with `// SAFETY:`.
 #![deny(unsafe_code)]
 
 pub mod api;
