@@ -23,7 +23,8 @@
 /// mimalloc, as `segd` uses: under glibc malloc, allocating and freeing the
 /// requests and decoded responses was ~25 % of the generator's CPU (`perf
 /// record` of a `decide --registered-line-items` run), CPU taken from the
-/// server under test on a small box (BENCHMARKS.md, "Generator", fourth session).
+/// server under test on a small box (BENCHMARKS.md, "The load generator
+/// allocates with mimalloc").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -138,7 +138,8 @@ impl SwapPlan {
             // Chunks are slices of the one file buffer: a push allocates,
             // copies and frees nothing per chunk (freeing 1 MiB copies of a
             // 1.2 GB pack held this process's mmap_lock for up to 467 ms,
-            // stalling its own readers: BENCHMARKS.md, "Swaps, fourth session").
+            // stalling its own readers: BENCHMARKS.md, "Pushed chunks as
+            // `Bytes`").
             let chunks: Vec<SnapshotChunk> = (0..bytes.len())
                 .step_by(CHUNK_BYTES)
                 .map(|start| SnapshotChunk {
