@@ -2,26 +2,37 @@
 //! request sent on the connection of its user's shard (`--shard-addrs`,
 //! routed by `segd::shard::shard_of_user`, the function the servers check).
 //! Replies are checked just enough to catch a server answering the wrong
-//! shape.
+//! shape: `Lookup` and `Decide` go through the generator's own codec
+//! ([`crate::grpc_wire`]), which sends pre-built bytes and reads only that shape.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use prost::Message;
+use prost::bytes::Bytes;
 use segd::proto::segments_client::SegmentsClient;
 use segd::proto::{BatchLookupRequest, RecordImpressionsRequest};
 use tokio::task::JoinSet;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::grpc_wire::{RawCodec, ReplyShape};
 use crate::outcome::{Failure, Outcome, bad_reply};
 use crate::workload::Request;
 
-/// One segments client per shard (index = shard); health asks shard 0.
+const LOOKUP: &str = "/segd.v1.Segments/Lookup";
+const DECIDE: &str = "/segd.v1.Segments/Decide";
+
+/// One segments client per shard (index = shard), and a raw client on the same
+/// connection for the calls sent as bytes; health asks shard 0.
 #[derive(Clone)]
 pub struct GrpcClients {
     shards: Vec<SegmentsClient<Channel>>,
+    raw: Vec<Grpc<Channel>>,
     health: HealthClient<Channel>,
 }
 
@@ -29,10 +40,12 @@ pub struct GrpcClients {
 /// channels, so `--connections C` really is C TCP connections per shard.
 pub async fn connect(addrs: &[String]) -> Result<GrpcClients> {
     let mut shards = Vec::with_capacity(addrs.len());
+    let mut raw = Vec::with_capacity(addrs.len());
     let mut health = None;
     for addr in addrs {
         let channel = connect_one(addr).await?;
         health.get_or_insert_with(|| HealthClient::new(channel.clone()));
+        raw.push(Grpc::new(channel.clone()).max_decoding_message_size(256 << 20));
         shards.push(
             SegmentsClient::new(channel)
                 .max_decoding_message_size(256 << 20)
@@ -40,7 +53,11 @@ pub async fn connect(addrs: &[String]) -> Result<GrpcClients> {
         );
     }
     let health = health.context("no segd address given")?;
-    Ok(GrpcClients { shards, health })
+    Ok(GrpcClients {
+        shards,
+        raw,
+        health,
+    })
 }
 
 async fn connect_one(addr: &str) -> Result<Channel> {
@@ -66,20 +83,23 @@ impl GrpcClients {
         match request {
             Request::Lookup(lookup) => {
                 let shard = self.shard_of(&lookup.user_id);
-                let reply = self.shards[shard].lookup(lookup).await?.into_inner();
+                let body = Bytes::from(lookup.encode_to_vec());
+                let reply = self.call(shard, LOOKUP, body, RawCodec::LOOKUP).await?;
                 Ok(Outcome {
                     generation: Some(reply.generation),
                 })
             }
             Request::Batch(batch) => self.batch(batch).await,
             Request::Decide(decide) => {
-                let asked = decide.candidates.len() + decide.line_item_ids.len();
+                let asked = decide.asked();
                 let shard = self.shard_of(&decide.user_id);
-                let reply = self.shards[shard].decide(decide).await?.into_inner();
-                if reply.decisions.len() != asked {
+                let reply = self
+                    .call(shard, DECIDE, decide.encode(), RawCodec::DECIDE)
+                    .await?;
+                if reply.items as usize != asked {
                     return Err(bad_reply(format!(
                         "{asked} candidates answered with {} decisions",
-                        reply.decisions.len()
+                        reply.items
                     )));
                 }
                 Ok(Outcome {
@@ -104,6 +124,31 @@ impl GrpcClients {
                 Ok(Outcome::default())
             }
         }
+    }
+
+    /// A unary call of `path` with an encoded request, as the generated client
+    /// makes it, on shard `shard`'s connection.
+    async fn call(
+        &mut self,
+        shard: usize,
+        path: &'static str,
+        body: Bytes,
+        codec: RawCodec,
+    ) -> Result<ReplyShape, Failure> {
+        let client = &mut self.raw[shard];
+        client
+            .ready()
+            .await
+            // As the generated clients report it.
+            .map_err(|error| tonic::Status::unknown(format!("Service was not ready: {error}")))?;
+        let reply = client
+            .unary(
+                tonic::Request::new(body),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await?;
+        Ok(reply.into_inner())
     }
 
     /// One BatchLookup per shard with users in the batch, sent at once.

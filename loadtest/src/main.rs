@@ -13,6 +13,8 @@
 //! - [`swap`]: snapshot pushes during a run and their windows.
 //! - [`report`]: histograms, the final report and its JSON form.
 //! - [`chart`]: the SVG chart, built by hand.
+//! - [`grpc_wire`]: the generator's gRPC codec: requests as pre-built bytes,
+//!   replies read only as far as their shape.
 //! - [`redis_target`]: the Redis baseline: `loadtest redis-load` and the Redis
 //!   side of `loadtest run --target redis`.
 //! - [`update`]: `loadtest update`: real-time updates and forgets through the
@@ -34,6 +36,7 @@ mod executor;
 mod fleet_lag;
 mod r#gen;
 mod grpc_target;
+mod grpc_wire;
 mod outcome;
 mod redis_target;
 mod report;

@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use redis::aio::MultiplexedConnection;
-use segd::proto::{Calendar, DecideRequest, LookupRequest};
+use segd::proto::{Calendar, LookupRequest};
 
 use crate::cli::RedisLoadArgs;
 use crate::outcome::{Failure, Outcome};
-use crate::workload::Request;
+use crate::workload::{DecideDraw, Request};
 
 const DAY_SECONDS: i64 = 86_400;
 
@@ -195,10 +195,9 @@ impl RedisExecutor {
 
     /// One ZMSCORE of every referenced segment plus a ZCOUNT per distinct cap key,
     /// in one pipeline (one round trip), then segd's decision rules client-side.
-    async fn decide(&mut self, decide: &DecideRequest, at: i64) -> Result<Outcome, Failure> {
+    async fn decide(&mut self, decide: &DecideDraw, at: i64) -> Result<Outcome, Failure> {
         let mut segment_ids: Vec<u32> = decide
-            .candidates
-            .iter()
+            .candidates()
             .flat_map(|candidate| {
                 candidate
                     .all_of
@@ -211,11 +210,7 @@ impl RedisExecutor {
         segment_ids.sort_unstable();
         segment_ids.dedup();
         let mut cap_windows: Vec<(&str, String)> = Vec::new();
-        for cap in decide
-            .candidates
-            .iter()
-            .flat_map(|candidate| &candidate.caps)
-        {
+        for cap in decide.candidates().flat_map(|candidate| &candidate.caps) {
             if cap_windows.iter().any(|(key, _)| *key == cap.key) {
                 continue;
             }
@@ -279,8 +274,7 @@ impl RedisExecutor {
                 })
         };
         let _eligible = decide
-            .candidates
-            .iter()
+            .candidates()
             .filter(|candidate| {
                 !candidate.none_of.iter().any(is_member)
                     && candidate.all_of.iter().all(is_member)

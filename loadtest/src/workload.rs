@@ -1,21 +1,25 @@
 //! The request generator: what each workload sends, independent of the target.
 //!
-//! Requests are built as the segd protobuf messages; the Redis target reads the
-//! same messages and translates them, so both targets see the same users, the
-//! same segment lists and the same candidates from the same seed. This module
-//! never performs I/O on the network.
+//! Requests are built as the segd protobuf messages (a `Decide` as a
+//! [`DecideDraw`]: the user and which catalogue line items); the Redis target
+//! reads the same requests and translates them, so both targets see the same
+//! users, the same segment lists and the same candidates from the same seed.
+//! This module never performs I/O on the network.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use prost::Message;
+use prost::bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use segd::proto::{
-    BatchLookupRequest, Calendar, Candidate, DecideRequest, FrequencyCap, Impression,
-    LookupRequest, RecordImpressionsRequest, SegmentRef,
+    BatchLookupRequest, Calendar, Candidate, FrequencyCap, Impression, LookupRequest,
+    RecordImpressionsRequest, SegmentRef,
 };
 
 use crate::cli::{RunArgs, Workload, flag_name};
@@ -42,6 +46,9 @@ pub struct Dataset {
     pub ttl_by_segment: HashMap<u32, u32>,
     /// The candidate catalogue: one per line item, `Candidate.id` = `li:{n}`.
     pub line_items: Vec<Candidate>,
+    /// `line_items` as protobuf bytes, encoded once: a gRPC `Decide` is these
+    /// concatenated, not 50 candidates cloned and encoded per request.
+    pub encoded_line_items: Vec<Bytes>,
 }
 
 /// One request of any workload.
@@ -49,7 +56,7 @@ pub struct Dataset {
 pub enum Request {
     Lookup(LookupRequest),
     Batch(BatchLookupRequest),
-    Decide(DecideRequest),
+    Decide(DecideDraw),
     Record(RecordImpressionsRequest),
     Health,
 }
@@ -63,6 +70,76 @@ impl Request {
             Request::Record(_) | Request::Health => 0,
         }
     }
+}
+
+/// One `Decide`: a user and which line items of the catalogue, by index, so no
+/// target clones candidates per request: the gRPC target concatenates their
+/// encoded bytes ([`DecideDraw::encode`]), the Redis target reads them in place.
+#[derive(Debug, Clone)]
+pub struct DecideDraw {
+    pub user_id: String,
+    /// Indices into `Dataset::line_items`, in request order.
+    line_items: Vec<u32>,
+    /// Named by id (`line_item_ids`, registered on the server) instead of inline.
+    registered: bool,
+    dataset: Arc<Dataset>,
+}
+
+impl DecideDraw {
+    /// Decisions the reply must hold: one per line item asked.
+    pub fn asked(&self) -> usize {
+        self.line_items.len()
+    }
+
+    /// The inline candidates (none when the line items are registered).
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        let inline = if self.registered {
+            &[][..]
+        } else {
+            &self.line_items[..]
+        };
+        inline
+            .iter()
+            .map(|&index| &self.dataset.line_items[index as usize])
+    }
+
+    /// The `DecideRequest` as protobuf bytes: `user_id` (1), then each line item
+    /// as a `candidates` (2) or a `line_item_ids` (4) entry — what prost writes
+    /// for the message (a test compares the bytes).
+    pub fn encode(&self) -> Bytes {
+        let chunk = |index: u32| {
+            let index = index as usize;
+            if self.registered {
+                self.dataset.line_items[index].id.as_bytes()
+            } else {
+                &self.dataset.encoded_line_items[index][..]
+            }
+        };
+        let field_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+        let size = field_len(self.user_id.len())
+            + self
+                .line_items
+                .iter()
+                .map(|&index| field_len(chunk(index).len()))
+                .sum::<usize>();
+        let mut buf = BytesMut::with_capacity(size);
+        // A singular string is omitted when empty; repeated entries never are.
+        if !self.user_id.is_empty() {
+            put_bytes_field(&mut buf, 1, self.user_id.as_bytes());
+        }
+        let field = if self.registered { 4 } else { 2 };
+        for &index in &self.line_items {
+            put_bytes_field(&mut buf, field, chunk(index));
+        }
+        buf.freeze()
+    }
+}
+
+/// One length-delimited field.
+fn put_bytes_field(buf: &mut BytesMut, tag: u32, bytes: &[u8]) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.put_slice(bytes);
 }
 
 impl Dataset {
@@ -101,6 +178,11 @@ impl Dataset {
             let mut rng = SmallRng::seed_from_u64(args.seed ^ 0x11e_17e3);
             dataset.line_items = (0..args.line_items.max(1))
                 .map(|line_item| line_item_candidate(line_item, &dataset.segments, &mut rng))
+                .collect();
+            dataset.encoded_line_items = dataset
+                .line_items
+                .iter()
+                .map(|candidate| Bytes::from(candidate.encode_to_vec()))
                 .collect();
         }
         Ok(dataset)
@@ -336,33 +418,18 @@ impl Generator {
         BatchLookupRequest { requests }
     }
 
-    fn decide(&mut self) -> DecideRequest {
-        let wanted = self.config.candidates.min(self.dataset.line_items.len());
-        if self.config.registered_line_items {
-            let line_item_ids = self
-                .dataset
-                .line_items
-                .choose_multiple(&mut self.rng, wanted)
-                .map(|line_item| line_item.id.clone())
-                .collect();
-            return DecideRequest {
-                user_id: self.user(),
-                line_item_ids,
-                ..Default::default()
-            };
-        }
-        let candidates = self
-            .dataset
-            .line_items
-            .choose_multiple(&mut self.rng, wanted)
-            .cloned()
+    fn decide(&mut self) -> DecideDraw {
+        let catalogue = self.dataset.line_items.len();
+        let wanted = self.config.candidates.min(catalogue);
+        let line_items = rand::seq::index::sample(&mut self.rng, catalogue, wanted)
+            .iter()
+            .map(|index| index as u32)
             .collect();
-        DecideRequest {
+        DecideDraw {
             user_id: self.user(),
-            candidates,
-            at_unix_seconds: 0,
-            // Inline candidates only; fields added to the proto later stay empty.
-            ..Default::default()
+            line_items,
+            registered: self.config.registered_line_items,
+            dataset: Arc::clone(&self.dataset),
         }
     }
 
@@ -384,5 +451,86 @@ impl Generator {
             })
             .collect();
         RecordImpressionsRequest { impressions }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use segd::proto::DecideRequest;
+
+    use super::*;
+
+    fn dataset() -> Arc<Dataset> {
+        let segments: Vec<SegmentSpec> = (1..=40)
+            .map(|segment_id| SegmentSpec {
+                segment_id,
+                kind: if segment_id % 3 == 0 {
+                    "purchasers"
+                } else {
+                    "viewed"
+                }
+                .to_owned(),
+                ttl_seconds: 86_400,
+            })
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let line_items: Vec<Candidate> = (0..300)
+            .map(|line_item| line_item_candidate(line_item, &segments, &mut rng))
+            .collect();
+        Arc::new(Dataset {
+            users: vec!["user-1".to_owned()],
+            encoded_line_items: line_items
+                .iter()
+                .map(|candidate| Bytes::from(candidate.encode_to_vec()))
+                .collect(),
+            line_items,
+            segments,
+            ..Dataset::default()
+        })
+    }
+
+    #[test]
+    fn a_draw_encodes_as_prost_encodes_the_request() {
+        let dataset = dataset();
+        for (registered, user_id, line_items) in [
+            (false, "user-1", vec![0, 299, 7, 150]),
+            (true, "user-1", vec![3, 2, 1]),
+            (false, "", vec![]),
+            (true, "u", vec![298]),
+        ] {
+            let draw = DecideDraw {
+                user_id: user_id.to_owned(),
+                line_items: line_items.clone(),
+                registered,
+                dataset: Arc::clone(&dataset),
+            };
+            let picked = line_items
+                .iter()
+                .map(|&index| &dataset.line_items[index as usize]);
+            let request = DecideRequest {
+                user_id: user_id.to_owned(),
+                candidates: if registered {
+                    vec![]
+                } else {
+                    picked.clone().cloned().collect()
+                },
+                line_item_ids: if registered {
+                    picked.map(|c| c.id.clone()).collect()
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            };
+            assert_eq!(
+                draw.encode(),
+                Bytes::from(request.encode_to_vec()),
+                "registered {registered}"
+            );
+            assert_eq!(draw.asked(), line_items.len());
+            assert_eq!(
+                draw.candidates().count(),
+                if registered { 0 } else { line_items.len() }
+            );
+        }
     }
 }
