@@ -13,7 +13,7 @@
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType};
 
-use super::reader::{Fields, Malformed, text};
+use super::reader::{Fields, Malformed, SHORT_TEXT, short_ascii, text};
 use crate::candidate::{CandidateView, Caps, WireCap};
 use crate::proto::{self, SegmentRef};
 
@@ -143,14 +143,22 @@ impl WireDecideRequest {
         }
     }
 
-    /// Copies `bytes[range]` (checked UTF-8) to the text being built.
+    /// Copies `bytes[range]` (checked UTF-8) to the text being built. A
+    /// short ASCII string (ids and cap keys) is copied as a fixed-size
+    /// window, two moves where `memcpy` was a call, and the bytes copied past
+    /// its end are cut off again: ~100 instructions per string were 15 % of
+    /// the decode (callgrind).
     #[inline]
     fn push_text(&mut self, bytes: &[u8], range: (usize, usize)) -> Result<Span, Malformed> {
-        let value = text(bytes, range)?;
-        let start = self.building.len() as u32;
-        self.building.extend_from_slice(value);
+        let start = self.building.len();
+        if let Some(window) = short_ascii(bytes, range) {
+            self.building.extend_from_slice(window);
+            self.building.truncate(start + (range.1 - range.0));
+        } else {
+            self.building.extend_from_slice(text(bytes, range)?);
+        }
         Ok(Span {
-            start,
+            start: start as u32,
             end: self.building.len() as u32,
         })
     }
@@ -168,8 +176,9 @@ impl WireDecideRequest {
     }
 
     fn read_fields(&mut self, bytes: &[u8]) -> Result<(), Malformed> {
-        // Strings are at most the request's size: one allocation for them all.
-        self.building.reserve(bytes.len());
+        // Strings are at most the request's size (plus the slack of one
+        // window copy): one allocation for them all.
+        self.building.reserve(bytes.len() + SHORT_TEXT);
         self.reserve_arrays(bytes)?;
         let mut scratch = Scratch::default();
         let mut fields = Fields::new(bytes, 0, bytes.len());
