@@ -329,12 +329,12 @@ fn push_group(out: &mut String, group: usize) {
 
 /// "0000", "0001", … "9999" back to back, and 4 bytes more so a window may
 /// start at any digit of the last entry.
-const DIGITS: &str = match std::str::from_utf8(&DIGIT_BYTES) {
+static DIGITS: &str = match std::str::from_utf8(&DIGIT_BYTES) {
     Ok(digits) => digits,
     Err(_) => panic!("digits are ASCII"),
 };
 
-const DIGIT_BYTES: [u8; 40_004] = {
+static DIGIT_BYTES: [u8; 40_004] = {
     let mut bytes = [b'0'; 40_004];
     let mut group = 0;
     while group < 10_000 {
