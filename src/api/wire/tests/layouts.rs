@@ -173,8 +173,11 @@ fn slip_in(fields: &mut Vec<Field>, at: &prop::sample::Index, surprise: &Surpris
             }
         }
         Surprise::LongKey => {
-            if let Some(&Field::Varint(tag, value)) = fields.get(position) {
-                // `tag` is below 16: its varint key in one byte, padded to two.
+            // An unknown field's number may need two bytes already.
+            if let Some(&Field::Varint(tag, value)) = fields.get(position)
+                && tag < 16
+            {
+                // The one-byte key, padded to two.
                 let mut bytes = vec![(tag << 3) as u8 | 0x80, 0x00];
                 encode_varint(value, &mut bytes);
                 fields[position] = Field::Raw(bytes);
