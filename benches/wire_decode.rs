@@ -3,7 +3,8 @@
 //! shape: 50 inline candidates, each with 3 segment refs (ids up to 1,000,
 //! `max_age_seconds` 0, 7 or 30 days) and 2 caps (`li:{n}` per day,
 //! `camp:{n}` per rolling hour). The decode is a quarter of the server's
-//! CPU samples under inline `Decide` load (BENCHMARKS.md).
+//! CPU samples under inline `Decide` load (BENCHMARKS.md). A third row
+//! times the validation that follows the decode (`api::limits`).
 //!
 //! ```sh
 //! cargo bench --bench wire_decode
@@ -16,6 +17,7 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use segd::api::RequestLimits;
 use segd::api::wire::WireDecideRequest;
 use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, SegmentRef};
 
@@ -75,6 +77,23 @@ fn request_bytes() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The server's default limits (`settings::limits`), and a retention that
+/// covers the request's caps.
+fn limits() -> RequestLimits {
+    RequestLimits {
+        max_segment_ids: 1_000,
+        max_batch_lookups: 1_000,
+        max_candidates: 500,
+        max_refs_per_candidate: 64,
+        max_caps_per_candidate: 16,
+        max_impressions: 10_000,
+        max_cap_keys: 16,
+        max_cap_key_bytes: 128,
+        max_user_id_bytes: 512,
+        freq_retention_seconds: 31 * 86_400,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let bytes = request_bytes();
     let mut group = c.benchmark_group("wire_decode");
@@ -83,6 +102,17 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("prost_50_candidates", |b| {
         b.iter(|| DecideRequest::decode(black_box(&bytes[..])).expect("valid"))
+    });
+    // What the handler does next (`api::limits`): the checks of every
+    // candidate and cap, on the decoded request.
+    let request = WireDecideRequest::decode(&bytes[..]).expect("valid");
+    let limits = limits();
+    group.bench_function("validate_50_candidates", |b| {
+        b.iter(|| {
+            limits
+                .check_wire_decide(black_box(&request))
+                .expect("valid")
+        })
     });
     group.finish();
 }

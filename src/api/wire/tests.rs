@@ -13,6 +13,8 @@ use super::{WireDecideRequest, WireDecideResponse};
 use crate::decide::Decisions;
 use crate::proto::{self, DecideRequest};
 
+mod layouts;
+
 /// A field as written on the wire, for encodings prost does not produce.
 #[derive(Debug, Clone)]
 enum Field {
@@ -23,6 +25,8 @@ enum Field {
     Message(u32, Vec<Field>),
     /// A group (wire types 3 and 4) around its fields.
     Group(u32, Vec<Field>),
+    /// Bytes as they are (a key no encoder writes, say).
+    Raw(Vec<u8>),
 }
 
 fn encode(fields: &[Field], out: &mut Vec<u8>) {
@@ -57,6 +61,7 @@ fn encode(fields: &[Field], out: &mut Vec<u8>) {
                 encode(inner, out);
                 encode_key(*tag, WireType::EndGroup, out);
             }
+            Field::Raw(bytes) => out.extend_from_slice(bytes),
         }
     }
 }

@@ -156,7 +156,17 @@ fn numbers_are_spelled_like_display() {
         999_999_999,
         1_000_000_000,
         u32::MAX,
-    ] {
+    ]
+    .into_iter()
+    // Every number of up to 5 digits, and those next to each group of four.
+    .chain(0..=100_000)
+    .chain(
+        [10u32.pow(8), 10u32.pow(9)]
+            .into_iter()
+            .flat_map(|power| power - 2..=power + 2),
+    )
+    .chain([100_000_001, 1_000_010_000, 4_000_000_009])
+    {
         let mut decisions = Decisions::default();
         decisions.push_segment(Reason::Excluded, number);
         assert_eq!(decisions.get(0).detail, format!("segment {number}"));
