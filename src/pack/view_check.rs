@@ -13,12 +13,14 @@
 //! left to slow code that runs only when a check failed.
 //!
 //! Per block of entries the work is `entry_scan`'s (vectorized where the CPU
-//! has AVX2): the block's user starts are first marked as byte flags (one
-//! plain store per user), then each entry costs a decode, a compare with the
-//! one before, a max and one gathered weight of [`SlotChecks`]'s randomized
-//! count and recency test. The exact per-slot histogram it replaces (a
-//! load, an add and a store per entry, ~13 instructions with the decode)
-//! bounded the previous pass.
+//! has AVX2): each entry costs a decode, a compare with the one before (a
+//! descent sets the entry's bit), a max and one gathered weight of
+//! [`SlotChecks`]'s randomized count and recency test. The index starts are
+//! checked after the entries, against their descent bits
+//! (`entry_scan::users`: a bit test per user, 8 users a step). The exact
+//! per-slot histogram the weights replace (a load, an add and a store per
+//! entry, ~13 instructions with the decode) and the byte per entry marked
+//! at each user's start that the bit test replaces bounded earlier passes.
 
 use std::hash::Hasher as _;
 use std::ops::Range;
@@ -28,6 +30,7 @@ use twox_hash::XxHash3_64;
 use rand::Rng;
 
 use super::entries::EntryLayout;
+use super::entry_scan::users::{DESCENT_SLACK, at_starts, count_descents};
 use super::entry_scan::{Block, Scan, scan_block};
 
 /// Bytes hashed, then checked, at a time: well inside a core's L2 (2 MiB
@@ -119,12 +122,10 @@ pub(super) fn hash_and_check(
         directory_wrong |= any_decreasing(served.directory, records.clone());
         directory_wrong |= any_bucket_misplaced(served, records);
     });
-    let mut starts_decrease = false;
-    in_blocks(&mut hashing, start_bytes, 4, block_bytes, |records| {
-        starts_decrease |= any_decreasing(served.starts, records);
-    });
+    // Only hashed here: the starts are checked against the entries below.
+    hashing.up_to(start_bytes.end);
 
-    let mut entries = EntryChecks::new(rules);
+    let mut entries = EntryChecks::new(rules, served.entry_count);
     in_blocks(
         &mut hashing,
         entry_bytes,
@@ -135,13 +136,17 @@ pub(super) fn hash_and_check(
     hashing.up_to(checksum_start);
 
     let stored = all.get(checksum_start..).unwrap_or(&[]);
-    let (disorder_within_a_user, slot_out_of_range, slots_disagree) =
-        entries.verdict(rules.is_some(), served.entry_count > 0);
+    let at_starts = at_starts(served.starts, &entries.descents, served.entry_count);
+    let (disorder_within_a_user, slot_out_of_range, slots_disagree) = entries.verdict(
+        rules.is_some(),
+        served.entry_count > 0,
+        at_starts.descents_at_firsts,
+    );
     Findings {
         checksum_matches: stored.len() == 8 && stored == hashing.hasher.finish().to_le_bytes(),
         fingerprints_disordered,
         directory_wrong,
-        starts_decrease,
+        starts_decrease: at_starts.decrease,
         disorder_within_a_user,
         slot_out_of_range,
         slots_disagree,
@@ -149,7 +154,9 @@ pub(super) fn hash_and_check(
 }
 
 /// Hashes `range` (a section of `record_bytes`-byte records) block by block
-/// and hands each block's record indices to `check`, after hashing it.
+/// and hands each block's record indices to `check`, after hashing it. A
+/// block is a multiple of 8 records (so the entries' descent bits of
+/// consecutive blocks fill whole bytes).
 fn in_blocks(
     hashing: &mut InOrder<'_>,
     range: Range<usize>,
@@ -159,7 +166,7 @@ fn in_blocks(
 ) {
     hashing.up_to(range.start);
     let records = (range.end - range.start) / record_bytes;
-    let per_block = (block_bytes / record_bytes).max(1);
+    let per_block = (block_bytes / record_bytes).max(1).next_multiple_of(8);
     let mut first = 0;
     while first < records {
         let end = records.min(first + per_block);
@@ -284,65 +291,26 @@ impl SlotChecks {
     }
 }
 
-/// Marks, block by block, the entries at which a user starts: the interior
-/// starts (`starts[1..users]`) that fall in the block.
-struct UserStarts {
-    /// The next interior start to look at.
-    next: usize,
-    /// Byte `i` is 1 iff a user starts at the block's entry `i`.
-    flags: Vec<u8>,
-}
-
-impl UserStarts {
-    /// Marks the starts in entries `records`. Starts that are not monotone
-    /// (refused beside) may stop the walk early; each is still only
-    /// marked where it is inside the block. Not inlined into the pass: on
-    /// its own the loop keeps its values in registers.
-    #[inline(never)]
-    fn mark(&mut self, starts: &[u32], records: Range<usize>) {
-        let count = records.len();
-        self.flags.clear();
-        // One byte more than the entries: starts outside the block (non-
-        // monotone ones) land on byte `count`, which nothing reads.
-        self.flags.resize(count + 1, 0);
-        // Sliced to its length, so the clamped index needs no bounds check.
-        let flags = &mut self.flags[..=count];
-        let interior = &starts[..starts.len().saturating_sub(1)];
-        let mut user = self.next;
-        while let Some(&start) = interior.get(user) {
-            let start = start as usize;
-            if start >= records.end {
-                break;
-            }
-            flags[start.wrapping_sub(records.start).min(count)] = 1;
-            user += 1;
-        }
-        self.next = user;
-    }
-}
-
-/// The entry rules over every block: order within users, then, where the
-/// segment table parsed, the slot rules.
+/// The entry rules over every block: the descent bits (checked against
+/// the starts after the last block) and, where the segment table parsed,
+/// the slot rules.
 struct EntryChecks {
     slots: SlotChecks,
-    user_starts: UserStarts,
+    /// Bit `i % 8` of byte `i / 8` is set iff entry `i` is a descent.
+    descents: Vec<u8>,
     scan: Scan,
 }
 
 impl EntryChecks {
-    fn new(rules: Option<&SlotRules<'_>>) -> EntryChecks {
+    fn new(rules: Option<&SlotRules<'_>>, entry_count: usize) -> EntryChecks {
         EntryChecks {
             slots: SlotChecks::new(rules),
-            user_starts: UserStarts {
-                next: 1,
-                flags: Vec::new(),
-            },
+            descents: vec![0; entry_count / 8 + DESCENT_SLACK],
             scan: Scan::new(),
         }
     }
 
     fn block(&mut self, served: &Served<'_>, records: Range<usize>) {
-        self.user_starts.mark(served.starts, records.clone());
         let layout = served.layout;
         let width = layout.bytes();
         let block = Block {
@@ -352,19 +320,29 @@ impl EntryChecks {
             word_mask: layout.word_mask(),
             slot_mask: layout.max_slot(),
             hours_mask: layout.hours_mask_in_place(),
-            user_starts: &self.user_starts.flags,
             weights: &self.slots.weights,
         };
-        scan_block(&block, &mut self.scan);
+        // Blocks start at multiples of 8 entries (`in_blocks`).
+        scan_block(
+            &block,
+            &mut self.descents[records.start / 8..],
+            &mut self.scan,
+        );
     }
 
-    /// `(disorder, slot out of range, slots disagree)`; the last two only
-    /// where the segment table parsed.
-    fn verdict(&self, rules_known: bool, any_entries: bool) -> (bool, bool, bool) {
+    /// `(disorder, slot out of range, slots disagree)`, given how many
+    /// users' first entries are descents; the last two only where the
+    /// segment table parsed.
+    fn verdict(
+        &self,
+        rules_known: bool,
+        any_entries: bool,
+        descents_at_firsts: u64,
+    ) -> (bool, bool, bool) {
         let scan = &self.scan;
         let out_of_range = any_entries & (scan.max_slot as usize >= self.slots.segment_count);
         (
-            scan.disorder,
+            count_descents(&self.descents) != descents_at_firsts,
             rules_known & out_of_range,
             rules_known & (scan.weight_sum != self.slots.expected_sum),
         )
