@@ -16,6 +16,7 @@
 //! the slices they are given, and they must never be the only
 //! implementation: tests compare both with the rules read plainly.
 
+pub(super) mod dictionary;
 pub(super) mod users;
 
 /// The running result of scanning entries, block after block.

@@ -30,6 +30,7 @@ use twox_hash::XxHash3_64;
 use rand::Rng;
 
 use super::entries::EntryLayout;
+use super::entry_scan::dictionary::{Dictionary, any_bucket_wrong, any_not_ascending};
 use super::entry_scan::users::{DESCENT_SLACK, at_starts, count_descents};
 use super::entry_scan::{Block, Scan, scan_block};
 
@@ -115,12 +116,21 @@ pub(super) fn hash_and_check(
 
     let mut fingerprints_disordered = false;
     in_blocks(&mut hashing, fingerprint_bytes, 8, block_bytes, |records| {
-        fingerprints_disordered |= any_not_ascending(served.fingerprints, records);
+        // The block's values and the one before it.
+        let block = &served.fingerprints[records.start.saturating_sub(1)..records.end];
+        fingerprints_disordered |= any_not_ascending(block);
     });
-    let mut directory_wrong = !directory_spans_users(served);
+    let dictionary = Dictionary {
+        fingerprints: served.fingerprints,
+        directory: served.directory,
+        radix_bits: served.radix_bits,
+    };
+    // The last entry is the user count; the others are checked per bucket
+    // (`entry_scan::dictionary`).
+    let mut directory_wrong =
+        served.directory.last().map(|&last| last as usize) != Some(served.fingerprints.len());
     in_blocks(&mut hashing, directory_bytes, 4, block_bytes, |records| {
-        directory_wrong |= any_decreasing(served.directory, records.clone());
-        directory_wrong |= any_bucket_misplaced(served, records);
+        directory_wrong |= any_bucket_wrong(&dictionary, records);
     });
     // Only hashed here: the starts are checked against the entries below.
     hashing.up_to(start_bytes.end);
@@ -175,65 +185,6 @@ fn in_blocks(
         first = end;
     }
     hashing.up_to(range.end);
-}
-
-/// Whether some value in `records` is not above the one before it (the
-/// one before the block included).
-fn any_not_ascending(values: &[u64], records: Range<usize>) -> bool {
-    let from = records.start.saturating_sub(1);
-    let block = &values[from..records.end];
-    block
-        .iter()
-        .zip(&block[1.min(block.len())..])
-        .fold(false, |bad, (a, b)| bad | (a >= b))
-}
-
-fn any_decreasing(values: &[u32], records: Range<usize>) -> bool {
-    let from = records.start.saturating_sub(1);
-    let block = &values[from..records.end];
-    block
-        .iter()
-        .zip(&block[1.min(block.len())..])
-        .fold(false, |bad, (a, b)| bad | (a > b))
-}
-
-/// The directory's first entry is 0 and its last the user count.
-fn directory_spans_users(served: &Served<'_>) -> bool {
-    let directory = served.directory;
-    directory.first() == Some(&0)
-        && directory.last().map(|&last| last as usize) == Some(served.fingerprints.len())
-}
-
-/// Whether, among buckets `buckets`, some non-empty bucket's first or last
-/// user is not in that bucket. With ascending fingerprints and a monotone
-/// directory spanning the users (checked beside), that is exactly "some
-/// user is outside its bucket's range": the directory is the one derived
-/// from the fingerprints iff this is false for every bucket. Two reads per
-/// bucket (~4 users) instead of a directory probe per user.
-fn any_bucket_misplaced(served: &Served<'_>, buckets: Range<usize>) -> bool {
-    let fingerprints = served.fingerprints;
-    let directory = served.directory;
-    let Some(last_user) = fingerprints.len().checked_sub(1) else {
-        return false; // no users: spanning 0..0 means every entry is 0
-    };
-    // The last directory entry is the end, not a bucket.
-    let buckets = buckets.start..buckets.end.min(directory.len() - 1);
-    // Bucket `b` (the top `bits` bits, `index_build::bucket_of`) holds the
-    // fingerprints from `b * span` to `b * span + span - 1`; for 0 bits the
-    // one bucket holds them all. Compares, not variable shifts (3 µops each
-    // on x86 without BMI2).
-    let span_minus_one = u64::MAX >> served.radix_bits;
-    let span = span_minus_one.wrapping_add(1);
-    let at = |user: usize| fingerprints[user.min(last_user)];
-    buckets.fold(false, |bad, bucket| {
-        let (first, end) = (directory[bucket] as usize, directory[bucket + 1] as usize);
-        let not_empty = first < end;
-        let low = (bucket as u64).wrapping_mul(span);
-        // `f - low <= span - 1` iff `low <= f <= low + span - 1`, which
-        // does not overflow for a bucket below `2^bits`.
-        let elsewhere = |user: usize| at(user).wrapping_sub(low) > span_minus_one;
-        bad | (not_empty & (elsewhere(first) | elsewhere(end.wrapping_sub(1))))
-    })
 }
 
 /// The per-slot rules of the entries, over the whole pass: slots below the
