@@ -11,10 +11,11 @@
 //! a portable scalar loop and an AVX2 one (8 entries a step: one shuffle
 //! decodes them whatever the entry width, one `vpgatherdd` fetches their
 //! weights, one byte store records their descents), picked at run time (the
-//! build targets baseline x86-64). This module and [`users`] hold the only
-//! `unsafe` of the checked load; the vector loops read and write only inside
-//! the slices they are given, and they must never be the only
-//! implementation: tests compare both with the rules read plainly.
+//! build targets baseline x86-64). This module and its two below ([`users`],
+//! [`dictionary`]) hold the only `unsafe` of the checked load; the vector
+//! loops read and write only inside the slices they are given, and they
+//! must never be the only implementation: tests compare both with the rules
+//! read plainly.
 
 pub(super) mod dictionary;
 pub(super) mod users;

@@ -55,10 +55,10 @@ pub(in crate::pack) fn any_bucket_wrong(
     dictionary: &Dictionary<'_>,
     buckets: Range<usize>,
 ) -> bool {
-    let buckets = buckets.start
-        ..buckets
-            .end
-            .min(dictionary.directory.len().saturating_sub(1));
+    let end = buckets
+        .end
+        .min(dictionary.directory.len().saturating_sub(1));
+    let buckets = buckets.start.min(end)..end;
     #[cfg(target_arch = "x86_64")]
     let (done, bad) = avx2::any_bucket_wrong(dictionary, buckets.clone());
     #[cfg(not(target_arch = "x86_64"))]
