@@ -10,12 +10,12 @@
 //! Two implementations compute the same [`Scan`] and the same descent bits:
 //! a portable scalar loop and an AVX2 one (8 entries a step: one shuffle
 //! decodes them whatever the entry width, one `vpgatherdd` fetches their
-//! weights, one byte store records their descents), picked at run time (the
-//! build targets baseline x86-64). This module and its two below ([`users`],
-//! [`dictionary`]) hold the only `unsafe` of the checked load; the vector
-//! loops read and write only inside the slices they are given, and they
-//! must never be the only implementation: tests compare both with the rules
-//! read plainly.
+//! weights, one byte store records their descents, one prefetch asks for the
+//! next block's bytes), picked at run time (the build targets baseline
+//! x86-64). This module and its two below ([`users`], [`dictionary`]) hold
+//! the only `unsafe` of the checked load; the vector loops read and write
+//! only inside the slices they are given, and they must never be the only
+//! implementation: tests compare both with the rules read plainly.
 
 pub(super) mod dictionary;
 pub(super) mod users;
@@ -184,9 +184,17 @@ mod avx2 {
         let mut odds = _mm256_setzero_si256();
         let weights = block.weights.as_ptr().cast::<i32>();
         let mut at = block.bytes.as_ptr();
+        // Bytes to the same entry of the next block (`view_check` cuts the
+        // entries into blocks of equal count).
+        let ahead = block.count * width;
         for descent in descents.iter_mut() {
             // SAFETY: `steps` keeps each 32-byte load inside `block.bytes`.
             let raw = unsafe { _mm256_loadu_si256(at.cast()) };
+            // The same place one block on, which the hash reads next (the
+            // fused pass hashes a block, then checks it): fetched while
+            // this block is checked, where the memory would otherwise idle.
+            // A prefetch reads nothing and cannot fault, wherever it points.
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead).cast());
             // SAFETY: stays inside (or one step past) `block.bytes`, and is
             // only read while inside.
             at = unsafe { at.add(8 * width) };
