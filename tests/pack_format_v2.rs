@@ -815,3 +815,87 @@ fn stray_recency_is_refused_in_a_sizeable_pack() {
         "narrowest",
     );
 }
+
+/// Each served rule broken in the sizeable pack, where the checked load's
+/// vector loops (not only their scalar tails) see the break: refused with
+/// the error that names it, in the narrowest and the 4-byte layout.
+#[test]
+fn every_served_rule_is_refused_in_a_sizeable_pack() {
+    let pack = sizeable_pack();
+    let layouts = [
+        ("narrowest layout", write_pack(&pack).expect("writes")),
+        (
+            "wide layout",
+            write_pack_v2_layout(&pack, ShardSpec::UNSHARDED, EntryLayout::WIDE).expect("writes"),
+        ),
+    ];
+    for (what, bytes) in layouts {
+        let layout = layout(&bytes);
+        let start_at = |user: usize| u32_at(&bytes, layout.sections[STARTS].0 + 4 * user) as usize;
+        let slot_at = |index: usize| entry_at(&bytes, &layout, index).0;
+        let fingerprint = |at: usize| layout.sections[FINGERPRINTS].0 + 8 * at;
+        let bytes = || bytes.clone();
+
+        let copied = edited_from(bytes(), |bytes, _| {
+            let previous = u64_at(bytes, fingerprint(199));
+            bytes[fingerprint(200)..fingerprint(201)].copy_from_slice(&previous.to_le_bytes());
+        });
+        refused_with(&copied, "not strictly ascending at ordinal 200", what);
+
+        for bucket in [50usize, 127] {
+            let at = layout.sections[DIRECTORY].0 + 4 * bucket;
+            let derived = u32_at(&bytes(), at);
+            let moved = edited_from(bytes(), |bytes, _| put_u32(bytes, at, derived + 1));
+            let expected = format!(
+                "radix directory entry {bucket} is {}, the fingerprints say {derived}",
+                derived + 1
+            );
+            refused_with(&moved, &expected, what);
+        }
+
+        let down = edited_from(bytes(), |bytes, layout| {
+            put_u32(
+                bytes,
+                layout.sections[STARTS].0 + 4 * 300,
+                start_at(301) as u32 + 1,
+            )
+        });
+        refused_with(&down, "index starts decrease at user ordinal 300", what);
+
+        // A user past the first vector steps with two entries: its second
+        // slot made equal to its first.
+        let user = (250..400)
+            .find(|&user| start_at(user + 1) - start_at(user) >= 2)
+            .expect("a user with two entries");
+        let first = start_at(user);
+        let same = edited_from(bytes(), |bytes, layout| {
+            let (_, hours) = entry_at(bytes, layout, first + 1);
+            put_entry(bytes, layout, first + 1, slot_at(first), hours)
+        });
+        let expected = format!("entries of user ordinal {user} are not in ascending slot order");
+        refused_with(&same, &expected, what);
+
+        // A user whose first entry is a descent and who has two entries:
+        // moved one entry later, the descent falls inside the user before.
+        let user = (200..400)
+            .find(|&user| {
+                let start = start_at(user);
+                start_at(user + 1) - start >= 2
+                    && start > start_at(user - 1)
+                    && slot_at(start) <= slot_at(start - 1)
+            })
+            .expect("a user starting with a descent");
+        let shifted = edited_from(bytes(), |bytes, layout| {
+            put_u32(
+                bytes,
+                layout.sections[STARTS].0 + 4 * user,
+                start_at(user) as u32 + 1,
+            )
+        });
+        let expected = format!(
+            "entries of user ordinal {} are not in ascending slot order",
+            user - 1
+        );
+        refused_with(&shifted, &expected, what);
+    }
+}

@@ -70,8 +70,12 @@
 //! ascending, the directory exactly as derived from them, index starts
 //! monotone and ending at the membership count, each entry's slot in range
 //! and ascending within its user, the per-slot entry counts against the
-//! segment table, and recency only where flagged. A checksum failure is
-//! reported before any structural one. It does not decode the bitmaps: agreement between
+//! segment table, and recency only where flagged. (The order within users
+//! is checked by a count: each entry whose slot is not above the one before
+//! it must be a user's first, so as many of them must be users' first
+//! entries as there are in all; exact, `entry_scan::users` has why.) A
+//! checksum failure is reported before any structural one. It does not
+//! decode the bitmaps: agreement between
 //! bitmaps and index is the writer's promise, covered by the checksum
 //! against damage. `read_pack` (tools, `segctl inspect`) decodes the
 //! bitmaps and refuses a file whose bitmaps and index disagree.

@@ -13,12 +13,14 @@
 //! left to slow code that runs only when a check failed.
 //!
 //! Per block of entries the work is `entry_scan`'s (vectorized where the CPU
-//! has AVX2): the block's user starts are first marked as byte flags (one
-//! plain store per user), then each entry costs a decode, a compare with the
-//! one before, a max and one gathered weight of [`SlotChecks`]'s randomized
-//! count and recency test. The exact per-slot histogram it replaces (a
-//! load, an add and a store per entry, ~13 instructions with the decode)
-//! bounded the previous pass.
+//! has AVX2): each entry costs a decode, a compare with the one before (a
+//! descent sets the entry's bit), a max and one gathered weight of
+//! [`SlotChecks`]'s randomized count and recency test. The index starts are
+//! checked after the entries, against their descent bits
+//! (`entry_scan::users`: a bit test per user, 8 users a step). The exact
+//! per-slot histogram the weights replace (a load, an add and a store per
+//! entry, ~13 instructions with the decode) and the byte per entry marked
+//! at each user's start that the bit test replaces bounded earlier passes.
 
 use std::hash::Hasher as _;
 use std::ops::Range;
@@ -28,11 +30,15 @@ use twox_hash::XxHash3_64;
 use rand::Rng;
 
 use super::entries::EntryLayout;
+use super::entry_scan::dictionary::{Dictionary, any_bucket_wrong, any_not_ascending};
+use super::entry_scan::users::{DESCENT_SLACK, at_starts, count_descents};
 use super::entry_scan::{Block, Scan, scan_block};
 
-/// Bytes hashed, then checked, at a time: well inside a core's L2 (2 MiB
-/// here), so the checks read what the hash just brought in.
-pub(super) const BLOCK_BYTES: usize = 64 * 1024;
+/// Bytes hashed, then checked, at a time: inside a core's L1 data cache
+/// (48 KiB here), so the checks read what the hash just brought in without
+/// going to L2 (64 KiB blocks loaded 1M memberships ~2 % slower, 8 KiB ones
+/// slower again).
+pub(super) const BLOCK_BYTES: usize = 16 * 1024;
 
 /// The served sections, typed, over bytes whose ranges were checked against
 /// the section table (in bounds, aligned, as long as the header's counts say).
@@ -112,19 +118,26 @@ pub(super) fn hash_and_check(
 
     let mut fingerprints_disordered = false;
     in_blocks(&mut hashing, fingerprint_bytes, 8, block_bytes, |records| {
-        fingerprints_disordered |= any_not_ascending(served.fingerprints, records);
+        // The block's values and the one before it.
+        let block = &served.fingerprints[records.start.saturating_sub(1)..records.end];
+        fingerprints_disordered |= any_not_ascending(block);
     });
-    let mut directory_wrong = !directory_spans_users(served);
+    let dictionary = Dictionary {
+        fingerprints: served.fingerprints,
+        directory: served.directory,
+        radix_bits: served.radix_bits,
+    };
+    // The last entry is the user count; the others are checked per bucket
+    // (`entry_scan::dictionary`).
+    let mut directory_wrong =
+        served.directory.last().map(|&last| last as usize) != Some(served.fingerprints.len());
     in_blocks(&mut hashing, directory_bytes, 4, block_bytes, |records| {
-        directory_wrong |= any_decreasing(served.directory, records.clone());
-        directory_wrong |= any_bucket_misplaced(served, records);
+        directory_wrong |= any_bucket_wrong(&dictionary, records);
     });
-    let mut starts_decrease = false;
-    in_blocks(&mut hashing, start_bytes, 4, block_bytes, |records| {
-        starts_decrease |= any_decreasing(served.starts, records);
-    });
+    // Only hashed here: the starts are checked against the entries below.
+    hashing.up_to(start_bytes.end);
 
-    let mut entries = EntryChecks::new(rules);
+    let mut entries = EntryChecks::new(rules, served.entry_count);
     in_blocks(
         &mut hashing,
         entry_bytes,
@@ -135,13 +148,17 @@ pub(super) fn hash_and_check(
     hashing.up_to(checksum_start);
 
     let stored = all.get(checksum_start..).unwrap_or(&[]);
-    let (disorder_within_a_user, slot_out_of_range, slots_disagree) =
-        entries.verdict(rules.is_some(), served.entry_count > 0);
+    let at_starts = at_starts(served.starts, &entries.descents, served.entry_count);
+    let (disorder_within_a_user, slot_out_of_range, slots_disagree) = entries.verdict(
+        rules.is_some(),
+        served.entry_count > 0,
+        at_starts.descents_at_firsts,
+    );
     Findings {
         checksum_matches: stored.len() == 8 && stored == hashing.hasher.finish().to_le_bytes(),
         fingerprints_disordered,
         directory_wrong,
-        starts_decrease,
+        starts_decrease: at_starts.decrease,
         disorder_within_a_user,
         slot_out_of_range,
         slots_disagree,
@@ -149,7 +166,9 @@ pub(super) fn hash_and_check(
 }
 
 /// Hashes `range` (a section of `record_bytes`-byte records) block by block
-/// and hands each block's record indices to `check`, after hashing it.
+/// and hands each block's record indices to `check`, after hashing it. A
+/// block is a multiple of 8 records (so the entries' descent bits of
+/// consecutive blocks fill whole bytes).
 fn in_blocks(
     hashing: &mut InOrder<'_>,
     range: Range<usize>,
@@ -159,7 +178,7 @@ fn in_blocks(
 ) {
     hashing.up_to(range.start);
     let records = (range.end - range.start) / record_bytes;
-    let per_block = (block_bytes / record_bytes).max(1);
+    let per_block = (block_bytes / record_bytes).max(1).next_multiple_of(8);
     let mut first = 0;
     while first < records {
         let end = records.min(first + per_block);
@@ -168,65 +187,6 @@ fn in_blocks(
         first = end;
     }
     hashing.up_to(range.end);
-}
-
-/// Whether some value in `records` is not above the one before it (the
-/// one before the block included).
-fn any_not_ascending(values: &[u64], records: Range<usize>) -> bool {
-    let from = records.start.saturating_sub(1);
-    let block = &values[from..records.end];
-    block
-        .iter()
-        .zip(&block[1.min(block.len())..])
-        .fold(false, |bad, (a, b)| bad | (a >= b))
-}
-
-fn any_decreasing(values: &[u32], records: Range<usize>) -> bool {
-    let from = records.start.saturating_sub(1);
-    let block = &values[from..records.end];
-    block
-        .iter()
-        .zip(&block[1.min(block.len())..])
-        .fold(false, |bad, (a, b)| bad | (a > b))
-}
-
-/// The directory's first entry is 0 and its last the user count.
-fn directory_spans_users(served: &Served<'_>) -> bool {
-    let directory = served.directory;
-    directory.first() == Some(&0)
-        && directory.last().map(|&last| last as usize) == Some(served.fingerprints.len())
-}
-
-/// Whether, among buckets `buckets`, some non-empty bucket's first or last
-/// user is not in that bucket. With ascending fingerprints and a monotone
-/// directory spanning the users (checked beside), that is exactly "some
-/// user is outside its bucket's range": the directory is the one derived
-/// from the fingerprints iff this is false for every bucket. Two reads per
-/// bucket (~4 users) instead of a directory probe per user.
-fn any_bucket_misplaced(served: &Served<'_>, buckets: Range<usize>) -> bool {
-    let fingerprints = served.fingerprints;
-    let directory = served.directory;
-    let Some(last_user) = fingerprints.len().checked_sub(1) else {
-        return false; // no users: spanning 0..0 means every entry is 0
-    };
-    // The last directory entry is the end, not a bucket.
-    let buckets = buckets.start..buckets.end.min(directory.len() - 1);
-    // Bucket `b` (the top `bits` bits, `index_build::bucket_of`) holds the
-    // fingerprints from `b * span` to `b * span + span - 1`; for 0 bits the
-    // one bucket holds them all. Compares, not variable shifts (3 µops each
-    // on x86 without BMI2).
-    let span_minus_one = u64::MAX >> served.radix_bits;
-    let span = span_minus_one.wrapping_add(1);
-    let at = |user: usize| fingerprints[user.min(last_user)];
-    buckets.fold(false, |bad, bucket| {
-        let (first, end) = (directory[bucket] as usize, directory[bucket + 1] as usize);
-        let not_empty = first < end;
-        let low = (bucket as u64).wrapping_mul(span);
-        // `f - low <= span - 1` iff `low <= f <= low + span - 1`, which
-        // does not overflow for a bucket below `2^bits`.
-        let elsewhere = |user: usize| at(user).wrapping_sub(low) > span_minus_one;
-        bad | (not_empty & (elsewhere(first) | elsewhere(end.wrapping_sub(1))))
-    })
 }
 
 /// The per-slot rules of the entries, over the whole pass: slots below the
@@ -284,65 +244,26 @@ impl SlotChecks {
     }
 }
 
-/// Marks, block by block, the entries at which a user starts: the interior
-/// starts (`starts[1..users]`) that fall in the block.
-struct UserStarts {
-    /// The next interior start to look at.
-    next: usize,
-    /// Byte `i` is 1 iff a user starts at the block's entry `i`.
-    flags: Vec<u8>,
-}
-
-impl UserStarts {
-    /// Marks the starts in entries `records`. Starts that are not monotone
-    /// (refused beside) may stop the walk early; each is still only
-    /// marked where it is inside the block. Not inlined into the pass: on
-    /// its own the loop keeps its values in registers.
-    #[inline(never)]
-    fn mark(&mut self, starts: &[u32], records: Range<usize>) {
-        let count = records.len();
-        self.flags.clear();
-        // One byte more than the entries: starts outside the block (non-
-        // monotone ones) land on byte `count`, which nothing reads.
-        self.flags.resize(count + 1, 0);
-        // Sliced to its length, so the clamped index needs no bounds check.
-        let flags = &mut self.flags[..=count];
-        let interior = &starts[..starts.len().saturating_sub(1)];
-        let mut user = self.next;
-        while let Some(&start) = interior.get(user) {
-            let start = start as usize;
-            if start >= records.end {
-                break;
-            }
-            flags[start.wrapping_sub(records.start).min(count)] = 1;
-            user += 1;
-        }
-        self.next = user;
-    }
-}
-
-/// The entry rules over every block: order within users, then, where the
-/// segment table parsed, the slot rules.
+/// The entry rules over every block: the descent bits (checked against
+/// the starts after the last block) and, where the segment table parsed,
+/// the slot rules.
 struct EntryChecks {
     slots: SlotChecks,
-    user_starts: UserStarts,
+    /// Bit `i % 8` of byte `i / 8` is set iff entry `i` is a descent.
+    descents: Vec<u8>,
     scan: Scan,
 }
 
 impl EntryChecks {
-    fn new(rules: Option<&SlotRules<'_>>) -> EntryChecks {
+    fn new(rules: Option<&SlotRules<'_>>, entry_count: usize) -> EntryChecks {
         EntryChecks {
             slots: SlotChecks::new(rules),
-            user_starts: UserStarts {
-                next: 1,
-                flags: Vec::new(),
-            },
+            descents: vec![0; entry_count / 8 + DESCENT_SLACK],
             scan: Scan::new(),
         }
     }
 
     fn block(&mut self, served: &Served<'_>, records: Range<usize>) {
-        self.user_starts.mark(served.starts, records.clone());
         let layout = served.layout;
         let width = layout.bytes();
         let block = Block {
@@ -352,19 +273,29 @@ impl EntryChecks {
             word_mask: layout.word_mask(),
             slot_mask: layout.max_slot(),
             hours_mask: layout.hours_mask_in_place(),
-            user_starts: &self.user_starts.flags,
             weights: &self.slots.weights,
         };
-        scan_block(&block, &mut self.scan);
+        // Blocks start at multiples of 8 entries (`in_blocks`).
+        scan_block(
+            &block,
+            &mut self.descents[records.start / 8..],
+            &mut self.scan,
+        );
     }
 
-    /// `(disorder, slot out of range, slots disagree)`; the last two only
-    /// where the segment table parsed.
-    fn verdict(&self, rules_known: bool, any_entries: bool) -> (bool, bool, bool) {
+    /// `(disorder, slot out of range, slots disagree)`, given how many
+    /// users' first entries are descents; the last two only where the
+    /// segment table parsed.
+    fn verdict(
+        &self,
+        rules_known: bool,
+        any_entries: bool,
+        descents_at_firsts: u64,
+    ) -> (bool, bool, bool) {
         let scan = &self.scan;
         let out_of_range = any_entries & (scan.max_slot as usize >= self.slots.segment_count);
         (
-            scan.disorder,
+            count_descents(&self.descents) != descents_at_firsts,
             rules_known & out_of_range,
             rules_known & (scan.weight_sum != self.slots.expected_sum),
         )
