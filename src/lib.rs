@@ -52,8 +52,9 @@
 //! - [`proto`]: generated code for package `segd.v1`.
 
 // `deny`, not `forbid`: `memory` holds the one allowed FFI call,
-// `pack::mapped` the memory mapping of pack files and `pack::entry_scan` the
-// checked load's AVX2 loop, each with `// SAFETY:`.
+// `pack::mapped` the memory mapping of pack files and `pack::entry_scan` (with
+// its submodules `users` and `dictionary`) the checked load's AVX2 loops, each
+// with `// SAFETY:`.
 #![deny(unsafe_code)]
 
 pub mod api;
