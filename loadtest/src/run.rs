@@ -28,7 +28,7 @@ use crate::cli::{RunArgs, Target, Workload};
 use crate::executor::{self, Executor};
 use crate::redis_target;
 use crate::report::{self, FleetLag, Report, record_micros};
-use crate::swap::{SwapPlan, SwapWindows};
+use crate::swap::{SwapThread, SwapWindows};
 use crate::workload::{Dataset, Generator, GeneratorConfig};
 
 mod stats;
@@ -151,8 +151,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args)?;
     let dataset = Arc::new(Dataset::load(&args)?);
     let executors = connect_executors(&args, &dataset).await?;
-    let swap_plan = SwapPlan::prepare(&args).await?;
-    let swap_window_after_push = swap_plan.as_ref().map(SwapPlan::window_after_push_seconds);
+    let swap_plan = SwapThread::prepare(&args).await?;
+    let swap_window_after_push = swap_plan
+        .as_ref()
+        .map(SwapThread::window_after_push_seconds);
     let swap_windows = Arc::new(SwapWindows::new());
 
     let total_seconds = args.warmup + args.duration;
@@ -177,9 +179,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         track_swaps,
     );
     let swap_task = swap_plan.map(|plan| {
-        let windows = swap_windows.clone();
         let run_end = run_start + Duration::from_secs(total_seconds);
-        tokio::spawn(async move { plan.run(&windows, run_start, run_end).await })
+        plan.start(swap_windows.clone(), run_start, run_end)
     });
     let lag_task = spawn_lag_probe(&args, run_start, run_nonce);
     // The server's CPU over the measured window only (not the warm-up).
@@ -199,7 +200,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     drain(&mut workers, &schedule).await;
     let swaps = match swap_task {
-        Some(task) => task.await.context("swap task panicked")?,
+        Some(task) => task.await?,
         None => Vec::new(),
     };
 

@@ -5,15 +5,24 @@
 //! rotation v1 → v2 → v1 is a real swap each time rather than a refusal. Workers
 //! ask [`SwapWindows::overlaps`] whether their request ran during a swap window,
 //! so the report can compare tail latency there against the rest.
+//!
+//! The pushes run on a thread of their own, with a one-thread runtime and
+//! their own connection. Streaming a 1 GB pack is seconds of message encoding
+//! and socket writes; on the workers' runtime it would hold up the polling of
+//! the very replies being timed, a stall of the generator that the report
+//! would charge to the server (a real push comes from a batch host, not from
+//! the ad server's process). The thread still competes for the machine's
+//! cores like any other process, which is the cost the swap rows are about.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use prost::bytes::Bytes;
 use segd::proto::SnapshotChunk;
 use segd::proto::admin_client::AdminClient;
+use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -56,7 +65,7 @@ impl SwapWindows {
 
 /// Everything a swap needs, loaded and connected before the run starts so that
 /// reading files never lands inside the measurement.
-pub struct SwapPlan {
+struct SwapPlan {
     every: Duration,
     window_after_push: Duration,
     packs: Vec<(PathBuf, Bytes)>,
@@ -64,12 +73,124 @@ pub struct SwapPlan {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
-impl SwapPlan {
+/// When the run starts and ends, and where to mark the windows.
+struct SwapStart {
+    windows: Arc<SwapWindows>,
+    run_start: Instant,
+    run_end: Instant,
+}
+
+/// The pushing thread, connected and waiting for [`SwapThread::start`].
+pub struct SwapThread {
+    window_after_push: Duration,
+    start: mpsc::Sender<SwapStart>,
+    events: oneshot::Receiver<Vec<SwapEvent>>,
+}
+
+impl SwapThread {
+    /// Reads the packs, spawns the thread and connects it to `--admin-addr`;
+    /// `None` without `--swap-every`. Dropping it unstarted stops the thread.
+    pub async fn prepare(args: &RunArgs) -> Result<Option<SwapThread>> {
+        let Some(plan) = SwapPlan::read(args)? else {
+            return Ok(None);
+        };
+        let (connected_tx, connected) = oneshot::channel();
+        let (start, start_rx) = mpsc::channel::<SwapStart>();
+        let (events_tx, events) = oneshot::channel();
+        let window_after_push = plan.window_after_push;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the swap thread's runtime")?;
+        std::thread::Builder::new()
+            .name("loadtest-swap".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let plan = match plan.connect().await {
+                        Ok(plan) => plan,
+                        Err(error) => return drop(connected_tx.send(Err(error))),
+                    };
+                    let _ = connected_tx.send(Ok(()));
+                    // A blocking wait is fine: nothing else runs on this thread.
+                    let Ok(SwapStart {
+                        windows,
+                        run_start,
+                        run_end,
+                    }) = start_rx.recv()
+                    else {
+                        return;
+                    };
+                    let _ = events_tx.send(plan.run(&windows, run_start, run_end).await);
+                })
+            })
+            .context("spawning the swap thread")?;
+        connected
+            .await
+            .context("the swap thread stopped before connecting")??;
+        Ok(Some(SwapThread {
+            window_after_push,
+            start,
+            events,
+        }))
+    }
+
     pub fn window_after_push_seconds(&self) -> f64 {
         self.window_after_push.as_secs_f64()
     }
 
-    pub async fn prepare(args: &RunArgs) -> Result<Option<SwapPlan>> {
+    /// Starts the pushes; the returned future yields what happened once the
+    /// run has ended.
+    pub fn start(
+        self,
+        windows: Arc<SwapWindows>,
+        run_start: Instant,
+        run_end: Instant,
+    ) -> impl std::future::Future<Output = Result<Vec<SwapEvent>>> {
+        let sent = self.start.send(SwapStart {
+            windows,
+            run_start,
+            run_end,
+        });
+        async move {
+            sent.map_err(|_| anyhow::anyhow!("the swap thread stopped before the run"))?;
+            self.events
+                .await
+                .context("the swap thread stopped during the run")
+        }
+    }
+}
+
+/// What [`SwapPlan::read`] loaded, before its thread connects.
+struct UnconnectedPlan {
+    every: Duration,
+    window_after_push: Duration,
+    packs: Vec<(PathBuf, Bytes)>,
+    admin_addr: String,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl UnconnectedPlan {
+    async fn connect(self) -> Result<SwapPlan> {
+        let admin_addr = &self.admin_addr;
+        let channel = Endpoint::from_shared(admin_addr.clone())
+            .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to --admin-addr {admin_addr}"))?;
+        Ok(SwapPlan {
+            every: self.every,
+            window_after_push: self.window_after_push,
+            packs: self.packs,
+            admin: AdminClient::new(channel)
+                .max_encoding_message_size(64 << 20)
+                .max_decoding_message_size(64 << 20),
+            authorization: self.authorization,
+        })
+    }
+}
+
+impl SwapPlan {
+    fn read(args: &RunArgs) -> Result<Option<UnconnectedPlan>> {
         let Some(every_seconds) = args.swap_every else {
             if !args.pack.is_empty() {
                 bail!("--pack is only used with --swap-every");
@@ -85,7 +206,6 @@ impl SwapPlan {
         if !args.swap_window.is_finite() || args.swap_window < 0.0 {
             bail!("--swap-window must be a non-negative number of seconds");
         }
-        let admin_addr = &args.admin_addr;
         if args.pack.len() == 1 {
             eprintln!(
                 "warning: one --pack: after the first push the server already serves its version, \
@@ -98,11 +218,6 @@ impl SwapPlan {
                 .with_context(|| format!("reading --pack {}", path.display()))?;
             packs.push((path.clone(), Bytes::from(bytes)));
         }
-        let channel = Endpoint::from_shared(admin_addr.clone())
-            .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to --admin-addr {admin_addr}"))?;
         let authorization = match &args.token {
             Some(token) => Some(
                 format!("Bearer {token}")
@@ -111,19 +226,17 @@ impl SwapPlan {
             ),
             None => None,
         };
-        Ok(Some(SwapPlan {
+        Ok(Some(UnconnectedPlan {
             every: Duration::from_secs(every_seconds),
             window_after_push: Duration::from_secs_f64(args.swap_window),
             packs,
-            admin: AdminClient::new(channel)
-                .max_encoding_message_size(64 << 20)
-                .max_decoding_message_size(64 << 20),
+            admin_addr: args.admin_addr.clone(),
             authorization,
         }))
     }
 
     /// Pushes until `run_end`, marking windows as it goes; returns what happened.
-    pub async fn run(
+    async fn run(
         mut self,
         windows: &SwapWindows,
         run_start: Instant,
@@ -204,6 +317,51 @@ fn nanos_since(start: Instant, at: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let argv = ["loadtest", "run"].iter().chain(extra);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("arguments parse")
+            .command
+        {
+            crate::cli::Command::Run(args) => *args,
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_admin_port_fails_before_the_run_from_the_swap_thread() {
+        let pack =
+            std::env::temp_dir().join(format!("loadtest-swap-{}.segpack", std::process::id()));
+        std::fs::write(&pack, b"any bytes: nothing is pushed").unwrap();
+        // A port that was just free and is now closed: the connect is refused.
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin_addr = format!("http://127.0.0.1:{closed_port}");
+        let args = run_args(&[
+            "--swap-every",
+            "1",
+            "--pack",
+            pack.to_str().unwrap(),
+            "--admin-addr",
+            &admin_addr,
+        ]);
+        let error = SwapThread::prepare(&args).await.err().expect("refused");
+        std::fs::remove_file(&pack).unwrap();
+        assert!(
+            format!("{error:#}").contains(&format!("connecting to --admin-addr {admin_addr}")),
+            "{error:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_swap_every_means_no_thread() {
+        assert!(SwapThread::prepare(&run_args(&[])).await.unwrap().is_none());
+    }
 
     #[test]
     fn no_window_before_the_first_swap() {
