@@ -13,7 +13,9 @@
 //!
 //! Rows: `listed_20` (20 listed segments, 90 % known users), `all_segments`
 //! (every segment of a random user, ~20), `all_segments_heavy_user` (every
-//! segment of a user who is in all of them: 1,000 at `SEGD_BENCH_SEGMENTS=1000`).
+//! segment of a user who is in all of them: 1,000 at `SEGD_BENCH_SEGMENTS=1000`),
+//! `all_segments_cold_user` (as `all_segments` over users from the whole pack,
+//! one lookup at a time: the cache misses a server pays per request).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -80,6 +82,10 @@ fn lookups(criterion: &mut Criterion) {
                 .collect()
         })
         .collect();
+    // Users from the whole pack, for the row whose lookups wait on memory.
+    let cold_queries: Vec<u64> = (0..1 << 20)
+        .map(|_| segd::user_fingerprint(&user_id(rng.random_range(0..users))))
+        .collect();
     let at = BUILT_AT + 3600;
 
     let size = format!("{users}u_{segment_count}s");
@@ -102,6 +108,23 @@ fn lookups(criterion: &mut Criterion) {
             black_box(state.lookup(queries[index % queries.len()], &[], 0, at))
         })
     });
+    // A server's lookups are microseconds of other work apart, so none of
+    // them overlaps the next one's cache misses. Here each query's position
+    // depends on the previous answer (through an opaque zero), which keeps
+    // the processor from running lookups ahead, and users come from the
+    // whole pack, so a lookup pays the misses a server pays.
+    group.bench_function(
+        BenchmarkId::new("all_segments_cold_user", &size),
+        |bencher| {
+            let mut position = 0usize;
+            bencher.iter(|| {
+                let segments =
+                    state.lookup(cold_queries[position % cold_queries.len()], &[], 0, at);
+                position = position.wrapping_add(1 + (segments.segment_ids.len() & black_box(0)));
+                segments
+            })
+        },
+    );
     group.bench_function(
         BenchmarkId::new("all_segments_heavy_user", &size),
         |bencher| {

@@ -6,6 +6,8 @@
 //! `pack::index_build` for how the directory is sized). Both arrays are
 //! served in place from a format-v2 pack file, or built at load for v1.
 
+use std::ops::Range;
+
 use crate::pack::index_build::{bucket_of, radix_bits_for, radix_directory};
 use crate::pack::mapped::Column;
 
@@ -50,13 +52,25 @@ impl UserDictionary {
     /// The ordinal of a user, or `None` when the pack does not know them.
     #[inline]
     pub fn ordinal(&self, fingerprint: u64) -> Option<u32> {
+        self.rank_among(fingerprint, self.candidates(fingerprint))
+    }
+
+    /// The ordinals the user can have: their radix bucket (about
+    /// `USERS_PER_BUCKET` of them; one directory read).
+    #[inline]
+    pub fn candidates(&self, fingerprint: u64) -> Range<usize> {
         let bucket = bucket_of(fingerprint, self.radix_bits);
-        let start = self.bucket_starts[bucket] as usize;
-        let end = self.bucket_starts[bucket + 1] as usize;
-        self.fingerprints[start..end]
+        self.bucket_starts[bucket] as usize..self.bucket_starts[bucket + 1] as usize
+    }
+
+    /// The user's ordinal within `candidates(fingerprint)`, if any.
+    #[inline]
+    pub fn rank_among(&self, fingerprint: u64, candidates: Range<usize>) -> Option<u32> {
+        let first = candidates.start;
+        self.fingerprints[candidates]
             .binary_search(&fingerprint)
             .ok()
-            .map(|offset| (start + offset) as u32)
+            .map(|offset| (first + offset) as u32)
     }
 
     pub fn len(&self) -> usize {

@@ -64,6 +64,16 @@ impl UserMajorIndex {
         self.entries.slice(start..end)
     }
 
+    /// Reads the index start of `ordinal` and drops it, to bring its cache
+    /// line in while the caller does independent work (see
+    /// `LoadedPack::user_entries`). Past the end it reads nothing.
+    #[inline]
+    pub fn touch_start(&self, ordinal: usize) {
+        if let Some(&start) = self.starts.get(ordinal) {
+            std::hint::black_box(start);
+        }
+    }
+
     /// The membership of one user in one segment slot, if any.
     #[inline]
     pub fn entry(&self, ordinal: u32, slot: u16) -> Option<IndexEntry> {

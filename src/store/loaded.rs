@@ -196,6 +196,22 @@ impl LoadedPack {
         self.dictionary.ordinal(fingerprint)
     }
 
+    /// A user's entries, or `None` when the pack does not know them.
+    ///
+    /// Once the radix bucket is read, the fingerprint search and the index
+    /// starts of the bucket's users are independent reads, each a cache miss
+    /// on a pack bigger than the caches. Touching the bucket's first start
+    /// before the search lets memory serve both at once (the user's own start
+    /// is almost always on the same line: a bucket holds ~4 users), so a user
+    /// costs three misses in a row instead of four.
+    #[inline]
+    pub fn user_entries(&self, fingerprint: u64) -> Option<EntrySlice<'_>> {
+        let candidates = self.dictionary.candidates(fingerprint);
+        self.index.touch_start(candidates.start);
+        let ordinal = self.dictionary.rank_among(fingerprint, candidates)?;
+        Some(self.index.entries_of(ordinal))
+    }
+
     #[inline]
     pub fn entries_of(&self, ordinal: u32) -> EntrySlice<'_> {
         self.index.entries_of(ordinal)

@@ -71,10 +71,9 @@ impl<'state> InPack<'state> {
         if withheld {
             return InPack::default();
         }
-        let Some(ordinal) = pack.ordinal(fingerprint) else {
+        let Some(entries) = pack.user_entries(fingerprint) else {
             return InPack::default();
         };
-        let entries = pack.entries_of(ordinal);
         InPack {
             entries,
             filter: SlotFilter::of(entries),
