@@ -102,7 +102,9 @@ step_redis() {
 step_swap() {
   local d="$W/swap"
   fresh_dir "$d"; start_segd "$d"
-  "$B/segctl" push --admin-addr "http://$ADMIN" "$W/ds1m/v1.segpack"
+  for v in v1 v2 v1; do # served, previous and retired versions: see step_swap10m
+    "$B/segctl" push --allow-older-version --admin-addr "http://$ADMIN" "$W/ds1m/$v.segpack"
+  done
   for run in $(seq "${RUNS:-3}"); do
     uptime
     "$B/loadtest" run --workload lookup --rps 5000 --duration 40 --warmup 3 --connections 2 \
@@ -117,7 +119,12 @@ step_swap() {
 step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
   local d="$W/swap10m"
   fresh_dir "$d"; start_segd "$d"
-  "$B/segctl" push --admin-addr "http://$ADMIN" "$W/ds10m/big.segpack"
+  # Three pushes first, so the data directory holds a served, a previous and
+  # a retired version, as on a server that has taken pushes before (the first
+  # pushes into a fresh directory have no old version to free memory for them).
+  for v in big big-b2 big; do
+    "$B/segctl" push --allow-older-version --admin-addr "http://$ADMIN" "$W/ds10m/$v.segpack"
+  done
   for run in $(seq "${RUNS:-3}"); do
     uptime
     "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \

@@ -126,6 +126,9 @@ fn view_packs_dir(data_dir: &Path) -> PacksDirView {
             "crm.segpack" => view.served_inode = Some(metadata.ino()),
             "crm.previous.segpack" => view.previous_inode = Some(metadata.ino()),
             _ if name.starts_with(".push-") => view.upload_bytes = Some(metadata.len()),
+            // The version before previous, kept between pushes for its page
+            // cache (store/pack_files.rs): not a stage of this push.
+            _ if name.starts_with(".retired-") => {}
             _ => view.other_pack_files += 1,
         }
     }
