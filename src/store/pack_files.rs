@@ -28,8 +28,8 @@
 //! while later, then wrote into memory that had sat free. A virtual machine
 //! that reports free memory to its host (Linux `page_reporting`, on the
 //! machine of BENCHMARKS.md's sixth session) gets that memory back from the
-//! host page by page on reuse: a 1 GB push there cost segd 3.5–3.7 s of CPU,
-//! against 1.5 s when the upload reused memory just freed. So the old
+//! host page by page on reuse: a 1 GB push there cost segd 3.5–3.9 s of CPU,
+//! against 1.1–1.7 s when the upload reused memory just freed. So the old
 //! previous file keeps a link, `.retired-NAME.segpack.tmp`, and every new
 //! upload removes those links before it writes a byte, handing its page cache
 //! the memory they free. The link is kept only while the file system has
