@@ -108,7 +108,10 @@ impl SwapThread {
                 runtime.block_on(async move {
                     let plan = match plan.connect().await {
                         Ok(plan) => plan,
-                        Err(error) => return drop(connected_tx.send(Err(error))),
+                        Err(error) => {
+                            let _ = connected_tx.send(Err(error));
+                            return;
+                        }
                     };
                     let _ = connected_tx.send(Ok(()));
                     // A blocking wait is fine: nothing else runs on this thread.

@@ -28,7 +28,7 @@
 //! while later, then wrote into memory that had sat free. A virtual machine
 //! that reports free memory to its host (Linux `page_reporting`, on the
 //! machine of BENCHMARKS.md's sixth session) gets that memory back from the
-//! host page by page on reuse: a 1 GB push there cost segd 3.5–3.9 s of CPU,
+//! host page by page on reuse: a 1 GB push there cost segd 2.8–3.8 s of CPU,
 //! against 1.1–1.7 s when the upload reused memory just freed. So the old
 //! previous file keeps a link, `.retired-NAME.segpack.tmp`, and every new
 //! upload removes those links before it writes a byte, handing its page cache
