@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
@@ -378,78 +377,6 @@ impl Connected for TrackedStream {
     }
 }
 
-impl AsyncRead for TrackedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.state.closing.load(Ordering::Acquire) {
-            // End of stream: hyper closes the connection.
-            return Poll::Ready(Ok(()));
-        }
-        let result = Pin::new(&mut this.io).poll_read(context, buffer);
-        if result.is_pending() {
-            let mut reader = this.state.reader.lock();
-            if !reader
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(context.waker()))
-            {
-                *reader = Some(context.waker().clone());
-            }
-            drop(reader);
-            // A close between the check above and storing the waker.
-            if this.state.closing.load(Ordering::Acquire) {
-                return Poll::Ready(Ok(()));
-            }
-        }
-        result
-    }
-}
-
-impl AsyncWrite for TrackedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.state.closing.load(Ordering::Acquire) {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
-        }
-        Pin::new(&mut this.io).poll_write(context, bytes)
-    }
-
-    // Forwarded, not left to the defaults: h2 writes a frame's header and a
-    // payload over 256 bytes (a Decide reply) as two buffers, and without
-    // vectored writes each went out in a `sendto` of its own, about three
-    // per reply (BENCHMARKS.md, "Sixth session").
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.state.closing.load(Ordering::Acquire) {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
-        }
-        Pin::new(&mut this.io).poll_write_vectored(context, buffers)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(context)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(context)
-    }
-}
-
 /// Counts requests in flight per connection (from the request until its
 /// response body ends), which is what keeps a connection from being idle.
 #[derive(Clone, Default)]
@@ -607,40 +534,8 @@ impl crate::telemetry::Collector for Connections {
     }
 }
 
+// The stream's reads and writes: `connections/stream_io.rs`.
+mod stream_io;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// h2 asks the stream whether it takes vectored writes and, when it does,
-    /// hands a frame header and its payload over in one call: one `writev`
-    /// where the defaults made it two `sendto`s.
-    #[tokio::test]
-    async fn writes_a_header_and_a_payload_in_one_vectored_call() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let mut peer = client.unwrap();
-        let connections = Connections::new(&ConnectionFlags {
-            max_connections: 4,
-            idle_connection_timeout_seconds: 0,
-        });
-        let mut tracked = connections.admit(accepted.unwrap().0).expect("admitted");
-        assert!(tracked.is_write_vectored());
-
-        let (header, payload) = (b"frame header ".as_slice(), b"and its payload".as_slice());
-        let written = tracked
-            .write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(payload)])
-            .await
-            .unwrap();
-        assert_eq!(
-            written,
-            header.len() + payload.len(),
-            "both buffers in one call"
-        );
-        drop(tracked);
-        let mut received = Vec::new();
-        peer.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, b"frame header and its payload");
-    }
-}
+mod tests;
