@@ -6,8 +6,8 @@
 #
 # DATA_DIR is a `loadtest gen` output holding v1.segpack (segctl build) and
 # already loaded into the Redis on 127.0.0.1:REDIS_PORT (`loadtest
-# redis-load`). segd is started on ports 7790-7792 with a fresh data directory
-# holding only that pack, and stopped at the end. WORKLOADS (default: all) are
+# redis-load`). segd is started on ports 7790-7792 with a fresh data directory,
+# the pack pushed to it, and stopped at the end. WORKLOADS (default: all) are
 # names from the table below. One line per run: label, req/s, user lookups/s,
 # p50 / p99, server CPU µs per request, generator CPU cores.
 set -euo pipefail
@@ -25,7 +25,6 @@ work=$(mktemp -d)
 trap 'kill "$segd_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 mkdir -p "$work/data/packs"
-cp "$data/v1.segpack" "$work/data/packs/synth.segpack"
 "$segd" serve --data-dir "$work/data" --listen 127.0.0.1:7790 --admin-listen 127.0.0.1:7791 \
   --metrics-listen 127.0.0.1:7792 --fsync interval >"$work/segd.log" 2>&1 &
 segd_pid=$!
@@ -34,6 +33,10 @@ for _ in $(seq 600); do
   kill -0 "$segd_pid" || { cat "$work/segd.log"; exit 1; }
   sleep 0.1
 done
+# Pushed, as packs reach a server in production: segd writes the file itself
+# (in the 2 MiB blocks it maps with huge pages), where a `cp` would leave the
+# page cache in the copy's small folios.
+"$segctl" push --admin-addr http://127.0.0.1:7791 "$data/v1.segpack" >/dev/null
 redis_pid=$(redis-cli -p "$redis_port" info server | tr -d '\r' | sed -n 's/^process_id://p')
 
 common=(--rps 0 --duration "$duration" --warmup 2 --connections 2 --queries "$data/queries.txt"

@@ -13,14 +13,13 @@
 //! (`Bytes`), queued without a copy. The catalog then verifies the staged file whole
 //! (`Catalog::push_staged`).
 
-use std::io::Write;
-
 use prost::bytes::Bytes;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
 use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use crate::api::outcomes::Refusal;
+use crate::pack::file_blocks::BlockWriter;
 use crate::pack::stream_check::FooterCheck;
 use crate::pack::{self, PackError};
 use crate::proto::SnapshotChunk;
@@ -212,16 +211,19 @@ async fn stream_chunks(
 }
 
 /// The upload thread's side: every queued chunk into the checksum and the
-/// file, until the queue closes; stops at the first write error.
+/// file, until the queue closes; stops at the first write error. The file
+/// gets whole 2 MiB blocks, whatever the chunks (`pack::file_blocks`).
 fn write_upload(
-    mut file: std::fs::File,
+    file: std::fs::File,
     mut queued: mpsc::Receiver<Bytes>,
 ) -> std::io::Result<FooterCheck> {
     let mut footer = FooterCheck::new();
+    let mut file = BlockWriter::new(file);
     while let Some(bytes) = queued.blocking_recv() {
         footer.update(&bytes);
         file.write_all(&bytes)?;
     }
+    file.finish()?;
     Ok(footer)
 }
 

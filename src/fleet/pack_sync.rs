@@ -28,12 +28,12 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, object_store};
 use parking_lot::Mutex;
 use prost::Message as _;
-use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::line_items::LineItemRegistry;
+use crate::pack::file_blocks::FILE_BLOCK_BYTES;
 use crate::proto::PutLineItemsRequest;
 use crate::shard::Shard;
 use crate::store::catalog::StagedFile;
@@ -464,14 +464,9 @@ impl PackSync {
         let mut staged = blocking(move || Ok(catalog.stage_upload()?)).await?;
         let file = staged.take_file().expect("a new upload has its file");
         // Streamed to the staged file: a shard of tens of GB never sits in memory.
-        let mut file = tokio::fs::File::from_std(file);
-        tokio::io::copy(&mut reader, &mut file)
+        copy_in_blocks(&mut reader, file)
             .await
             .map_err(|error| unavailable(&format!("fetch {object} into an upload"), error))?;
-        file.flush()
-            .await
-            .map_err(|error| unavailable(&format!("write {}", staged.path().display()), error))?;
-        drop(file.into_std().await);
         let catalog = self.catalog.clone();
         deprioritised(move || Ok(catalog.push_staged(staged, true, crate::unix_now_seconds())?))
             .await
@@ -488,6 +483,43 @@ impl PackSync {
             .map_err(|error| unavailable(&format!("store {object}"), error))?;
         Ok(())
     }
+}
+
+/// Copies `reader` to `file` in whole 2 MiB blocks, each written on the
+/// blocking pool, so the page cache holds the file in 2 MiB folios
+/// (`pack::file_blocks`); the object store's reads come in whatever sizes.
+async fn copy_in_blocks(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    mut file: std::fs::File,
+) -> std::io::Result<()> {
+    let mut block = vec![0u8; FILE_BLOCK_BYTES];
+    loop {
+        let filled = fill(reader, &mut block).await?;
+        (file, block) = tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut file, &block[..filled]).map(|()| (file, block))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if filled < FILE_BLOCK_BYTES {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads until `block` is full or the reader ends; how much it holds.
+async fn fill(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    block: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt as _;
+    let mut filled = 0;
+    while filled < block.len() {
+        match reader.read(&mut block[filled..]).await? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    Ok(filled)
 }
 
 fn check_name(pack: &str) -> Result<(), FleetChangeError> {

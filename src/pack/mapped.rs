@@ -118,6 +118,7 @@ impl PackBytes {
         // never modified in place (see the module docs), so the bytes behind
         // the returned `&[u8]` do not change while the mapping lives.
         let map = unsafe { MmapOptions::new().map(&file)? };
+        prefer_huge_pages(&map);
         populate(&map);
         Ok(PackBytes {
             storage: Storage::Mapped(map),
@@ -206,6 +207,20 @@ impl Drop for PackBytes {
 /// 145 ms in one go (BENCHMARKS.md, "Swaps, third session"); in 16 MiB steps
 /// (4,096 pages) a waiting thread gets the lock between two steps.
 pub const ADVICE_CHUNK_BYTES: usize = 16 << 20;
+
+/// `MADV_HUGEPAGE` on the whole mapping, before it is read in: the part of
+/// the file not yet in the page cache is then read in 2 MiB folios, which the
+/// kernel maps with one TLB entry each (`file_blocks` has why lookups care,
+/// and how segd writes its files so the cached part is in such folios too).
+fn prefer_huge_pages(map: &Mmap) {
+    #[cfg(target_os = "linux")]
+    {
+        // Advice is an optimisation: on a refusal the file is read in pages.
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
+}
 
 /// Reads the whole mapping in, one chunk per `MADV_POPULATE_READ`. Where the
 /// kernel lacks it (before Linux 5.14) the pages fault in as they are read.

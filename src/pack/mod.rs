@@ -16,6 +16,7 @@ pub mod builder;
 pub mod entries;
 mod entry_scan;
 pub mod error;
+pub mod file_blocks;
 pub mod format;
 pub mod format_v2;
 pub mod index_build;
