@@ -29,9 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".segd.v1.SnapshotChunk.data")
         .compile_fds(file_descriptors.clone())?;
     // The query port's server again, with `Decide`'s request and response
-    // mapped to the hand-written wire types of `src/api/wire/` (decoded
-    // without an allocation per candidate) and every other type to the
-    // ordinary `crate::proto` ones; clients keep the owned types.
+    // and `Lookup`'s request mapped to the hand-written wire types of
+    // `src/api/wire/` (decoded without an allocation per candidate, or at
+    // all) and every other type to the ordinary `crate::proto` ones;
+    // `BatchLookup` keeps prost's `LookupRequest`; clients keep the owned types.
     let wire_dir = out_dir.join("wire");
     std::fs::create_dir_all(&wire_dir)?;
     tonic_prost_build::configure()
@@ -45,6 +46,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".segd.v1.DecideResponse",
             "crate::api::wire::WireDecideResponse",
+        )
+        .extern_path(
+            ".segd.v1.LookupRequest",
+            "crate::api::wire::WireLookupRequest",
         )
         .extern_path(".segd.v1", "crate::proto")
         .compile_fds(file_descriptors)?;

@@ -10,13 +10,13 @@ use tonic::{Request, Response, Status};
 use super::limits::RequestLimits;
 use crate::api::outcomes::DecideCounters;
 use crate::api::wire::generated::segments_server::Segments;
-use crate::api::wire::{WireDecideRequest, WireDecideResponse};
+use crate::api::wire::{WireDecideRequest, WireDecideResponse, WireLookupRequest};
 use crate::decide::{self, CandidateRef};
 use crate::freq::{FreqStore, ImpressionSink, NewImpression};
 use crate::line_items::LineItemRegistry;
 use crate::proto::{
-    BatchLookupRequest, BatchLookupResponse, LookupRequest, LookupResponse,
-    RecordImpressionsRequest, RecordImpressionsResponse,
+    BatchLookupRequest, BatchLookupResponse, LookupResponse, RecordImpressionsRequest,
+    RecordImpressionsResponse,
 };
 use crate::ready::Ready;
 use crate::shard::Shard;
@@ -95,13 +95,18 @@ impl SegmentsService {
 
     /// `prefix` is formatted only into an error message (never on the happy
     /// path: a `BatchLookup` checks 1,000 of these).
-    fn check_lookup(&self, prefix: impl Display, request: &LookupRequest) -> Result<(), Status> {
+    fn check_lookup(
+        &self,
+        prefix: impl Display,
+        user_id: &str,
+        segment_ids: &[u32],
+    ) -> Result<(), Status> {
         self.limits
-            .check_user_id(format_args!("{prefix}user_id"), &request.user_id)?;
-        self.check_shard(format_args!("{prefix}user_id"), &request.user_id)?;
+            .check_user_id(format_args!("{prefix}user_id"), user_id)?;
+        self.check_shard(format_args!("{prefix}user_id"), user_id)?;
         self.limits.check_count(
             format_args!("{prefix}segment_ids"),
-            request.segment_ids.len(),
+            segment_ids.len(),
             self.limits.max_segment_ids,
         )
     }
@@ -127,12 +132,20 @@ fn resolve_at(at_unix_seconds: i64) -> i64 {
     }
 }
 
-fn answer_lookup(state: &ServingState, request: &LookupRequest) -> LookupResponse {
+/// One lookup's answer; `BatchLookup` passes prost's `LookupRequest`s,
+/// the unary `Lookup` its wire request, field by field.
+fn answer_lookup(
+    state: &ServingState,
+    user_id: &str,
+    segment_ids: &[u32],
+    max_age_seconds: u32,
+    at_unix_seconds: i64,
+) -> LookupResponse {
     let result = state.lookup(
-        crate::user_fingerprint(&request.user_id),
-        &request.segment_ids,
-        request.max_age_seconds,
-        resolve_at(request.at_unix_seconds),
+        crate::user_fingerprint(user_id),
+        segment_ids,
+        max_age_seconds,
+        resolve_at(at_unix_seconds),
     );
     LookupResponse {
         segment_ids: result.segment_ids,
@@ -145,13 +158,19 @@ fn answer_lookup(state: &ServingState, request: &LookupRequest) -> LookupRespons
 impl Segments for SegmentsService {
     async fn lookup(
         &self,
-        request: Request<LookupRequest>,
+        request: Request<WireLookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let request = request.into_inner();
-        self.check_lookup("", &request)?;
+        self.check_lookup("", request.user_id(), request.segment_ids())?;
         let state = self.store.load();
         check_loaded(&state)?;
-        Ok(Response::new(answer_lookup(&state, &request)))
+        Ok(Response::new(answer_lookup(
+            &state,
+            request.user_id(),
+            request.segment_ids(),
+            request.max_age_seconds(),
+            request.at_unix_seconds(),
+        )))
     }
 
     async fn batch_lookup(
@@ -165,14 +184,26 @@ impl Segments for SegmentsService {
             self.limits.max_batch_lookups,
         )?;
         for (index, lookup) in request.requests.iter().enumerate() {
-            self.check_lookup(format_args!("requests[{index}]."), lookup)?;
+            self.check_lookup(
+                format_args!("requests[{index}]."),
+                &lookup.user_id,
+                &lookup.segment_ids,
+            )?;
         }
         let state = self.store.load();
         check_loaded(&state)?;
         let responses = request
             .requests
             .iter()
-            .map(|lookup| answer_lookup(&state, lookup))
+            .map(|lookup| {
+                answer_lookup(
+                    &state,
+                    &lookup.user_id,
+                    &lookup.segment_ids,
+                    lookup.max_age_seconds,
+                    lookup.at_unix_seconds,
+                )
+            })
             .collect();
         Ok(Response::new(BatchLookupResponse {
             responses,

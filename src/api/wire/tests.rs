@@ -14,6 +14,7 @@ use crate::decide::Decisions;
 use crate::proto::{self, DecideRequest};
 
 mod layouts;
+mod lookup;
 
 /// A field as written on the wire, for encodings prost does not produce.
 #[derive(Debug, Clone)]
