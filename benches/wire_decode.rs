@@ -4,7 +4,8 @@
 //! `max_age_seconds` 0, 7 or 30 days) and 2 caps (`li:{n}` per day,
 //! `camp:{n}` per rolling hour). The decode is a quarter of the server's
 //! CPU samples under inline `Decide` load (BENCHMARKS.md). A third row
-//! times the validation that follows the decode (`api::limits`).
+//! times the validation that follows the decode (`api::limits`). Two more
+//! decode the unary `Lookup`'s request (a user id and 20 segment ids) both ways.
 //!
 //! ```sh
 //! cargo bench --bench wire_decode
@@ -18,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use segd::api::RequestLimits;
-use segd::api::wire::WireDecideRequest;
-use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, SegmentRef};
+use segd::api::wire::{WireDecideRequest, WireLookupRequest};
+use segd::proto::{Calendar, Candidate, DecideRequest, FrequencyCap, LookupRequest, SegmentRef};
 
 /// The allocator segd serves with (src/bin/segd.rs).
 #[global_allocator]
@@ -113,6 +114,20 @@ fn bench(c: &mut Criterion) {
                 .check_wire_decide(black_box(&request))
                 .expect("valid")
         })
+    });
+    // The load tester's `Lookup`: 20 distinct ids of 1,000 segments.
+    let lookup = LookupRequest {
+        user_id: "u:731904".to_owned(),
+        segment_ids: (0..20).map(|n| 13 + n * 49).collect(),
+        max_age_seconds: 30 * DAY_SECONDS,
+        at_unix_seconds: 0,
+    }
+    .encode_to_vec();
+    group.bench_function("wire_lookup_20_ids", |b| {
+        b.iter(|| WireLookupRequest::decode(black_box(&lookup[..])).expect("valid"))
+    });
+    group.bench_function("prost_lookup_20_ids", |b| {
+        b.iter(|| LookupRequest::decode(black_box(&lookup[..])).expect("valid"))
     });
     group.finish();
 }

@@ -86,15 +86,9 @@ impl WireLookupRequest {
         match value {
             Value::Varint(id) => self.segment_ids.push(id as u32),
             Value::Delimited { start, end } => {
-                // Every varint ends in one byte below 0x80: the exact count.
-                let count = bytes[start..end]
-                    .iter()
-                    .filter(|&&byte| byte < 0x80)
-                    .count();
-                self.segment_ids.reserve(count);
                 let mut packed = Fields::new(bytes, start, end);
                 while !packed.at_end() {
-                    self.segment_ids.push(packed.varint()? as u32);
+                    self.segment_ids.push(packed.small_varint()? as u32);
                 }
             }
             Value::Skipped => return Err(Malformed),

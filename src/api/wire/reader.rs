@@ -144,6 +144,27 @@ impl<'a> Fields<'a> {
         Ok(key)
     }
 
+    /// A varint known to be mostly one or two bytes (a packed run of segment
+    /// ids under 16,384): those two lengths with a branch each, a short chain
+    /// where [`Fields::varint`]'s branch-free form is ~15 dependent steps;
+    /// anything longer goes to it. Not at the end (see [`Fields::at_end`]).
+    #[inline(always)]
+    pub fn small_varint(&mut self) -> Result<u64, Malformed> {
+        let first = self.bytes[self.position];
+        if first < 0x80 {
+            self.position += 1;
+            return Ok(u64::from(first));
+        }
+        if self.position + 1 < self.end {
+            let second = self.bytes[self.position + 1];
+            if second < 0x80 {
+                self.position += 2;
+                return Ok(u64::from(first & 0x7f) | u64::from(second) << 7);
+            }
+        }
+        self.varint()
+    }
+
     /// A varint (a field's value once its key is read). With 8 bytes left
     /// in the buffer and the varint ending within them (every varint of a
     /// request but negative numbers),
