@@ -13,7 +13,7 @@
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType};
 
-use super::reader::{Fields, Malformed, SHORT_TEXT, short_ascii, text};
+use super::reader::{Fields, Malformed, SHORT_TEXT, prost_refusal, read_whole, short_ascii, text};
 use crate::candidate::{CandidateView, Caps, WireCap};
 use crate::proto::{self, SegmentRef};
 
@@ -410,7 +410,10 @@ impl WireDecideRequest {
     fn merge_bytes(&mut self, bytes: &[u8]) -> Result<(), prost::DecodeError> {
         match self.read(bytes) {
             Ok(()) => Ok(()),
-            Err(Malformed) => Err(prost_error(bytes)),
+            Err(Malformed) => Err(prost_refusal::<proto::DecideRequest>(
+                bytes,
+                "DecideRequest",
+            )),
         }
     }
 }
@@ -465,19 +468,6 @@ const fn key(tag: u8, wire_type: WireType) -> u8 {
     tag << 3 | wire_type as u8
 }
 
-/// prost's error for bytes the reader refused, so a malformed request is
-/// answered exactly as before. Should prost accept them, the two decoders
-/// disagree: that is a bug here, refused loudly rather than guessed at.
-fn prost_error(bytes: &[u8]) -> prost::DecodeError {
-    match <proto::DecideRequest as prost::Message>::decode(bytes) {
-        Err(error) => error,
-        Ok(_) => {
-            #[allow(deprecated)] // prost's only constructor for a custom message
-            prost::DecodeError::new("DecideRequest: the wire reader refused what prost accepts")
-        }
-    }
-}
-
 impl prost::Message for WireDecideRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         self.to_proto().encode_raw(buf);
@@ -507,17 +497,8 @@ impl prost::Message for WireDecideRequest {
         *self = Self::default();
     }
 
-    /// The whole request in one pass over tonic's buffer: its single chunk
-    /// is read in place; a buffer in pieces is gathered first.
-    fn merge(&mut self, mut buf: impl Buf) -> Result<(), prost::DecodeError> {
-        let length = buf.remaining();
-        if buf.chunk().len() == length {
-            let result = self.merge_bytes(&buf.chunk()[..length]);
-            buf.advance(length);
-            result
-        } else {
-            let bytes = buf.copy_to_bytes(length);
-            self.merge_bytes(&bytes)
-        }
+    /// The whole request in one pass over tonic's buffer.
+    fn merge(&mut self, buf: impl Buf) -> Result<(), prost::DecodeError> {
+        read_whole(buf, |bytes| self.merge_bytes(bytes))
     }
 }

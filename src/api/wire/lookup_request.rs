@@ -15,7 +15,7 @@ use prost::bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType};
 use smallvec::SmallVec;
 
-use super::reader::{Fields, Malformed, Value, text};
+use super::reader::{Fields, Malformed, Value, prost_refusal, read_whole, text};
 use crate::proto::{self, LookupRequest};
 
 /// User ids up to this many bytes are kept without an allocation.
@@ -100,18 +100,10 @@ impl WireLookupRequest {
     fn merge_bytes(&mut self, bytes: &[u8]) -> Result<(), prost::DecodeError> {
         match self.read(bytes) {
             Ok(()) => Ok(()),
-            Err(Malformed) => Err(prost_error(bytes)),
-        }
-    }
-}
-
-/// prost's error for bytes the reader refused (see `decide_request`).
-fn prost_error(bytes: &[u8]) -> prost::DecodeError {
-    match <proto::LookupRequest as prost::Message>::decode(bytes) {
-        Err(error) => error,
-        Ok(_) => {
-            #[allow(deprecated)] // prost's only constructor for a custom message
-            prost::DecodeError::new("LookupRequest: the wire reader refused what prost accepts")
+            Err(Malformed) => Err(prost_refusal::<proto::LookupRequest>(
+                bytes,
+                "LookupRequest",
+            )),
         }
     }
 }
@@ -144,17 +136,8 @@ impl prost::Message for WireLookupRequest {
         *self = Self::default();
     }
 
-    /// The whole request in one pass over tonic's buffer: its single chunk
-    /// is read in place; a buffer in pieces is gathered first.
-    fn merge(&mut self, mut buf: impl Buf) -> Result<(), prost::DecodeError> {
-        let length = buf.remaining();
-        if buf.chunk().len() == length {
-            let result = self.merge_bytes(&buf.chunk()[..length]);
-            buf.advance(length);
-            result
-        } else {
-            let bytes = buf.copy_to_bytes(length);
-            self.merge_bytes(&bytes)
-        }
+    /// The whole request in one pass over tonic's buffer.
+    fn merge(&mut self, buf: impl Buf) -> Result<(), prost::DecodeError> {
+        read_whole(buf, |bytes| self.merge_bytes(bytes))
     }
 }

@@ -5,10 +5,41 @@
 //! read with prost's own functions, so what this accepts is what prost
 //! accepts (one-byte keys and varints, nearly all of a request, inline).
 //!
-//! It never interprets a field: the message readers (`decide_request`) say
-//! which numbers they know and which wire type each must have.
+//! It never interprets a field: the message readers (`decide_request`,
+//! `lookup_request`) say which numbers they know and which wire type each
+//! must have. They share [`read_whole`] and [`prost_refusal`].
 
+use prost::bytes::Buf;
 use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+
+/// Runs `read` over the whole message in tonic's buffer: its single chunk
+/// is read in place; a buffer in pieces is gathered first.
+pub fn read_whole<T>(mut buf: impl Buf, read: impl FnOnce(&[u8]) -> T) -> T {
+    let length = buf.remaining();
+    if buf.chunk().len() == length {
+        let result = read(&buf.chunk()[..length]);
+        buf.advance(length);
+        result
+    } else {
+        read(&buf.copy_to_bytes(length))
+    }
+}
+
+/// prost's error for bytes a message reader refused (decoded as `P`, the
+/// owned type named `name`), so a malformed request is answered exactly as
+/// before. Should prost accept them, the two decoders disagree: that is a
+/// bug here, refused loudly rather than guessed at.
+pub fn prost_refusal<P: prost::Message + Default>(bytes: &[u8], name: &str) -> prost::DecodeError {
+    match P::decode(bytes) {
+        Err(error) => error,
+        Ok(_) => {
+            #[allow(deprecated)] // prost's only constructor for a custom message
+            prost::DecodeError::new(format!(
+                "{name}: the wire reader refused what prost accepts"
+            ))
+        }
+    }
+}
 
 /// The input is not a valid encoding of the message. The reader does not
 /// say why: the caller asks prost for the exact error (the error path only).

@@ -186,16 +186,27 @@ fn owned_request() -> impl Strategy<Value = DecideRequest> {
         )
 }
 
-/// Both decoders on `bytes`: the same request, or the same error.
-fn assert_same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let reference = DecideRequest::decode(bytes);
-    let wire = WireDecideRequest::decode(bytes);
-    match (reference, wire) {
-        (Ok(reference), Ok(wire)) => prop_assert_eq!(wire.to_proto(), reference),
+/// prost (`P`) and a wire decoder (`W`, read back as `P` by `to_proto`) on
+/// `bytes`: the same request, or the same error.
+fn assert_decodes_like_prost<P, W>(
+    bytes: &[u8],
+    to_proto: impl Fn(&W) -> P,
+) -> Result<(), TestCaseError>
+where
+    P: Message + Default + PartialEq + std::fmt::Debug,
+    W: Message + Default + std::fmt::Debug,
+{
+    match (P::decode(bytes), W::decode(bytes)) {
+        (Ok(reference), Ok(wire)) => prop_assert_eq!(to_proto(&wire), reference),
         (Err(reference), Err(wire)) => prop_assert_eq!(wire.to_string(), reference.to_string()),
         (reference, wire) => prop_assert!(false, "prost {reference:?}, wire {wire:?}"),
     }
     Ok(())
+}
+
+/// Both `DecideRequest` decoders on `bytes`.
+fn assert_same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
+    assert_decodes_like_prost(bytes, WireDecideRequest::to_proto)
 }
 
 proptest! {

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use prost::Message;
 
-use super::{Field, encode, text, unknown};
+use super::{Field, assert_decodes_like_prost, encode, text, unknown};
 use crate::api::wire::WireLookupRequest;
 use crate::proto::LookupRequest;
 
@@ -52,16 +52,9 @@ fn owned_request() -> impl Strategy<Value = LookupRequest> {
         )
 }
 
-/// Both decoders on `bytes`: the same request, or the same error.
+/// Both `LookupRequest` decoders on `bytes`.
 fn assert_same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let reference = LookupRequest::decode(bytes);
-    let wire = WireLookupRequest::decode(bytes);
-    match (reference, wire) {
-        (Ok(reference), Ok(wire)) => prop_assert_eq!(wire.to_proto(), reference),
-        (Err(reference), Err(wire)) => prop_assert_eq!(wire.to_string(), reference.to_string()),
-        (reference, wire) => prop_assert!(false, "prost {reference:?}, wire {wire:?}"),
-    }
-    Ok(())
+    assert_decodes_like_prost(bytes, WireLookupRequest::to_proto)
 }
 
 proptest! {
