@@ -72,6 +72,7 @@ pub mod le;
 pub mod line_items;
 pub mod memory;
 pub mod overload;
+pub mod pacing;
 pub mod pack;
 pub mod periodic;
 pub mod ready;

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::RequestLimits;
 use crate::api::outcomes::{PackChange, PackChanges, Refusal};
-use crate::api::push::{self, PushGate};
+use crate::api::push::{self, PushGate, PushLimits};
 use crate::fleet::pack_sync::PackSync;
 use crate::line_items::LineItemRegistry;
 use crate::proto::admin_server::Admin;
@@ -29,7 +29,7 @@ pub struct AdminService {
     catalog: Arc<Catalog>,
     line_items: Arc<LineItemRegistry>,
     limits: RequestLimits,
-    max_push_bytes: u64,
+    push_limits: PushLimits,
     /// One push at a time (see `push`).
     push_gate: PushGate,
     started_at_unix_seconds: i64,
@@ -66,7 +66,7 @@ impl AdminService {
         catalog: Arc<Catalog>,
         line_items: Arc<LineItemRegistry>,
         limits: RequestLimits,
-        max_push_bytes: u64,
+        push_limits: PushLimits,
         status_extras: Arc<dyn StatusExtras>,
         changes: Arc<PackChanges>,
     ) -> Self {
@@ -74,7 +74,7 @@ impl AdminService {
             catalog,
             line_items,
             limits,
-            max_push_bytes,
+            push_limits,
             push_gate: PushGate::default(),
             started_at_unix_seconds: crate::unix_now_seconds(),
             status_extras,
@@ -197,7 +197,7 @@ impl Admin for AdminService {
         let served_catalog = self.catalog.clone();
         let is_served =
             |header: &crate::pack::PackHeader| served_catalog.unchanged_header(header).is_some();
-        let received = push::receive(&mut chunks, staged, self.max_push_bytes, is_served)
+        let received = push::receive(&mut chunks, staged, self.push_limits, is_served)
             .await
             .map_err(|refusal| {
                 tracing::warn!(reason = refusal.refusal.label(), error = ?refusal.status.message(), "pack refused");

@@ -19,11 +19,11 @@ use tokio_stream::StreamExt;
 use tonic::{Status, Streaming};
 
 use crate::api::outcomes::Refusal;
-use crate::pack::file_blocks::BlockWriter;
+use crate::pacing::BytePacer;
 use crate::pack::stream_check::FooterCheck;
 use crate::pack::{self, PackError};
 use crate::proto::SnapshotChunk;
-use crate::store::catalog::{CatalogError, StagedFile};
+use crate::store::catalog::{CatalogError, StagedFile, UploadWriter};
 
 /// A header that is still incomplete after this many bytes is refused.
 const MAX_HEADER_PREFIX_BYTES: usize = 64 << 10;
@@ -79,6 +79,24 @@ impl UploadRefused {
     }
 }
 
+/// How large a push may be and how fast it is taken in.
+#[derive(Debug, Clone, Copy)]
+pub struct PushLimits {
+    /// `--max-push-bytes`.
+    pub max_bytes: u64,
+    /// `--push-mib-per-second` in bytes; 0 = unpaced.
+    pub bytes_per_second: u64,
+}
+
+impl From<&crate::settings::LimitSettings> for PushLimits {
+    fn from(settings: &crate::settings::LimitSettings) -> Self {
+        Self {
+            max_bytes: settings.max_push_bytes,
+            bytes_per_second: settings.push_mib_per_second.saturating_mul(1 << 20),
+        }
+    }
+}
+
 /// What a complete upload brought.
 pub struct Upload {
     pub staged: StagedFile,
@@ -99,7 +117,7 @@ pub enum Received {
 const UPLOAD_QUEUE_CHUNKS: usize = 4;
 
 /// Streams `chunks` into `staged`, refusing early what cannot be a pack, and
-/// anything over `max_push_bytes`. On a refusal the staged file is removed.
+/// anything over `limits.max_bytes`. On a refusal the staged file is removed.
 /// As soon as the header is complete, `is_served` is asked whether its pack
 /// and version are the ones served: a no-op re-push then stops there, so it
 /// costs the readers nothing but its first chunk.
@@ -111,19 +129,23 @@ const UPLOAD_QUEUE_CHUNKS: usize = 4;
 /// gets the CPU the readers leave, the queue fills and the receive waits:
 /// the upload slows down instead of the readers (BENCHMARKS.md, "Swaps,
 /// third session": the upload on the tokio workers was what readers waited
-/// behind during a 1.2 GB push).
+/// behind during a 1.2 GB push). The writer also holds to
+/// `limits.bytes_per_second`, which paces the receive the same way
+/// (`crate::pacing`).
 pub async fn receive(
     chunks: &mut Streaming<SnapshotChunk>,
     mut staged: StagedFile,
-    max_push_bytes: u64,
+    limits: PushLimits,
     is_served: impl Fn(&pack::PackHeader) -> bool,
 ) -> Result<Received, UploadRefused> {
-    let file = staged.take_file().expect("a new upload has its file");
+    let file = staged.take_writer().expect("a new upload has its writer");
     let (queue, queued) = mpsc::channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
-    let writer =
-        crate::background::spawn_deprioritised("segd-upload", move || write_upload(file, queued))
-            .map_err(|error| UploadRefused::storage(&staged, error))?;
-    let streamed = stream_chunks(chunks, &queue, max_push_bytes, is_served).await;
+    let pacer = BytePacer::new(limits.bytes_per_second);
+    let writer = crate::background::spawn_deprioritised("segd-upload", move || {
+        write_upload(file, queued, pacer)
+    })
+    .map_err(|error| UploadRefused::storage(&staged, error))?;
+    let streamed = stream_chunks(chunks, &queue, limits.max_bytes, is_served).await;
     // Closing the queue ends the writer; its result is awaited on every path,
     // so no write to the staged file outlives the receive.
     drop(queue);
@@ -211,17 +233,21 @@ async fn stream_chunks(
 }
 
 /// The upload thread's side: every queued chunk into the checksum and the
-/// file, until the queue closes; stops at the first write error. The file
-/// gets whole 2 MiB blocks, whatever the chunks (`pack::file_blocks`).
+/// file, until the queue closes, at the pacer's rate; stops at the first
+/// write error. The file gets whole 2 MiB blocks, whatever the chunks
+/// (`UploadWriter`).
 fn write_upload(
-    file: std::fs::File,
+    mut file: UploadWriter,
     mut queued: mpsc::Receiver<Bytes>,
+    mut pacer: Option<BytePacer>,
 ) -> std::io::Result<FooterCheck> {
     let mut footer = FooterCheck::new();
-    let mut file = BlockWriter::new(file);
     while let Some(bytes) = queued.blocking_recv() {
         footer.update(&bytes);
         file.write_all(&bytes)?;
+        if let Some(pacer) = pacer.as_mut() {
+            pacer.pace(bytes.len());
+        }
     }
     file.finish()?;
     Ok(footer)

@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::api::auth::AdminAuth;
 use crate::api::outcomes::{DecideCounters, PackChanges};
+use crate::api::push::PushLimits;
 use crate::api::wire::generated::segments_server::SegmentsServer;
 use crate::api::{AdminService, RequestLimits, SegmentsService};
 use crate::connections::{ConnectionActivityLayer, Connections};
@@ -217,7 +218,7 @@ impl App {
             self.catalog.clone(),
             self.line_items.clone(),
             self.limits(),
-            self.settings.limits.max_push_bytes,
+            PushLimits::from(&self.settings.limits),
             Arc::new(extras),
             self.counters.changes.clone(),
         )

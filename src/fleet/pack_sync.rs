@@ -36,8 +36,8 @@ use crate::line_items::LineItemRegistry;
 use crate::pack::file_blocks::FILE_BLOCK_BYTES;
 use crate::proto::PutLineItemsRequest;
 use crate::shard::Shard;
-use crate::store::catalog::StagedFile;
 use crate::store::catalog::{Catalog, CatalogError, PushOutcome, RollbackOutcome};
+use crate::store::catalog::{StagedFile, UploadWriter};
 
 /// Key of the registered line items in the key-value bucket.
 pub const LINE_ITEMS_KEY: &str = "line-items";
@@ -462,7 +462,7 @@ impl PackSync {
             .map_err(|error| unavailable(&format!("fetch {object}"), error))?;
         let catalog = self.catalog.clone();
         let mut staged = blocking(move || Ok(catalog.stage_upload()?)).await?;
-        let file = staged.take_file().expect("a new upload has its file");
+        let file = staged.take_writer().expect("a new upload has its writer");
         // Streamed to the staged file: a shard of tens of GB never sits in memory.
         copy_in_blocks(&mut reader, file)
             .await
@@ -490,18 +490,20 @@ impl PackSync {
 /// (`pack::file_blocks`); the object store's reads come in whatever sizes.
 async fn copy_in_blocks(
     reader: &mut (impl tokio::io::AsyncRead + Unpin),
-    mut file: std::fs::File,
+    mut file: UploadWriter,
 ) -> std::io::Result<()> {
     let mut block = vec![0u8; FILE_BLOCK_BYTES];
     loop {
         let filled = fill(reader, &mut block).await?;
         (file, block) = tokio::task::spawn_blocking(move || {
-            std::io::Write::write_all(&mut file, &block[..filled]).map(|()| (file, block))
+            file.write_all(&block[..filled]).map(|()| (file, block))
         })
         .await
         .map_err(std::io::Error::other)??;
         if filled < FILE_BLOCK_BYTES {
-            return Ok(());
+            return tokio::task::spawn_blocking(move || file.finish().map(drop))
+                .await
+                .map_err(std::io::Error::other)?;
         }
     }
 }

@@ -19,7 +19,10 @@
 //! is written whole under a temporary name, fsynced and renamed into place
 //! (`writer::write_pack_file_atomic`, the catalog's push), and replaced or
 //! removed only by rename and unlink, which leave a mapped inode intact until
-//! the last mapping goes. The data directory belongs to segd; an operator who
+//! the last mapping goes. The one file it overwrites is a retired version
+//! recycled as an upload's file (`store::pack_files`), and only when this
+//! process maps no file of its inode (`mapped_inodes`, which every mapping
+//! made here registers in) and no other name links to it. The data directory belongs to segd; an operator who
 //! edits a served file in place breaks that contract (as they would for any
 //! database's files). Within that contract the mapped bytes never change, so
 //! handing out `&[u8]` over them is sound.
@@ -33,6 +36,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
+
+use super::mapped_inodes::MappedInode;
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -76,12 +81,10 @@ const _: () = assert!(std::mem::align_of::<IndexEntry>() == 2);
 pub const ALIGNMENT: usize = 8;
 
 enum Storage {
-    Mapped(Mmap),
+    /// A file mapping, counted in `mapped_inodes` while it lives.
+    Mapped { map: Mmap, _counted: MappedInode },
     /// `u64`s so the buffer is 8-aligned; `len` bytes of it are the pack.
-    Copied {
-        words: Box<[u64]>,
-        len: usize,
-    },
+    Copied { words: Box<[u64]>, len: usize },
     /// A byte vector that happened to be 8-aligned: kept without a copy.
     Vec(Vec<u8>),
 }
@@ -108,7 +111,8 @@ impl PackBytes {
     /// `mmap_lock` for the whole file (see [`ADVICE_CHUNK_BYTES`]).
     pub fn map_file(path: &Path) -> std::io::Result<PackBytes> {
         let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let len = metadata.len();
         if len == 0 {
             // mmap refuses empty files; an empty pack is refused by the reader.
             return Ok(PackBytes::copy_from(&[]));
@@ -121,7 +125,10 @@ impl PackBytes {
         prefer_huge_pages(&map);
         populate(&map);
         Ok(PackBytes {
-            storage: Storage::Mapped(map),
+            storage: Storage::Mapped {
+                map,
+                _counted: MappedInode::register(&metadata),
+            },
         })
     }
 
@@ -155,7 +162,7 @@ impl PackBytes {
 
     pub fn as_bytes(&self) -> &[u8] {
         match &self.storage {
-            Storage::Mapped(map) => map,
+            Storage::Mapped { map, .. } => map,
             Storage::Vec(bytes) => bytes,
             Storage::Copied { words, len } => &words_as_bytes(words)[..*len],
         }
@@ -171,7 +178,7 @@ impl PackBytes {
 
     /// Whether the bytes are a file mapping (resident only while touched).
     pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped(_))
+        matches!(self.storage, Storage::Mapped { .. })
     }
 
     /// Drops the pages of `range` from this process's resident memory; a
@@ -179,7 +186,7 @@ impl PackBytes {
     /// after verification for the regions lookups never touch (the bitmaps).
     /// Only whole pages inside `range` are released; owned bytes are kept.
     pub fn release(&self, range: Range<usize>) {
-        if let Storage::Mapped(map) = &self.storage {
+        if let Storage::Mapped { map, .. } = &self.storage {
             release_pages(map, range);
         }
     }
@@ -192,7 +199,7 @@ impl Drop for PackBytes {
     /// drops the last reference: the store's retirement thread for a served
     /// pack, never a request thread.
     fn drop(&mut self) {
-        if let Storage::Mapped(map) = &self.storage {
+        if let Storage::Mapped { map, .. } = &self.storage {
             release_pages(map, 0..map.len());
         }
     }

@@ -21,6 +21,7 @@ pub mod format;
 pub mod format_v2;
 pub mod index_build;
 pub mod mapped;
+pub mod mapped_inodes;
 pub mod names;
 pub mod reader;
 pub mod stream_check;

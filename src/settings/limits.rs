@@ -30,6 +30,12 @@ pub struct LimitSettings {
     #[arg(long, env = "SEGD_MAX_PUSH_BYTES", default_value_t = 8 << 30)]
     pub max_push_bytes: u64,
 
+    /// Most MiB per second a push is received and written at (0 = as fast as
+    /// it comes). A push at full speed takes a core for seconds; at a rate
+    /// the readers keep an idle one (BENCHMARKS.md, "Eighth session").
+    #[arg(long, env = "SEGD_PUSH_MIB_PER_SECOND", default_value_t = 0)]
+    pub push_mib_per_second: u64,
+
     /// Largest single admin request message (a PutLineItems, one push chunk),
     /// in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "SEGD_ADMIN_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]

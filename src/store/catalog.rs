@@ -26,8 +26,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tracing::{info, warn};
 
-pub use super::pack_files::StagedFile;
 use super::pack_files::{PREVIOUS_MARK, PackFiles};
+pub use super::pack_files::{StagedFile, UploadWriter};
 use super::{BuildThreads, IndexError, LoadedPack, OwnershipConflict, Store};
 use crate::pack::{self, PackBytes, PackError};
 use crate::shard::Shard;

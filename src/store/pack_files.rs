@@ -38,12 +38,15 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
 
 use crate::pack::FILE_SUFFIX;
+use crate::pack::file_blocks::BlockWriter;
+use crate::pack::mapped_inodes;
 
 /// `NAME.previous.segpack` is the version kept for rollback.
 pub(super) const PREVIOUS_MARK: &str = ".previous";
@@ -73,14 +76,40 @@ impl StagedFile {
         &self.path
     }
 
-    /// The open file to write the upload to (taken once).
-    pub fn take_file(&mut self) -> Option<File> {
-        self.file.take()
+    /// The writer of the upload (taken once).
+    pub fn take_writer(&mut self) -> Option<UploadWriter> {
+        self.file.take().map(|file| UploadWriter {
+            blocks: BlockWriter::new(file),
+            written: 0,
+        })
     }
 
     /// Bytes on disk so far.
     pub fn len_bytes(&self) -> io::Result<u64> {
         fs::metadata(&self.path).map(|metadata| metadata.len())
+    }
+}
+
+/// Writes an upload from its first byte in whole 2 MiB blocks
+/// (`pack::file_blocks`). The file may be a recycled retired version
+/// ([`PackFiles::recycle_retired`]), so [`UploadWriter::finish`] must end
+/// every upload: it cuts the file at what was written.
+pub struct UploadWriter {
+    blocks: BlockWriter<File>,
+    written: u64,
+}
+
+impl UploadWriter {
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.blocks.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the tail and cuts the file there; the bytes written.
+    pub fn finish(self) -> io::Result<u64> {
+        self.blocks.finish()?.set_len(self.written)?;
+        Ok(self.written)
     }
 }
 
@@ -128,17 +157,23 @@ impl PackFiles {
         ))
     }
 
-    /// A new, empty upload file in the packs directory (same file system as
-    /// the served files, so committing it is a rename). Removes the retired
-    /// versions first, so the upload's page cache reuses their memory.
+    /// A file for a new upload in the packs directory (same file system as
+    /// the served files, so committing it is a rename): a retired version
+    /// when one may be overwritten ([`PackFiles::recycle_retired`]), else a
+    /// new, empty file. Either way the writer starts at its first byte and
+    /// ends with [`UploadWriter::finish`], which cuts off what is left of an
+    /// older version.
     pub(super) fn stage(&self) -> io::Result<StagedFile> {
-        self.remove_retired();
         let sequence = STAGED_SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!(
             ".push-{}-{sequence}{FILE_SUFFIX}{TEMPORARY_MARK}",
             std::process::id()
         ));
-        let file = File::options().write(true).create_new(true).open(&path)?;
+        let file = if self.recycle_retired(&path) {
+            File::options().write(true).open(&path)?
+        } else {
+            File::options().write(true).create_new(true).open(&path)?
+        };
         Ok(StagedFile {
             path,
             file: Some(file),
@@ -208,21 +243,38 @@ impl PackFiles {
         }
     }
 
-    /// Removes every retired version (see the module documentation). A
-    /// failure is logged, not returned: start-up removes what is left.
-    fn remove_retired(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for file_name in entries.flatten().map(|entry| entry.file_name()) {
-            if !file_name.to_string_lossy().starts_with(RETIRED_PREFIX) {
-                continue;
-            }
-            let path = self.dir.join(file_name);
-            if let Err(error) = remove_if_present(&path) {
+    /// Renames the largest retired version that may be overwritten in place
+    /// to `upload` and removes the others; whether one was renamed. The
+    /// upload then rewrites page cache that holds data already, where a new
+    /// file would take memory the host may have taken back (see the module
+    /// documentation). May be overwritten: no mapping of this process holds
+    /// the file (`pack::mapped_inodes`) and no other name links to it, so no
+    /// reader and no other version sees a byte of it change. A failure is
+    /// logged, not returned: start-up removes what is left.
+    fn recycle_retired(&self, upload: &Path) -> bool {
+        let mut retired: Vec<(PathBuf, fs::Metadata)> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(RETIRED_PREFIX)
+            })
+            .filter_map(|entry| Some((entry.path(), entry.metadata().ok()?)))
+            .collect();
+        retired.sort_by_key(|(_, metadata)| std::cmp::Reverse(metadata.len()));
+        let mut recycled = false;
+        for (path, metadata) in retired {
+            let overwritable = metadata.nlink() == 1 && !mapped_inodes::is_mapped(&metadata);
+            if !recycled && overwritable && fs::rename(&path, upload).is_ok() {
+                recycled = true;
+            } else if let Err(error) = remove_if_present(&path) {
                 warn!(file = %path.display(), error = %error, "cannot remove a retired version; start-up removes it");
             }
         }
+        recycled
     }
 
     /// Swaps the served and previous files of `name` (the served one may be
@@ -328,14 +380,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
 
     fn push(files: &PackFiles, name: &str, contents: &[u8]) {
         let mut staged = files.stage().unwrap();
-        staged.take_file().unwrap().write_all(contents).unwrap();
+        let mut writer = staged.take_writer().unwrap();
+        writer.write_all(contents).unwrap();
+        writer.finish().unwrap();
         files.commit_push(staged, name, true).unwrap();
     }
 
@@ -354,10 +407,9 @@ mod tests {
         assert_eq!(fs::metadata(files.retired("crm")).unwrap().ino(), v1);
 
         let refused_upload = files.stage().unwrap();
-        assert!(
-            !files.retired("crm").exists(),
-            "an upload starts by removing it"
-        );
+        assert!(!files.retired("crm").exists(), "an upload starts with it");
+        let upload = fs::metadata(refused_upload.path()).unwrap();
+        assert_eq!(upload.ino(), v1, "recycled as the upload's file");
         drop(refused_upload);
         assert_eq!(fs::read(files.previous("crm")).unwrap(), b"v2");
 
@@ -371,5 +423,37 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["crm.previous.segpack", "crm.segpack"]);
+    }
+
+    #[test]
+    fn an_upload_over_a_longer_retired_version_holds_only_its_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PackFiles::new(dir.path().to_owned());
+        let long = vec![7u8; 3 * crate::pack::file_blocks::FILE_BLOCK_BYTES + 5];
+        for contents in [&long[..], b"v2", b"v3"] {
+            push(&files, "crm", contents);
+        }
+        let retired = fs::metadata(files.retired("crm")).unwrap().ino();
+        push(&files, "crm", b"v4");
+        assert_eq!(fs::metadata(files.current("crm")).unwrap().ino(), retired);
+        assert_eq!(fs::read(files.current("crm")).unwrap(), b"v4");
+    }
+
+    #[test]
+    fn a_retired_version_still_mapped_or_linked_elsewhere_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PackFiles::new(dir.path().to_owned());
+        for contents in [b"v1", b"v2", b"v3"] {
+            push(&files, "crm", contents);
+        }
+        let mapped = crate::pack::PackBytes::map_file(&files.retired("crm")).unwrap();
+        push(&files, "crm", b"v4");
+        assert_eq!(mapped.as_bytes(), b"v1", "a new file, not the mapped one");
+        drop(mapped);
+
+        let backup = dir.path().join("backup");
+        fs::hard_link(files.retired("crm"), &backup).unwrap();
+        push(&files, "crm", b"v5");
+        assert_eq!(fs::read(&backup).unwrap(), b"v2");
     }
 }

@@ -9,7 +9,6 @@
 //! and never run on the async runtime (callers use a blocking thread).
 
 use std::cmp::Ordering;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -72,10 +71,11 @@ impl Catalog {
         loaded_at_unix_seconds: i64,
     ) -> Result<PushOutcome, CatalogError> {
         let mut staged = self.stage_upload()?;
-        let mut file = staged.take_file().expect("a new upload has its file");
+        let mut file = staged.take_writer().expect("a new upload has its writer");
         file.write_all(&pack_bytes)
+            .and_then(|()| file.finish())
             .map_err(io_error(format!("write {}", staged.path().display())))?;
-        drop((file, pack_bytes));
+        drop(pack_bytes);
         self.push_staged(staged, allow_older_version, loaded_at_unix_seconds)
     }
 
