@@ -31,8 +31,9 @@ pub struct LimitSettings {
     pub max_push_bytes: u64,
 
     /// Most MiB per second a push is received and written at (0 = as fast as
-    /// it comes). A push at full speed takes a core for seconds; at a rate
-    /// the readers keep an idle one (BENCHMARKS.md, "Eighth session").
+    /// it comes). At full speed a 1 GB push takes the cores of a small box
+    /// for a second or two; paced, the same work is spread over longer
+    /// (BENCHMARKS.md, "Eighth session").
     #[arg(long, env = "SEGD_PUSH_MIB_PER_SECOND", default_value_t = 0)]
     pub push_mib_per_second: u64,
 
