@@ -88,11 +88,6 @@ impl StagedFile {
             written: 0,
         })
     }
-
-    /// Bytes on disk so far.
-    pub fn len_bytes(&self) -> io::Result<u64> {
-        fs::metadata(&self.path).map(|metadata| metadata.len())
-    }
 }
 
 /// Writes an upload from its first byte in whole 2 MiB blocks
