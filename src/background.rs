@@ -40,7 +40,7 @@ pub fn spawn_deprioritised<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            lower_this_threads_priority();
+            lower_this_threads_priority(NICE);
             let _ = reply.send(work());
         })?;
     Ok(async move {
@@ -50,11 +50,16 @@ pub fn spawn_deprioritised<T: Send + 'static>(
     })
 }
 
-/// On Linux the nice value is per thread, and `PRIO_PROCESS` with no id is
-/// the calling thread. A failure only costs the readers some latency.
-fn lower_this_threads_priority() {
+/// Raises the calling thread's nice value to at least `nice` (never lowers
+/// it: that needs privileges). On Linux the nice value is per thread, and
+/// `PRIO_PROCESS` with no id is the calling thread. A failure only costs
+/// the readers some latency.
+pub(crate) fn lower_this_threads_priority(nice: i32) {
     let current = rustix::process::getpriority_process(None).unwrap_or(0);
-    if let Err(error) = rustix::process::setpriority_process(None, current.max(NICE)) {
+    if current >= nice {
+        return;
+    }
+    if let Err(error) = rustix::process::setpriority_process(None, nice) {
         tracing::debug!(%error, "could not lower the priority of background work");
     }
 }

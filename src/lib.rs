@@ -57,6 +57,7 @@
 // with `// SAFETY:`.
 #![deny(unsafe_code)]
 
+pub mod admin_runtime;
 pub mod api;
 pub mod app;
 pub mod background;

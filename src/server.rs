@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin_runtime::AdminRuntime;
 use crate::app::App;
 use crate::settings::ServeConfig;
 
@@ -137,6 +138,8 @@ struct Ports {
     query: ServerTask,
     admin: ServerTask,
     metrics: Option<JoinHandle<std::io::Result<()>>>,
+    /// Where the admin port runs; outlives its task, dropped with the ports.
+    _admin_runtime: AdminRuntime,
 }
 
 impl Ports {
@@ -147,10 +150,19 @@ impl Ports {
             crate::connections::incoming(listeners.query, app.connections()),
             stopped(stop),
         );
-        let admin = app.admin_router()?.serve_with_incoming_shutdown(
-            crate::connections::incoming(listeners.admin, app.connections()),
-            stopped(stop),
-        );
+        let admin_runtime = AdminRuntime::start(app.settings().limits.admin_nice)
+            .context("start the admin port's runtime")?;
+        let admin = {
+            // The listener, its accept loop and the connections it accepts
+            // belong to the admin runtime's reactor and worker.
+            let _on_admin_runtime = admin_runtime.handle().enter();
+            let listener = TcpListener::from_std(listeners.admin.into_std()?)?;
+            let server = app.admin_router()?.serve_with_incoming_shutdown(
+                crate::connections::incoming(listener, app.connections()),
+                stopped(stop),
+            );
+            tokio::spawn(server)
+        };
         let metrics = listeners.metrics.map(|listener| {
             tokio::spawn(crate::telemetry::serve(
                 listener,
@@ -160,8 +172,9 @@ impl Ports {
         });
         Ok(Ports {
             query: tokio::spawn(query),
-            admin: tokio::spawn(admin),
+            admin,
             metrics,
+            _admin_runtime: admin_runtime,
         })
     }
 

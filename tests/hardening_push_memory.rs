@@ -303,3 +303,42 @@ async fn an_upload_is_written_by_a_thread_below_the_readers_priority() {
     assert_eq!(pushed.version, "v1");
     segd.terminate();
 }
+
+/// Seen before the fix (BENCHMARKS.md, "Ninth session"): receiving a push —
+/// socket reads, HTTP/2 framing, the decode copy — ran on the query port's
+/// `segd-worker` threads at the readers' priority. Now the admin port has
+/// threads of its own at nice `--admin-nice` (default 10), and the query
+/// workers keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_runs_below_the_readers_priority() {
+    // segd inherits this process's nice value, and only ever raises it.
+    let inherited = i64::from(rustix::process::getpriority_process(None).unwrap());
+    for (args, nice) in [(&[][..], 10), (&["--admin-nice", "3"][..], 3)] {
+        let want = nice.max(inherited);
+        let data = tempfile::tempdir().unwrap();
+        let segd = SegdProcess::start(data.path(), args).await;
+        // A push is served on the admin threads, at their priority.
+        let mut admin = admin_client(&format!("http://{}", segd.admin_addr), None).await;
+        let pushed = admin
+            .push_snapshot(stream_of(small_pack("v1"), 0, Arc::default()))
+            .await
+            .expect("a push over the admin port")
+            .into_inner();
+        assert_eq!(pushed.version, "v1");
+        let admin_threads = nice_of_threads(segd.pid(), "segd-admin");
+        assert!(!admin_threads.is_empty(), "no segd-admin threads");
+        assert!(
+            admin_threads.iter().all(|&thread_nice| thread_nice == want),
+            "{args:?}: segd-admin threads at nice {admin_threads:?}, want all at {want}"
+        );
+        let query_threads = nice_of_threads(segd.pid(), "segd-worker");
+        assert!(!query_threads.is_empty(), "no segd-worker threads");
+        assert!(
+            query_threads
+                .iter()
+                .all(|&thread_nice| thread_nice == inherited),
+            "segd-worker threads at nice {query_threads:?}, want all at {inherited}"
+        );
+        segd.terminate();
+    }
+}

@@ -37,6 +37,14 @@ pub struct LimitSettings {
     #[arg(long, env = "SEGD_PUSH_MIB_PER_SECOND", default_value_t = 0)]
     pub push_mib_per_second: u64,
 
+    /// The nice value of the admin port's threads (0-19). The admin port has
+    /// a runtime of its own so that receiving a push yields the cores to the
+    /// query port's readers (BENCHMARKS.md, "Ninth session"); 0 runs it at
+    /// their priority.
+    #[arg(long, env = "SEGD_ADMIN_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub admin_nice: i32,
+
     /// Largest single admin request message (a PutLineItems, one push chunk),
     /// in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "SEGD_ADMIN_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
