@@ -24,7 +24,7 @@ SKIP = ("__schedule", "schedule", "__traceiter", "__mmap_lock_do_trace", "perf_"
 
 
 def group(comm):
-    for prefix in ("segd-worker", "segd-push", "segd-upload", "segd-retire", "tokio-rt-worker", "segd-fleet"):
+    for prefix in ("segd-worker", "segd-admin", "segd-push", "segd-upload", "segd-retire", "tokio-rt-worker", "segd-fleet"):
         if comm.startswith(prefix):
             return prefix
     return comm

@@ -17,7 +17,10 @@ mkdir -p "$O"; d=$W/profile; rm -rf $d $d.log; mkdir -p $d/packs
 $B/segd serve --data-dir $d --listen $L --admin-listen $A --metrics-listen $M --fsync interval >$d.log 2>&1 &
 pid=$!
 for _ in $(seq 600); do grep -q 'data directory loaded, serving' $d.log && break; sleep 0.1; done
-$B/segctl push --admin-addr http://$A $W/ds10m/big.segpack >/dev/null
+# Served, previous and retired versions first, as in `pack_measure.sh swap10m`.
+for v in big big-b2 big; do
+  $B/segctl push --allow-older-version --admin-addr http://$A $W/ds10m/$v.segpack >/dev/null
+done
 uptime | tee "$O/uptime"
 $B/loadtest run --workload lookup --rps 5000 --duration 50 --warmup 3 --connections 2 \
   --concurrency 32 --queries $W/ds10m/queries.txt --segments-file $W/ds10m/segments.tsv \
