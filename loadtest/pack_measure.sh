@@ -22,7 +22,8 @@
 # redis-server. Work files go to $W (default /tmp/pack-measure): ~0.5 GB for the
 # 1M set, ~8.5 GB at the peak of `big` (the TSV is deleted once the pack is built).
 # Ports 7780-7782 (segd) and 6391 (Redis), loopback only; LISTEN, ADMIN, METRICS
-# (host:port) and REDIS_PORT override them. RUNS (default 3): runs of swap, swap10m.
+# (host:port) and REDIS_PORT override them. RUNS (default 3): runs of swap, swap10m;
+# SWAP_NICE (default 0): the nice value of the generator's push thread (--swap-nice).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 B="${B:-$root/target/release}"
@@ -110,7 +111,7 @@ step_swap() {
     "$B/loadtest" run --workload lookup --rps 5000 --duration 40 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds1m/queries.txt" --segments-file "$W/ds1m/segments.tsv" \
       --addr "http://$LISTEN" --swap-every 8 --pack "$W/ds1m/v2.segpack" --pack "$W/ds1m/v1.segpack" \
-      --admin-addr "http://$ADMIN" --server-pid $SEGD_PID --json "$W/swap-$run.json" \
+      --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID --json "$W/swap-$run.json" \
       --chart "$W/swap-$run.svg"
   done
   stop_segd
@@ -130,7 +131,7 @@ step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
     "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds10m/queries.txt" --segments-file "$W/ds10m/segments.tsv" \
       --addr "http://$LISTEN" --swap-every 20 --pack "$W/ds10m/big-b2.segpack" \
-      --pack "$W/ds10m/big.segpack" --admin-addr "http://$ADMIN" --server-pid $SEGD_PID \
+      --pack "$W/ds10m/big.segpack" --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID \
       --json "$W/swap10m-$run.json" --chart "$W/swap10m-$run.svg"
   done
   stop_segd

@@ -54,7 +54,7 @@ pub fn spawn_deprioritised<T: Send + 'static>(
 /// it: that needs privileges). On Linux the nice value is per thread, and
 /// `PRIO_PROCESS` with no id is the calling thread. A failure only costs
 /// the readers some latency.
-pub(crate) fn lower_this_threads_priority(nice: i32) {
+pub fn lower_this_threads_priority(nice: i32) {
     let current = rustix::process::getpriority_process(None).unwrap_or(0);
     if current >= nice {
         return;

@@ -211,6 +211,12 @@ pub struct RunArgs {
     /// Admin bearer token.
     #[arg(long, env = "SEGD_ADMIN_TOKEN")]
     pub token: Option<String>,
+    /// Nice value (0-19) of the thread that sends the --swap-every pushes. On a
+    /// shared box the sender competes with the server and the generator for
+    /// the same cores; a real push comes from a batch host, which a high value
+    /// stands in for. 0 (default) sends at the generator's priority.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub swap_nice: i32,
     /// Seconds after a swap completes during which requests still count as overlapping it.
     #[arg(long, default_value_t = 1.0)]
     pub swap_window: f64,

@@ -12,7 +12,8 @@
 //! the very replies being timed, a stall of the generator that the report
 //! would charge to the server (a real push comes from a batch host, not from
 //! the ad server's process). The thread still competes for the machine's
-//! cores like any other process, which is the cost the swap rows are about.
+//! cores like any other process, which is the cost the swap rows are about;
+//! `--swap-nice` lowers its priority, standing in for a push from another host.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
@@ -98,6 +99,10 @@ impl SwapThread {
         let (start, start_rx) = mpsc::channel::<SwapStart>();
         let (events_tx, events) = oneshot::channel();
         let window_after_push = plan.window_after_push;
+        let sender_nice = args.swap_nice;
+        if sender_nice > 0 {
+            println!("swap pushes are sent from a thread at nice {sender_nice} (--swap-nice)");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -105,6 +110,7 @@ impl SwapThread {
         std::thread::Builder::new()
             .name("loadtest-swap".into())
             .spawn(move || {
+                segd::background::lower_this_threads_priority(sender_nice);
                 runtime.block_on(async move {
                     let plan = match plan.connect().await {
                         Ok(plan) => plan,
