@@ -5,18 +5,18 @@
 //! copying frames into the decode buffer — is about a third of a push's CPU
 //! (BENCHMARKS.md, "Ninth session"). On the query runtime it ran on the
 //! readers' workers at their priority for the whole gigabyte, and a reader
-//! queued behind it on the same worker. On a runtime of its own the kernel
-//! preempts it for the readers instead. The upload writer and the checked
+//! queued behind it on the same worker. On a runtime of its own it is one
+//! more thread for the kernel to schedule beside the readers' workers. The upload writer and the checked
 //! load already run on deprioritised threads (`crate::background`); this
 //! moves the rest of the push there too.
 //!
 //! Every admin call runs here, not only pushes: a runtime serves whole
-//! connections. They are small requests (an `UpdateMembers` is a few
-//! microseconds of CPU), and at nice +10 a thread still gets about a tenth
-//! of a busy core, so they wait microseconds, not seconds. `--admin-nice 0`
-//! keeps the own runtime at the readers' priority.
-
-use std::sync::Arc;
+//! connections. The priority only matters while the cores are saturated:
+//! then a nice +10 thread still gets about a tenth of a busy core, so admin
+//! calls are slowed, not starved (`UpdateMembers` throughput on an idle box
+//! is unchanged). `--admin-nice 0` keeps the own runtime at the readers'
+//! priority; the runtime of its own is what lowered the readers' tail, its
+//! priority did not measurably.
 
 /// A runtime of one worker (plus its blocking pool) for the admin port.
 /// Dropping it shuts it down without waiting for tasks still running there.
@@ -29,12 +29,11 @@ impl AdminRuntime {
     /// `nice` (threads inherit it, so the upload and load threads a push
     /// starts from here are no less nice).
     pub fn start(nice: i32) -> std::io::Result<AdminRuntime> {
-        let nice = Arc::new(nice);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("segd-admin")
             .enable_all()
-            .on_thread_start(move || crate::background::lower_this_threads_priority(*nice))
+            .on_thread_start(move || crate::background::lower_this_threads_priority(nice))
             .build()?;
         Ok(AdminRuntime {
             runtime: Some(runtime),
