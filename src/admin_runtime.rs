@@ -6,9 +6,14 @@
 //! (BENCHMARKS.md, "Ninth session"). On the query runtime it ran on the
 //! readers' workers at their priority for the whole gigabyte, and a reader
 //! queued behind it on the same worker. On a runtime of its own it is one
-//! more thread for the kernel to schedule beside the readers' workers. The upload writer and the checked
-//! load already run on deprioritised threads (`crate::background`); this
-//! moves the rest of the push there too.
+//! more thread for the kernel to schedule beside the readers' workers. The
+//! upload writer and the checked load already run on deprioritised threads
+//! (`crate::background`); this moves the rest of the push there too.
+//!
+//! At shutdown the runtime is dropped once the admin server has stopped,
+//! without waiting: a blocking job still running there (a push's commit
+//! after the grace period) is cut off like a kill, which pushes survive
+//! (new file, fsync, rename).
 //!
 //! Every admin call runs here, not only pushes: a runtime serves whole
 //! connections. The priority only matters while the cores are saturated:
