@@ -100,6 +100,12 @@ step_redis() {
   wait $redis || true
 }
 
+rotation() { # RUN UNSERVED SERVED: sets PACKS, the two --pack files of run RUN, the unserved one first
+  # Each run pushes an odd number of times (5 in swap, 3 in swap10m), so the version
+  # served flips from run to run; without the flip every rerun began with a no-op push.
+  if [ $(($1 % 2)) = 1 ]; then PACKS=("$2" "$3"); else PACKS=("$3" "$2"); fi
+}
+
 step_swap() {
   local d="$W/swap"
   fresh_dir "$d"; start_segd "$d"
@@ -108,9 +114,10 @@ step_swap() {
   done
   for run in $(seq "${RUNS:-3}"); do
     uptime
+    rotation "$run" "$W/ds1m/v2.segpack" "$W/ds1m/v1.segpack"
     "$B/loadtest" run --workload lookup --rps 5000 --duration 40 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds1m/queries.txt" --segments-file "$W/ds1m/segments.tsv" \
-      --addr "http://$LISTEN" --swap-every 8 --pack "$W/ds1m/v2.segpack" --pack "$W/ds1m/v1.segpack" \
+      --addr "http://$LISTEN" --swap-every 8 --pack "${PACKS[0]}" --pack "${PACKS[1]}" \
       --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID --json "$W/swap-$run.json" \
       --chart "$W/swap-$run.svg"
   done
@@ -128,10 +135,11 @@ step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
   done
   for run in $(seq "${RUNS:-3}"); do
     uptime
+    rotation "$run" "$W/ds10m/big-b2.segpack" "$W/ds10m/big.segpack"
     "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds10m/queries.txt" --segments-file "$W/ds10m/segments.tsv" \
-      --addr "http://$LISTEN" --swap-every 20 --pack "$W/ds10m/big-b2.segpack" \
-      --pack "$W/ds10m/big.segpack" --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID \
+      --addr "http://$LISTEN" --swap-every 20 \
+      --pack "${PACKS[0]}" --pack "${PACKS[1]}" --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID \
       --json "$W/swap10m-$run.json" --chart "$W/swap10m-$run.svg"
   done
   stop_segd
