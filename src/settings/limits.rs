@@ -38,9 +38,9 @@ pub struct LimitSettings {
     pub push_mib_per_second: u64,
 
     /// The nice value of the admin port's threads (0-19). The admin port has
-    /// a runtime of its own so that receiving a push yields the cores to the
-    /// query port's readers (BENCHMARKS.md, "Ninth session"); 0 runs it at
-    /// their priority.
+    /// a runtime of its own so that receiving a push never holds up a query
+    /// worker (BENCHMARKS.md, "Ninth session"); 0 runs it at the readers'
+    /// priority.
     #[arg(long, env = "SEGD_ADMIN_NICE", default_value_t = 10,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub admin_nice: i32,
