@@ -60,7 +60,7 @@ pub fn lower_this_threads_priority(nice: i32) {
         return;
     }
     if let Err(error) = rustix::process::setpriority_process(None, nice) {
-        tracing::debug!(%error, "could not lower the priority of background work");
+        tracing::debug!(%error, nice, "could not lower this thread's priority");
     }
 }
 
