@@ -519,6 +519,7 @@ mod tests {
             addr: "http://127.0.0.1:7400".to_owned(),
             mode: "open".to_owned(),
             offered_rps: Some(1_000),
+            run_started_at_unix_seconds: 0.0,
             warmup_seconds: 1,
             duration_seconds: 3,
             connections: 1,
@@ -560,6 +561,7 @@ mod tests {
                 })
                 .collect(),
             percentile_curve: percentile_curve(&histogram),
+            slowest_requests: Vec::new(),
         }
     }
 

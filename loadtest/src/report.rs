@@ -97,6 +97,15 @@ pub struct TimelinePoint {
     pub max_us: u64,
 }
 
+/// One of the run's slowest measured requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowRequest {
+    /// When it started (its intended start in open loop), in seconds since
+    /// the start of the run, warm-up included: the clock of `swaps`.
+    pub started_at_seconds: f64,
+    pub latency_us: u64,
+}
+
 /// One snapshot push during the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SwapEvent {
@@ -142,6 +151,9 @@ pub struct Report {
     /// "open" (fixed rate, latency from intended send time) or "closed".
     pub mode: String,
     pub offered_rps: Option<u64>,
+    /// When second 0 of the run was, on the wall clock (Unix seconds): every
+    /// `..._seconds` offset below is from it.
+    pub run_started_at_unix_seconds: f64,
     pub warmup_seconds: u64,
     pub duration_seconds: u64,
     pub connections: usize,
@@ -176,6 +188,8 @@ pub struct Report {
     pub server_cpu_us_per_request: Option<f64>,
     pub timeline: Vec<TimelinePoint>,
     pub percentile_curve: Vec<CurvePoint>,
+    /// The slowest measured successful requests, slowest first.
+    pub slowest_requests: Vec<SlowRequest>,
 }
 
 /// User + system CPU seconds of this process, from `/proc/self/stat` (Linux;

@@ -31,6 +31,7 @@ use crate::report::{self, FleetLag, Report, record_micros};
 use crate::swap::{SwapThread, SwapWindows};
 use crate::workload::{Dataset, Generator, GeneratorConfig};
 
+mod slowest;
 mod stats;
 
 use stats::{ConnectionStats, build_report, lock, progress};
@@ -42,6 +43,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// When requests are due, shared by every worker.
 struct Schedule {
     run_start: Instant,
+    /// `run_start` on the wall clock, to lay the run against server logs.
+    run_start_unix_seconds: f64,
     warmup_ns: u64,
     end_ns: u64,
     /// Open loop only: nanoseconds between intended starts.
@@ -54,9 +57,14 @@ impl Schedule {
     fn new(args: &RunArgs) -> Schedule {
         let total_seconds = args.warmup + args.duration;
         // A short lead so every worker is spawned before slot 0 is due.
-        let run_start = Instant::now() + Duration::from_millis(50);
+        let lead = Duration::from_millis(50);
+        let run_start = Instant::now() + lead;
+        let run_start_unix_seconds = (std::time::SystemTime::now() + lead)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
         Schedule {
             run_start,
+            run_start_unix_seconds,
             warmup_ns: args.warmup * 1_000_000_000,
             end_ns: total_seconds * 1_000_000_000,
             interval_ns: (args.rps > 0).then(|| 1e9 / args.rps as f64),
@@ -223,6 +231,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         redis_used_memory_bytes,
     );
     report.generator_cpu_cores = generator_cpu_cores;
+    report.run_started_at_unix_seconds = schedule.run_start_unix_seconds;
     if let (Some(start), Some(end)) = (server_cpu_at_measure_start, server_cpu_at_measure_end) {
         report.server_cpu_seconds = Some(end - start);
         report.server_cpu_us_per_request =
@@ -415,6 +424,7 @@ async fn worker(
                 connection.user_lookups += user_lookups;
                 record_micros(&mut connection.latency, latency_micros);
                 record_micros(&mut connection.service_time, service_micros);
+                connection.slowest.offer(latency_micros, start_ns);
                 match during_swap {
                     Some(true) => record_micros(&mut connection.during_swaps, latency_micros),
                     Some(false) => record_micros(&mut connection.outside_swaps, latency_micros),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::slowest::Slowest;
 use super::{Schedule, grpc_addrs};
 use crate::cli::{RunArgs, Target, Workload, flag_name};
 use crate::report::{
@@ -30,6 +31,7 @@ pub(super) struct ConnectionStats {
     pub(super) errors_by_code: BTreeMap<String, u64>,
     pub(super) first_error: Option<String>,
     pub(super) generations_seen: Option<(u64, u64)>,
+    pub(super) slowest: Slowest,
 }
 
 impl ConnectionStats {
@@ -48,6 +50,7 @@ impl ConnectionStats {
             errors_by_code: BTreeMap::new(),
             first_error: None,
             generations_seen: None,
+            slowest: Slowest::new(),
         }
     }
 }
@@ -118,8 +121,8 @@ pub(super) fn build_report(
     let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_error = None;
     let mut generations_seen: Option<(u64, u64)> = None;
-    for stats in connection_stats {
-        let stats = lock(stats);
+    let locked: Vec<_> = connection_stats.iter().map(|stats| lock(stats)).collect();
+    for stats in &locked {
         // Same bounds everywhere: merging cannot fail.
         let _ = latency.add(&stats.latency);
         let _ = service_time.add(&stats.service_time);
@@ -155,6 +158,7 @@ pub(super) fn build_report(
         mode: if args.rps > 0 { "open" } else { "closed" }.to_owned(),
         offered_rps: (args.rps > 0).then_some(args.rps),
         warmup_seconds: args.warmup,
+        run_started_at_unix_seconds: 0.0,
         duration_seconds: args.duration,
         connections: args.connections,
         concurrency_per_connection: args.concurrency,
@@ -192,5 +196,6 @@ pub(super) fn build_report(
         server_cpu_us_per_request: None,
         timeline,
         percentile_curve: report::percentile_curve(&latency),
+        slowest_requests: Slowest::merged(locked.iter().map(|stats| &stats.slowest)),
     }
 }
