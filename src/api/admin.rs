@@ -197,6 +197,7 @@ impl Admin for AdminService {
         let served_catalog = self.catalog.clone();
         let is_served =
             |header: &crate::pack::PackHeader| served_catalog.unchanged_header(header).is_some();
+        let receive_started = std::time::Instant::now();
         let received = push::receive(&mut chunks, staged, self.push_limits, is_served)
             .await
             .map_err(|refusal| {
@@ -205,7 +206,13 @@ impl Admin for AdminService {
                 refusal.status
             })?;
         let upload = match received {
-            push::Received::Upload(upload) => upload,
+            push::Received::Upload(upload) => {
+                tracing::info!(
+                    receive_ms = receive_started.elapsed().as_millis() as u64,
+                    "push received, verifying"
+                );
+                upload
+            }
             push::Received::Unchanged(header) => {
                 // Still served (a change since is a race with another push:
                 // the caller retries).

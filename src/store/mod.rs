@@ -184,10 +184,16 @@ fn retire_states(retired: mpsc::Receiver<Arc<ServingState>>) {
             }
         }
         let before = waiting.len();
+        let freeing_started = std::time::Instant::now();
         waiting.retain(|state| Arc::strong_count(state) > 1);
         if waiting.len() < before {
             // A retired state can be gigabytes of small allocations.
             crate::memory::release_free_memory();
+            tracing::debug!(
+                states = before - waiting.len(),
+                free_ms = freeing_started.elapsed().as_millis() as u64,
+                "retired serving state freed"
+            );
         }
     }
 }

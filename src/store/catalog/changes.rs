@@ -11,6 +11,7 @@
 use std::cmp::Ordering;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{info, warn};
 
@@ -126,6 +127,7 @@ impl Catalog {
         // Pushes happen while serving: a v1 index is built on one core, the
         // rest keep answering; a v2 pack is checked in one pass and served
         // from the mapped file.
+        let verify_started = Instant::now();
         let loaded = Arc::new(verify_pack_file(
             staged.path(),
             loaded_at_unix_seconds,
@@ -163,6 +165,7 @@ impl Catalog {
         let packs = state.packs_with(loaded.clone());
 
         let name = loaded.name.clone();
+        let verified = verify_started.elapsed();
         self.files
             .commit_push(staged, &name, state.pack(&name).is_some())
             .map_err(io_error(format!("serve the push of {name}")))?;
@@ -170,7 +173,16 @@ impl Catalog {
             loaded.carry_match_counts_from(served);
         }
         let generation = self.store.install_at(packs, loaded_at_unix_seconds)?;
-        info!(pack = ?name, version = ?loaded.version, generation, "pack pushed");
+        // The phases' durations let an operator (and a swap-under-load run)
+        // lay a reader tail against what the push was doing then.
+        info!(
+            pack = ?name,
+            version = ?loaded.version,
+            generation,
+            verify_ms = verified.as_millis() as u64,
+            commit_ms = (verify_started.elapsed() - verified).as_millis() as u64,
+            "pack pushed"
+        );
         Ok(PushOutcome {
             pack: name,
             version: loaded.version.clone(),
