@@ -48,6 +48,7 @@ mod workload;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    keep_the_generators_memory_still();
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Gen(args) => r#gen::run(&args),
@@ -55,6 +56,19 @@ fn main() -> anyhow::Result<()> {
         cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
         cli::Command::Update(args) => runtime()?.block_on(update::run(args)),
     }
+}
+
+/// The generator stands in for ad servers on other hosts: its own page
+/// faults must not be charged to the server. In a swap run its worker threads
+/// once spent 10 ms in a transparent-huge-page fault (zeroing 2 MiB of fresh
+/// heap) and 7 ms in mimalloc giving freed memory back, with every reply
+/// they were to time waiting (BENCHMARKS.md, "Tenth session"). So freed
+/// memory is kept for reuse and the heap is in 4 KiB pages. Both are
+/// best-effort: a refusal only leaves the defaults.
+fn keep_the_generators_memory_still() {
+    segd::memory::keep_freed_heap_memory();
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
 }
 
 /// A multi-threaded runtime sized to the machine: the generator must not be the

@@ -31,6 +31,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    segd::memory::keep_freed_heap_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
