@@ -106,9 +106,17 @@ impl UploadWriter {
         Ok(())
     }
 
-    /// Writes the tail and cuts the file there; the bytes written.
+    /// Writes the tail, cuts the file there and makes it durable; the bytes
+    /// written. The sync is here, on the upload's thread and before anything
+    /// maps the file, rather than only at the commit: writeback of a page
+    /// that is mapped walks its mappings to write-protect them, which the
+    /// verifying thread's mapping of a whole pushed pack made a few hundred
+    /// milliseconds of rmap walks on a core the readers share (BENCHMARKS.md,
+    /// "Tenth session").
     pub fn finish(self) -> io::Result<u64> {
-        self.blocks.finish()?.set_len(self.written)?;
+        let file = self.blocks.finish()?;
+        file.set_len(self.written)?;
+        file.sync_data()?;
         Ok(self.written)
     }
 }
