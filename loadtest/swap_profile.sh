@@ -8,7 +8,12 @@
 # Then loadtest/swap_offcpu.py sums the off-CPU time of the reader threads
 # (segd-worker) per kernel stack, inside and outside the pushes.
 #
-#   loadtest/swap_profile.sh OUT_DIR     (needs `pack_measure.sh data big`, root for perf)
+# SCOPE=cores: instead, every context switch on both cores, of every thread of
+# every process (`perf record -a -g -e sched:sched_switch`), then
+# loadtest/swap_stalls.py: each cluster of the run's slowest requests, the push
+# phase it fell in (from segd's log) and what each core ran meanwhile.
+#
+#   [SCOPE=cores] loadtest/swap_profile.sh OUT_DIR   (needs `pack_measure.sh data big`, root for perf)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 B="${B:-$root/target/release}" W="${W:-/tmp/pack-measure}" O="${1:?OUT_DIR}"
@@ -29,9 +34,15 @@ $B/loadtest run --workload lookup --rps 5000 --duration 50 --warmup 3 --connecti
 gen=$!
 sleep 12 # the generator reads both packs (2.4 GB) before it starts; the first push is at ~20 s
 date +%s.%N >"$O/perf-start"
-timeout 50 perf record -q -o "$O/perf.data" -g --switch-events -p "$pid,$gen" \
-  -e sched:sched_switch -e mmap_lock:mmap_lock_start_locking -e mmap_lock:mmap_lock_acquire_returned -e mmap_lock:mmap_lock_released \
-  2>"$O/perf.err" &
+if [ "${SCOPE:-}" = cores ]; then
+  # perf's clock is CLOCK_MONOTONIC; the JSON and segd's log are on the wall clock.
+  python3 -c "import time; print(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))" >"$O/clock-offset"
+  timeout 50 perf record -q -k mono -o "$O/perf.data" -a -g -e sched:sched_switch 2>"$O/perf.err" &
+else
+  timeout 50 perf record -q -o "$O/perf.data" -g --switch-events -p "$pid,$gen" \
+    -e sched:sched_switch -e mmap_lock:mmap_lock_start_locking -e mmap_lock:mmap_lock_acquire_returned -e mmap_lock:mmap_lock_released \
+    2>"$O/perf.err" &
+fi
 perf_pid=$!
 timeout 50 vmstat -t 1 >"$O/vmstat.txt" &
 for _ in $(seq 50); do
@@ -43,4 +54,6 @@ wait $gen || true
 wait $perf_pid || true
 kill $pid; wait $pid || true
 grep -E "during swaps|outside swaps|errors during|^swap:" "$O/run.txt" || true
+cp $d.log "$O/segd.log"
 rm -rf $d $d.log
+if [ "${SCOPE:-}" = cores ]; then python3 "$root/loadtest/swap_stalls.py" "$O"; fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The stalls behind a swap run's tail (see swap_stalls.sh).
+"""The stalls behind a swap run's tail (`SCOPE=cores loadtest/swap_profile.sh`).
 
   loadtest/swap_stalls.py OUT_DIR [CLUSTERS]
 

@@ -15,8 +15,9 @@
 //! `Lookup`s during a push (BENCHMARKS.md, "Tenth session").
 //! [`keep_freed_heap_memory`] turns that off: freed memory stays with the
 //! process for its next allocations, so its resident heap is its peak. That
-//! is small when packs are format 2 (served from their files; ~50 MB at 10M
-//! users); a format-1 pack's load leaves its build's peak resident.
+//! is small when packs are format 2, served from their files (at 10M users
+//! ~110 MB after four pushes, where it stays); a format-1 pack's load leaves
+//! its build's peak resident.
 //!
 //! A few FFI calls, one of the crate's two `unsafe` modules (the other is
 //! `pack::mapped`, the mapping of pack files).
