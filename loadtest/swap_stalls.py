@@ -8,7 +8,9 @@ Groups the run's slowest requests into clusters (requests that started within
 20 ms of each other waited on the same stall) and, for the CLUSTERS (default 8)
 worst, prints the push phase it fell in — receive, verify, commit, the second
 after the swap, or outside — and, per core, how long each thread ran in the
-stall, with the kernel stack of any that ran or waited over 1.5 ms.
+stall, with the kernel stack of any that ran or waited over 1.5 ms. Where a
+switch went unrecorded (the next switch on a core names another task than the
+one last switched in), the time in between is "(unrecorded)", not idle.
 """
 import collections
 import datetime
@@ -102,6 +104,11 @@ def report_cluster(out_dir, cluster, run_start, offset, push_times):
         moment += offset
         if cpu in on_cpu:
             since, comm, pid = on_cpu[cpu]
+            if pid != prev_pid:
+                # A switch on this core went unrecorded (this guest's perf
+                # drops some switches out of the idle task): who ran since the
+                # last event is not known, so it is not counted as idle.
+                comm, pid = "(unrecorded)", -1
             inside = min(moment, end) - max(since, start)
             if inside > 0:
                 ran[(cpu, comm, pid)] += inside
