@@ -59,10 +59,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The generator stands in for ad servers on other hosts: its own page
-/// faults must not be charged to the server. In a swap run its worker threads
-/// once spent 10 ms in a transparent-huge-page fault (zeroing 2 MiB of fresh
-/// heap) and 7 ms in mimalloc giving freed memory back, with every reply
-/// they were to time waiting (BENCHMARKS.md, "Tenth session"). So freed
+/// faults must not be charged to the server. The worst stall of one swap run
+/// was the generator's: 14 ms in which a worker spent 4.4 ms in a
+/// transparent-huge-page fault (zeroing 2 MiB of fresh heap), and another
+/// was 7 ms of mimalloc giving freed memory back, with the replies they were
+/// to time waiting (BENCHMARKS.md, "Tenth session"). So freed
 /// memory is kept for reuse and the heap is in 4 KiB pages. Both are
 /// best-effort: a refusal only leaves the defaults.
 fn keep_the_generators_memory_still() {

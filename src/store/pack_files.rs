@@ -109,10 +109,10 @@ impl UploadWriter {
     /// Writes the tail, cuts the file there and makes it durable; the bytes
     /// written. The sync is here, on the upload's thread and before anything
     /// maps the file, rather than only at the commit: writeback of a page
-    /// that is mapped walks its mappings to write-protect them, which the
-    /// verifying thread's mapping of a whole pushed pack made a few hundred
-    /// milliseconds of rmap walks on a core the readers share (BENCHMARKS.md,
-    /// "Tenth session").
+    /// that is mapped walks its mappings to write-protect them, and after the
+    /// verifying thread's mapping of a whole pushed pack the commit's fsync
+    /// took 0.34–0.51 s, with such walks on a core the readers share
+    /// (BENCHMARKS.md, "Tenth session").
     pub fn finish(self) -> io::Result<u64> {
         let file = self.blocks.finish()?;
         file.set_len(self.written)?;
