@@ -549,6 +549,7 @@ mod tests {
             generator_cpu_cores: None,
             server_cpu_seconds: None,
             server_cpu_us_per_request: None,
+            machine_cpu: None,
             timeline: (1..=4)
                 .map(|second| TimelinePoint {
                     second,

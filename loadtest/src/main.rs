@@ -37,6 +37,7 @@ mod fleet_lag;
 mod r#gen;
 mod grpc_target;
 mod grpc_wire;
+mod machine_cpu;
 mod outcome;
 mod redis_target;
 mod report;

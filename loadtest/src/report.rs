@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::machine_cpu::MachineCpu;
+
 pub type Histogram = hdrhistogram::Histogram<u64>;
 
 /// One minute, in microseconds: anything slower saturates rather than failing.
@@ -186,6 +188,9 @@ pub struct Report {
     /// window, and that per request.
     pub server_cpu_seconds: Option<f64>,
     pub server_cpu_us_per_request: Option<f64>,
+    /// The whole machine's CPU time (all processes, the kernel, steal) over
+    /// the measured window, and inside and outside swap windows.
+    pub machine_cpu: Option<MachineCpu>,
     pub timeline: Vec<TimelinePoint>,
     pub percentile_curve: Vec<CurvePoint>,
     /// The slowest measured successful requests, slowest first.
@@ -241,6 +246,19 @@ fn percentile_row(label: &str, percentiles: &Percentiles) -> String {
 }
 
 impl Report {
+    /// Each swap's window on the run's clock: its push, plus the time after
+    /// it during which requests still count as overlapping it.
+    pub fn swap_windows(&self) -> Vec<std::ops::Range<f64>> {
+        let after = self
+            .swap_split
+            .as_ref()
+            .map_or(0.0, |split| split.window_after_push_seconds);
+        self.swaps
+            .iter()
+            .map(|swap| swap.started_at_seconds..swap.finished_at_seconds + after)
+            .collect()
+    }
+
     pub fn to_text(&self) -> String {
         let mut text = String::new();
         self.write_rates(&mut text);
@@ -372,6 +390,9 @@ impl Report {
                 text,
                 "server CPU {per_request:.1} µs per request ({seconds:.2} CPU seconds over the measured window)"
             );
+        }
+        if let Some(machine) = &self.machine_cpu {
+            machine.write_text(text);
         }
         if let Some(bytes) = self.redis_used_memory_bytes {
             let _ = writeln!(

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use crate::chart;
 use crate::cli::{RunArgs, Target, Workload};
 use crate::executor::{self, Executor};
+use crate::machine_cpu::MachineCpuSampler;
 use crate::redis_target;
 use crate::report::{self, FleetLag, Report, record_micros};
 use crate::swap::{SwapThread, SwapWindows};
@@ -191,6 +192,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         plan.start(swap_windows.clone(), run_start, run_end)
     });
     let lag_task = spawn_lag_probe(&args, run_start, run_nonce);
+    let machine_cpu = MachineCpuSampler::start(run_start);
     // The server's CPU over the measured window only (not the warm-up).
     let server_cpu_at_measure_start = args.server_pid.map(|pid| {
         let measure_from = run_start + Duration::from_secs(args.warmup);
@@ -232,6 +234,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     report.generator_cpu_cores = generator_cpu_cores;
     report.run_started_at_unix_seconds = schedule.run_start_unix_seconds;
+    report.machine_cpu = machine_cpu.and_then(|sampler| {
+        let measured = args.warmup as f64..total_seconds as f64;
+        sampler.finish(measured, &report.swap_windows())
+    });
     if let (Some(start), Some(end)) = (server_cpu_at_measure_start, server_cpu_at_measure_end) {
         report.server_cpu_seconds = Some(end - start);
         report.server_cpu_us_per_request =

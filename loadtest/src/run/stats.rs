@@ -194,6 +194,7 @@ pub(super) fn build_report(
         generator_cpu_cores: None,
         server_cpu_seconds: None,
         server_cpu_us_per_request: None,
+        machine_cpu: None,
         timeline,
         percentile_curve: report::percentile_curve(&latency),
         slowest_requests: Slowest::merged(locked.iter().map(|stats| &stats.slowest)),
