@@ -8,7 +8,9 @@
 //! +10 the Linux scheduler gives the thread about a tenth of the weight of a
 //! query thread, so the push takes longer under load and the readers do not
 //! wait for it. It still progresses (no `SCHED_IDLE`: a saturated box must
-//! not starve a push forever).
+//! not starve a push forever; and measured with the whole push path on
+//! `SCHED_IDLE`, the readers' p99.9 during 1 GB pushes was nearly twice as
+//! high as at nice +10: BENCHMARKS.md, "Eleventh session").
 //!
 //! A fresh thread per job, never a pooled one: the lowered priority cannot be
 //! raised again without privileges, so it must die with the job. Must never
