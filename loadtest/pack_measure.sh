@@ -24,6 +24,11 @@
 # Ports 7780-7782 (segd) and 6391 (Redis), loopback only; LISTEN, ADMIN, METRICS
 # (host:port) and REDIS_PORT override them. RUNS (default 3): runs of swap, swap10m;
 # SWAP_NICE (default 0): the nice value of the generator's push thread (--swap-nice).
+# SWAP_RAW=1 (swap10m): the control run. Pushes go as bare bytes over TCP to a
+# `loadtest sink` at nice 10 on SINK (default 127.0.0.1:7783), which writes them
+# over one file and syncs it, and not to segd: the readers under a push's bare
+# receive-and-write, without anything segd's push path adds. SINK_DISCARD=1 as
+# well: the sink writes nothing (the receive alone).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 B="${B:-$root/target/release}"
@@ -133,15 +138,26 @@ step_swap10m() { # as step_swap on the 10M set: a 1.2 GB push every 20 s
   for v in big big-b2 big; do
     "$B/segctl" push --allow-older-version --admin-addr "http://$ADMIN" "$W/ds10m/$v.segpack"
   done
+  local raw=() sink_pid=""
+  if [ "${SWAP_RAW:-0}" = 1 ]; then
+    local sink="${SINK:-127.0.0.1:7783}"
+    local written=(--file "$d/raw-upload")
+    [ "${SINK_DISCARD:-0}" = 1 ] && written=(--discard)
+    cp "$W/ds10m/big.segpack" "$d/raw-upload" # a file to write over, as segd's retired version
+    "$B/loadtest" sink --listen "$sink" "${written[@]}" --nice 10 &
+    sink_pid=$!
+    raw=(--swap-raw-tcp "$sink")
+  fi
   for run in $(seq "${RUNS:-3}"); do
     uptime
     rotation "$run" "$W/ds10m/big-b2.segpack" "$W/ds10m/big.segpack"
     "$B/loadtest" run --workload lookup --rps 5000 --duration 60 --warmup 3 --connections 2 \
       --concurrency 32 --queries "$W/ds10m/queries.txt" --segments-file "$W/ds10m/segments.tsv" \
-      --addr "http://$LISTEN" --swap-every 20 \
+      --addr "http://$LISTEN" --swap-every 20 "${raw[@]}" \
       --pack "${PACKS[0]}" --pack "${PACKS[1]}" --admin-addr "http://$ADMIN" --swap-nice "${SWAP_NICE:-0}" --server-pid $SEGD_PID \
       --json "$W/swap10m-$run.json" --chart "$W/swap10m-$run.svg"
   done
+  [ -z "$sink_pid" ] || { kill "$sink_pid"; wait "$sink_pid" || true; }
   stop_segd
   rm -rf "$d"
 }

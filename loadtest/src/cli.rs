@@ -25,6 +25,25 @@ pub enum Command {
     RedisLoad(RedisLoadArgs),
     /// Send real-time updates (Admin/UpdateMembers) and forgets (Admin/ForgetUsers), closed loop.
     Update(UpdateArgs),
+    /// Receive `run --swap-raw-tcp` pushes: each TCP stream written over one file and synced.
+    Sink(SinkArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:7783")]
+    pub listen: String,
+    /// The file every stream is written over.
+    #[arg(long, required_unless_present = "discard")]
+    pub file: Option<PathBuf>,
+    /// Write nothing: read each stream to its end and answer, to tell the
+    /// receive's share of a push from the write's.
+    #[arg(long, conflicts_with = "file")]
+    pub discard: bool,
+    /// Nice value (0-19) of the sink, as segd's `--admin-nice` is of its push path.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,6 +224,12 @@ pub struct RunArgs {
     /// Pack file to push; give it several times (different versions) to rotate between them.
     #[arg(long)]
     pub pack: Vec<PathBuf>,
+    /// Send each --swap-every push as the --pack file's bare bytes over TCP to
+    /// a `loadtest sink` at this address, not to Admin/PushSnapshot: the same
+    /// bytes, from the same thread, received and written by a process that does
+    /// nothing else with them (a control for what segd's push path adds).
+    #[arg(long)]
+    pub swap_raw_tcp: Option<String>,
     /// Admin address for --swap-every and --registered-line-items (segd's admin port).
     #[arg(long, default_value = "http://127.0.0.1:7401")]
     pub admin_addr: String,

@@ -19,6 +19,8 @@
 //!   side of `loadtest run --target redis`.
 //! - [`update`]: `loadtest update`: real-time updates and forgets through the
 //!   admin port.
+//! - [`sink`]: `loadtest sink`: receives `run --swap-raw-tcp` pushes, the
+//!   control for what a push costs the machine without segd's push path.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,7 @@ mod outcome;
 mod redis_target;
 mod report;
 mod run;
+mod sink;
 mod swap;
 mod update;
 mod workload;
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Run(args) => runtime()?.block_on(run::run(*args)),
         cli::Command::RedisLoad(args) => runtime()?.block_on(redis_target::load(&args)),
         cli::Command::Update(args) => runtime()?.block_on(update::run(args)),
+        cli::Command::Sink(args) => sink::run(&args),
     }
 }
 

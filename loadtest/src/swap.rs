@@ -2,7 +2,9 @@
 //!
 //! Every `--swap-every` seconds the next `--pack` file (rotating) is streamed to
 //! `Admin/PushSnapshot` in 1 MiB chunks. Pushes set `allow_older_version` so a
-//! rotation v1 → v2 → v1 is a real swap each time rather than a refusal. Workers
+//! rotation v1 → v2 → v1 is a real swap each time rather than a refusal. With
+//! `--swap-raw-tcp` the same bytes go to a `loadtest sink` instead (`sink`):
+//! the control that tells what segd's push path adds to a push's cost. Workers
 //! ask [`SwapWindows::overlaps`] whether their request ran during a swap window,
 //! so the report can compare tail latency there against the rest.
 //!
@@ -70,8 +72,25 @@ struct SwapPlan {
     every: Duration,
     window_after_push: Duration,
     packs: Vec<(PathBuf, Bytes)>,
-    admin: AdminClient<Channel>,
-    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    target: PushTarget,
+}
+
+/// Where pushes go.
+enum PushTarget {
+    /// segd's `Admin/PushSnapshot`.
+    Admin {
+        admin: AdminClient<Channel>,
+        authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    },
+    /// A `loadtest sink` (`--swap-raw-tcp`), one connection per push.
+    RawTcp(String),
+}
+
+/// What the server said of a push.
+struct Pushed {
+    version: String,
+    generation: u64,
+    unchanged: bool,
 }
 
 /// When the run starts and ends, and where to mark the windows.
@@ -176,26 +195,105 @@ struct UnconnectedPlan {
     packs: Vec<(PathBuf, Bytes)>,
     admin_addr: String,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    raw_tcp: Option<String>,
 }
 
 impl UnconnectedPlan {
     async fn connect(self) -> Result<SwapPlan> {
-        let admin_addr = &self.admin_addr;
-        let channel = Endpoint::from_shared(admin_addr.clone())
-            .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to --admin-addr {admin_addr}"))?;
+        let target = match self.raw_tcp {
+            Some(addr) => PushTarget::RawTcp(addr),
+            None => PushTarget::Admin {
+                admin: connect_admin(&self.admin_addr).await?,
+                authorization: self.authorization,
+            },
+        };
         Ok(SwapPlan {
             every: self.every,
             window_after_push: self.window_after_push,
             packs: self.packs,
-            admin: AdminClient::new(channel)
-                .max_encoding_message_size(64 << 20)
-                .max_decoding_message_size(64 << 20),
-            authorization: self.authorization,
+            target,
         })
     }
+}
+
+async fn connect_admin(admin_addr: &str) -> Result<AdminClient<Channel>> {
+    let channel = Endpoint::from_shared(admin_addr.to_string())
+        .with_context(|| format!("--admin-addr {admin_addr} is not a valid URL"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to --admin-addr {admin_addr}"))?;
+    Ok(AdminClient::new(channel)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20))
+}
+
+impl PushTarget {
+    async fn push(&mut self, bytes: &Bytes) -> Result<Pushed, String> {
+        match self {
+            PushTarget::Admin {
+                admin,
+                authorization,
+            } => push_snapshot(admin, authorization.as_ref(), bytes).await,
+            PushTarget::RawTcp(addr) => send_raw(addr, bytes)
+                .await
+                .map_err(|error| format!("--swap-raw-tcp {addr}: {error:#}")),
+        }
+    }
+}
+
+async fn push_snapshot(
+    admin: &mut AdminClient<Channel>,
+    authorization: Option<&MetadataValue<tonic::metadata::Ascii>>,
+    bytes: &Bytes,
+) -> Result<Pushed, String> {
+    // Chunks are slices of the one file buffer: a push allocates, copies and
+    // frees nothing per chunk (freeing 1 MiB copies of a 1.2 GB pack held
+    // this process's mmap_lock for up to 467 ms, stalling its own readers:
+    // BENCHMARKS.md, "Pushed chunks as `Bytes`").
+    let chunks: Vec<SnapshotChunk> = (0..bytes.len())
+        .step_by(CHUNK_BYTES)
+        .map(|start| SnapshotChunk {
+            data: bytes.slice(start..bytes.len().min(start + CHUNK_BYTES)),
+            allow_older_version: true,
+        })
+        .collect();
+    let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+    if let Some(authorization) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization.clone());
+    }
+    match admin.push_snapshot(request).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            Ok(Pushed {
+                version: reply.version,
+                generation: reply.generation,
+                unchanged: reply.unchanged,
+            })
+        }
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// The bytes, then the end of the stream; the sink answers with the count it
+/// wrote and synced.
+async fn send_raw(addr: &str, bytes: &Bytes) -> Result<Pushed> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connecting")?;
+    stream.write_all(bytes).await.context("sending")?;
+    stream.shutdown().await.context("ending the stream")?;
+    let written = stream.read_u64_le().await.context("reading the answer")?;
+    if written != bytes.len() as u64 {
+        bail!("the sink wrote {written} bytes of {}", bytes.len());
+    }
+    Ok(Pushed {
+        version: "raw".into(),
+        generation: 0,
+        unchanged: false,
+    })
 }
 
 impl SwapPlan {
@@ -203,6 +301,9 @@ impl SwapPlan {
         let Some(every_seconds) = args.swap_every else {
             if !args.pack.is_empty() {
                 bail!("--pack is only used with --swap-every");
+            }
+            if args.swap_raw_tcp.is_some() {
+                bail!("--swap-raw-tcp is only used with --swap-every");
             }
             return Ok(None);
         };
@@ -215,7 +316,7 @@ impl SwapPlan {
         if !args.swap_window.is_finite() || args.swap_window < 0.0 {
             bail!("--swap-window must be a non-negative number of seconds");
         }
-        if args.pack.len() == 1 {
+        if args.pack.len() == 1 && args.swap_raw_tcp.is_none() {
             eprintln!(
                 "warning: one --pack: after the first push the server already serves its version, \
                  so later pushes are no-ops; give --pack several times with different versions"
@@ -241,6 +342,7 @@ impl SwapPlan {
             packs,
             admin_addr: args.admin_addr.clone(),
             authorization,
+            raw_tcp: args.swap_raw_tcp.clone(),
         }))
     }
 
@@ -257,28 +359,10 @@ impl SwapPlan {
         while next_push < run_end {
             let (path, bytes) = &self.packs[pack_index % self.packs.len()];
             pack_index += 1;
-            // Chunks are slices of the one file buffer: a push allocates,
-            // copies and frees nothing per chunk (freeing 1 MiB copies of a
-            // 1.2 GB pack held this process's mmap_lock for up to 467 ms,
-            // stalling its own readers: BENCHMARKS.md, "Pushed chunks as
-            // `Bytes`").
-            let chunks: Vec<SnapshotChunk> = (0..bytes.len())
-                .step_by(CHUNK_BYTES)
-                .map(|start| SnapshotChunk {
-                    data: bytes.slice(start..bytes.len().min(start + CHUNK_BYTES)),
-                    allow_older_version: true,
-                })
-                .collect();
             tokio::time::sleep_until(next_push.into()).await;
             let started = Instant::now();
             windows.begin(nanos_since(run_start, started));
-            let mut request = tonic::Request::new(tokio_stream::iter(chunks));
-            if let Some(authorization) = &self.authorization {
-                request
-                    .metadata_mut()
-                    .insert("authorization", authorization.clone());
-            }
-            let result = self.admin.push_snapshot(request).await;
+            let result = self.target.push(bytes).await;
             let finished = Instant::now();
             windows.finish(nanos_since(run_start, finished + self.window_after_push));
             let mut event = SwapEvent {
@@ -291,15 +375,12 @@ impl SwapPlan {
                 error: None,
             };
             match result {
-                Ok(reply) => {
-                    let reply = reply.into_inner();
-                    event.version = reply.version;
-                    event.generation = reply.generation;
-                    event.unchanged = reply.unchanged;
+                Ok(pushed) => {
+                    event.version = pushed.version;
+                    event.generation = pushed.generation;
+                    event.unchanged = pushed.unchanged;
                 }
-                Err(status) => {
-                    event.error = Some(format!("{:?}: {}", status.code(), status.message()));
-                }
+                Err(error) => event.error = Some(error),
             }
             eprintln!(
                 "swap: {} version {} in {:.0} ms{}",
@@ -365,6 +446,42 @@ mod tests {
             format!("{error:#}").contains(&format!("connecting to --admin-addr {admin_addr}")),
             "{error:#}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_raw_push_lands_whole_in_the_sinks_file() {
+        let dir = std::env::temp_dir().join(format!("loadtest-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("upload");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let target = file.clone();
+        std::thread::spawn(move || crate::sink::serve(listener, Some(&target)));
+        let bytes = Bytes::from((0..3_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut push = PushTarget::RawTcp(addr);
+        let pushed = push.push(&bytes).await.expect("pushed");
+        assert_eq!(pushed.version, "raw");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_raw_push_to_a_closed_port_is_a_failed_swap_naming_the_flag() {
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut push = PushTarget::RawTcp(format!("127.0.0.1:{closed_port}"));
+        let error = push.push(&Bytes::from_static(b"x")).await.err().unwrap();
+        assert!(error.starts_with("--swap-raw-tcp 127.0.0.1:"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn swap_raw_tcp_needs_swap_every() {
+        let args = run_args(&["--swap-raw-tcp", "127.0.0.1:1"]);
+        let error = SwapThread::prepare(&args).await.err().expect("refused");
+        assert!(format!("{error:#}").contains("--swap-raw-tcp is only used with --swap-every"));
     }
 
     #[tokio::test]
